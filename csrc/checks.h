@@ -1,0 +1,111 @@
+// Input validation shared by the CPU and CUDA torch glue, so both backends reject bad input with the
+// same words. Each message names the operator, the argument and what was expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <string>
+
+#include "core/scale_layout.h"
+#include "core/scale_rules.h"
+
+namespace fpquant {
+
+enum class ScaleLayout { kLinear, kBlocked };
+
+inline ScaleLayout parse_layout(const char* op, const std::string& s) {
+  if (s == "linear") return ScaleLayout::kLinear;
+  if (s == "blocked") return ScaleLayout::kBlocked;
+  TORCH_CHECK_VALUE(false, op, ": scale_layout must be 'linear' or 'blocked', got '", s, "'");
+}
+
+inline core::MxRule parse_mx_method(const char* op, const std::string& s) {
+  if (s == "floor") return core::MxRule::kFloor;
+  if (s == "ceil") return core::MxRule::kCeil;
+  if (s == "quest") return core::MxRule::kQuest;
+  TORCH_CHECK_VALUE(false, op, ": method must be one of 'floor', 'ceil', 'quest' for MXFP4, got '", s, "'");
+}
+
+// x: float32 / bfloat16 / float16, contiguous, non-empty, last dimension a multiple of `group`.
+inline void check_activation(const char* op, const at::Tensor& x, int64_t group) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 ||
+                       x.scalar_type() == at::kHalf,
+                   op, ": x must be float32, bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension");
+  TORCH_CHECK_VALUE(x.numel() > 0, op, ": x is empty (shape ", x.sizes(), ")");
+  TORCH_CHECK_VALUE(x.size(-1) % group == 0, op, ": x's last dimension (", x.size(-1),
+                    ") must be a multiple of the group size ", group);
+  TORCH_CHECK_VALUE(x.is_contiguous(), op, ": x must be contiguous");
+}
+
+// rotation: square r x r with r in {16, 32, 64, 128}, floating, contiguous, on x's device, r divides K.
+inline void check_rotation(const char* op, const c10::optional<at::Tensor>& rot, const at::Tensor& ref,
+                           int64_t K) {
+  if (!rot.has_value()) return;
+  const at::Tensor& R = *rot;
+  TORCH_CHECK_VALUE(R.dim() == 2 && R.size(0) == R.size(1), op,
+                    ": rotation must be a square matrix, got shape ", R.sizes());
+  const int64_t r = R.size(0);
+  TORCH_CHECK_VALUE(r == 16 || r == 32 || r == 64 || r == 128, op,
+                    ": rotation size must be 16, 32, 64 or 128, got ", r);
+  TORCH_CHECK_TYPE(R.scalar_type() == at::kFloat || R.scalar_type() == at::kBFloat16 ||
+                       R.scalar_type() == at::kHalf,
+                   op, ": rotation must be float32, bfloat16 or float16, got ", R.scalar_type());
+  TORCH_CHECK_VALUE(R.device() == ref.device(), op, ": rotation is on ", R.device(),
+                    " but the input is on ", ref.device());
+  TORCH_CHECK_VALUE(R.is_contiguous(), op, ": rotation must be contiguous");
+  TORCH_CHECK_VALUE(K % r == 0, op, ": the last dimension (", K, ") must be a multiple of the rotation size ",
+                    r);
+}
+
+// global_scale: float32 with exactly one element (shape [] or [1]), on x's device.
+inline void check_global_scale(const char* op, const at::Tensor& g, const at::Tensor& ref) {
+  TORCH_CHECK_TYPE(g.scalar_type() == at::kFloat, op, ": global_scale must be float32, got ", g.scalar_type());
+  TORCH_CHECK_VALUE(g.numel() == 1 && g.dim() <= 1, op,
+                    ": global_scale must hold one value (shape [] or [1]), got shape ", g.sizes());
+  TORCH_CHECK_VALUE(g.device() == ref.device(), op, ": global_scale is on ", g.device(),
+                    " but the input is on ", ref.device());
+}
+
+// codes: uint8 (or float4_e2m1fn_x2), contiguous, non-empty, 2 * last dimension a multiple of `group`.
+inline void check_codes(const char* op, const at::Tensor& codes, int64_t group) {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte || codes.scalar_type() == at::kFloat4_e2m1fn_x2, op,
+                   ": codes must be uint8 or float4_e2m1fn_x2, got ", codes.scalar_type());
+  TORCH_CHECK_VALUE(codes.dim() >= 1 && codes.numel() > 0, op, ": codes is empty (shape ", codes.sizes(), ")");
+  TORCH_CHECK_VALUE((2 * codes.size(-1)) % group == 0, op, ": codes' last dimension (", codes.size(-1),
+                    " bytes = ", 2 * codes.size(-1), " elements) must hold whole groups of ", group);
+  TORCH_CHECK_VALUE(codes.is_contiguous(), op, ": codes must be contiguous");
+}
+
+// scales: the given dtype, on the codes' device, contiguous, shaped for `layout`.
+inline void check_scales(const char* op, const at::Tensor& scales, const at::Tensor& codes, int64_t group,
+                         at::ScalarType dtype, ScaleLayout layout) {
+  TORCH_CHECK_TYPE(scales.scalar_type() == dtype, op, ": scales must be ", dtype, ", got ",
+                   scales.scalar_type());
+  TORCH_CHECK_VALUE(scales.device() == codes.device(), op, ": scales is on ", scales.device(),
+                    " but codes is on ", codes.device());
+  TORCH_CHECK_VALUE(scales.is_contiguous(), op, ": scales must be contiguous");
+  const int64_t groups = 2 * codes.size(-1) / group;
+  const int64_t rows = codes.numel() / codes.size(-1);
+  if (layout == ScaleLayout::kLinear) {
+    auto expected = codes.sizes().vec();
+    expected.back() = groups;
+    TORCH_CHECK_VALUE(scales.sizes().vec() == expected, op, ": scales must have shape ", c10::IntArrayRef(expected),
+                      " for the linear layout, got ", scales.sizes());
+  } else {
+    const int64_t pr = core::blocked_rows(rows), pc = core::blocked_cols(groups);
+    TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == pr && scales.size(1) == pc, op,
+                      ": scales must have shape [", pr, ", ", pc, "] for the blocked layout of ", rows,
+                      " rows x ", groups, " groups, got ", scales.sizes());
+  }
+}
+
+inline at::ScalarType parse_out_dtype(const char* op, const c10::optional<at::ScalarType>& dt) {
+  const at::ScalarType d = dt.value_or(at::kFloat);
+  TORCH_CHECK_TYPE(d == at::kFloat || d == at::kBFloat16 || d == at::kHalf, op,
+                   ": out_dtype must be float32, bfloat16 or float16, got ", d);
+  return d;
+}
+
+}  // namespace fpquant

@@ -1,0 +1,270 @@
+// CPU implementations of the fpquant operators. They follow python/fpquant_ext/formats.py operation for
+// operation (the shared arithmetic is in csrc/core), so their output is bit-identical to the reference.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "checks.h"
+#include "core/scale_layout.h"
+#include "core/scale_rules.h"
+
+namespace fpquant {
+namespace {
+
+using core::kMxGroup;
+using core::kNvGroup;
+
+// Row-wise rotation with float64 accumulation in increasing index order: out[j] = sum_i in[i] * A[j][i].
+// Products of two float32 values are exact in float64, so only the additions round, in a fixed order.
+struct Rotation {
+  int r = 0;
+  std::vector<double> a;  // a[j * r + i]
+
+  // forward: y = x_block @ R (a = R^T); inverse: x = y_block @ R^T (a = R).
+  static Rotation make(const c10::optional<at::Tensor>& rot, bool inverse) {
+    Rotation out;
+    if (!rot.has_value()) return out;
+    at::Tensor R = rot->to(at::kDouble).contiguous();
+    out.r = static_cast<int>(R.size(0));
+    const double* p = R.data_ptr<double>();
+    out.a.resize(static_cast<size_t>(out.r) * out.r);
+    for (int i = 0; i < out.r; ++i)
+      for (int j = 0; j < out.r; ++j) out.a[static_cast<size_t>(j) * out.r + i] = inverse ? p[j * out.r + i] : p[i * out.r + j];
+    return out;
+  }
+
+  void apply(float* row, int64_t K, float* tmp) const {
+    if (r == 0) return;
+    for (int64_t b = 0; b < K; b += r) {
+      float* v = row + b;
+      for (int j = 0; j < r; ++j) {
+        const double* aj = a.data() + static_cast<size_t>(j) * r;
+        double acc = 0.0;
+        for (int i = 0; i < r; ++i) acc += static_cast<double>(v[i]) * aj[i];
+        tmp[j] = static_cast<float>(acc);
+      }
+      std::copy(tmp, tmp + r, v);
+    }
+  }
+};
+
+// Runs fn(row_index, float32 row after rotation) over all rows of x in parallel.
+template <typename Fn>
+void for_each_rotated_row(const at::Tensor& x, const Rotation& rot, Fn&& fn) {
+  const int64_t K = x.size(-1);
+  const int64_t rows = x.numel() / K;
+  const at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);  // exact widening
+  const float* src = xf.data_ptr<float>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> row(K), tmp(std::max(rot.r, 1));
+    for (int64_t i = begin; i < end; ++i) {
+      std::copy(src + i * K, src + (i + 1) * K, row.data());
+      rot.apply(row.data(), K, tmp.data());
+      fn(i, row.data());
+    }
+  });
+}
+
+at::Tensor make_scales(const at::Tensor& x, int64_t groups, at::ScalarType dtype, ScaleLayout layout) {
+  const int64_t rows = x.numel() / x.size(-1);
+  if (layout == ScaleLayout::kLinear) {
+    auto shape = x.sizes().vec();
+    shape.back() = groups;
+    return at::empty(shape, x.options().dtype(dtype));
+  }
+  // Padding bytes are zero.
+  return at::zeros({core::blocked_rows(rows), core::blocked_cols(groups)}, x.options().dtype(dtype));
+}
+
+inline int64_t scale_index(ScaleLayout layout, int64_t row, int64_t g, int64_t groups) {
+  return layout == ScaleLayout::kLinear ? row * groups + g : core::blocked_offset(row, g, groups);
+}
+
+at::Tensor make_codes(const at::Tensor& x) {
+  auto shape = x.sizes().vec();
+  shape.back() /= 2;
+  return at::empty(shape, x.options().dtype(at::kByte));
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_mxfp4_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& rotation,
+                                                      c10::string_view method, c10::string_view scale_layout) {
+  constexpr const char* op = "fpquant.quantize_mxfp4";
+  check_activation(op, x, kMxGroup);
+  check_rotation(op, rotation, x, x.size(-1));
+  const core::MxRule rule = parse_mx_method(op, std::string(method));
+  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+
+  const int64_t K = x.size(-1), groups = K / kMxGroup;
+  at::Tensor codes = make_codes(x);
+  at::Tensor scales = make_scales(x, groups, at::kFloat8_e8m0fnu, layout);
+  uint8_t* c = codes.data_ptr<uint8_t>();
+  uint8_t* s = reinterpret_cast<uint8_t*>(scales.data_ptr());
+  for_each_rotated_row(x, Rotation::make(rotation, false), [&](int64_t row, const float* v) {
+    for (int64_t g = 0; g < groups; ++g)
+      s[scale_index(layout, row, g, groups)] =
+          core::mx_quantize_block(v + g * kMxGroup, rule, c + row * (K / 2) + g * (kMxGroup / 2));
+  });
+  return {codes, scales};
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_nvfp4_cpu(const at::Tensor& x, const at::Tensor& global_scale,
+                                                      const c10::optional<at::Tensor>& rotation,
+                                                      c10::string_view scale_layout) {
+  constexpr const char* op = "fpquant.quantize_nvfp4";
+  check_activation(op, x, kNvGroup);
+  check_global_scale(op, global_scale, x);
+  check_rotation(op, rotation, x, x.size(-1));
+  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+
+  const int64_t K = x.size(-1), groups = K / kNvGroup;
+  const float g = global_scale.item<float>();
+  at::Tensor codes = make_codes(x);
+  at::Tensor scales = make_scales(x, groups, at::kFloat8_e4m3fn, layout);
+  uint8_t* c = codes.data_ptr<uint8_t>();
+  uint8_t* s = reinterpret_cast<uint8_t*>(scales.data_ptr());
+  for_each_rotated_row(x, Rotation::make(rotation, false), [&](int64_t row, const float* v) {
+    for (int64_t gi = 0; gi < groups; ++gi)
+      s[scale_index(layout, row, gi, groups)] =
+          core::nv_quantize_block(v + gi * kNvGroup, g, c + row * (K / 2) + gi * (kNvGroup / 2));
+  });
+  return {codes, scales};
+}
+
+at::Tensor nvfp4_global_scale_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& rotation) {
+  constexpr const char* op = "fpquant.nvfp4_global_scale";
+  check_activation(op, x, 1);
+  check_rotation(op, rotation, x, x.size(-1));
+  const int64_t K = x.size(-1), rows = x.numel() / K;
+  // One slot per row keeps the parallel reduction free of races; max is order-independent anyway.
+  std::vector<float> row_amax(rows);
+  std::vector<uint8_t> row_finite(rows);
+  for_each_rotated_row(x, Rotation::make(rotation, false), [&](int64_t row, const float* v) {
+    float amax = 0.0f;
+    bool finite = true;
+    for (int64_t k = 0; k < K; ++k) {
+      finite = finite && core::is_finite(v[k]);
+      amax = core::max_f(amax, core::abs_f(v[k]));
+    }
+    row_amax[row] = amax;
+    row_finite[row] = finite;
+  });
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t r = 0; r < rows; ++r) {
+    amax = core::max_f(amax, row_amax[r]);
+    finite = finite && row_finite[r];
+  }
+  at::Tensor out = at::empty({1}, x.options().dtype(at::kFloat));
+  out.data_ptr<float>()[0] = core::nv_global_scale_from_amax(finite ? amax : core::bits_f32(0x7FC00000u));
+  return out;
+}
+
+// Shared dequantization: value = e2m1(code) * multiplier(scale), then the inverse rotation, then out_dtype.
+template <typename Multiplier>
+at::Tensor dequantize_cpu(const char* op, const at::Tensor& codes, const at::Tensor& scales, int64_t group,
+                          const c10::optional<at::Tensor>& rotation, ScaleLayout layout,
+                          at::ScalarType out_dtype, Multiplier&& multiplier) {
+  const int64_t Kb = codes.size(-1), K = 2 * Kb, rows = codes.numel() / Kb, groups = K / group;
+  check_rotation(op, rotation, codes, K);
+  auto shape = codes.sizes().vec();
+  shape.back() = K;
+  at::Tensor out = at::empty(shape, codes.options().dtype(at::kFloat));
+  const uint8_t* c = reinterpret_cast<const uint8_t*>(codes.data_ptr());
+  const uint8_t* s = reinterpret_cast<const uint8_t*>(scales.data_ptr());
+  float* o = out.data_ptr<float>();
+  const Rotation rot = Rotation::make(rotation, true);
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> tmp(std::max(rot.r, 1));
+    for (int64_t row = begin; row < end; ++row) {
+      float* v = o + row * K;
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        const float m = multiplier(s[scale_index(layout, row, gi, groups)]);
+        for (int64_t k = gi * group; k < (gi + 1) * group; ++k) {
+          const uint8_t byte = c[row * Kb + k / 2];
+          v[k] = core::mul_rn(core::e2m1_decode((k & 1) ? (byte >> 4) : (byte & 0xF)), m);
+        }
+      }
+      rot.apply(v, K, tmp.data());
+    }
+  });
+  return out_dtype == at::kFloat ? out : out.to(out_dtype);
+}
+
+at::Tensor dequantize_mxfp4_cpu(const at::Tensor& codes, const at::Tensor& scales,
+                                const c10::optional<at::Tensor>& rotation, c10::string_view scale_layout,
+                                c10::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "fpquant.dequantize_mxfp4";
+  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+  check_codes(op, codes, kMxGroup);
+  check_scales(op, scales, codes, kMxGroup, at::kFloat8_e8m0fnu, layout);
+  return dequantize_cpu(op, codes, scales, kMxGroup, rotation, layout, parse_out_dtype(op, out_dtype),
+                        [](uint8_t sc) { return core::mx_block_multiplier(sc); });
+}
+
+at::Tensor dequantize_nvfp4_cpu(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& global_scale,
+                                const c10::optional<at::Tensor>& rotation, c10::string_view scale_layout,
+                                c10::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "fpquant.dequantize_nvfp4";
+  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+  check_codes(op, codes, kNvGroup);
+  check_scales(op, scales, codes, kNvGroup, at::kFloat8_e4m3fn, layout);
+  check_global_scale(op, global_scale, codes);
+  const float g = global_scale.item<float>();
+  return dequantize_cpu(op, codes, scales, kNvGroup, rotation, layout, parse_out_dtype(op, out_dtype),
+                        [g](uint8_t sc) { return core::nv_block_multiplier(sc, g); });
+}
+
+void check_scale_matrix(const char* op, const at::Tensor& t) {
+  TORCH_CHECK_TYPE(t.element_size() == 1 && !at::isComplexType(t.scalar_type()), op,
+                   ": scales must be a one-byte dtype (float8_e8m0fnu, float8_e4m3fn or uint8), got ",
+                   t.scalar_type());
+  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": scales must be contiguous");
+}
+
+at::Tensor swizzle_scales_cpu(const at::Tensor& scales) {
+  constexpr const char* op = "fpquant.swizzle_scales";
+  check_scale_matrix(op, scales);
+  TORCH_CHECK_VALUE(scales.dim() >= 2 && scales.numel() > 0, op,
+                    ": scales must be a non-empty [..., rows, groups] tensor, got shape ", scales.sizes());
+  const int64_t cols = scales.size(-1), rows = scales.numel() / cols;
+  at::Tensor out = at::zeros({core::blocked_rows(rows), core::blocked_cols(cols)}, scales.options());
+  const uint8_t* src = reinterpret_cast<const uint8_t*>(scales.data_ptr());
+  uint8_t* dst = reinterpret_cast<uint8_t*>(out.data_ptr());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[core::blocked_offset(r, c, cols)] = src[r * cols + c];
+  return out;
+}
+
+at::Tensor unswizzle_scales_cpu(const at::Tensor& scales, int64_t rows, int64_t cols) {
+  constexpr const char* op = "fpquant.unswizzle_scales";
+  check_scale_matrix(op, scales);
+  TORCH_CHECK_VALUE(rows > 0 && cols > 0, op, ": rows and cols must be positive, got ", rows, " and ", cols);
+  TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == core::blocked_rows(rows) &&
+                        scales.size(1) == core::blocked_cols(cols),
+                    op, ": blocked scales for ", rows, " x ", cols, " must have shape [", core::blocked_rows(rows),
+                    ", ", core::blocked_cols(cols), "], got ", scales.sizes());
+  at::Tensor out = at::empty({rows, cols}, scales.options());
+  const uint8_t* src = reinterpret_cast<const uint8_t*>(scales.data_ptr());
+  uint8_t* dst = reinterpret_cast<uint8_t*>(out.data_ptr());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = src[core::blocked_offset(r, c, cols)];
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fpquant, CPU, m) {
+  m.impl("quantize_mxfp4", &quantize_mxfp4_cpu);
+  m.impl("quantize_nvfp4", &quantize_nvfp4_cpu);
+  m.impl("dequantize_mxfp4", &dequantize_mxfp4_cpu);
+  m.impl("dequantize_nvfp4", &dequantize_nvfp4_cpu);
+  m.impl("nvfp4_global_scale", &nvfp4_global_scale_cpu);
+  m.impl("swizzle_scales", &swizzle_scales_cpu);
+  m.impl("unswizzle_scales", &unswizzle_scales_cpu);
+}
+
+}  // namespace fpquant

@@ -1,0 +1,38 @@
+// The one place where every fpquant operator's schema is declared. Backends (csrc/cpu, csrc/cuda) only
+// register implementations; fake (meta) implementations live in python/fpquant_ext/ops.py.
+#include <Python.h>
+#include <torch/library.h>
+
+#ifndef FPQUANT_CUDA_ARCHS
+#define FPQUANT_CUDA_ARCHS ""
+#endif
+
+extern "C" {
+// `import fpquant_ext._C` loads this library, which runs the registrations below. The module itself is
+// empty: every entry point is reached through torch.ops.fpquant.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  PyObject* m = PyModule_Create(&module_def);
+  // Build facts for fpquant_ext.backend_info(): the CUDA architectures compiled in ("" for a CPU build).
+  if (m != nullptr) PyModule_AddStringConstant(m, "cuda_archs", FPQUANT_CUDA_ARCHS);
+  return m;
+}
+}
+
+TORCH_LIBRARY(fpquant, m) {
+  m.def(
+      "quantize_mxfp4(Tensor x, Tensor? rotation=None, str method=\"floor\", str scale_layout=\"linear\")"
+      " -> (Tensor codes, Tensor scales)");
+  m.def(
+      "quantize_nvfp4(Tensor x, Tensor global_scale, Tensor? rotation=None, str scale_layout=\"linear\")"
+      " -> (Tensor codes, Tensor scales)");
+  m.def(
+      "dequantize_mxfp4(Tensor codes, Tensor scales, Tensor? rotation=None, str scale_layout=\"linear\","
+      " ScalarType? out_dtype=None) -> Tensor");
+  m.def(
+      "dequantize_nvfp4(Tensor codes, Tensor scales, Tensor global_scale, Tensor? rotation=None,"
+      " str scale_layout=\"linear\", ScalarType? out_dtype=None) -> Tensor");
+  m.def("nvfp4_global_scale(Tensor x, Tensor? rotation=None) -> Tensor");
+  m.def("swizzle_scales(Tensor scales) -> Tensor");
+  m.def("unswizzle_scales(Tensor scales, int rows, int cols) -> Tensor");
+}

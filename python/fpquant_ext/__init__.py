@@ -1,0 +1,39 @@
+"""fpquant_ext: MXFP4 / NVFP4 quantization for PyTorch.
+
+Operators live in ``torch.ops.fpquant`` (schemas: csrc/schema.cpp); :mod:`fpquant_ext.ops` wraps them,
+:mod:`fpquant_ext.formats` is the pure-PyTorch reference that defines their exact results, and
+:mod:`fpquant_ext.rotations` builds the rotation matrices.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _C, formats, rotations  # noqa: F401  (_C registers the operators)
+from .ops import (  # noqa: F401
+    as_float4,
+    dequantize_mxfp4,
+    dequantize_nvfp4,
+    nvfp4_global_scale,
+    quantize_mxfp4,
+    quantize_nvfp4,
+    swizzle_scales,
+    unswizzle_scales,
+)
+
+__version__ = "0.1.0"
+
+
+def backend_info() -> dict:
+    """What this build can run: compiled CUDA targets and the device that would be used."""
+    archs = [a for a in _C.cuda_archs.split(",") if a]
+    info = {
+        "version": __version__,
+        "torch": torch.__version__,
+        "cuda_archs_compiled": archs,
+        "cuda_device": None,
+    }
+    if archs and torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        info["cuda_device"] = f"{torch.cuda.get_device_name()} (sm_{major}{minor})"
+    return info
