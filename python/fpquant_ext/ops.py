@@ -45,15 +45,25 @@ def _check_activation(op: str, x: torch.Tensor, group: int) -> None:
     )
 
 
-def _check_rotation(op: str, rot: Optional[torch.Tensor], K: int) -> None:
+def _check_rotation(op: str, rot: Optional[torch.Tensor], K: int, ref: torch.Tensor) -> None:
     if rot is None:
         return
+    torch._check(rot.device == ref.device,
+                 lambda: f"{op}: rotation is on {rot.device} but the input is on {ref.device}")
     torch._check(rot.dim() == 2 and rot.shape[0] == rot.shape[1],
                  lambda: f"{op}: rotation must be a square matrix, got shape {list(rot.shape)}")
     torch._check(rot.shape[0] in (16, 32, 64, 128),
                  lambda: f"{op}: rotation size must be 16, 32, 64 or 128, got {rot.shape[0]}")
     torch._check(K % rot.shape[0] == 0,
                  lambda: f"{op}: the last dimension ({K}) must be a multiple of the rotation size {rot.shape[0]}")
+
+
+def _check_global_scale(op: str, g: torch.Tensor, ref: torch.Tensor) -> None:
+    torch._check(g.dtype == torch.float32, lambda: f"{op}: global_scale must be float32, got {g.dtype}")
+    torch._check(g.numel() == 1 and g.dim() <= 1,
+                 lambda: f"{op}: global_scale must hold one value (shape [] or [1]), got shape {list(g.shape)}")
+    torch._check(g.device == ref.device,
+                 lambda: f"{op}: global_scale is on {g.device} but the input is on {ref.device}")
 
 
 def _check_layout(op: str, layout: str) -> None:
@@ -72,7 +82,7 @@ def _scales_like(x: torch.Tensor, groups: int, dtype: torch.dtype, layout: str) 
 def _quantize_mxfp4_fake(x, rotation=None, method="floor", scale_layout="linear"):
     op = "fpquant.quantize_mxfp4"
     _check_activation(op, x, MX_GROUP)
-    _check_rotation(op, rotation, x.shape[-1])
+    _check_rotation(op, rotation, x.shape[-1], x)
     torch._check(method in ("floor", "ceil", "quest"),
                  lambda: f"{op}: method must be one of 'floor', 'ceil', 'quest' for MXFP4, got '{method}'")
     _check_layout(op, scale_layout)
@@ -84,7 +94,8 @@ def _quantize_mxfp4_fake(x, rotation=None, method="floor", scale_layout="linear"
 def _quantize_nvfp4_fake(x, global_scale, rotation=None, scale_layout="linear"):
     op = "fpquant.quantize_nvfp4"
     _check_activation(op, x, NV_GROUP)
-    _check_rotation(op, rotation, x.shape[-1])
+    _check_global_scale(op, global_scale, x)
+    _check_rotation(op, rotation, x.shape[-1], x)
     _check_layout(op, scale_layout)
     codes = x.new_empty((*x.shape[:-1], x.shape[-1] // 2), dtype=torch.uint8)
     return codes, _scales_like(x, x.shape[-1] // NV_GROUP, torch.float8_e4m3fn, scale_layout)
@@ -94,7 +105,7 @@ def _dequantize_fake(op, codes, group, rotation, scale_layout, out_dtype):
     torch._check(codes.dim() >= 1 and codes.numel() > 0, lambda: f"{op}: codes is empty")
     torch._check((2 * codes.shape[-1]) % group == 0,
                  lambda: f"{op}: codes' last dimension must hold whole groups of {group}")
-    _check_rotation(op, rotation, 2 * codes.shape[-1])
+    _check_rotation(op, rotation, 2 * codes.shape[-1], codes)
     _check_layout(op, scale_layout)
     dtype = out_dtype if out_dtype is not None else torch.float32
     return codes.new_empty((*codes.shape[:-1], 2 * codes.shape[-1]), dtype=dtype)
@@ -107,13 +118,14 @@ def _dequantize_mxfp4_fake(codes, scales, rotation=None, scale_layout="linear", 
 
 @torch.library.register_fake("fpquant::dequantize_nvfp4")
 def _dequantize_nvfp4_fake(codes, scales, global_scale, rotation=None, scale_layout="linear", out_dtype=None):
+    _check_global_scale("fpquant.dequantize_nvfp4", global_scale, codes)
     return _dequantize_fake("fpquant.dequantize_nvfp4", codes, NV_GROUP, rotation, scale_layout, out_dtype)
 
 
 @torch.library.register_fake("fpquant::nvfp4_global_scale")
 def _nvfp4_global_scale_fake(x, rotation=None):
     _check_activation("fpquant.nvfp4_global_scale", x, 1)
-    _check_rotation("fpquant.nvfp4_global_scale", rotation, x.shape[-1])
+    _check_rotation("fpquant.nvfp4_global_scale", rotation, x.shape[-1], x)
     return x.new_empty((1,), dtype=torch.float32)
 
 

@@ -1,0 +1,39 @@
+import os
+import random
+
+import pytest
+import torch
+
+import fpquant_ext  # noqa: F401  (registers torch.ops.fpquant)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available() and fpquant_ext.backend_info()["cuda_device"] is not None:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and a CUDA build of fpquant_ext")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def diverse_tensor(rows: int, cols: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """Gaussian rows with per-row magnitudes spread over 2^-30 .. 2^30, some heavy-tailed outliers,
+    and some exact zeros: exercises every scale exponent region, not just values near 1."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    row_scale = torch.exp2(torch.randint(-30, 31, (rows, 1), generator=g).double())
+    x = x * row_scale
+    outliers = torch.rand(rows, cols, generator=g) < 1e-3
+    x = torch.where(outliers, x * 50, x)
+    zeros = torch.rand(rows, cols, generator=g) < 1e-3
+    x = torch.where(zeros, torch.zeros_like(x), x)
+    return x.to(dtype)
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """A fresh seed per test run (FPQUANT_TEST_SEED pins it); printed with any failure."""
+    value = int(os.environ.get("FPQUANT_TEST_SEED", random.randrange(1 << 30)))
+    request.node.user_properties.append(("seed", value))
+    print(f"seed={value}")
+    return value
