@@ -64,41 +64,46 @@ FPQ_UNROLL
   return t[0];
 }
 
+// The MXFP4 scale exponent of a finite block from its statistics (sum/sumsq only used by quest).
+FPQ_HD int mx_block_exponent(MxRule rule, float amax, float sum, float sumsq) {
+  if (rule == MxRule::kFloor) return mx_exp_floor(amax);
+  if (rule == MxRule::kCeil) return mx_exp_ceil(amax);
+  return mx_exp_quest(sum, sumsq);
+}
+
+// Two E2M1 codes in one byte: a in the low nibble, b in the high nibble.
+FPQ_HD uint8_t pack2(uint8_t a, uint8_t b) { return static_cast<uint8_t>(a | (b << 4)); }
+
 // Quantize one MXFP4 block of 32 float32 values. Writes 16 code bytes (element 2i in the low nibble) and
 // returns the E8M0 scale code. A block holding any NaN or +-inf gets the NaN scale (0xFF) and zero codes,
 // so it dequantizes to NaN: non-finite input never turns into finite-looking output.
 FPQ_HD uint8_t mx_quantize_block(const float* v, MxRule rule, uint8_t* codes) {
   bool finite = true;
   float amax = 0.0f;
-FPQ_UNROLL
+  FPQ_UNROLL
   for (int i = 0; i < kMxGroup; ++i) {
     finite = finite && is_finite(v[i]);
     amax = max_f(amax, abs_f(v[i]));
   }
   if (!finite) {
-FPQ_UNROLL
+    FPQ_UNROLL
     for (int i = 0; i < kMxGroup / 2; ++i) codes[i] = 0;
     return kE8M0Nan;
   }
-  int e;
-  if (rule == MxRule::kFloor) {
-    e = mx_exp_floor(amax);
-  } else if (rule == MxRule::kCeil) {
-    e = mx_exp_ceil(amax);
-  } else {
+  float sum = 0.0f, sumsq = 0.0f;
+  if (rule == MxRule::kQuest) {
     float sq[kMxGroup];
-FPQ_UNROLL
+    FPQ_UNROLL
     for (int i = 0; i < kMxGroup; ++i) sq[i] = mul_rn(v[i], v[i]);
-    e = mx_exp_quest(tree_sum<kMxGroup>(v), tree_sum<kMxGroup>(sq));
+    sum = tree_sum<kMxGroup>(v);
+    sumsq = tree_sum<kMxGroup>(sq);
   }
+  const int e = mx_block_exponent(rule, amax, sum, sumsq);
   // v / 2^e equals v * 2^-e exactly (one rounding of the same real number; 2^-e is representable).
   const float inv = exp2i(-e);
-FPQ_UNROLL
-  for (int i = 0; i < kMxGroup / 2; ++i) {
-    const uint8_t lo = e2m1_encode(mul_rn(v[2 * i], inv));
-    const uint8_t hi = e2m1_encode(mul_rn(v[2 * i + 1], inv));
-    codes[i] = static_cast<uint8_t>(lo | (hi << 4));
-  }
+  FPQ_UNROLL
+  for (int i = 0; i < kMxGroup / 2; ++i)
+    codes[i] = pack2(e2m1_encode(mul_rn(v[2 * i], inv)), e2m1_encode(mul_rn(v[2 * i + 1], inv)));
   return static_cast<uint8_t>(e + 127);
 }
 
@@ -112,31 +117,39 @@ FPQ_HD float nv_global_scale_from_amax(float amax) {
   return is_finite(g) ? g : bits_f32(0x7F7FFFFFu);
 }
 
+// NVFP4 block scale code from the block's amax: e4m3(amax / 6 * g); NaN code when the block is not finite
+// or the global scale g is not finite and positive.
+FPQ_HD uint8_t nv_block_scale(float amax, bool block_finite, float g) {
+  const bool ok = block_finite && is_finite(g) && g > 0.0f;
+  return ok ? e4m3_encode_sat(mul_rn(div_rn(amax, kE2M1Max), g)) : kE4M3Nan;
+}
+
+// The divisor applied to elements, s / g; 0 (meaning: write zero codes) for a zero or NaN scale.
+FPQ_HD float nv_block_divisor(uint8_t scale_code, float g) {
+  if (scale_code == kE4M3Nan) return 0.0f;
+  const float d = div_rn(e4m3_decode(scale_code), g);
+  return d > 0.0f ? d : 0.0f;
+}
+
+// E2M1 code of one NVFP4 element given the block divisor (0: the block's codes are zero).
+FPQ_HD uint8_t nv_encode(float v, float divisor) { return divisor > 0.0f ? e2m1_encode(div_rn(v, divisor)) : 0; }
+
 // Quantize one NVFP4 block of 16 float32 values with the global scale g (encode multiplier).
 // block scale s = e4m3(amax / 6 * g); element q = v / (s / g). Returns the E4M3 scale code.
 // NaN scale (and zero codes) for a non-finite block or a global scale that is not finite and positive.
 // A block scale that rounds to zero (or whose s / g underflows) gives zero codes.
 FPQ_HD uint8_t nv_quantize_block(const float* v, float g, uint8_t* codes) {
-  bool finite = is_finite(g) && g > 0.0f;
+  bool finite = true;
   float amax = 0.0f;
-FPQ_UNROLL
+  FPQ_UNROLL
   for (int i = 0; i < kNvGroup; ++i) {
     finite = finite && is_finite(v[i]);
     amax = max_f(amax, abs_f(v[i]));
   }
-  const uint8_t sc = finite ? e4m3_encode_sat(mul_rn(div_rn(amax, kE2M1Max), g)) : kE4M3Nan;
-  const float denom = finite ? div_rn(e4m3_decode(sc), g) : 0.0f;
-  if (!(denom > 0.0f)) {
-FPQ_UNROLL
-    for (int i = 0; i < kNvGroup / 2; ++i) codes[i] = 0;
-    return sc;
-  }
-FPQ_UNROLL
-  for (int i = 0; i < kNvGroup / 2; ++i) {
-    const uint8_t lo = e2m1_encode(div_rn(v[2 * i], denom));
-    const uint8_t hi = e2m1_encode(div_rn(v[2 * i + 1], denom));
-    codes[i] = static_cast<uint8_t>(lo | (hi << 4));
-  }
+  const uint8_t sc = nv_block_scale(amax, finite, g);
+  const float d = nv_block_divisor(sc, g);
+  FPQ_UNROLL
+  for (int i = 0; i < kNvGroup / 2; ++i) codes[i] = pack2(nv_encode(v[2 * i], d), nv_encode(v[2 * i + 1], d));
   return sc;
 }
 

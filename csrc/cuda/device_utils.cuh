@@ -1,0 +1,64 @@
+// Small device helpers shared by the CUDA kernels: vector loads with conversion to float, launch sizing.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/quantize.h"
+
+namespace fpquant::cuda {
+
+template <DType D> struct Elem;
+template <> struct Elem<DType::kF32> { using type = float; };
+template <> struct Elem<DType::kBF16> { using type = __nv_bfloat16; };
+template <> struct Elem<DType::kF16> { using type = __half; };
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+// Convert the 16 bytes in `w` (8 x 16-bit or 4 x 32-bit elements) to floats; returns how many were written.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& w, float* out) {
+  const T* e = reinterpret_cast<const T*>(&w);
+  constexpr int n = 16 / sizeof(T);
+#pragma unroll
+  for (int i = 0; i < n; ++i) out[i] = to_float(e[i]);
+}
+
+// Load N consecutive elements of T starting at a 16-byte aligned address, as float32 (exact widening).
+template <typename T, int N>
+__device__ __forceinline__ void load_as_float(const T* __restrict__ src, float* v) {
+  constexpr int per_vec = 16 / sizeof(T);
+  static_assert(N % per_vec == 0, "N must fill whole 16-byte vectors");
+  const uint4* p = reinterpret_cast<const uint4*>(src);
+  uint4 raw[N / per_vec];
+#pragma unroll
+  for (int i = 0; i < N / per_vec; ++i) raw[i] = __ldg(p + i);  // all loads in flight before use
+#pragma unroll
+  for (int i = 0; i < N / per_vec; ++i) unpack16<T>(raw[i], v + i * per_vec);
+}
+
+__device__ __forceinline__ void store_float(float* dst, float v) { *dst = v; }
+__device__ __forceinline__ void store_float(__nv_bfloat16* dst, float v) { *dst = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store_float(__half* dst, float v) { *dst = __float2half_rn(v); }
+
+inline int num_sms() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+    return 132;
+  return sms;
+}
+
+// Grid for a grid-stride loop over `work` items with `threads` per block: enough blocks to fill the GPU
+// several times over, never more than the work needs.
+inline unsigned grid_for(int64_t work, int threads, int blocks_per_sm = 16) {
+  const int64_t need = (work + threads - 1) / threads;
+  const int64_t cap = static_cast<int64_t>(num_sms()) * blocks_per_sm;
+  return static_cast<unsigned>(need < cap ? (need > 0 ? need : 1) : cap);
+}
+
+}  // namespace fpquant::cuda

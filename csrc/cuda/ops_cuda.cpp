@@ -1,0 +1,226 @@
+// CUDA implementations of the fpquant operators: validation (csrc/checks.h, shared with the CPU), output
+// allocation through torch, the current stream, then the framework-free launchers in quantize.h.
+// Only c10/cuda headers (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS/cuSPARSE headers): the CI check
+// compiles this file with a bare nvcc toolkit.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "checks.h"
+#include "core/scale_layout.h"
+#include "cuda/quantize.h"
+
+namespace fpquant {
+namespace {
+
+using cuda::DType;
+using cuda::Format;
+
+DType dtype_of(at::ScalarType t) {
+  return t == at::kFloat ? DType::kF32 : (t == at::kBFloat16 ? DType::kBF16 : DType::kF16);
+}
+
+void check_cuda(const char* op, cudaError_t err) {
+  TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
+}
+
+void check_device_and_alignment(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, ": ", name,
+                    " must be 16-byte aligned on CUDA (a view at an odd storage offset is not; use .clone())");
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, t.get_device());
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, t.get_device());
+  TORCH_CHECK(major >= 8, op, ": needs a GPU of compute capability 8.0 or newer, got ", major, ".", minor);
+}
+
+at::Tensor make_scales(const at::Tensor& like, int64_t rows, int64_t groups, at::ScalarType dtype,
+                       ScaleLayout layout, c10::IntArrayRef lead) {
+  if (layout == ScaleLayout::kLinear) {
+    auto shape = lead.vec();
+    shape.push_back(groups);
+    return at::empty(shape, like.options().dtype(dtype));
+  }
+  return at::zeros({core::blocked_rows(rows), core::blocked_cols(groups)}, like.options().dtype(dtype));
+}
+
+// The rotation as tensor-core operands: R (y = x_block @ R) split into hi + lo of bfloat16 (float16 when x
+// is float16). Small r x r device ops: no host synchronization, capturable.
+// An MXFP4 group (32) must fit in one rotation block, so r = 16 is applied as the equivalent block-diagonal
+// 32 x 32 matrix diag(R, R) (the zero blocks add exact zeros).
+std::pair<at::Tensor, at::Tensor> split_rotation(const at::Tensor& R, at::ScalarType x_dtype, int64_t min_size) {
+  const at::ScalarType mt = x_dtype == at::kHalf ? at::kHalf : at::kBFloat16;
+  at::Tensor r32 = R.to(at::kFloat).contiguous();
+  if (r32.size(0) < min_size) r32 = at::block_diag({r32, r32});
+  at::Tensor hi = r32.to(mt);
+  at::Tensor lo = (r32 - hi.to(at::kFloat)).to(mt);
+  return {hi.contiguous(), lo.contiguous()};
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_cuda(const char* op, Format format, const at::Tensor& x,
+                                                 const c10::optional<at::Tensor>& rotation, core::MxRule rule,
+                                                 const at::Tensor* global_scale, ScaleLayout layout) {
+  check_device_and_alignment(op, x, "x");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t G = format == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  const int64_t K = x.size(-1), rows = x.numel() / K;
+  auto code_shape = x.sizes().vec();
+  code_shape.back() = K / 2;
+  at::Tensor codes = at::empty(code_shape, x.options().dtype(at::kByte));
+  at::Tensor scales = make_scales(x, rows, K / G, format == Format::kMxFp4 ? at::kFloat8_e8m0fnu : at::kFloat8_e4m3fn,
+                                  layout, x.sizes().slice(0, x.dim() - 1));
+  cuda::QuantizeParams p;
+  p.x = x.data_ptr();
+  p.dtype = dtype_of(x.scalar_type());
+  p.rows = rows;
+  p.K = K;
+  p.format = format;
+  p.rule = rule;
+  p.global_scale = global_scale ? global_scale->data_ptr<float>() : nullptr;
+  p.blocked = layout == ScaleLayout::kBlocked;
+  p.codes = codes.data_ptr<uint8_t>();
+  p.scales = reinterpret_cast<uint8_t*>(scales.data_ptr());
+  at::Tensor hi, lo;
+  if (rotation.has_value()) {
+    std::tie(hi, lo) = split_rotation(*rotation, x.scalar_type(), G);
+    p.rot_hi = hi.data_ptr();
+    p.rot_lo = lo.data_ptr();
+    p.r = static_cast<int>(hi.size(0));
+  }
+  check_cuda(op, cuda::quantize(p, c10::cuda::getCurrentCUDAStream().stream()));
+  return {codes, scales};
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_mxfp4_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& rotation,
+                                                       c10::string_view method, c10::string_view scale_layout) {
+  constexpr const char* op = "fpquant.quantize_mxfp4";
+  check_activation(op, x, core::kMxGroup);
+  check_rotation(op, rotation, x, x.size(-1));
+  const core::MxRule rule = parse_mx_method(op, std::string(method));
+  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+  return quantize_cuda(op, Format::kMxFp4, x, rotation, rule, nullptr, layout);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_nvfp4_cuda(const at::Tensor& x, const at::Tensor& global_scale,
+                                                       const c10::optional<at::Tensor>& rotation,
+                                                       c10::string_view scale_layout) {
+  constexpr const char* op = "fpquant.quantize_nvfp4";
+  check_activation(op, x, core::kNvGroup);
+  check_global_scale(op, global_scale, x);
+  check_rotation(op, rotation, x, x.size(-1));
+  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+  const at::Tensor g = global_scale.contiguous();
+  return quantize_cuda(op, Format::kNvFp4, x, rotation, core::MxRule::kFloor, &g, layout);
+}
+
+at::Tensor nvfp4_global_scale_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& rotation) {
+  constexpr const char* op = "fpquant.nvfp4_global_scale";
+  check_activation(op, x, 1);
+  check_rotation(op, rotation, x, x.size(-1));
+  TORCH_CHECK_VALUE(x.is_cuda(), op, ": x must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(x.device());
+  // With a rotation the scale is taken over the rotated tensor, computed here by a float32 matmul (a second
+  // pass; the fused quantizer's tensor-core rotation may differ from it in the last bits).
+  at::Tensor src = x;
+  if (rotation.has_value()) {
+    const int64_t r = rotation->size(0);
+    src = at::matmul(x.to(at::kFloat).reshape({-1, r}), rotation->to(at::kFloat));
+  }
+  at::Tensor scratch = at::zeros({2}, x.options().dtype(at::kInt));
+  at::Tensor out = at::empty({1}, x.options().dtype(at::kFloat));
+  check_cuda(op, cuda::global_scale(src.data_ptr(), dtype_of(src.scalar_type()), src.numel(),
+                                    reinterpret_cast<uint32_t*>(scratch.data_ptr<int>()), out.data_ptr<float>(),
+                                    c10::cuda::getCurrentCUDAStream().stream()));
+  return out;
+}
+
+at::Tensor dequantize_cuda(const char* op, Format format, const at::Tensor& codes, const at::Tensor& scales,
+                           const at::Tensor* global_scale, const c10::optional<at::Tensor>& rotation,
+                           ScaleLayout layout, at::ScalarType out_dtype) {
+  check_device_and_alignment(op, codes, "codes");
+  TORCH_CHECK_VALUE(scales.is_cuda(), op, ": scales must be a CUDA tensor");
+  const c10::cuda::CUDAGuard guard(codes.device());
+  const int64_t K = 2 * codes.size(-1), rows = codes.numel() / codes.size(-1);
+  check_rotation(op, rotation, codes, K);
+  auto shape = codes.sizes().vec();
+  shape.back() = K;
+  // With a rotation, dequantize to float32 and apply R^T with a float32 matmul (not yet fused).
+  const at::ScalarType kernel_dtype = rotation.has_value() ? at::kFloat : out_dtype;
+  at::Tensor out = at::empty(shape, codes.options().dtype(kernel_dtype));
+  cuda::DequantizeParams p;
+  p.codes = reinterpret_cast<const uint8_t*>(codes.data_ptr());
+  p.scales = reinterpret_cast<const uint8_t*>(scales.data_ptr());
+  p.format = format;
+  p.global_scale = global_scale ? global_scale->data_ptr<float>() : nullptr;
+  p.blocked = layout == ScaleLayout::kBlocked;
+  p.rows = rows;
+  p.K = K;
+  p.out = out.data_ptr();
+  p.out_dtype = dtype_of(kernel_dtype);
+  check_cuda(op, cuda::dequantize(p, c10::cuda::getCurrentCUDAStream().stream()));
+  if (!rotation.has_value()) return out;
+  const int64_t r = rotation->size(0);
+  return at::matmul(out.reshape({-1, r}), rotation->to(at::kFloat).t()).reshape(shape).to(out_dtype);
+}
+
+at::Tensor dequantize_mxfp4_cuda(const at::Tensor& codes, const at::Tensor& scales,
+                                 const c10::optional<at::Tensor>& rotation, c10::string_view scale_layout,
+                                 c10::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "fpquant.dequantize_mxfp4";
+  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+  check_codes(op, codes, core::kMxGroup);
+  check_scales(op, scales, codes, core::kMxGroup, at::kFloat8_e8m0fnu, layout);
+  return dequantize_cuda(op, Format::kMxFp4, codes, scales, nullptr, rotation, layout, parse_out_dtype(op, out_dtype));
+}
+
+at::Tensor dequantize_nvfp4_cuda(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& global_scale,
+                                 const c10::optional<at::Tensor>& rotation, c10::string_view scale_layout,
+                                 c10::optional<at::ScalarType> out_dtype) {
+  constexpr const char* op = "fpquant.dequantize_nvfp4";
+  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+  check_codes(op, codes, core::kNvGroup);
+  check_scales(op, scales, codes, core::kNvGroup, at::kFloat8_e4m3fn, layout);
+  check_global_scale(op, global_scale, codes);
+  const at::Tensor g = global_scale.contiguous();
+  return dequantize_cuda(op, Format::kNvFp4, codes, scales, &g, rotation, layout, parse_out_dtype(op, out_dtype));
+}
+
+// Layout conversion with tensor ops (pad, view, permute): the same tile order as core::blocked_offset.
+at::Tensor swizzle_scales_cuda(const at::Tensor& scales) {
+  constexpr const char* op = "fpquant.swizzle_scales";
+  TORCH_CHECK_TYPE(scales.element_size() == 1, op, ": scales must be a one-byte dtype, got ", scales.scalar_type());
+  TORCH_CHECK_VALUE(scales.dim() >= 2 && scales.numel() > 0, op,
+                    ": scales must be a non-empty [..., rows, groups] tensor, got shape ", scales.sizes());
+  const int64_t cols = scales.size(-1), rows = scales.numel() / cols;
+  const int64_t pr = core::blocked_rows(rows), pc = core::blocked_cols(cols);
+  at::Tensor padded = at::zeros({pr, pc}, scales.options().dtype(at::kByte));
+  padded.narrow(0, 0, rows).narrow(1, 0, cols).copy_(scales.reshape({rows, cols}).view(at::kByte));
+  return padded.view({pr / 128, 4, 32, pc / 4, 4}).permute({0, 3, 2, 1, 4}).contiguous().view({pr, pc}).view(
+      scales.scalar_type());
+}
+
+at::Tensor unswizzle_scales_cuda(const at::Tensor& scales, int64_t rows, int64_t cols) {
+  constexpr const char* op = "fpquant.unswizzle_scales";
+  TORCH_CHECK_TYPE(scales.element_size() == 1, op, ": scales must be a one-byte dtype, got ", scales.scalar_type());
+  const int64_t pr = core::blocked_rows(rows), pc = core::blocked_cols(cols);
+  TORCH_CHECK_VALUE(rows > 0 && cols > 0 && scales.dim() == 2 && scales.size(0) == pr && scales.size(1) == pc, op,
+                    ": blocked scales for ", rows, " x ", cols, " must have shape [", pr, ", ", pc, "], got ",
+                    scales.sizes());
+  at::Tensor b = scales.contiguous().view(at::kByte).view({pr / 128, pc / 4, 32, 4, 4}).permute({0, 3, 2, 1, 4});
+  return b.reshape({pr, pc}).narrow(0, 0, rows).narrow(1, 0, cols).contiguous().view(scales.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fpquant, CUDA, m) {
+  m.impl("swizzle_scales", &swizzle_scales_cuda);
+  m.impl("unswizzle_scales", &unswizzle_scales_cuda);
+  m.impl("quantize_mxfp4", &quantize_mxfp4_cuda);
+  m.impl("quantize_nvfp4", &quantize_nvfp4_cuda);
+  m.impl("dequantize_mxfp4", &dequantize_mxfp4_cuda);
+  m.impl("dequantize_nvfp4", &dequantize_nvfp4_cuda);
+  m.impl("nvfp4_global_scale", &nvfp4_global_scale_cuda);
+}
+
+}  // namespace fpquant
