@@ -1,0 +1,215 @@
+"""CUDA quantization kernels against the CPU kernels (themselves bit-identical to the reference).
+
+Run on a GPU machine; every test here is marked `cuda` and skips cleanly without one."""
+
+import pytest
+import torch
+
+import fpquant_ext as fq
+from fpquant_ext import formats as ref
+from fpquant_ext import rotations
+
+from conftest import diverse_tensor
+
+pytestmark = pytest.mark.cuda
+MX_METHODS = ["floor", "ceil", "quest"]
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+def same_bits(a, b):
+    return torch.equal(a.contiguous().view(torch.uint8).cpu(), b.contiguous().view(torch.uint8).cpu())
+
+
+def poison_allocator(nbytes=1 << 28):
+    """Fill memory the caching allocator will hand out next with 0xAB, so unwritten outputs show."""
+    t = torch.full((nbytes,), 0xAB, dtype=torch.uint8, device="cuda")
+    del t
+
+
+def gen(rows, cols, seed, dtype):
+    x = diverse_tensor(rows, cols, seed=seed)
+    if dtype == torch.float16:
+        x = x.clamp(-60000, 60000)  # stay finite in float16
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("layout", ["linear", "blocked"])
+def test_mxfp4_bit_identical_1e8(seed, layout):
+    total = 0
+    for i in range(12):  # 12 x 8.4M = 1.0e8 elements, all rules and dtypes
+        method, dtype = MX_METHODS[i % 3], DTYPES[(i // 3) % 3]
+        x = gen(2048, 4096, seed + i, dtype)
+        poison_allocator()
+        codes, scales = fq.quantize_mxfp4(x.cuda(), method=method, scale_layout=layout)
+        rc, rs = fq.quantize_mxfp4(x, method=method, scale_layout=layout)
+        assert same_bits(codes, rc) and same_bits(scales, rs), (method, dtype)
+        assert same_bits(fq.dequantize_mxfp4(codes, scales, scale_layout=layout, out_dtype=dtype),
+                         fq.dequantize_mxfp4(rc, rs, scale_layout=layout, out_dtype=dtype))
+        total += x.numel()
+    assert total >= 1e8
+
+
+@pytest.mark.parametrize("layout", ["linear", "blocked"])
+def test_nvfp4_bit_identical_1e8(seed, layout):
+    total = 0
+    for i in range(12):
+        dtype = DTYPES[i % 3]
+        x = gen(2048, 4096, seed + i, dtype)
+        g = fq.nvfp4_global_scale(x.cuda())
+        assert same_bits(g, fq.nvfp4_global_scale(x))
+        poison_allocator()
+        codes, scales = fq.quantize_nvfp4(x.cuda(), g, scale_layout=layout)
+        rc, rs = fq.quantize_nvfp4(x, g.cpu(), scale_layout=layout)
+        assert same_bits(codes, rc) and same_bits(scales, rs), dtype
+        assert same_bits(fq.dequantize_nvfp4(codes, scales, g, scale_layout=layout, out_dtype=torch.float32),
+                         fq.dequantize_nvfp4(rc, rs, g.cpu(), scale_layout=layout, out_dtype=torch.float32))
+        total += x.numel()
+    assert total >= 1e8
+
+
+def edge_inputs():
+    big = torch.finfo(torch.float32).max
+    rows = [
+        [4.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -0.75, -1.25, -1.75, -2.5, -3.5, -5.0, 6.0] * 2,
+        [0.0] * 32,
+        [-0.0, 2.0**-140, -3 * 2.0**-140, 1e-45] + [0.0] * 28,
+        [7.5, 6.5, -7.9, 1.0] + [0.5] * 28,
+        [big, -big] + [1.0] * 30,
+        [float("nan")] + [1.0] * 31,
+        [float("inf")] + [1.0] * 31,
+        [float("-inf")] + [1.0] * 31,
+        [1e30] * 32,
+        [6000.0, 3000.0] + [0.0] * 30,
+    ]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_edge_cases_match_cpu():
+    x = edge_inputs()
+    for method in MX_METHODS:
+        c, s = fq.quantize_mxfp4(x.cuda(), method=method)
+        rc, rs = fq.quantize_mxfp4(x, method=method)
+        assert same_bits(c, rc) and same_bits(s, rs), method
+    for g in [1.0, 0.0, -1.0, float("nan"), float("inf"), 1e-12, 1e12]:
+        gs = torch.tensor([g])
+        c, s = fq.quantize_nvfp4(x.cuda(), gs.cuda())
+        rc, rs = fq.quantize_nvfp4(x, gs)
+        assert same_bits(c, rc) and same_bits(s, rs), g
+    for t in [x, torch.zeros(3, 16), torch.full((1, 16), 1e-44)]:
+        assert same_bits(fq.nvfp4_global_scale(t.cuda()), fq.nvfp4_global_scale(t))
+
+
+def code_step_check(codes, scales, ref_codes, ref_scales, group, multiplier, max_fraction=1e-4):
+    """Codes may differ from the float64 reference (fp32 tensor-core accumulation) in at most max_fraction of
+    the elements, and never by more than one code step: with equal group scales, adjacent E2M1 values;
+    where the group scale itself moved, within one step (2 x scale) of the coarser scale."""
+    a = ref.unpack_codes(codes.cpu()).flatten().long()
+    b = ref.unpack_codes(ref_codes.cpu()).flatten().long()
+    diff = a != b
+    frac = diff.float().mean().item()
+    assert frac <= max_fraction, f"{frac:.2e} of codes differ (limit {max_fraction})"
+    ma = multiplier(scales.cpu()).flatten().repeat_interleave(group)
+    mb = multiplier(ref_scales.cpu()).flatten().repeat_interleave(group)
+    pos = lambda c: torch.where(c >= 8, -(c - 8), c)  # noqa: E731  signed index, +-0 -> 0
+    same_scale = ma == mb
+    assert ((pos(a) - pos(b)).abs()[diff & same_scale] <= 1).all(), "a code moved by more than one step"
+    va, vb = ref.E2M1_VALUES[a] * ma, ref.E2M1_VALUES[b] * mb
+    step = 2 * torch.maximum(ma, mb)
+    assert ((va - vb).abs()[diff & ~same_scale] <= step[diff & ~same_scale]).all()
+    return frac
+
+
+@pytest.mark.parametrize("r", [16, 32, 64, 128])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", ["floor", "ceil", "quest", "nvfp4"])
+def test_rotation_close_to_float64_reference(seed, r, dtype, fmt):
+    g_ = torch.Generator().manual_seed(seed)
+    x = (torch.randn(512, 4096, generator=g_) * 3).to(dtype)
+    R = rotations.random_hadamard(r, seed=seed) if r != 64 else rotations.dct(r)
+    xr = ref.rotate(x, R)  # float64-accumulated rotation, rounded to float32
+    if fmt == "nvfp4":
+        g = fq.nvfp4_global_scale(xr)
+        c, s = fq.quantize_nvfp4(x.cuda(), g.cuda(), R.cuda())
+        rc, rs = fq.quantize_nvfp4(xr, g)
+        code_step_check(c, s, rc, rs, 16, lambda t: ref.e4m3_decode(t.view(torch.uint8)) / g)
+    else:
+        c, s = fq.quantize_mxfp4(x.cuda(), R.cuda(), method=fmt)
+        rc, rs = fq.quantize_mxfp4(xr, method=fmt)
+        code_step_check(c, s, rc, rs, 32, ref.e8m0_decode)
+
+
+def test_dequantize_with_rotation_inverts():
+    x = torch.randn(64, 1024, device="cuda")
+    R = rotations.hadamard(128).cuda()
+    c, s = fq.quantize_mxfp4(x, R)
+    back = fq.dequantize_mxfp4(c, s, R)
+    plain = fq.dequantize_mxfp4(c, s)
+    torch.testing.assert_close(back.reshape(-1, 128) @ R, plain.reshape(-1, 128), atol=1e-4, rtol=1e-4)
+
+
+def test_opcheck_cuda():
+    from test_opcheck import _mx_args, _nv_args
+
+    original = torch.allclose
+
+    def allclose(a, b, *args, **kwargs):
+        if isinstance(a, torch.Tensor) and a.dtype in (torch.float8_e8m0fnu, torch.float8_e4m3fn):
+            return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+        return original(a, b, *args, **kwargs)
+
+    torch.allclose = allclose
+    try:
+        for op, args in _mx_args("cuda") + _nv_args("cuda"):
+            torch.library.opcheck(op, args)
+    finally:
+        torch.allclose = original
+
+
+def test_compile_fullgraph_and_cuda_graph():
+    x = torch.randn(256, 1024, device="cuda", dtype=torch.bfloat16)
+    R = rotations.hadamard(32).cuda()
+
+    def f(t):
+        g = torch.ops.fpquant.nvfp4_global_scale(t, None)
+        c, s = torch.ops.fpquant.quantize_nvfp4(t, g, None, "blocked")
+        y = torch.ops.fpquant.dequantize_nvfp4(c, s, g, None, "blocked", torch.bfloat16)
+        c2, s2 = torch.ops.fpquant.quantize_mxfp4(t, R, "quest", "linear")
+        return y, c2, s2
+
+    eager = f(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True)(x)
+    for a, b in zip(eager, compiled):
+        assert same_bits(a, b)
+    static_x = x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        f(static_x)  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = f(static_x)
+    new = torch.randn_like(x)
+    static_x.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(out, f(new)):
+        assert same_bits(a, b)
+
+
+def test_bad_input_cuda():
+    x = torch.randn(4, 64, device="cuda")
+    with pytest.raises(ValueError, match="rotation is on cpu but the input is on cuda"):
+        fq.quantize_mxfp4(x, torch.eye(32))
+    with pytest.raises(ValueError, match="global_scale is on cpu but the input is on cuda"):
+        fq.quantize_nvfp4(x, torch.ones(1))
+    with pytest.raises(ValueError, match="multiple of the group size 32"):
+        fq.quantize_mxfp4(torch.randn(4, 48, device="cuda"))
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        fq.quantize_mxfp4(torch.randn(64, 64, device="cuda").t())
+    misaligned = torch.randn(4 * 64 + 1, device="cuda")[1:].view(4, 64)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        fq.quantize_mxfp4(misaligned)
+    with pytest.raises(TypeError, match="x must be float32, bfloat16 or float16"):
+        fq.quantize_mxfp4(torch.ones(4, 32, dtype=torch.int32, device="cuda"))
