@@ -108,4 +108,58 @@ inline at::ScalarType parse_out_dtype(const char* op, const c10::optional<at::Sc
   return d;
 }
 
+// ---- whole-operator argument checks, one per operator, called by every backend ----------------------------
+struct MxQuantizeArgs {
+  core::MxRule rule;
+  ScaleLayout layout;
+};
+inline MxQuantizeArgs check_quantize_mxfp4(const at::Tensor& x, const c10::optional<at::Tensor>& rotation,
+                                           const std::string& method, const std::string& layout) {
+  constexpr const char* op = "fpquant.quantize_mxfp4";
+  check_activation(op, x, core::kMxGroup);
+  check_rotation(op, rotation, x, x.size(-1));
+  return {parse_mx_method(op, method), parse_layout(op, layout)};
+}
+
+inline ScaleLayout check_quantize_nvfp4(const at::Tensor& x, const at::Tensor& global_scale,
+                                        const c10::optional<at::Tensor>& rotation, const std::string& layout) {
+  constexpr const char* op = "fpquant.quantize_nvfp4";
+  check_activation(op, x, core::kNvGroup);
+  check_global_scale(op, global_scale, x);
+  check_rotation(op, rotation, x, x.size(-1));
+  return parse_layout(op, layout);
+}
+
+struct DequantizeArgs {
+  ScaleLayout layout;
+  at::ScalarType out_dtype;
+};
+// global_scale is checked when given (NVFP4).
+inline DequantizeArgs check_dequantize(const char* op, int64_t group, at::ScalarType scale_dtype,
+                                       const at::Tensor& codes, const at::Tensor& scales,
+                                       const at::Tensor* global_scale, const c10::optional<at::Tensor>& rotation,
+                                       const std::string& layout_name, const c10::optional<at::ScalarType>& out_dtype) {
+  const ScaleLayout layout = parse_layout(op, layout_name);
+  check_codes(op, codes, group);
+  check_scales(op, scales, codes, group, scale_dtype, layout);
+  if (global_scale != nullptr) check_global_scale(op, *global_scale, codes);
+  check_rotation(op, rotation, codes, 2 * codes.size(-1));
+  return {layout, parse_out_dtype(op, out_dtype)};
+}
+
+inline DequantizeArgs check_dequantize_mxfp4(const at::Tensor& codes, const at::Tensor& scales,
+                                             const c10::optional<at::Tensor>& rotation, const std::string& layout,
+                                             const c10::optional<at::ScalarType>& out_dtype) {
+  return check_dequantize("fpquant.dequantize_mxfp4", core::kMxGroup, at::kFloat8_e8m0fnu, codes, scales, nullptr,
+                          rotation, layout, out_dtype);
+}
+
+inline DequantizeArgs check_dequantize_nvfp4(const at::Tensor& codes, const at::Tensor& scales,
+                                             const at::Tensor& global_scale,
+                                             const c10::optional<at::Tensor>& rotation, const std::string& layout,
+                                             const c10::optional<at::ScalarType>& out_dtype) {
+  return check_dequantize("fpquant.dequantize_nvfp4", core::kNvGroup, at::kFloat8_e4m3fn, codes, scales,
+                          &global_scale, rotation, layout, out_dtype);
+}
+
 }  // namespace fpquant

@@ -92,11 +92,7 @@ at::Tensor make_codes(const at::Tensor& x) {
 
 std::tuple<at::Tensor, at::Tensor> quantize_mxfp4_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& rotation,
                                                       c10::string_view method, c10::string_view scale_layout) {
-  constexpr const char* op = "fpquant.quantize_mxfp4";
-  check_activation(op, x, kMxGroup);
-  check_rotation(op, rotation, x, x.size(-1));
-  const core::MxRule rule = parse_mx_method(op, std::string(method));
-  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+  const auto [rule, layout] = check_quantize_mxfp4(x, rotation, std::string(method), std::string(scale_layout));
 
   const int64_t K = x.size(-1), groups = K / kMxGroup;
   at::Tensor codes = make_codes(x);
@@ -114,11 +110,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_mxfp4_cpu(const at::Tensor& x, const
 std::tuple<at::Tensor, at::Tensor> quantize_nvfp4_cpu(const at::Tensor& x, const at::Tensor& global_scale,
                                                       const c10::optional<at::Tensor>& rotation,
                                                       c10::string_view scale_layout) {
-  constexpr const char* op = "fpquant.quantize_nvfp4";
-  check_activation(op, x, kNvGroup);
-  check_global_scale(op, global_scale, x);
-  check_rotation(op, rotation, x, x.size(-1));
-  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+  const ScaleLayout layout = check_quantize_nvfp4(x, global_scale, rotation, std::string(scale_layout));
 
   const int64_t K = x.size(-1), groups = K / kNvGroup;
   const float g = global_scale.item<float>();
@@ -165,11 +157,10 @@ at::Tensor nvfp4_global_scale_cpu(const at::Tensor& x, const c10::optional<at::T
 
 // Shared dequantization: value = e2m1(code) * multiplier(scale), then the inverse rotation, then out_dtype.
 template <typename Multiplier>
-at::Tensor dequantize_cpu(const char* op, const at::Tensor& codes, const at::Tensor& scales, int64_t group,
+at::Tensor dequantize_cpu(const at::Tensor& codes, const at::Tensor& scales, int64_t group,
                           const c10::optional<at::Tensor>& rotation, ScaleLayout layout,
                           at::ScalarType out_dtype, Multiplier&& multiplier) {
   const int64_t Kb = codes.size(-1), K = 2 * Kb, rows = codes.numel() / Kb, groups = K / group;
-  check_rotation(op, rotation, codes, K);
   auto shape = codes.sizes().vec();
   shape.back() = K;
   at::Tensor out = at::empty(shape, codes.options().dtype(at::kFloat));
@@ -197,62 +188,19 @@ at::Tensor dequantize_cpu(const char* op, const at::Tensor& codes, const at::Ten
 at::Tensor dequantize_mxfp4_cpu(const at::Tensor& codes, const at::Tensor& scales,
                                 const c10::optional<at::Tensor>& rotation, c10::string_view scale_layout,
                                 c10::optional<at::ScalarType> out_dtype) {
-  constexpr const char* op = "fpquant.dequantize_mxfp4";
-  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
-  check_codes(op, codes, kMxGroup);
-  check_scales(op, scales, codes, kMxGroup, at::kFloat8_e8m0fnu, layout);
-  return dequantize_cpu(op, codes, scales, kMxGroup, rotation, layout, parse_out_dtype(op, out_dtype),
+  const auto [layout, dtype] = check_dequantize_mxfp4(codes, scales, rotation, std::string(scale_layout), out_dtype);
+  return dequantize_cpu(codes, scales, kMxGroup, rotation, layout, dtype,
                         [](uint8_t sc) { return core::mx_block_multiplier(sc); });
 }
 
 at::Tensor dequantize_nvfp4_cpu(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& global_scale,
                                 const c10::optional<at::Tensor>& rotation, c10::string_view scale_layout,
                                 c10::optional<at::ScalarType> out_dtype) {
-  constexpr const char* op = "fpquant.dequantize_nvfp4";
-  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
-  check_codes(op, codes, kNvGroup);
-  check_scales(op, scales, codes, kNvGroup, at::kFloat8_e4m3fn, layout);
-  check_global_scale(op, global_scale, codes);
+  const auto [layout, dtype] =
+      check_dequantize_nvfp4(codes, scales, global_scale, rotation, std::string(scale_layout), out_dtype);
   const float g = global_scale.item<float>();
-  return dequantize_cpu(op, codes, scales, kNvGroup, rotation, layout, parse_out_dtype(op, out_dtype),
+  return dequantize_cpu(codes, scales, kNvGroup, rotation, layout, dtype,
                         [g](uint8_t sc) { return core::nv_block_multiplier(sc, g); });
-}
-
-void check_scale_matrix(const char* op, const at::Tensor& t) {
-  TORCH_CHECK_TYPE(t.element_size() == 1 && !at::isComplexType(t.scalar_type()), op,
-                   ": scales must be a one-byte dtype (float8_e8m0fnu, float8_e4m3fn or uint8), got ",
-                   t.scalar_type());
-  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": scales must be contiguous");
-}
-
-at::Tensor swizzle_scales_cpu(const at::Tensor& scales) {
-  constexpr const char* op = "fpquant.swizzle_scales";
-  check_scale_matrix(op, scales);
-  TORCH_CHECK_VALUE(scales.dim() >= 2 && scales.numel() > 0, op,
-                    ": scales must be a non-empty [..., rows, groups] tensor, got shape ", scales.sizes());
-  const int64_t cols = scales.size(-1), rows = scales.numel() / cols;
-  at::Tensor out = at::zeros({core::blocked_rows(rows), core::blocked_cols(cols)}, scales.options());
-  const uint8_t* src = reinterpret_cast<const uint8_t*>(scales.data_ptr());
-  uint8_t* dst = reinterpret_cast<uint8_t*>(out.data_ptr());
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[core::blocked_offset(r, c, cols)] = src[r * cols + c];
-  return out;
-}
-
-at::Tensor unswizzle_scales_cpu(const at::Tensor& scales, int64_t rows, int64_t cols) {
-  constexpr const char* op = "fpquant.unswizzle_scales";
-  check_scale_matrix(op, scales);
-  TORCH_CHECK_VALUE(rows > 0 && cols > 0, op, ": rows and cols must be positive, got ", rows, " and ", cols);
-  TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == core::blocked_rows(rows) &&
-                        scales.size(1) == core::blocked_cols(cols),
-                    op, ": blocked scales for ", rows, " x ", cols, " must have shape [", core::blocked_rows(rows),
-                    ", ", core::blocked_cols(cols), "], got ", scales.sizes());
-  at::Tensor out = at::empty({rows, cols}, scales.options());
-  const uint8_t* src = reinterpret_cast<const uint8_t*>(scales.data_ptr());
-  uint8_t* dst = reinterpret_cast<uint8_t*>(out.data_ptr());
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = src[core::blocked_offset(r, c, cols)];
-  return out;
 }
 
 }  // namespace
@@ -263,8 +211,6 @@ TORCH_LIBRARY_IMPL(fpquant, CPU, m) {
   m.impl("dequantize_mxfp4", &dequantize_mxfp4_cpu);
   m.impl("dequantize_nvfp4", &dequantize_nvfp4_cpu);
   m.impl("nvfp4_global_scale", &nvfp4_global_scale_cpu);
-  m.impl("swizzle_scales", &swizzle_scales_cpu);
-  m.impl("unswizzle_scales", &unswizzle_scales_cpu);
 }
 
 }  // namespace fpquant

@@ -94,24 +94,16 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const char* op, Format format, 
 
 std::tuple<at::Tensor, at::Tensor> quantize_mxfp4_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& rotation,
                                                        c10::string_view method, c10::string_view scale_layout) {
-  constexpr const char* op = "fpquant.quantize_mxfp4";
-  check_activation(op, x, core::kMxGroup);
-  check_rotation(op, rotation, x, x.size(-1));
-  const core::MxRule rule = parse_mx_method(op, std::string(method));
-  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
-  return quantize_cuda(op, Format::kMxFp4, x, rotation, rule, nullptr, layout);
+  const auto [rule, layout] = check_quantize_mxfp4(x, rotation, std::string(method), std::string(scale_layout));
+  return quantize_cuda("fpquant.quantize_mxfp4", Format::kMxFp4, x, rotation, rule, nullptr, layout);
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_nvfp4_cuda(const at::Tensor& x, const at::Tensor& global_scale,
                                                        const c10::optional<at::Tensor>& rotation,
                                                        c10::string_view scale_layout) {
-  constexpr const char* op = "fpquant.quantize_nvfp4";
-  check_activation(op, x, core::kNvGroup);
-  check_global_scale(op, global_scale, x);
-  check_rotation(op, rotation, x, x.size(-1));
-  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
+  const ScaleLayout layout = check_quantize_nvfp4(x, global_scale, rotation, std::string(scale_layout));
   const at::Tensor g = global_scale.contiguous();
-  return quantize_cuda(op, Format::kNvFp4, x, rotation, core::MxRule::kFloor, &g, layout);
+  return quantize_cuda("fpquant.quantize_nvfp4", Format::kNvFp4, x, rotation, core::MxRule::kFloor, &g, layout);
 }
 
 at::Tensor nvfp4_global_scale_cuda(const at::Tensor& x, const c10::optional<at::Tensor>& rotation) {
@@ -142,7 +134,6 @@ at::Tensor dequantize_cuda(const char* op, Format format, const at::Tensor& code
   TORCH_CHECK_VALUE(scales.is_cuda(), op, ": scales must be a CUDA tensor");
   const c10::cuda::CUDAGuard guard(codes.device());
   const int64_t K = 2 * codes.size(-1), rows = codes.numel() / codes.size(-1);
-  check_rotation(op, rotation, codes, K);
   auto shape = codes.sizes().vec();
   shape.back() = K;
   // With a rotation, dequantize to float32 and apply R^T with a float32 matmul (not yet fused).
@@ -167,55 +158,22 @@ at::Tensor dequantize_cuda(const char* op, Format format, const at::Tensor& code
 at::Tensor dequantize_mxfp4_cuda(const at::Tensor& codes, const at::Tensor& scales,
                                  const c10::optional<at::Tensor>& rotation, c10::string_view scale_layout,
                                  c10::optional<at::ScalarType> out_dtype) {
-  constexpr const char* op = "fpquant.dequantize_mxfp4";
-  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
-  check_codes(op, codes, core::kMxGroup);
-  check_scales(op, scales, codes, core::kMxGroup, at::kFloat8_e8m0fnu, layout);
-  return dequantize_cuda(op, Format::kMxFp4, codes, scales, nullptr, rotation, layout, parse_out_dtype(op, out_dtype));
+  const auto [layout, dtype] = check_dequantize_mxfp4(codes, scales, rotation, std::string(scale_layout), out_dtype);
+  return dequantize_cuda("fpquant.dequantize_mxfp4", Format::kMxFp4, codes, scales, nullptr, rotation, layout, dtype);
 }
 
 at::Tensor dequantize_nvfp4_cuda(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& global_scale,
                                  const c10::optional<at::Tensor>& rotation, c10::string_view scale_layout,
                                  c10::optional<at::ScalarType> out_dtype) {
-  constexpr const char* op = "fpquant.dequantize_nvfp4";
-  const ScaleLayout layout = parse_layout(op, std::string(scale_layout));
-  check_codes(op, codes, core::kNvGroup);
-  check_scales(op, scales, codes, core::kNvGroup, at::kFloat8_e4m3fn, layout);
-  check_global_scale(op, global_scale, codes);
+  const auto [layout, dtype] =
+      check_dequantize_nvfp4(codes, scales, global_scale, rotation, std::string(scale_layout), out_dtype);
   const at::Tensor g = global_scale.contiguous();
-  return dequantize_cuda(op, Format::kNvFp4, codes, scales, &g, rotation, layout, parse_out_dtype(op, out_dtype));
-}
-
-// Layout conversion with tensor ops (pad, view, permute): the same tile order as core::blocked_offset.
-at::Tensor swizzle_scales_cuda(const at::Tensor& scales) {
-  constexpr const char* op = "fpquant.swizzle_scales";
-  TORCH_CHECK_TYPE(scales.element_size() == 1, op, ": scales must be a one-byte dtype, got ", scales.scalar_type());
-  TORCH_CHECK_VALUE(scales.dim() >= 2 && scales.numel() > 0, op,
-                    ": scales must be a non-empty [..., rows, groups] tensor, got shape ", scales.sizes());
-  const int64_t cols = scales.size(-1), rows = scales.numel() / cols;
-  const int64_t pr = core::blocked_rows(rows), pc = core::blocked_cols(cols);
-  at::Tensor padded = at::zeros({pr, pc}, scales.options().dtype(at::kByte));
-  padded.narrow(0, 0, rows).narrow(1, 0, cols).copy_(scales.reshape({rows, cols}).view(at::kByte));
-  return padded.view({pr / 128, 4, 32, pc / 4, 4}).permute({0, 3, 2, 1, 4}).contiguous().view({pr, pc}).view(
-      scales.scalar_type());
-}
-
-at::Tensor unswizzle_scales_cuda(const at::Tensor& scales, int64_t rows, int64_t cols) {
-  constexpr const char* op = "fpquant.unswizzle_scales";
-  TORCH_CHECK_TYPE(scales.element_size() == 1, op, ": scales must be a one-byte dtype, got ", scales.scalar_type());
-  const int64_t pr = core::blocked_rows(rows), pc = core::blocked_cols(cols);
-  TORCH_CHECK_VALUE(rows > 0 && cols > 0 && scales.dim() == 2 && scales.size(0) == pr && scales.size(1) == pc, op,
-                    ": blocked scales for ", rows, " x ", cols, " must have shape [", pr, ", ", pc, "], got ",
-                    scales.sizes());
-  at::Tensor b = scales.contiguous().view(at::kByte).view({pr / 128, pc / 4, 32, 4, 4}).permute({0, 3, 2, 1, 4});
-  return b.reshape({pr, pc}).narrow(0, 0, rows).narrow(1, 0, cols).contiguous().view(scales.scalar_type());
+  return dequantize_cuda("fpquant.dequantize_nvfp4", Format::kNvFp4, codes, scales, &g, rotation, layout, dtype);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fpquant, CUDA, m) {
-  m.impl("swizzle_scales", &swizzle_scales_cuda);
-  m.impl("unswizzle_scales", &unswizzle_scales_cuda);
   m.impl("quantize_mxfp4", &quantize_mxfp4_cuda);
   m.impl("quantize_nvfp4", &quantize_nvfp4_cuda);
   m.impl("dequantize_mxfp4", &dequantize_mxfp4_cuda);
