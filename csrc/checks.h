@@ -162,4 +162,44 @@ inline DequantizeArgs check_dequantize_nvfp4(const at::Tensor& codes, const at::
                           &global_scale, rotation, layout, out_dtype);
 }
 
+enum class WeightFormat { kMxFp4, kNvFp4 };
+
+// linear_w4a16: x [..., K] bfloat16/float16; w_codes [N, K/2]; w_scales [N, K/group] (linear layout);
+// w_global_scale required for NVFP4 and rejected for MXFP4; bias [N] of x's dtype.
+inline WeightFormat check_linear_w4a16(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                                       const c10::optional<at::Tensor>& global_scale,
+                                       const c10::optional<at::Tensor>& bias, const std::string& format) {
+  constexpr const char* op = "fpquant.linear_w4a16";
+  TORCH_CHECK_VALUE(format == "mxfp4" || format == "nvfp4", op, ": format must be 'mxfp4' or 'nvfp4', got '",
+                    format, "'");
+  const bool mx = format == "mxfp4";
+  const int64_t group = mx ? core::kMxGroup : core::kNvGroup;
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
+                   ": x must be bfloat16 or float16, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.numel() > 0, op, ": x is empty (shape ", x.sizes(), ")");
+  TORCH_CHECK_VALUE(x.is_contiguous(), op, ": x must be contiguous");
+  TORCH_CHECK_VALUE(codes.dim() == 2, op, ": w_codes must be 2-D [N, K/2], got shape ", codes.sizes());
+  check_codes(op, codes, group);
+  const int64_t K = x.size(-1);
+  TORCH_CHECK_VALUE(2 * codes.size(1) == K, op, ": w_codes has ", 2 * codes.size(1), " elements per row but x has K=",
+                    K);
+  TORCH_CHECK_VALUE(codes.device() == x.device(), op, ": w_codes is on ", codes.device(), " but x is on ",
+                    x.device());
+  check_scales(op, scales, codes, group, mx ? at::kFloat8_e8m0fnu : at::kFloat8_e4m3fn, ScaleLayout::kLinear);
+  if (mx) {
+    TORCH_CHECK_VALUE(!global_scale.has_value(), op, ": w_global_scale is only used with format='nvfp4'");
+  } else {
+    TORCH_CHECK_VALUE(global_scale.has_value(), op, ": format='nvfp4' needs w_global_scale");
+    check_global_scale(op, *global_scale, x);
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
+                     ", got ", bias->scalar_type());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == codes.size(0), op, ": bias must have shape [",
+                      codes.size(0), "], got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias is on ", bias->device(), " but x is on ", x.device());
+  }
+  return mx ? WeightFormat::kMxFp4 : WeightFormat::kNvFp4;
+}
+
 }  // namespace fpquant

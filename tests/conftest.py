@@ -37,3 +37,24 @@ def seed(request) -> int:
     request.node.user_properties.append(("seed", value))
     print(f"seed={value}")
     return value
+
+
+_FLOAT8 = (torch.float8_e8m0fnu, torch.float8_e4m3fn)
+
+
+def opcheck(op, args):
+    """torch.library.opcheck with one accommodation: its test_schema compares inputs before/after the call
+    with torch.allclose, which torch does not implement for float8 dtypes (our scale inputs). Those are
+    compared bit for bit instead; everything else goes through unchanged."""
+    original = torch.allclose
+
+    def allclose(a, b, *rest, **kwargs):
+        if isinstance(a, torch.Tensor) and a.dtype in _FLOAT8:
+            return a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+        return original(a, b, *rest, **kwargs)
+
+    torch.allclose = allclose
+    try:
+        torch.library.opcheck(op, args)
+    finally:
+        torch.allclose = original

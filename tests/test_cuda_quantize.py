@@ -9,7 +9,7 @@ import fpquant_ext as fq
 from fpquant_ext import formats as ref
 from fpquant_ext import rotations
 
-from conftest import diverse_tensor
+from conftest import diverse_tensor, opcheck
 
 pytestmark = pytest.mark.cuda
 MX_METHODS = ["floor", "ceil", "quest"]
@@ -150,19 +150,8 @@ def test_dequantize_with_rotation_inverts():
 def test_opcheck_cuda():
     from test_opcheck import _mx_args, _nv_args
 
-    original = torch.allclose
-
-    def allclose(a, b, *args, **kwargs):
-        if isinstance(a, torch.Tensor) and a.dtype in (torch.float8_e8m0fnu, torch.float8_e4m3fn):
-            return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
-        return original(a, b, *args, **kwargs)
-
-    torch.allclose = allclose
-    try:
-        for op, args in _mx_args("cuda") + _nv_args("cuda"):
-            torch.library.opcheck(op, args)
-    finally:
-        torch.allclose = original
+    for op, args in _mx_args("cuda") + _nv_args("cuda"):
+        opcheck(op, args)
 
 
 def test_compile_fullgraph_and_cuda_graph():

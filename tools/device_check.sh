@@ -21,5 +21,8 @@ for tool in memcheck racecheck; do
   compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/test_cuda_quantize.py -q -x \
     -k "edge or bad_input or rotation_close and 32 and bfloat16" 2>&1 | tail -8 | tee "$OUT/sanitizer_$tool.log"
 done
+compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_linear_w4a16.py -q -x \
+  -k "odd_m or tile" 2>&1 | tail -8 | tee "$OUT/sanitizer_w4a16.log"
 echo "== benchmarks"
 python3 benchmarks/bench_quantize.py --json "$OUT/quantize_bench.json" --md "$OUT/quantize_bench.md"
+python3 benchmarks/bench_w4a16.py --json "$OUT/w4a16_bench.json" --md "$OUT/w4a16_bench.md" --plot "$OUT/w4a16_speedup.png"

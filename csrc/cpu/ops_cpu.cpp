@@ -1,8 +1,7 @@
 // CPU implementations of the fpquant operators. They follow python/fpquant_ext/formats.py operation for
 // operation (the shared arithmetic is in csrc/core), so their output is bit-identical to the reference.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -203,9 +202,29 @@ at::Tensor dequantize_nvfp4_cpu(const at::Tensor& codes, const at::Tensor& scale
                         [g](uint8_t sc) { return core::nv_block_multiplier(sc, g); });
 }
 
+// Reference semantics: dequantize the weight to float32 (exact), float32 matmul, bias, cast to x's dtype.
+at::Tensor linear_w4a16_cpu(const at::Tensor& x, const at::Tensor& w_codes, const at::Tensor& w_scales,
+                            const c10::optional<at::Tensor>& w_global_scale, const c10::optional<at::Tensor>& bias,
+                            c10::string_view format) {
+  const WeightFormat f = check_linear_w4a16(x, w_codes, w_scales, w_global_scale, bias, std::string(format));
+  at::Tensor w;
+  if (f == WeightFormat::kMxFp4) {
+    w = dequantize_cpu(w_codes, w_scales, kMxGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
+                       [](uint8_t sc) { return core::mx_block_multiplier(sc); });
+  } else {
+    const float g = w_global_scale->item<float>();
+    w = dequantize_cpu(w_codes, w_scales, kNvGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
+                       [g](uint8_t sc) { return core::nv_block_multiplier(sc, g); });
+  }
+  at::Tensor out = at::matmul(x.to(at::kFloat), w.t());
+  if (bias.has_value()) out = out + bias->to(at::kFloat);
+  return out.to(x.scalar_type());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fpquant, CPU, m) {
+  m.impl("linear_w4a16", &linear_w4a16_cpu);
   m.impl("quantize_mxfp4", &quantize_mxfp4_cpu);
   m.impl("quantize_nvfp4", &quantize_nvfp4_cpu);
   m.impl("dequantize_mxfp4", &dequantize_mxfp4_cpu);

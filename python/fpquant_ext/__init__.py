@@ -14,6 +14,7 @@ from .ops import (  # noqa: F401
     as_float4,
     dequantize_mxfp4,
     dequantize_nvfp4,
+    linear_w4a16,
     nvfp4_global_scale,
     quantize_mxfp4,
     quantize_nvfp4,

@@ -23,6 +23,7 @@ __all__ = [
     "swizzle_scales",
     "unswizzle_scales",
     "as_float4",
+    "linear_w4a16",
 ]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -129,6 +130,17 @@ def _nvfp4_global_scale_fake(x, rotation=None):
     return x.new_empty((1,), dtype=torch.float32)
 
 
+@torch.library.register_fake("fpquant::linear_w4a16")
+def _linear_w4a16_fake(x, w_codes, w_scales, w_global_scale=None, bias=None, format="mxfp4"):
+    op = "fpquant.linear_w4a16"
+    torch._check(format in ("mxfp4", "nvfp4"), lambda: f"{op}: format must be 'mxfp4' or 'nvfp4', got '{format}'")
+    torch._check(x.dtype in (torch.bfloat16, torch.float16), lambda: f"{op}: x must be bfloat16 or float16, got {x.dtype}")
+    torch._check(w_codes.dim() == 2, lambda: f"{op}: w_codes must be 2-D [N, K/2], got shape {list(w_codes.shape)}")
+    torch._check(2 * w_codes.shape[1] == x.shape[-1],
+                 lambda: f"{op}: w_codes has {2 * w_codes.shape[1]} elements per row but x has K={x.shape[-1]}")
+    return x.new_empty((*x.shape[:-1], w_codes.shape[0]))
+
+
 @torch.library.register_fake("fpquant::swizzle_scales")
 def _swizzle_scales_fake(scales):
     torch._check(scales.dim() >= 2, lambda: "fpquant.swizzle_scales: scales must be [..., rows, groups]")
@@ -227,6 +239,30 @@ def swizzle_scales(scales: torch.Tensor) -> torch.Tensor:
 def unswizzle_scales(scales: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """Blocked scales -> linear [rows, cols] (padding dropped)."""
     return torch.ops.fpquant.unswizzle_scales(scales, rows, cols)
+
+
+def linear_w4a16(
+    x: torch.Tensor,
+    w_codes: torch.Tensor,
+    w_scales: torch.Tensor,
+    w_global_scale: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    format: str = "mxfp4",
+) -> torch.Tensor:
+    """Weight-only FP4 linear layer: ``x @ dequantize(w).T + bias``.
+
+    Args:
+        x: [..., K] bfloat16 or float16 activations.
+        w_codes, w_scales: the weight [N, K] as returned by :func:`quantize_mxfp4` / :func:`quantize_nvfp4`
+            with ``scale_layout="linear"`` (codes [N, K/2], scales [N, K/group]).
+        w_global_scale: the NVFP4 global scale (required for ``format="nvfp4"``).
+        bias: optional [N] in x's dtype.
+
+    On CUDA the weight is dequantized in registers inside the GEMM kernel (no bf16 copy of the weight);
+    N must be a multiple of 32 and K of 128 there. With float16 activations the dequantized weights must
+    lie in float16's range. The CPU implementation is the reference: dequantize to float32, then matmul.
+    """
+    return torch.ops.fpquant.linear_w4a16(x, _as_uint8(w_codes), w_scales, w_global_scale, bias, format)
 
 
 def as_float4(codes: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,35 @@
+// Framework-agnostic entry point of the weight-only FP4 GEMM (W4A16): out[M, N] = x[M, K] @ W^T (+ bias),
+// W [N, K] given as E2M1 codes [N, K/2] with MXFP4 (E8M0, per 32) or NVFP4 (E4M3, per 16, plus a float32
+// global scale) scales in the linear layout. The weight is dequantized in registers inside the kernel.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/quantize.h"
+
+namespace fpquant::cuda {
+
+struct W4A16Params {
+  const void* x = nullptr;  // [M, K] bfloat16 or float16, 16-byte aligned rows (K % 128 == 0)
+  DType dtype = DType::kBF16;
+  int64_t M = 0, N = 0, K = 0;  // N % 32 == 0, K % 128 == 0
+  const uint8_t* codes = nullptr;
+  const uint8_t* scales = nullptr;
+  Format format = Format::kMxFp4;
+  const float* global_scale = nullptr;  // NVFP4
+  const void* bias = nullptr;           // [N] of dtype, optional
+  void* out = nullptr;                  // [M, N] of dtype
+  float* workspace = nullptr;           // [splits, M, N] float32 when splits > 1
+  int splits = 1;
+};
+
+constexpr int kW4A16TileN = 32;   // output features per CTA
+constexpr int kW4A16ChunkK = 128; // K per pipeline step
+
+// Split-K factor for a problem (documented heuristic, see w4a16_gemm.cu).
+int w4a16_splits(int64_t M, int64_t N, int64_t K);
+cudaError_t w4a16_gemm(const W4A16Params& p, cudaStream_t stream);
+
+}  // namespace fpquant::cuda

@@ -1,0 +1,206 @@
+"""Host-side checks of the CUDA kernels' layout arithmetic, runnable without a GPU.
+
+The tensor-core kernels depend on index mappings that are easy to get subtly wrong: which k each lane loads,
+how mma.sync m16n8k16 fragments map to matrix elements, ldmatrix addressing, byte-permute decoding, and the
+order of the quest sums across lanes. These tests re-implement those mappings exactly as the kernels write
+them (csrc/cuda/rotate_quantize.cu, csrc/cuda/w4a16_gemm.cu) and check that the emulated warp computes the
+intended product. The fragment layout itself is the PTX ISA's (mma.m16n8k16, ldmatrix .m8n8 .x4)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fpquant_ext import formats as ref
+
+# ---- PTX semantics ---------------------------------------------------------------------------------------
+
+
+def prmt(a: int, b: int, sel: int) -> int:
+    """prmt.b32 default mode: result byte i is byte (sel_i & 7) of {b, a}; if sel_i & 8 the sign of that
+    byte is replicated."""
+    pool = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+    out = 0
+    for i in range(4):
+        s = (sel >> (4 * i)) & 0xF
+        byte = pool[s & 7]
+        if s & 8:
+            byte = 0xFF if byte & 0x80 else 0x00
+        out |= byte << (8 * i)
+    return out
+
+
+def mma_fragments_to_matrices(a_regs, b_regs):
+    """a_regs[lane] = 4 pairs, b_regs[lane] = 2 pairs (each pair = (lower-k value, higher-k value)) ->
+    logical A [16, 16] and B [16, 8] of mma.m16n8k16 (row.col)."""
+    A = np.zeros((16, 16))
+    B = np.zeros((16, 8))
+    for lane in range(32):
+        g, q = lane // 4, lane % 4
+        (a0, a1, a2, a3), (b0, b1) = a_regs[lane], b_regs[lane]
+        for t in range(2):
+            A[g, 2 * q + t], A[g + 8, 2 * q + t] = a0[t], a1[t]
+            A[g, 2 * q + 8 + t], A[g + 8, 2 * q + 8 + t] = a2[t], a3[t]
+            B[2 * q + t, g], B[2 * q + 8 + t, g] = b0[t], b1[t]
+    return A, B
+
+
+def c_fragment(C, lane):
+    g, q = lane // 4, lane % 4
+    return C[g, 2 * q], C[g, 2 * q + 1], C[g + 8, 2 * q], C[g + 8, 2 * q + 1]
+
+
+# ---- w4a16_gemm.cu --------------------------------------------------------------------------------------
+BF16_TABLE = dict(lo0=0xC0800000, lo1=0xC0804000, hi0=0x3F3F3F00, hi1=0x40404040)
+FP16_TABLE = dict(lo0=0, lo1=0, hi0=0x3E3C3800, hi1=0x46444240)
+
+
+def decode8(w: int, t: dict) -> list:
+    sa, sb = w & 0x7777, (w >> 16) & 0x7777
+    la, ha = prmt(t["lo0"], t["lo1"], sa), prmt(t["hi0"], t["hi1"], sa)
+    lb, hb = prmt(t["lo0"], t["lo1"], sb), prmt(t["hi0"], t["hi1"], sb)
+    v = (w << 4) & 0xFFFFFFFF
+    return [
+        prmt(la, ha, 0x5140) | (prmt(v, w, 0xC080) & 0x80008000),
+        prmt(la, ha, 0x7362) | (prmt(v, w, 0xD090) & 0x80008000),
+        prmt(lb, hb, 0x5140) | (prmt(v, w, 0xE0A0) & 0x80008000),
+        prmt(lb, hb, 0x7362) | (prmt(v, w, 0xF0B0) & 0x80008000),
+    ]
+
+
+def halves(word: int, dtype) -> tuple:
+    t = torch.tensor([word & 0xFFFF, word >> 16], dtype=torch.int32).to(torch.int16)
+    return tuple(t.view(dtype).float().tolist())
+
+
+@pytest.mark.parametrize("dtype,table", [(torch.bfloat16, BF16_TABLE), (torch.float16, FP16_TABLE)])
+def test_decode8_every_code_in_every_position(dtype, table):
+    rng = np.random.default_rng(0)
+    for pos in range(8):
+        for code in range(16):
+            others = int(rng.integers(0, 2**32))
+            w = (others & ~(0xF << (4 * pos)) | (code << (4 * pos))) & 0xFFFFFFFF
+            words = decode8(w, table)
+            got = halves(words[pos // 2], dtype)[pos % 2]
+            want = ref.E2M1_VALUES[code].item()
+            assert got == want and np.signbit(got) == np.signbit(want), (pos, code, got, want)
+
+
+def test_w4a16_fragment_mapping_computes_x_times_w_transposed():
+    rng = np.random.default_rng(1)
+    M, K = 16, 256  # two chunks of 128
+    n_tile_rows = 8
+    x = rng.integers(-8, 8, size=(M, K)).astype(np.float64)
+    W = rng.integers(-8, 8, size=(n_tile_rows, K)).astype(np.float64)
+    acc = np.zeros((32, 4))
+    for c in range(K // 128):
+        for s in range(8):
+            a_regs, b_regs = [], []
+            for lane in range(32):
+                g, q = lane // 4, lane % 4
+                k0 = c * 128 + 32 * q + 4 * s  # memory k of this lane's k-step s
+                a_regs.append(((x[g, k0], x[g, k0 + 1]), (x[g + 8, k0], x[g + 8, k0 + 1]),
+                               (x[g, k0 + 2], x[g, k0 + 3]), (x[g + 8, k0 + 2], x[g + 8, k0 + 3])))
+                b_regs.append(((W[g, k0], W[g, k0 + 1]), (W[g, k0 + 2], W[g, k0 + 3])))
+            A, B = mma_fragments_to_matrices(a_regs, b_regs)
+            C = A @ B
+            for lane in range(32):
+                acc[lane] += c_fragment(C, lane)
+    want = x @ W.T
+    for lane in range(32):
+        g, q = lane // 4, lane % 4
+        assert tuple(acc[lane]) == (want[g, 2 * q], want[g, 2 * q + 1], want[g + 8, 2 * q], want[g + 8, 2 * q + 1])
+
+
+def test_w4a16_scale_indices_cover_their_codes():
+    # MXFP4: the 32 codes a lane loads (k in [32q, 32q+32) of a chunk) are exactly one group; NVFP4: k-steps
+    # 0-3 are group 2q and 4-7 group 2q+1 of the chunk.
+    for q in range(4):
+        ks = [32 * q + 4 * s + t for s in range(8) for t in range(4)]
+        assert {k // 32 for k in ks} == {q}
+        assert {k // 16 for k in ks if (k - 32 * q) // 4 < 4} == {2 * q}
+        assert {k // 16 for k in ks if (k - 32 * q) // 4 >= 4} == {2 * q + 1}
+
+
+# ---- rotate_quantize.cu ---------------------------------------------------------------------------------
+
+
+def perm_k(m: int, r: int) -> int:
+    E = r // 4
+    q, e = m // E, m % E
+    s, j = e // 4, e % 4
+    return 16 * s + (2 * q + j if j < 2 else 2 * q + 6 + j)
+
+
+@pytest.mark.parametrize("r", [16, 32, 64, 128])
+def test_perm_k_is_a_permutation(r):
+    assert sorted(perm_k(m, r) for m in range(r)) == list(range(r))
+
+
+@pytest.mark.parametrize("r", [16, 32, 64, 128])
+def test_rotation_fragments_compute_x_times_r(r):
+    rng = np.random.default_rng(r)
+    X = rng.integers(-8, 8, size=(16, r)).astype(np.float64)  # one m-tile of chunk rows
+    R = rng.integers(-8, 8, size=(r, r)).astype(np.float64)
+    stride = r + 8
+    smem = np.full((r * stride,), np.nan)  # b[n][k] = R[m][n], k = perm_k(m)
+    for m in range(r):
+        for n in range(r):
+            smem[n * stride + perm_k(m, r)] = R[m, n]
+    E = r // 4
+    acc = np.zeros((32, r // 8, 4))
+    for s in range(r // 16):
+        a_regs = []
+        for lane in range(32):
+            g, q = lane // 4, lane % 4
+            col = q * E + 4 * s
+            a_regs.append(((X[g, col], X[g, col + 1]), (X[g + 8, col], X[g + 8, col + 1]),
+                           (X[g, col + 2], X[g, col + 3]), (X[g + 8, col + 2], X[g + 8, col + 3])))
+        for np_ in range(r // 16):
+            # ldmatrix.x4: lane l addresses row (l % 8) of matrix (l / 8); thread T receives elements
+            # (T / 4, 2 (T % 4) .. +1) of matrix i in register i.
+            addr = []
+            for lane in range(32):
+                mat, rr = lane // 8, lane % 8
+                addr.append(((2 * np_ + mat // 2) * 8 + rr) * stride + 16 * s + (mat % 2) * 8)
+            regs = []
+            for lane in range(32):
+                row, c2 = lane // 4, 2 * (lane % 4)
+                regs.append([tuple(smem[addr[8 * i + row] + c2 + t] for t in range(2)) for i in range(4)])
+            for half in range(2):
+                b_regs = [(regs[lane][2 * half], regs[lane][2 * half + 1]) for lane in range(32)]
+                A, B = mma_fragments_to_matrices(a_regs, b_regs)
+                C = A @ B
+                for lane in range(32):
+                    acc[lane, 2 * np_ + half] += c_fragment(C, lane)
+    Y = X @ R
+    for lane in range(32):
+        g, q = lane // 4, lane % 4
+        for nt in range(r // 8):
+            n = 8 * nt + 2 * q
+            assert tuple(acc[lane, nt]) == (Y[g, n], Y[g, n + 1], Y[g + 8, n], Y[g + 8, n + 1])
+
+
+def test_quest_sums_across_a_quad_follow_tree_sum():
+    # In-group column 8i + 2q + b of a 32-wide group sits in lane q's v[2i + b]; the kernel adds pairs
+    # locally, then across lanes q^1 and q^2, then across i. It must equal formats.tree_sum bit for bit.
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        group = torch.tensor(rng.standard_normal(32) * 10.0 ** rng.integers(-5, 5), dtype=torch.float32)
+        v = {q: [group[8 * i + 2 * q + b] for i in range(4) for b in range(2)] for q in range(4)}
+        p = {q: [v[q][2 * i] + v[q][2 * i + 1] for i in range(4)] for q in range(4)}
+        p = {q: [p[q][i] + p[q ^ 1][i] for i in range(4)] for q in range(4)}
+        p = {q: [p[q][i] + p[q ^ 2][i] for i in range(4)] for q in range(4)}
+        sums = {q: (p[q][0] + p[q][1]) + (p[q][2] + p[q][3]) for q in range(4)}
+        want = ref.tree_sum(group)
+        for q in range(4):
+            assert sums[q].view(torch.int32).item() == want.view(torch.int32).item()
+
+
+def test_quantized_code_byte_positions():
+    # Lane q's values for in-group columns 8i + 2q + {0,1} are packed into byte (8i + 2q) / 2 = 4i + q.
+    for G in (16, 32):
+        seen = sorted(4 * i + q for q in range(4) for i in range(G // 8))
+        assert seen == list(range(G // 2))
+        for q in range(4):
+            for i in range(G // 8):
+                assert (8 * i + 2 * q) // 2 == 4 * i + q

@@ -1,0 +1,143 @@
+"""linear_w4a16: x @ dequantize(W)^T + bias with FP4 weights."""
+
+import pytest
+import torch
+
+import fpquant_ext as fq
+
+from conftest import opcheck
+
+cuda = pytest.mark.cuda
+FORMATS = ["mxfp4", "nvfp4"]
+
+
+def make_weight(N, K, fmt, seed, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g) * 0.02
+    if fmt == "mxfp4":
+        codes, scales = fq.quantize_mxfp4(w)
+        gs = None
+        w_deq = fq.dequantize_mxfp4(codes, scales)
+    else:
+        gs = fq.nvfp4_global_scale(w)
+        codes, scales = fq.quantize_nvfp4(w, gs)
+        w_deq = fq.dequantize_nvfp4(codes, scales, gs)
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return move(codes), move(scales), move(gs), w_deq.double()
+
+
+def rel_err(out, ref):
+    return ((out.double().cpu() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 5, 64])
+def test_cpu_matches_float64(fmt, dtype, M, seed):
+    codes, scales, gs, w = make_weight(96, 256, fmt, seed)
+    x = torch.randn(M, 256, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
+    bias = torch.randn(96).to(dtype)
+    out = fq.linear_w4a16(x, codes, scales, gs, bias, format=fmt)
+    assert out.shape == (M, 96) and out.dtype == dtype
+    ref = x.double() @ w.T + bias.double()
+    assert rel_err(out, ref) < 1e-2
+
+
+def test_leading_dimensions_and_float4_view():
+    codes, scales, _, w = make_weight(64, 128, "mxfp4", 0)
+    x = torch.randn(2, 3, 128, dtype=torch.bfloat16)
+    out = fq.linear_w4a16(x, fq.as_float4(codes), scales)
+    assert out.shape == (2, 3, 64)
+    assert rel_err(out, x.double() @ w.T) < 1e-2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_opcheck_cpu(fmt):
+    codes, scales, gs, _ = make_weight(64, 256, fmt, 3)
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    bias = torch.randn(64, dtype=torch.bfloat16)
+    opcheck(torch.ops.fpquant.linear_w4a16.default, (x, codes, scales, gs, bias, fmt))
+
+
+def test_bad_input():
+    codes, scales, gs, _ = make_weight(64, 256, "nvfp4", 0)
+    x = torch.randn(4, 256, dtype=torch.bfloat16)
+    lin = torch.ops.fpquant.linear_w4a16
+    cases = [
+        (lambda: lin(x.float(), codes, scales, gs, None, "nvfp4"), TypeError, "x must be bfloat16 or float16"),
+        (lambda: lin(x, codes, scales, None, None, "nvfp4"), ValueError, "needs w_global_scale"),
+        (lambda: lin(x, codes, scales, gs, None, "int4"), ValueError, "format must be 'mxfp4' or 'nvfp4'"),
+        (lambda: lin(x[:, :128].contiguous(), codes, scales, gs, None, "nvfp4"), ValueError, "but x has K=128"),
+        (lambda: lin(x, codes, scales, gs, torch.zeros(63, dtype=torch.bfloat16), "nvfp4"), ValueError, "bias must have shape [64]"),
+        (lambda: lin(x, codes, scales, gs, torch.zeros(64), "nvfp4"), TypeError, "bias must have x's dtype"),
+        (lambda: lin(x, codes, scales, gs, None, "mxfp4"), TypeError, "scales must be Float8_e8m0fnu"),
+        (lambda: lin(x, codes.unsqueeze(0), scales, gs, None, "nvfp4"), ValueError, "w_codes must be 2-D"),
+        (lambda: lin(x[:0], codes, scales, gs, None, "nvfp4"), ValueError, "x is empty"),
+    ]
+    for fn, exc, msg in cases:
+        with pytest.raises(exc) as info:
+            fn()
+        assert msg in str(info.value), str(info.value)
+
+
+# ---- CUDA ----------------------------------------------------------------------------------------------------
+BENCH_NK = [(8192, 8192), (28672, 8192), (8192, 28672), (4096, 4096)]
+BENCH_M = [1, 4, 16, 64, 128, 512, 2048, 8192]
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("N,K", BENCH_NK)
+def test_cuda_every_benchmarked_shape(fmt, N, K, seed):
+    codes, scales, gs, w = make_weight(N, K, fmt, seed, "cuda")
+    w = w.cuda()
+    for M in BENCH_M:
+        x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+        torch.full((64 << 20,), 0x7F, dtype=torch.uint8, device="cuda")  # poison what the allocator hands out
+        out = fq.linear_w4a16(x, codes, scales, gs, format=fmt)
+        ref = x.double() @ w.T
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        assert err < 1e-2, (M, err)
+        assert torch.isfinite(out).all()
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_odd_m_bias_and_dtypes(fmt, dtype, seed):
+    codes, scales, gs, w = make_weight(256, 512, fmt, seed, "cuda")
+    for M in (1, 3, 17, 33, 100):
+        x = torch.randn(M, 512, device="cuda", dtype=dtype)
+        bias = torch.randn(256, device="cuda", dtype=dtype)
+        out = fq.linear_w4a16(x, codes, scales, gs, bias, format=fmt)
+        ref = x.double() @ w.cuda().T + bias.double()
+        assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@cuda
+def test_cuda_compile_graph_and_opcheck():
+    codes, scales, gs, _ = make_weight(512, 1024, "nvfp4", 0, "cuda")
+    x = torch.randn(8, 1024, device="cuda", dtype=torch.bfloat16)
+    f = lambda t: torch.ops.fpquant.linear_w4a16(t, codes, scales, gs, None, "nvfp4")  # noqa: E731
+    eager = f(x)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(f, fullgraph=True)(x), eager)
+    static_x = x.clone()
+    f(static_x)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = f(static_x)
+    new = torch.randn_like(x)
+    static_x.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, f(new))
+    opcheck(torch.ops.fpquant.linear_w4a16.default, (x, codes, scales, gs, None, "nvfp4"))
+
+
+@cuda
+def test_cuda_tile_requirements_are_clear_errors():
+    codes, scales, gs, _ = make_weight(48, 256, "mxfp4", 0, "cuda")
+    with pytest.raises(ValueError, match="N a multiple of 32 and K a multiple of 128"):
+        fq.linear_w4a16(torch.randn(2, 256, device="cuda", dtype=torch.bfloat16), codes, scales)
