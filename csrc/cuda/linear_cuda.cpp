@@ -6,10 +6,53 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "core/scale_rules.h"
+#include "cuda/quantize.h"
 #include "cuda/w4a16.h"
+
+#include <algorithm>
 
 namespace fpquant {
 namespace {
+
+// Large M is compute-bound: until a fused wgmma kernel exists, the weight is dequantized in slabs of rows
+// (at most ~32 MiB of bf16 at a time, never the whole weight) by the dequantize kernel and multiplied by
+// cuBLAS straight into the output columns. Below this M the fused in-register kernel runs.
+constexpr int64_t kSlabMinM = 1024;
+constexpr int64_t kSlabBytes = 32LL << 20;
+
+at::Tensor linear_by_slabs(const at::Tensor& x2d, const at::Tensor& codes, const at::Tensor& scales,
+                           const at::Tensor* global_scale, const c10::optional<at::Tensor>& bias, cuda::Format format,
+                           at::Tensor out2d) {
+  const int64_t N = codes.size(0), K = x2d.size(1);
+  const int64_t G = format == cuda::Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  const int64_t rows = std::min<int64_t>(N, std::max<int64_t>(256, kSlabBytes / (K * 2) / 32 * 32));
+  at::Tensor wbuf = at::empty({rows, K}, x2d.options());
+  const uint8_t* c = reinterpret_cast<const uint8_t*>(codes.data_ptr());
+  const uint8_t* s = reinterpret_cast<const uint8_t*>(scales.data_ptr());
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t ns = std::min(rows, N - n0);
+    cuda::DequantizeParams p;
+    p.codes = c + n0 * (K / 2);
+    p.scales = s + n0 * (K / G);
+    p.format = format;
+    p.global_scale = global_scale ? global_scale->data_ptr<float>() : nullptr;
+    p.rows = ns;
+    p.K = K;
+    p.out = wbuf.data_ptr();
+    p.out_dtype = x2d.scalar_type() == at::kBFloat16 ? cuda::DType::kBF16 : cuda::DType::kF16;
+    const cudaError_t err = cuda::dequantize(p, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(err == cudaSuccess, "fpquant.linear_w4a16: CUDA error: ", cudaGetErrorString(err));
+    at::Tensor dst = out2d.narrow(1, n0, ns);
+    const at::Tensor w = wbuf.narrow(0, 0, ns).t();
+    if (bias.has_value()) {
+      at::addmm_out(dst, bias->narrow(0, n0, ns), x2d, w);
+    } else {
+      at::mm_out(dst, x2d, w);
+    }
+  }
+  return out2d;
+}
 
 at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, const at::Tensor& w_scales,
                              const c10::optional<at::Tensor>& w_global_scale, const c10::optional<at::Tensor>& bias,
@@ -40,6 +83,11 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
   if (w_global_scale.has_value()) {
     g = w_global_scale->contiguous();
     p.global_scale = g.data_ptr<float>();
+  }
+  if (M >= kSlabMinM) {
+    linear_by_slabs(x.view({M, K}), w_codes, w_scales, w_global_scale ? &g : nullptr, bias, p.format,
+                    out.view({M, N}));
+    return out;
   }
   at::Tensor b;
   if (bias.has_value()) {
