@@ -202,3 +202,26 @@ def test_e8m0_and_e4m3_decoding_is_exact(backend):
     s4 = torch.arange(256, dtype=torch.int32).to(torch.uint8).reshape(256, 1).view(torch.float8_e4m3fn)
     out = deq_nv(codes, s4, torch.tensor([1.0]))
     torch.testing.assert_close(out[:, 0], s4.float().flatten(), rtol=0, atol=0, equal_nan=True)
+
+
+def test_e2m1_rounding_near_every_threshold():
+    # The kernels round with a float addition trick (csrc/core/fp_formats.h); the reference uses a threshold
+    # table. Compare them on every float within 3000 ULPs of each threshold, grid point and range boundary,
+    # both signs, plus a dense sweep of [0, 8). A block anchored by 7.99 has scale 2^0 (floor rule), so the
+    # codes are the E2M1 rounding of the values themselves.
+    points = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0, 7.98]
+    bits = torch.tensor(points, dtype=torch.float32).view(torch.int32)
+    offsets = torch.arange(-3000, 3001, dtype=torch.int32)
+    near = (bits[:, None] + offsets[None, :]).flatten().view(torch.float32)
+    sweep = torch.linspace(0, 7.99, 400_000)
+    tiny = torch.tensor([0.0, 1e-45, 1e-38, 2.0**-126, 1e-10], dtype=torch.float32)
+    vals = torch.cat([near, sweep, tiny])
+    vals = torch.cat([vals, -vals])
+    vals = vals[(vals.abs() < 7.99)]
+    pad = (-vals.numel()) % 31
+    vals = torch.cat([vals, torch.zeros(pad)]).reshape(-1, 31)
+    x = torch.cat([torch.full((vals.shape[0], 1), 7.99), vals], dim=1)
+    codes, scales = fq.quantize_mxfp4(x, method="floor")
+    assert scales.view(torch.uint8).eq(127).all()
+    got = ref.unpack_codes(codes)[:, 1:]
+    assert torch.equal(got, ref.e2m1_encode(vals))

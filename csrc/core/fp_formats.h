@@ -91,19 +91,20 @@ FPQ_HD float exp2i(int e) {
 // Round to nearest, ties to the even index (the even mantissa bit), saturate at 6. The sign bit is the
 // input's sign bit, so -0.0 and negative values that round to zero give code 0x8 (negative zero), as an
 // IEEE conversion does. Callers never pass NaN (NaN blocks are handled by the scale rules).
+//
+// Computed with one float addition: adding M = 2^22, 2^23 or 2^24 to |q| < 2, < 4, >= 4 makes the float32
+// ULP equal to the E2M1 step there (0.5, 1, 2), so IEEE round-to-nearest-even lands on the E2M1 grid with
+// E2M1's own tie rule (M has an even mantissa, so grid parity = mantissa parity). The difference of the bit
+// patterns then counts grid steps: index = t (|q| < 2), t + 2 (< 4), t + 4 (>= 4), capped at 7 (saturation;
+// also covers 7 -> 8, huge values and +inf). formats.e2m1_encode states the same rule as a threshold table.
 FPQ_HD uint8_t e2m1_encode(float q) {
-  const uint8_t sign = static_cast<uint8_t>((f32_bits(q) >> 28) & 0x8u);
+  const uint32_t sign = (f32_bits(q) >> 28) & 0x8u;
   const float a = abs_f(q);
-  uint8_t m;
-  if (a <= 0.25f) m = 0;        // tie 0.25 -> 0
-  else if (a < 0.75f) m = 1;    // tie 0.75 -> 1.0
-  else if (a <= 1.25f) m = 2;   // tie 1.25 -> 1.0
-  else if (a < 1.75f) m = 3;    // tie 1.75 -> 2.0
-  else if (a <= 2.5f) m = 4;    // tie 2.5  -> 2.0
-  else if (a < 3.5f) m = 5;     // tie 3.5  -> 4.0
-  else if (a <= 5.0f) m = 6;    // tie 5.0  -> 4.0
-  else m = 7;                   // saturate
-  return sign | m;
+  const float magic = a < 2.0f ? 4194304.0f : (a < 4.0f ? 8388608.0f : 16777216.0f);
+  const int offset = a < 2.0f ? 0 : (a < 4.0f ? 2 : 4);
+  const uint32_t steps = f32_bits(add_rn(a, magic)) - f32_bits(magic);
+  const uint32_t idx = steps + offset;
+  return static_cast<uint8_t>(sign | (idx < 7u ? idx : 7u));
 }
 
 FPQ_HD float e2m1_decode(uint8_t code) {
