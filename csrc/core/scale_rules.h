@@ -53,15 +53,14 @@ FPQ_HD int mx_exp_quest(float sum, float sumsq) {
 // GPU kernels that hold contiguous runs per thread reproduce this order with local adds then xor-shuffles.
 template <int N>
 FPQ_HD float tree_sum(const float* v) {
-  float t[N / 2];
-FPQ_UNROLL
-  for (int i = 0; i < N / 2; ++i) t[i] = add_rn(v[2 * i], v[2 * i + 1]);
-FPQ_UNROLL
-  for (int n = N / 2; n > 1; n /= 2) {
-FPQ_UNROLL
-    for (int i = 0; i < n / 2; ++i) t[i] = add_rn(t[2 * i], t[2 * i + 1]);
+  if constexpr (N == 1) {
+    return v[0];
+  } else {
+    float t[N / 2];  // one level; recursion keeps every index a compile-time constant (registers, no stack)
+    FPQ_UNROLL
+    for (int i = 0; i < N / 2; ++i) t[i] = add_rn(v[2 * i], v[2 * i + 1]);
+    return tree_sum<N / 2>(t);
   }
-  return t[0];
 }
 
 // The MXFP4 scale exponent of a finite block from its statistics (sum/sumsq only used by quest).

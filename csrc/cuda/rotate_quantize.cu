@@ -276,12 +276,9 @@ cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
   constexpr int ROWS = 16 * MT_TILES;
   auto kernel = rotate_quantize_kernel<T, MT, R, MT_TILES, F>;
   const size_t smem = 2 * R * (R + 8) * sizeof(MT) + kWarps * ROWS * (R / 2);
-  static bool configured = false;  // one attribute call per instantiation (not a stream operation)
-  if (!configured) {
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-    configured = true;
-  }
+  // Set on every launch: cheap, not a stream operation, and correct for whichever device is current.
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
   const int64_t n_chunks = p.rows * p.K / R;
   const int64_t tiles = (n_chunks + ROWS - 1) / ROWS;
   int per_sm = 1;
