@@ -25,10 +25,11 @@ struct W4A16Params {
   int splits = 1;
 };
 
-constexpr int kW4A16TileN = 32;   // output features per CTA
+constexpr int kW4A16TileN = 32;   // output features per warp (N must be a multiple)
 constexpr int kW4A16ChunkK = 128; // K per pipeline step
 
-// Split-K factor for a problem (documented heuristic, see w4a16_gemm.cu).
+// Tile and split-K choice for a problem (documented heuristic, see w4a16_gemm.cu).
+int w4a16_m_tiles(int64_t M);
 int w4a16_splits(int64_t M, int64_t N, int64_t K);
 cudaError_t w4a16_gemm(const W4A16Params& p, cudaStream_t stream);
 

@@ -1,9 +1,11 @@
-// Weight-only FP4 GEMM on mma.sync tensor cores (sm_80+; first version, tuned for decode-sized M).
+// Weight-only FP4 GEMM on mma.sync tensor cores (sm_80+; first version, for M below the slab threshold).
 //
-// CTA = 4 warps, 32 output features (4 n-tiles of 8) x 16 rows of x (one m-tile; grid.z walks M). The K range
-// of the CTA (1/splits of K) is cut into chunks of 128; warp w takes chunks w, w+4, ... and the four warps'
-// partial sums are added in shared memory at the end. Split-K partials (splits > 1) go to a float32
-// workspace and a second kernel adds them in a fixed order (deterministic), then applies the epilogue.
+// CTA = WARPS warps side by side along N, each owning 32 output features (4 n-tiles of 8), and MT m-tiles
+// of 16 rows of x. Every warp walks the CTA's K range (1/splits of K) in chunks of 128: it loads and
+// decodes its weight codes once per chunk and reuses the decoded fragments for all MT m-tiles. The warps of
+// a CTA read the same activation rows, so all but the first read hit L1. grid.x walks M fastest, so CTAs
+// that share a weight tile run together and the weight comes from HBM about once. Split-K partials
+// (splits > 1) go to a float32 workspace that a second kernel adds in a fixed order (deterministic).
 //
 // Operand layout: the mma k index may be permuted as long as A and B agree. Thread (g = lane/4, q = lane%4)
 // loads, for weight row n = 8j + g, the 16 bytes at k in [32q, 32q+32) of the chunk (32 codes = 16 pairs):
@@ -26,8 +28,6 @@
 namespace fpquant::cuda {
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = 32 * kWarps;
 constexpr int kNT = kW4A16TileN / 8;  // n-tiles per CTA
 
 template <typename AT>
@@ -108,93 +108,130 @@ __device__ __forceinline__ float group_scale(uint8_t code) {
 
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
-template <typename AT, Format F>
-__global__ void __launch_bounds__(kThreads) w4a16_kernel(W4A16Params p) {
+template <typename AT>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<AT, __nv_bfloat16>) {
+    __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&p);
+  } else {
+    __half2 p = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&p);
+  }
+}
+
+template <typename AT, Format F, int MT, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
   constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  constexpr int SPC = 32 / G;  // scales per lane per chunk
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kW4A16TileN;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.z) * 16;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * 16 * MT;
+  const int64_t nw = (static_cast<int64_t>(blockIdx.y) * WARPS + warp) * 32;  // this warp's first feature
+  if (nw >= p.N) return;  // no block-level synchronization below
   const int64_t chunks = p.K / kW4A16ChunkK;
-  const int64_t c_begin = chunks * blockIdx.y / p.splits, c_end = chunks * (blockIdx.y + 1) / p.splits;
+  const int64_t c_begin = chunks * blockIdx.z / p.splits, c_end = chunks * (blockIdx.z + 1) / p.splits;
   const AT* x = static_cast<const AT*>(p.x);
-  const bool row0 = m0 + g < p.M, row1 = m0 + g + 8 < p.M;
-  const AT* x0 = x + (m0 + g) * p.K + 32 * q;
-  const AT* x1 = x + (m0 + g + 8) * p.K + 32 * q;
   const uint8_t* wrow[kNT];
   const uint8_t* srow[kNT];
 #pragma unroll
   for (int j = 0; j < kNT; ++j) {
-    const int64_t n = n0 + 8 * j + g;
+    const int64_t n = nw + 8 * j + g;
     wrow[j] = p.codes + n * (p.K / 2) + 16 * q;
-    srow[j] = p.scales + n * (p.K / G) + (32 / G) * q;
+    srow[j] = p.scales + n * (p.K / G) + SPC * q;
   }
 
-  float acc[kNT][4];
+  float acc[MT][kNT][4];
 #pragma unroll
-  for (int j = 0; j < kNT; ++j)
+  for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) acc[j][c] = 0.0f;
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[mi][j][c] = 0.0f;
 
-  for (int64_t c = c_begin + warp; c < c_end; c += kWarps) {
-    // Issue every load of the chunk before the first use.
-    uint4 a0[4], a1[4], wq[kNT];
-    uint8_t sc[kNT][32 / G];
+  // Two-stage register pipeline: the next chunk's weight codes and scales are in flight while this one
+  // is decoded and multiplied.
+  uint4 wq[kNT];
+  uint8_t sc[kNT][SPC];
+  auto load_w = [&](int64_t c, uint4 (&w)[kNT], uint8_t (&s)[kNT][SPC]) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      a0[i] = row0 ? ldg16(x0 + c * kW4A16ChunkK + 8 * i) : make_uint4(0, 0, 0, 0);
-      a1[i] = row1 ? ldg16(x1 + c * kW4A16ChunkK + 8 * i) : make_uint4(0, 0, 0, 0);
+    for (int j = 0; j < kNT; ++j) {
+      w[j] = ldg16(wrow[j] + c * (kW4A16ChunkK / 2));
+#pragma unroll
+      for (int t = 0; t < SPC; ++t) s[j][t] = __ldg(srow[j] + c * (kW4A16ChunkK / G) + t);
+    }
+  };
+  if (c_begin < c_end) load_w(c_begin, wq, sc);
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    uint4 wn[kNT];
+    uint8_t sn[kNT][SPC];
+    if (c + 1 < c_end) load_w(c + 1, wn, sn);
+
+    // One 32-bit word of codes per n-tile covers k-steps 2w and 2w+1; decode it, then feed every m-tile.
+    uint32_t s2[kNT][SPC];
+#pragma unroll
+    for (int j = 0; j < kNT; ++j)
+#pragma unroll
+      for (int t = 0; t < SPC; ++t) s2[j][t] = splat<AT>(group_scale<F>(sc[j][t]));
+#pragma unroll 1  // bounds register pressure: the compiler would otherwise hoist every m-tile's loads
+    for (int w = 0; w < 4; ++w) {
+      uint32_t b[kNT][4];
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        const uint32_t word = w == 0 ? wq[j].x : (w == 1 ? wq[j].y : (w == 2 ? wq[j].z : wq[j].w));
+        decode8<AT>(word, b[j]);
+        const uint32_t scale = (SPC == 1 || w < 2) ? s2[j][0] : s2[j][SPC - 1];  // NVFP4: words 2-3 scale 1
+#pragma unroll
+        for (int i = 0; i < 4; ++i) b[j][i] = hmul2<AT>(b[j][i], scale);
+      }
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi) {
+        const int64_t r0 = m0 + 16 * mi + g, r1 = r0 + 8;
+        const int64_t col = c * kW4A16ChunkK + 32 * q + 8 * w;
+        const uint4 a0 = r0 < p.M ? ldg16(x + r0 * p.K + col) : make_uint4(0, 0, 0, 0);
+        const uint4 a1 = r1 < p.M ? ldg16(x + r1 * p.K + col) : make_uint4(0, 0, 0, 0);
+        const uint32_t fa[4] = {a0.x, a1.x, a0.y, a1.y};  // k-step 2w
+        const uint32_t fb[4] = {a0.z, a1.z, a0.w, a1.w};  // k-step 2w + 1
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          mma16816<AT>(acc[mi][j], fa, b[j][0], b[j][1]);
+          mma16816<AT>(acc[mi][j], fb, b[j][2], b[j][3]);
+        }
+      }
     }
 #pragma unroll
     for (int j = 0; j < kNT; ++j) {
-      wq[j] = ldg16(wrow[j] + c * (kW4A16ChunkK / 2));
+      wq[j] = wn[j];
 #pragma unroll
-      for (int t = 0; t < 32 / G; ++t) sc[j][t] = __ldg(srow[j] + c * (kW4A16ChunkK / G) + t);
-    }
-    const uint32_t* a0w = reinterpret_cast<const uint32_t*>(a0);
-    const uint32_t* a1w = reinterpret_cast<const uint32_t*>(a1);
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      uint32_t b[16];
-      decode8<AT>(wq[j].x, b);
-      decode8<AT>(wq[j].y, b + 4);
-      decode8<AT>(wq[j].z, b + 8);
-      decode8<AT>(wq[j].w, b + 12);
-#pragma unroll
-      for (int t = 0; t < 32 / G; ++t) {
-        const uint32_t s2 = splat<AT>(group_scale<F>(sc[j][t]));
-#pragma unroll
-        for (int i = 0; i < 16 / (32 / G); ++i) b[t * (16 / (32 / G)) + i] = hmul2<AT>(b[t * (16 / (32 / G)) + i], s2);
-      }
-#pragma unroll
-      for (int s = 0; s < 8; ++s) {
-        const uint32_t a[4] = {a0w[2 * s], a1w[2 * s], a0w[2 * s + 1], a1w[2 * s + 1]};
-        mma16816<AT>(acc[j], a, b[2 * s], b[2 * s + 1]);
-      }
+      for (int t = 0; t < SPC; ++t) sc[j][t] = sn[j][t];
     }
   }
 
-  // Add the four warps' partial sums: red[warp][row 0..15][col 0..31].
-  __shared__ float red[kWarps][16][kW4A16TileN + 1];
-#pragma unroll
-  for (int j = 0; j < kNT; ++j) {
-    red[warp][g][8 * j + 2 * q] = acc[j][0];
-    red[warp][g][8 * j + 2 * q + 1] = acc[j][1];
-    red[warp][g + 8][8 * j + 2 * q] = acc[j][2];
-    red[warp][g + 8][8 * j + 2 * q + 1] = acc[j][3];
-  }
-  __syncthreads();
+  // Epilogue: lane (g, q) holds rows g and g+8 of each m-tile, features 8j + 2q and 8j + 2q + 1.
   const float inv_g = F == Format::kNvFp4 ? 1.0f / __ldg(p.global_scale) : 1.0f;
-  for (int idx = threadIdx.x; idx < 16 * kW4A16TileN; idx += kThreads) {
-    const int r = idx / kW4A16TileN, col = idx % kW4A16TileN;
-    const int64_t m = m0 + r, n = n0 + col;
-    if (m >= p.M) continue;
-    const float v = ((red[0][r][col] + red[1][r][col]) + red[2][r][col]) + red[3][r][col];
-    if (p.splits > 1) {
-      p.workspace[(static_cast<int64_t>(blockIdx.y) * p.M + m) * p.N + n] = v;
-    } else {
-      float o = F == Format::kNvFp4 ? v * inv_g : v;
-      if (p.bias) o += to_float(static_cast<const AT*>(p.bias)[n]);
-      store_float(static_cast<AT*>(p.out) + m * p.N + n, o);
+#pragma unroll
+  for (int mi = 0; mi < MT; ++mi) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t m = m0 + 16 * mi + g + 8 * h;
+      if (m >= p.M) continue;
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        const int64_t n = nw + 8 * j + 2 * q;
+        float v0 = acc[mi][j][2 * h], v1 = acc[mi][j][2 * h + 1];
+        if (p.splits > 1) {
+          *reinterpret_cast<float2*>(p.workspace + (static_cast<int64_t>(blockIdx.z) * p.M + m) * p.N + n) =
+              make_float2(v0, v1);
+        } else {
+          if (F == Format::kNvFp4) {
+            v0 *= inv_g;
+            v1 *= inv_g;
+          }
+          if (p.bias) {
+            v0 += to_float(static_cast<const AT*>(p.bias)[n]);
+            v1 += to_float(static_cast<const AT*>(p.bias)[n + 1]);
+          }
+          *reinterpret_cast<uint32_t*>(static_cast<AT*>(p.out) + m * p.N + n) = pack2<AT>(v0, v1);
+        }
+      }
     }
   }
 }
@@ -213,26 +250,43 @@ __global__ void __launch_bounds__(256) splitk_reduce_kernel(W4A16Params p) {
   }
 }
 
-template <typename AT, Format F>
-cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(p.N / kW4A16TileN), static_cast<unsigned>(p.splits),
-                  static_cast<unsigned>((p.M + 15) / 16));
-  w4a16_kernel<AT, F><<<grid, kThreads, 0, stream>>>(p);
+template <typename AT, Format F, int MT, int WARPS>
+cudaError_t launch_tiles(const W4A16Params& p, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((p.M + 16 * MT - 1) / (16 * MT)),
+                  static_cast<unsigned>((p.N + 32 * WARPS - 1) / (32 * WARPS)), static_cast<unsigned>(p.splits));
+  w4a16_kernel<AT, F, MT, WARPS><<<grid, 32 * WARPS, 0, stream>>>(p);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || p.splits == 1) return err;
   splitk_reduce_kernel<AT, F><<<grid_for(p.M * p.N, 256), 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
+template <typename AT, Format F>
+cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
+  switch (w4a16_m_tiles(p.M)) {
+    case 1: return launch_tiles<AT, F, 1, 4>(p, stream);
+    case 2: return launch_tiles<AT, F, 2, 4>(p, stream);
+    case 4: return launch_tiles<AT, F, 4, 8>(p, stream);
+    default: return launch_tiles<AT, F, 8, 8>(p, stream);
+  }
+}
+
 }  // namespace
 
-// Split-K heuristic: one CTA per 32 features per 16 rows gives (N / 32) * ceil(M / 16) CTAs. Decode shapes
-// (small M, N <= 8192) leave SMs idle or give each CTA one long serial K loop, so K is split until there are
-// about four CTAs per SM, keeping at least 4 chunks of 128 per warp (each split does >= 2048 of K).
+// Tile heuristic (documented in docs/DESIGN.md): MT m-tiles of 16 rows per CTA, the smallest of 1, 2, 4, 8
+// that covers M (8 beyond 64 rows), with 4 warps (128 features) per CTA for MT <= 2 and 8 warps (256
+// features) above, so that wider CTAs share activation reads as M grows.
+int w4a16_m_tiles(int64_t M) { return M <= 16 ? 1 : (M <= 32 ? 2 : (M <= 64 ? 4 : 8)); }
+
+// Split-K: decode shapes give few CTAs ((N / features per CTA) * ceil(M / rows per CTA)) and each a long
+// serial K loop, so K is split (powers of two) until there are about four CTAs per SM, keeping at least
+// 4 chunks of 128 per split.
 int w4a16_splits(int64_t M, int64_t N, int64_t K) {
-  const int64_t ctas = (N / kW4A16TileN) * ((M + 15) / 16);
+  const int mt = w4a16_m_tiles(M);
+  const int64_t features = mt <= 2 ? 128 : 256;
+  const int64_t ctas = ((N + features - 1) / features) * ((M + 16 * mt - 1) / (16 * mt));
   const int64_t target = 4LL * num_sms();
-  const int64_t max_splits = K / (kW4A16ChunkK * kWarps * 4);
+  const int64_t max_splits = K / (kW4A16ChunkK * 4);
   int s = 1;
   while (ctas * s * 2 <= target && s * 2 <= max_splits) s *= 2;
   return s;
