@@ -204,3 +204,116 @@ def test_quantized_code_byte_positions():
         for q in range(4):
             for i in range(G // 8):
                 assert (8 * i + 2 * q) // 2 == 4 * i + q
+
+
+# ---- rotate_quantize.cu epilogue, end to end on exact data ------------------------------------------------
+
+
+def emulate_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=None):
+    """Python transcription of rotate_quantize_kernel's tiling and epilogue (per warp tile, per lane), fed
+    with the accumulator fragments of Y = X @ R. With data whose products and sums are exact in float32 the
+    kernel's accumulators equal Y, so the result must match the CPU operator bit for bit."""
+    import fpquant_ext as fq  # noqa: F401  (core arithmetic through the reference)
+
+    r = R.shape[0]
+    G = 32 if fmt == "mx" else 16
+    if fmt == "mx" and r < G:  # the glue widens r = 16 to diag(R, R)
+        R = torch.block_diag(R, R)
+        r = 32
+    K = x.shape[-1]
+    rows = x.numel() // K
+    n_chunks = rows * K // r
+    MT = 2 if r >= 64 else 4
+    ROWS = 16 * MT
+    Y = (x.double().reshape(n_chunks, r) @ R.double()).float()  # exact for the test data
+    codes = torch.full((n_chunks * r // 2,), 0xEE, dtype=torch.uint8)  # poison
+    gpr = K // G
+    if layout == "linear":
+        scales = torch.full((rows * gpr,), 0xEE, dtype=torch.uint8)
+    else:
+        pr, pc = -(-rows // 128) * 128, -(-gpr // 4) * 4
+        scales = torch.zeros(pr * pc, dtype=torch.uint8)
+    n_tiles = -(-n_chunks // ROWS)
+    for tile in range(n_tiles):
+        base = tile * ROWS
+        stage = torch.full((ROWS * r // 2,), 0xEE, dtype=torch.uint8)
+        for mi in range(MT):
+            for h in range(2):
+                for j in range(r // G):
+                    NV = G // 4
+                    # lanes of each quad (fixed g) hold one row's group
+                    for gq in range(8):
+                        row_in_tile = mi * 16 + h * 8 + gq
+                        chunk = base + row_in_tile
+                        yrow = Y[chunk] if chunk < n_chunks else torch.zeros(r)
+                        vals = {}
+                        for q in range(4):
+                            v = []
+                            for i in range(NV // 2):
+                                nt = (G // 8) * j + i
+                                v += [yrow[8 * nt + 2 * q], yrow[8 * nt + 2 * q + 1]]
+                            vals[q] = torch.stack(v)
+                        allv = torch.cat([vals[q] for q in range(4)])
+                        finite = bool(torch.isfinite(allv).all())
+                        amax = allv.abs().max()
+                        group = torch.stack([yrow[G * j + c] for c in range(G)])
+                        if fmt == "mx":
+                            e = int(ref.mx_scale_exponent(group[None], method)[0]) if finite else 0
+                            sc = e + 127 if finite else 0xFF
+                            inv = ref._pow2(torch.tensor([-e]))[0]
+                        else:
+                            s = (amax / 6.0) * g
+                            sc = int(ref.e4m3_encode_sat(s.reshape(1))[0]) if finite else 0x7F
+                            d = ref.e4m3_decode(torch.tensor([sc], dtype=torch.uint8))[0] / g
+                        for q in range(4):
+                            v = vals[q]
+                            for i in range(NV // 2):
+                                if fmt == "mx":
+                                    c = ref.e2m1_encode((v[2 * i : 2 * i + 2] * inv)) if finite else torch.zeros(2, dtype=torch.uint8)
+                                else:
+                                    c = ref.e2m1_encode(v[2 * i : 2 * i + 2] / d) if (finite and d > 0) else torch.zeros(2, dtype=torch.uint8)
+                                stage[row_in_tile * (r // 2) + j * (G // 2) + 4 * i + q] = int(c[0]) | (int(c[1]) << 4)
+                        if chunk < n_chunks:
+                            flat = chunk * (r // G) + j
+                            if layout == "linear":
+                                scales[flat] = sc
+                            else:
+                                from fpquant_ext.ops import _blocked_shape  # noqa: F401
+
+                                row_, col_ = flat // gpr, flat % gpr
+                                tiles_per_row = -(-gpr // 4)
+                                off = ((row_ // 128) * tiles_per_row + col_ // 4) * 512 + (row_ % 128 % 32) * 16 + (row_ % 128 // 32) * 4 + col_ % 4
+                                scales[off] = sc
+        VB = min(16, r // 2)
+        for vi in range(ROWS * (r // 2) // VB):
+            row_in_tile = (vi * VB) // (r // 2)
+            if base + row_in_tile < n_chunks:
+                codes[base * (r // 2) + vi * VB : base * (r // 2) + (vi + 1) * VB] = stage[vi * VB : (vi + 1) * VB]
+    codes = codes.reshape(*x.shape[:-1], K // 2)
+    if layout == "linear":
+        scales = scales.reshape(*x.shape[:-1], gpr)
+    else:
+        scales = scales.reshape(-(-rows // 128) * 128, -(-gpr // 4) * 4)
+    return codes, scales
+
+
+@pytest.mark.parametrize("r", [16, 32, 128])
+@pytest.mark.parametrize("fmt,method", [("mx", "floor"), ("mx", "quest"), ("mx", "ceil"), ("nv", None)])
+@pytest.mark.parametrize("layout", ["linear", "blocked"])
+def test_rotate_quantize_epilogue_matches_cpu_on_exact_data(r, fmt, method, layout):
+    import fpquant_ext as fq
+
+    gen = torch.Generator().manual_seed(r)
+    rows, K = 5, 256  # n_chunks not a multiple of the warp tile: exercises the row guards
+    x = torch.randint(-6, 7, (rows, K), generator=gen).float()
+    x[1, :32] = 0.0  # an all-zero group
+    R = torch.randint(-1, 2, (r, r), generator=gen).float() * 0.5  # exact in bf16, products exact in fp32
+    if fmt == "mx":
+        want_c, want_s = fq.quantize_mxfp4(x, R, method=method, scale_layout=layout)
+        got_c, got_s = emulate_rotate_quantize(x, R, "mx", method, layout)
+    else:
+        g = torch.tensor([3.0])
+        want_c, want_s = fq.quantize_nvfp4(x, g, R, scale_layout=layout)
+        got_c, got_s = emulate_rotate_quantize(x, R, "nv", layout=layout, g=g[0])
+    assert torch.equal(got_c, want_c)
+    assert torch.equal(got_s, want_s.view(torch.uint8))
