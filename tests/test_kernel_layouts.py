@@ -209,12 +209,17 @@ def test_quantized_code_byte_positions():
 # ---- rotate_quantize.cu epilogue, end to end on exact data ------------------------------------------------
 
 
+def blocked_offset(row, col, cols):
+    """core::blocked_offset (csrc/core/scale_layout.h)."""
+    tile = (row // 128) * (-(-cols // 4)) + col // 4
+    rr = row % 128
+    return tile * 512 + (rr % 32) * 16 + (rr // 32) * 4 + col % 4
+
+
 def emulate_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=None):
     """Python transcription of rotate_quantize_kernel's tiling and epilogue (per warp tile, per lane), fed
     with the accumulator fragments of Y = X @ R. With data whose products and sums are exact in float32 the
     kernel's accumulators equal Y, so the result must match the CPU operator bit for bit."""
-    import fpquant_ext as fq  # noqa: F401  (core arithmetic through the reference)
-
     r = R.shape[0]
     G = 32 if fmt == "mx" else 16
     if fmt == "mx" and r < G:  # the glue widens r = 16 to diag(R, R)
@@ -278,12 +283,7 @@ def emulate_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=None):
                             if layout == "linear":
                                 scales[flat] = sc
                             else:
-                                from fpquant_ext.ops import _blocked_shape  # noqa: F401
-
-                                row_, col_ = flat // gpr, flat % gpr
-                                tiles_per_row = -(-gpr // 4)
-                                off = ((row_ // 128) * tiles_per_row + col_ // 4) * 512 + (row_ % 128 % 32) * 16 + (row_ % 128 // 32) * 4 + col_ % 4
-                                scales[off] = sc
+                                scales[blocked_offset(flat // gpr, flat % gpr, gpr)] = sc
         VB = min(16, r // 2)
         for vi in range(ROWS * (r // 2) // VB):
             row_in_tile = (vi * VB) // (r // 2)
