@@ -11,33 +11,15 @@ pure-PyTorch reference quantizer on the GPU). Times are medians of many CUDA-eve
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 
 import torch
 
 import fpquant_ext as fq
 from fpquant_ext import formats as ref
 from fpquant_ext import rotations
+from common import bench_ms, report, run_meta
 
 SHAPES = [(8192, 8192), (16384, 8192), (32, 8192)]
-
-
-def bench_ms(fn, warmup: int = 10, reps: int = 50) -> float:
-    """Median milliseconds over `reps` runs, each timed with CUDA events."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main() -> None:
@@ -77,23 +59,13 @@ def main() -> None:
                 rows.append({"M": M, "K": K, "format": fmt, "rotation": r, "ms": ms, "GBps": bw / 1e9,
                              "copy_GBps": copy_bw / 1e9, "fraction_of_copy": bw / copy_bw,
                              "two_step_ms": base_ms, "speedup_vs_two_step": base_ms / ms})
-    meta = {"date": datetime.date.today().isoformat(), "device": name, "torch": torch.__version__,
-            "dtype": args.dtype, "timing": "median of 50 CUDA-event-timed runs after 10 warm-ups"}
-    lines = [f"Quantize bandwidth, {name}, {args.dtype} input, {meta['date']}", "",
-             "| M | K | format | r | ms | GB/s | copy GB/s | of copy | two-step ms | speedup |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['M']} | {r['K']} | {r['format']} | {r['rotation'] or '-'} | {r['ms']:.4f} | "
-                     f"{r['GBps']:.0f} | {r['copy_GBps']:.0f} | {100 * r['fraction_of_copy']:.0f}% | "
-                     f"{r['two_step_ms']:.3f} | {r['speedup_vs_two_step']:.1f}x |")
-    text = "\n".join(lines)
-    print(text)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(text + "\n")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    meta = run_meta(dtype=args.dtype, timing="median of 50 CUDA-event-timed runs after 10 warm-ups")
+    table = [[str(r["M"]), str(r["K"]), r["format"], str(r["rotation"] or "-"), f"{r['ms']:.4f}",
+              f"{r['GBps']:.0f}", f"{r['copy_GBps']:.0f}", f"{100 * r['fraction_of_copy']:.0f}%",
+              f"{r['two_step_ms']:.3f}", f"{r['speedup_vs_two_step']:.1f}x"] for r in rows]
+    report(f"Quantize bandwidth, {name}, {args.dtype} input, {meta['date']}",
+           ["M", "K", "format", "r", "ms", "GB/s", "copy GB/s", "of copy", "two-step ms", "speedup"],
+           table, meta, rows, args.md, args.json)
 
 
 if __name__ == "__main__":

@@ -11,32 +11,14 @@ so that the small-M cases measure HBM, not L2.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 
 import torch
 
 import fpquant_ext as fq
+from common import bench_ms, report, run_meta
 
 M_LIST = [1, 4, 16, 64, 128, 512, 2048, 8192]
 NK_LIST = [(8192, 8192), (28672, 8192), (8192, 28672), (4096, 4096)]
-
-
-def bench_ms(fns, warmup=5, reps=30) -> float:
-    """Median ms of calling fns[i % len(fns)] (rotating inputs), CUDA events around each call."""
-    for i in range(warmup):
-        fns[i % len(fns)]()
-    torch.cuda.synchronize()
-    times = []
-    for i in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fns[i % len(fns)]()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def main() -> None:
@@ -63,12 +45,13 @@ def main() -> None:
                     packed[fmt].append((c, s, g))
         for M in M_LIST:
             x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
-            t_bf16 = bench_ms([lambda w=w: torch.matmul(x, w.t()) for w in ws])
+            t_bf16 = bench_ms([lambda w=w: torch.matmul(x, w.t()) for w in ws], warmup=5, reps=30)
             for fmt in ("mxfp4", "nvfp4"):
-                t_fp4 = bench_ms([lambda p=p: fq.linear_w4a16(x, p[0], p[1], p[2], format=fmt) for p in packed[fmt]])
+                t_fp4 = bench_ms([lambda p=p: fq.linear_w4a16(x, p[0], p[1], p[2], format=fmt) for p in packed[fmt]],
+                                 warmup=5, reps=30)
                 deq = (lambda p: fq.dequantize_mxfp4(p[0], p[1], out_dtype=torch.bfloat16)) if fmt == "mxfp4" else (
                     lambda p: fq.dequantize_nvfp4(p[0], p[1], p[2], out_dtype=torch.bfloat16))
-                t_two = bench_ms([lambda p=p: torch.matmul(x, deq(p).t()) for p in packed[fmt]])
+                t_two = bench_ms([lambda p=p: torch.matmul(x, deq(p).t()) for p in packed[fmt]], warmup=5, reps=30)
                 rows.append({"M": M, "N": N, "K": K, "format": fmt, "fp4_ms": t_fp4, "bf16_ms": t_bf16,
                              "dequant_matmul_ms": t_two, "speedup_vs_bf16": t_bf16 / t_fp4,
                              "speedup_vs_dequant_matmul": t_two / t_fp4})
@@ -76,20 +59,13 @@ def main() -> None:
                       f"-> {t_bf16 / t_fp4:.2f}x", flush=True)
         del ws, packed
         torch.cuda.empty_cache()
-    meta = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-            "torch": torch.__version__, "timing": "median of 30 CUDA-event-timed calls, rotating weights"}
-    lines = [f"W4A16 linear vs bf16 cuBLAS, {meta['device']}, {meta['date']}", "",
-             "| N | K | M | format | fp4 us | bf16 us | dequant+mm us | vs bf16 | vs dequant+mm |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['N']} | {r['K']} | {r['M']} | {r['format']} | {r['fp4_ms'] * 1e3:.1f} | "
-                     f"{r['bf16_ms'] * 1e3:.1f} | {r['dequant_matmul_ms'] * 1e3:.1f} | "
-                     f"{r['speedup_vs_bf16']:.2f}x | {r['speedup_vs_dequant_matmul']:.2f}x |")
-    print("\n".join(lines))
-    if args.md:
-        open(args.md, "w").write("\n".join(lines) + "\n")
-    if args.json:
-        json.dump({"meta": meta, "rows": rows}, open(args.json, "w"), indent=1)
+    meta = run_meta(timing="median of 30 CUDA-event-timed calls, rotating weights")
+    table = [[str(r["N"]), str(r["K"]), str(r["M"]), r["format"], f"{r['fp4_ms'] * 1e3:.1f}",
+              f"{r['bf16_ms'] * 1e3:.1f}", f"{r['dequant_matmul_ms'] * 1e3:.1f}", f"{r['speedup_vs_bf16']:.2f}x",
+              f"{r['speedup_vs_dequant_matmul']:.2f}x"] for r in rows]
+    report(f"W4A16 linear vs bf16 cuBLAS, {meta['device']}, {meta['date']}",
+           ["N", "K", "M", "format", "fp4 us", "bf16 us", "dequant+mm us", "vs bf16", "vs dequant+mm"],
+           table, meta, rows, args.md, args.json)
     if args.plot:
         import matplotlib
 

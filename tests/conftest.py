@@ -58,3 +58,22 @@ def opcheck(op, args):
         torch.library.opcheck(op, args)
     finally:
         torch.allclose = original
+
+
+def replay_matches(fn, x):
+    """Capture fn(x) in a CUDA graph, replay it on new data in x's buffer, and return (graph outputs,
+    eager outputs on the same data) for the caller to compare."""
+    static_x = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn(static_x)  # warm-up outside capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(static_x)
+    new = torch.randn_like(x)
+    static_x.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    return out, fn(new)

@@ -9,7 +9,7 @@ import fpquant_ext as fq
 from fpquant_ext import formats as ref
 from fpquant_ext import rotations
 
-from conftest import diverse_tensor, opcheck
+from conftest import diverse_tensor, opcheck, replay_matches
 
 pytestmark = pytest.mark.cuda
 MX_METHODS = ["floor", "ceil", "quest"]
@@ -170,20 +170,8 @@ def test_compile_fullgraph_and_cuda_graph():
     compiled = torch.compile(f, fullgraph=True)(x)
     for a, b in zip(eager, compiled):
         assert same_bits(a, b)
-    static_x = x.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        f(static_x)  # warm-up outside capture
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = f(static_x)
-    new = torch.randn_like(x)
-    static_x.copy_(new)
-    graph.replay()
-    torch.cuda.synchronize()
-    for a, b in zip(out, f(new)):
+    replayed, eager_new = replay_matches(f, x)
+    for a, b in zip(replayed, eager_new):
         assert same_bits(a, b)
 
 

@@ -5,7 +5,7 @@ import torch
 
 import fpquant_ext as fq
 
-from conftest import opcheck
+from conftest import opcheck, replay_matches
 
 cuda = pytest.mark.cuda
 FORMATS = ["mxfp4", "nvfp4"]
@@ -122,17 +122,8 @@ def test_cuda_compile_graph_and_opcheck():
     eager = f(x)
     torch._dynamo.reset()
     assert torch.equal(torch.compile(f, fullgraph=True)(x), eager)
-    static_x = x.clone()
-    f(static_x)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = f(static_x)
-    new = torch.randn_like(x)
-    static_x.copy_(new)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, f(new))
+    replayed, eager_new = replay_matches(f, x)
+    assert torch.equal(replayed, eager_new)
     opcheck(torch.ops.fpquant.linear_w4a16.default, (x, codes, scales, gs, None, "nvfp4"))
 
 

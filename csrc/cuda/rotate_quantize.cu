@@ -7,9 +7,7 @@
 // the same way (three MMAs), so products carry ~16 bits and the sums are fp32: results differ from the
 // float64 reference only by fp32 rounding (tests bound the code mismatches).
 //
-// Register layouts (PTX ISA, mma.m16n8k16): lane = 4 * g + q. A: a0 = (row g, k 2q..2q+1),
-// a1 = (row g+8, same k), a2 = (row g, k 2q+8..2q+9), a3 = (row g+8, same k). B: b0 = (k 2q..2q+1, n g),
-// b1 = (k 2q+8..2q+9, n g). C: c0,c1 = (row g, n 2q..2q+1), c2,c3 = (row g+8, same n).
+// Register layouts: see cuda/mma.cuh.
 // The reduction index k may be permuted freely if A and B agree, so thread q loads its memory columns
 // [q*E, (q+1)*E) (E = r/4, contiguous: wide loads) and B's rows are permuted to match (perm_k).
 #include <cuda_bf16.h>
@@ -18,6 +16,7 @@
 #include <type_traits>
 
 #include "cuda/device_utils.cuh"
+#include "cuda/mma.cuh"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
 
@@ -27,52 +26,11 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 
-template <typename MT>
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<MT, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
 // The mma k index of memory column m of a rotation block: thread q's e-th element (m = q*E + e) is slot
 // {2q, 2q+1, 2q+8, 2q+9}[e % 4] of k-step e / 4.
 __host__ __device__ constexpr int perm_k(int m, int r) {
   const int E = r / 4, q = m / E, e = m % E, s = e / 4, j = e % 4;
   return 16 * s + (j < 2 ? 2 * q + j : 2 * q + 6 + j);
-}
-
-template <typename MT>
-__device__ __forceinline__ uint32_t pack_pair(float lo_elem, float hi_elem) {
-  if constexpr (std::is_same_v<MT, __nv_bfloat16>) {
-    __nv_bfloat162 p = __floats2bfloat162_rn(lo_elem, hi_elem);
-    return *reinterpret_cast<uint32_t*>(&p);
-  } else {
-    __half2 p = __floats2half2_rn(lo_elem, hi_elem);
-    return *reinterpret_cast<uint32_t*>(&p);
-  }
-}
-
-template <typename MT>
-__device__ __forceinline__ float mt_to_float(float x) {
-  if constexpr (std::is_same_v<MT, __nv_bfloat16>) return __bfloat162float(__float2bfloat16_rn(x));
-  else return __half2float(__float2half_rn(x));
 }
 
 // Loads 4 consecutive elements (one k-step's worth for one row) as two A words; for float32 input also the
@@ -82,12 +40,12 @@ __device__ __forceinline__ void load_a(const T* __restrict__ p, bool valid, uint
                                        uint32_t& l0, uint32_t& l1) {
   if constexpr (std::is_same_v<T, float>) {
     float4 v = valid ? __ldg(reinterpret_cast<const float4*>(p)) : make_float4(0.f, 0.f, 0.f, 0.f);
-    const float h0 = mt_to_float<MT>(v.x), h1 = mt_to_float<MT>(v.y), h2 = mt_to_float<MT>(v.z),
-                h3 = mt_to_float<MT>(v.w);
-    w0 = pack_pair<MT>(h0, h1);
-    w1 = pack_pair<MT>(h2, h3);
-    l0 = pack_pair<MT>(v.x - h0, v.y - h1);  // exact differences
-    l1 = pack_pair<MT>(v.z - h2, v.w - h3);
+    const float h0 = round_to<MT>(v.x), h1 = round_to<MT>(v.y), h2 = round_to<MT>(v.z),
+                h3 = round_to<MT>(v.w);
+    w0 = pack2<MT>(h0, h1);
+    w1 = pack2<MT>(h2, h3);
+    l0 = pack2<MT>(v.x - h0, v.y - h1);  // exact differences
+    l1 = pack2<MT>(v.z - h2, v.w - h3);
   } else {
     const uint2 v = valid ? __ldg(reinterpret_cast<const uint2*>(p)) : make_uint2(0u, 0u);
     w0 = v.x;

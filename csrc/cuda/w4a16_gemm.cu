@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "cuda/device_utils.cuh"
+#include "cuda/mma.cuh"
 #include "cuda/w4a16.h"
 #include "core/fp_formats.h"
 
@@ -29,23 +30,6 @@ namespace fpquant::cuda {
 namespace {
 
 constexpr int kNT = kW4A16TileN / 8;  // n-tiles per CTA
-
-template <typename AT>
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (std::is_same_v<AT, __nv_bfloat16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-}
 
 // prmt in its default mode: a selector nibble with bit 3 set replicates the sign bit of the chosen byte.
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
@@ -107,17 +91,6 @@ __device__ __forceinline__ float group_scale(uint8_t code) {
 }
 
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
-
-template <typename AT>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<AT, __nv_bfloat16>) {
-    __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&p);
-  } else {
-    __half2 p = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&p);
-  }
-}
 
 template <typename AT, Format F, int MT, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
