@@ -317,3 +317,110 @@ def test_rotate_quantize_epilogue_matches_cpu_on_exact_data(r, fmt, method, layo
         got_c, got_s = emulate_rotate_quantize(x, R, "nv", layout=layout, g=g[0])
     assert torch.equal(got_c, want_c)
     assert torch.equal(got_s, want_s.view(torch.uint8))
+
+
+# ---- w4a16_gemm.cu end to end on exact data ---------------------------------------------------------------
+
+
+def _bf16_value(bits16: int) -> float:
+    return float(torch.tensor([bits16], dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float())
+
+
+def emulate_w4a16(x, codes, scales, fmt, g, splits, MT, WARPS):
+    """Python transcription of w4a16_kernel + splitk_reduce_kernel: CTA/warp/lane loops, per-word decode
+    (prmt tables) times the group scale, fragment assembly fed through the mma semantics, the epilogue's
+    stores and the split-K reduction. Float64 results before the final cast (exact for the test data)."""
+    M, K = x.shape
+    N = codes.shape[0]
+    G = 32 if fmt == "mx" else 16
+    SPC = 32 // G
+    chunks = K // 128
+    xb = x.to(torch.bfloat16).view(torch.int16).numpy().astype(np.int64) & 0xFFFF
+    cw, sw = codes.numpy(), scales.view(torch.uint8).numpy()
+    decode_scale = ref.e8m0_decode if fmt == "mx" else ref.e4m3_decode
+    out = np.full((M, N), np.nan)
+    work = np.full((splits, M, N), np.nan)
+    for bx in range(-(-M // (16 * MT))):
+        for by in range(-(-N // (32 * WARPS))):
+            for bz in range(splits):
+                c_begin, c_end = chunks * bz // splits, chunks * (bz + 1) // splits
+                for warp in range(WARPS):
+                    nw, m0 = (by * WARPS + warp) * 32, bx * 16 * MT
+                    if nw >= N:
+                        continue
+                    acc = np.zeros((MT, 4, 32, 4))
+                    for c in range(c_begin, c_end):
+                        for w in range(4):
+                            # b[j][lane] = 4 decoded+scaled words (k-steps 2w: words 0,1; 2w+1: words 2,3)
+                            b = [[None] * 32 for _ in range(4)]
+                            for lane in range(32):
+                                gl, q = lane // 4, lane % 4
+                                for j in range(4):
+                                    n = nw + 8 * j + gl
+                                    seg = cw[n, c * 64 + 16 * q + 4 * w: c * 64 + 16 * q + 4 * w + 4]
+                                    word = int.from_bytes(bytes(seg.tolist()), "little")
+                                    t = 0 if (SPC == 1 or w < 2) else SPC - 1
+                                    code = int(sw[n, c * (128 // G) + SPC * q + t])
+                                    sv = float(decode_scale(torch.tensor([code], dtype=torch.uint8))[0])
+                                    b[j][lane] = [(_bf16_value(d & 0xFFFF) * sv, _bf16_value(d >> 16) * sv)
+                                                  for d in decode8(word, BF16_TABLE)]
+                            for mi in range(MT):
+                                a = []
+                                for lane in range(32):
+                                    gl, q = lane // 4, lane % 4
+                                    col = c * 128 + 32 * q + 8 * w
+                                    rows = (m0 + 16 * mi + gl, m0 + 16 * mi + gl + 8)
+                                    vals = [[_bf16_value(int(xb[r, col + e])) if r < M else 0.0 for e in range(8)]
+                                            for r in rows]
+                                    pair = lambda v, e: (v[e], v[e + 1])  # noqa: E731
+                                    # fa = {a0.x, a1.x, a0.y, a1.y}, fb = {a0.z, a1.z, a0.w, a1.w}
+                                    a.append(((pair(vals[0], 0), pair(vals[1], 0), pair(vals[0], 2), pair(vals[1], 2)),
+                                              (pair(vals[0], 4), pair(vals[1], 4), pair(vals[0], 6), pair(vals[1], 6))))
+                                for j in range(4):
+                                    for hs in range(2):  # k-steps 2w and 2w+1
+                                        A, B = mma_fragments_to_matrices(
+                                            [a[lane][hs] for lane in range(32)],
+                                            [(b[j][lane][2 * hs], b[j][lane][2 * hs + 1]) for lane in range(32)])
+                                        C = A @ B
+                                        for lane in range(32):
+                                            acc[mi, j, lane] += c_fragment(C, lane)
+                    for lane in range(32):
+                        gl, q = lane // 4, lane % 4
+                        for mi in range(MT):
+                            for h in range(2):
+                                m = m0 + 16 * mi + gl + 8 * h
+                                if m >= M:
+                                    continue
+                                for j in range(4):
+                                    for t in range(2):
+                                        n = nw + 8 * j + 2 * q + t
+                                        v = acc[mi, j, lane, 2 * h + t]
+                                        if splits > 1:
+                                            work[bz, m, n] = v
+                                        else:
+                                            out[m, n] = v / g if fmt == "nv" else v
+    if splits > 1:
+        out = work.sum(axis=0)
+        if fmt == "nv":
+            out = out / g
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["mx", "nv"])
+@pytest.mark.parametrize("M,MT,WARPS,splits", [(3, 1, 4, 1), (20, 2, 4, 2), (40, 4, 8, 1)])
+def test_w4a16_emulation_matches_reference(fmt, M, MT, WARPS, splits):
+    gen = torch.Generator().manual_seed(M)
+    N, K = 64, 256
+    x = torch.randint(-4, 5, (M, K), generator=gen).float()
+    w = torch.randint(-6, 7, (N, K), generator=gen).float() * 0.5
+    if fmt == "mx":
+        codes, scales = ref.quantize_mxfp4(w)
+        wd, g = ref.dequantize_mxfp4(codes, scales).double(), None
+    else:
+        g = 3.0
+        codes, scales = ref.quantize_nvfp4(w, torch.tensor([g]))
+        # the kernel multiplies by code * scale (exact) and divides by g at the end
+        wd = ref.dequantize_nvfp4(codes, scales, torch.tensor([1.0])).double() / g
+    want = x.double() @ wd.T
+    got = emulate_w4a16(x, codes, scales, fmt, g, splits, MT, WARPS)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-9)
