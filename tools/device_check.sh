@@ -23,6 +23,7 @@ if [[ " $stages " == *" build "* ]]; then
     exit 1
   fi
   echo "built in $(( $(date +%s) - start )) s"
+  readelf -d "$(python3 -c 'import fpquant_ext, os; print(fpquant_ext._C.__file__)')" | grep -E "NEEDED.*(stdc|c10|torch)"
   python3 -c "import fpquant_ext, json; print(json.dumps(fpquant_ext.backend_info()))"
 fi
 if [[ " $stages " == *" tests "* ]]; then
