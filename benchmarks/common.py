@@ -28,6 +28,37 @@ def bench_ms(fns: Union[Callable, Sequence[Callable]], warmup: int = 10, reps: i
     return times[len(times) // 2]
 
 
+def bench_graph_ms(fns: Union[Callable, Sequence[Callable]], replays: int = 20, repeat: int = 4) -> float:
+    """Median milliseconds per call, with `repeat` rounds of all callables captured in one CUDA graph and the
+    graph replayed `replays` times (each replay timed with CUDA events). This measures the GPU work without
+    the host's per-call launch latency, as a CUDA-graph-driven decode loop would run it."""
+    fns = list(fns) if isinstance(fns, (list, tuple)) else [fns]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for f in fns:  # warm-up outside capture (workspaces, autotuning, lazy init)
+            f()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeat):
+            for f in fns:
+                f()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / (repeat * len(fns)))
+    times.sort()
+    del graph
+    return times[len(times) // 2]
+
+
 def run_meta(**extra) -> dict:
     """Date, GPU and torch version for a result file."""
     meta = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),

@@ -228,7 +228,7 @@ def emulate_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=None):
     K = x.shape[-1]
     rows = x.numel() // K
     n_chunks = rows * K // r
-    MT = 2 if r >= 64 else 4
+    MT = 1 if r >= 64 else 2
     ROWS = 16 * MT
     Y = (x.double().reshape(n_chunks, r) @ R.double()).float()  # exact for the test data
     codes = torch.full((n_chunks * r // 2,), 0xEE, dtype=torch.uint8)  # poison

@@ -15,10 +15,12 @@
 namespace fpquant {
 namespace {
 
-// Large M is compute-bound: until a fused wgmma kernel exists, the weight is dequantized in slabs of rows
-// (at most ~32 MiB of bf16 at a time, never the whole weight) by the dequantize kernel and multiplied by
-// cuBLAS straight into the output columns. Below this M the fused in-register kernel runs.
-constexpr int64_t kSlabMinM = 1024;
+// Above decode sizes, until a tiled fused kernel exists, the weight is dequantized in slabs of rows (at most
+// ~32 MiB of bf16 at a time, never the whole weight) by the dequantize kernel and multiplied by cuBLAS
+// straight into the output columns. Below this M the fused in-register kernel runs. The threshold is
+// measured: on the H100 the fused kernel was faster up to M = 64 and slower from M = 128 on
+// (benchmarks/results/w4a16_h100_v1_eager.md).
+constexpr int64_t kSlabMinM = 65;
 constexpr int64_t kSlabBytes = 32LL << 20;
 
 at::Tensor linear_by_slabs(const at::Tensor& x2d, const at::Tensor& codes, const at::Tensor& scales,

@@ -61,7 +61,7 @@ __device__ __forceinline__ float quad_max(float v) {
 }
 
 template <typename T, typename MT, int R, int MT_TILES, Format F>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, 2)
     rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const MT* __restrict__ rot_hi,
                            const MT* __restrict__ rot_lo, core::MxRule rule, const float* __restrict__ gs,
                            bool blocked, uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
@@ -230,7 +230,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 template <typename T, typename MT, int R, Format F>
 cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
-  constexpr int MT_TILES = R >= 64 ? 2 : 4;
+  // Few m-tiles per warp keep the accumulators small enough (<= 128 registers) for two CTAs (16 warps) per
+  // SM: the first H100 run (two m-tiles, 1 CTA/SM) was latency-bound at 17-26% of copy bandwidth.
+  constexpr int MT_TILES = R >= 64 ? 1 : 2;
   constexpr int ROWS = 16 * MT_TILES;
   auto kernel = rotate_quantize_kernel<T, MT, R, MT_TILES, F>;
   const size_t smem = 2 * R * (R + 8) * sizeof(MT) + kWarps * ROWS * (R / 2);
