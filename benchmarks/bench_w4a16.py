@@ -12,6 +12,7 @@ three copies so that the small-M cases measure HBM, not L2.
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
@@ -22,13 +23,41 @@ M_LIST = [1, 4, 16, 64, 128, 512, 2048, 8192]
 NK_LIST = [(8192, 8192), (28672, 8192), (8192, 28672), (4096, 4096)]
 
 
+def plot(rows: list, meta: dict, path: str) -> None:
+    """Speedup over bf16 vs M, one line per (format, shape)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for N, K in NK_LIST:
+        for fmt, style in (("mxfp4", "-o"), ("nvfp4", "--s")):
+            pts = [r for r in rows if r["N"] == N and r["K"] == K and r["format"] == fmt]
+            ax.plot([r["M"] for r in pts], [r["speedup_vs_bf16"] for r in pts], style, label=f"{fmt} {N}x{K}")
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("M (tokens)")
+    ax.set_ylabel("speedup over bf16 torch.matmul")
+    ax.set_title(f"W4A16 on {meta['device']} ({meta['date']})")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
     parser.add_argument("--md")
     parser.add_argument("--plot")
     parser.add_argument("--copies", type=int, default=3, help="weight copies to rotate through (beats L2)")
+    parser.add_argument("--replot", help="only draw --plot from a JSON written by an earlier run (no GPU needed)")
     args = parser.parse_args()
+    if args.replot:
+        data = json.load(open(args.replot))
+        plot(data["rows"], data["meta"], args.plot)
+        return
     dev = torch.device("cuda")
     rows = []
     for N, K in NK_LIST:
@@ -67,24 +96,7 @@ def main() -> None:
            ["N", "K", "M", "format", "fp4 us", "bf16 us", "dequant+mm us", "vs bf16", "vs dequant+mm"],
            table, meta, rows, args.md, args.json)
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for N, K in NK_LIST:
-            for fmt, style in (("mxfp4", "-o"), ("nvfp4", "--s")):
-                pts = [r for r in rows if r["N"] == N and r["K"] == K and r["format"] == fmt]
-                ax.plot([r["M"] for r in pts], [r["speedup_vs_bf16"] for r in pts], style, label=f"{fmt} {N}x{K}")
-        ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("M (tokens)")
-        ax.set_ylabel("speedup over bf16 torch.matmul")
-        ax.set_title(f"W4A16 on {meta['device']} ({meta['date']})")
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
+        plot(rows, meta, args.plot)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ if [[ " $stages " == *" sanitizer "* ]]; then
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
     compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/test_cuda_quantize.py -q -x \
-      -p no:cacheprovider -k "edge or bad_input or (rotation_close and 32 and bfloat16)" 2>&1 \
+      -p no:cacheprovider -k "edge or bad_input or (rotation_close and dtype0 and (32 or 128))" 2>&1 \
       | tee "$OUT/sanitizer_quantize_$tool.log" | tail -4
     echo "rc=$? ($tool, quantize)"
   done
