@@ -11,6 +11,7 @@
 #include "cuda/w4a16.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 namespace fpquant {
 namespace {
@@ -98,6 +99,11 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
   }
   p.out = out.data_ptr();
   p.splits = cuda::w4a16_splits(M, N, K);
+  // Tuning knob for measurements (benchmarks/NOTES.md): FPQUANT_W4A16_SPLITS overrides the split-K factor.
+  if (const char* env = std::getenv("FPQUANT_W4A16_SPLITS")) {
+    const int s = std::atoi(env);
+    if (s >= 1 && s <= K / cuda::kW4A16ChunkK) p.splits = s;
+  }
   at::Tensor workspace;
   if (p.splits > 1) {
     workspace = at::empty({p.splits, M, N}, x.options().dtype(at::kFloat));
