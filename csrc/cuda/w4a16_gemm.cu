@@ -252,13 +252,14 @@ cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
 int w4a16_m_tiles(int64_t M) { return M <= 16 ? 1 : (M <= 32 ? 2 : (M <= 64 ? 4 : 8)); }
 
 // Split-K: decode shapes give few CTAs ((N / features per CTA) * ceil(M / rows per CTA)) and each a long
-// serial K loop, so K is split (powers of two) until there are about four CTAs per SM, keeping at least
-// 4 chunks of 128 per split.
+// serial K loop, so K is split (powers of two) until there are about sixteen CTAs per SM, keeping at least
+// 4 chunks of 128 per split. Measured on the H100 at M = 1 (benchmarks/NOTES.md): time falls until 8 splits
+// and is flat to 16 for (8192, 8192); (28672, 8192) wants 8 splits (82 us) where a 4-per-SM target chose 1-2.
 int w4a16_splits(int64_t M, int64_t N, int64_t K) {
   const int mt = w4a16_m_tiles(M);
   const int64_t features = mt <= 2 ? 128 : 256;
   const int64_t ctas = ((N + features - 1) / features) * ((M + 16 * mt - 1) / (16 * mt));
-  const int64_t target = 4LL * num_sms();
+  const int64_t target = 16LL * num_sms();
   const int64_t max_splits = K / (kW4A16ChunkK * 4);
   int s = 1;
   while (ctas * s * 2 <= target && s * 2 <= max_splits) s *= 2;
