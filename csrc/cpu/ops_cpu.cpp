@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "outputs.h"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
 
@@ -68,25 +69,8 @@ void for_each_rotated_row(const at::Tensor& x, const Rotation& rot, Fn&& fn) {
   });
 }
 
-at::Tensor make_scales(const at::Tensor& x, int64_t groups, at::ScalarType dtype, ScaleLayout layout) {
-  const int64_t rows = x.numel() / x.size(-1);
-  if (layout == ScaleLayout::kLinear) {
-    auto shape = x.sizes().vec();
-    shape.back() = groups;
-    return at::empty(shape, x.options().dtype(dtype));
-  }
-  // Padding bytes are zero.
-  return at::zeros({core::blocked_rows(rows), core::blocked_cols(groups)}, x.options().dtype(dtype));
-}
-
 inline int64_t scale_index(ScaleLayout layout, int64_t row, int64_t g, int64_t groups) {
   return layout == ScaleLayout::kLinear ? row * groups + g : core::blocked_offset(row, g, groups);
-}
-
-at::Tensor make_codes(const at::Tensor& x) {
-  auto shape = x.sizes().vec();
-  shape.back() /= 2;
-  return at::empty(shape, x.options().dtype(at::kByte));
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_mxfp4_cpu(const at::Tensor& x, const c10::optional<at::Tensor>& rotation,

@@ -8,6 +8,7 @@
 #include "checks.h"
 #include "core/scale_rules.h"
 #include "cuda/quantize.h"
+#include "cuda/torch_glue.h"
 #include "cuda/w4a16.h"
 
 #include <algorithm>
@@ -43,9 +44,8 @@ at::Tensor linear_by_slabs(const at::Tensor& x2d, const at::Tensor& codes, const
     p.rows = ns;
     p.K = K;
     p.out = wbuf.data_ptr();
-    p.out_dtype = x2d.scalar_type() == at::kBFloat16 ? cuda::DType::kBF16 : cuda::DType::kF16;
-    const cudaError_t err = cuda::dequantize(p, c10::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(err == cudaSuccess, "fpquant.linear_w4a16: CUDA error: ", cudaGetErrorString(err));
+    p.out_dtype = dtype_of(x2d.scalar_type());
+    check_cuda("fpquant.linear_w4a16", cuda::dequantize(p, c10::cuda::getCurrentCUDAStream().stream()));
     at::Tensor dst = out2d.narrow(1, n0, ns);
     const at::Tensor w = wbuf.narrow(0, 0, ns).t();
     if (bias.has_value()) {
@@ -66,16 +66,15 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
   TORCH_CHECK_VALUE(N % cuda::kW4A16TileN == 0 && K % cuda::kW4A16ChunkK == 0, op,
                     ": the CUDA kernel needs N a multiple of ", cuda::kW4A16TileN, " and K a multiple of ",
                     cuda::kW4A16ChunkK, ", got N=", N, ", K=", K);
-  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
-                        reinterpret_cast<uintptr_t>(w_codes.data_ptr()) % 16 == 0,
-                    op, ": x and w_codes must be 16-byte aligned on CUDA (use .clone() on offset views)");
+  check_device_and_alignment(op, x, "x");
+  check_device_and_alignment(op, w_codes, "w_codes");
   const c10::cuda::CUDAGuard guard(x.device());
   auto shape = x.sizes().vec();
   shape.back() = N;
   at::Tensor out = at::empty(shape, x.options());
   cuda::W4A16Params p;
   p.x = x.data_ptr();
-  p.dtype = x.scalar_type() == at::kBFloat16 ? cuda::DType::kBF16 : cuda::DType::kF16;
+  p.dtype = dtype_of(x.scalar_type());
   p.M = M;
   p.N = N;
   p.K = K;
@@ -109,8 +108,7 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
     workspace = at::empty({p.splits, M, N}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }
-  const cudaError_t err = cuda::w4a16_gemm(p, c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
+  check_cuda(op, cuda::w4a16_gemm(p, c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
 

@@ -10,40 +10,13 @@
 #include "checks.h"
 #include "core/scale_layout.h"
 #include "cuda/quantize.h"
+#include "cuda/torch_glue.h"
+#include "outputs.h"
 
 namespace fpquant {
 namespace {
 
-using cuda::DType;
 using cuda::Format;
-
-DType dtype_of(at::ScalarType t) {
-  return t == at::kFloat ? DType::kF32 : (t == at::kBFloat16 ? DType::kBF16 : DType::kF16);
-}
-
-void check_cuda(const char* op, cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(err));
-}
-
-void check_device_and_alignment(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
-  TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, ": ", name,
-                    " must be 16-byte aligned on CUDA (a view at an odd storage offset is not; use .clone())");
-  int major = 0, minor = 0;
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, t.get_device());
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, t.get_device());
-  TORCH_CHECK(major >= 8, op, ": needs a GPU of compute capability 8.0 or newer, got ", major, ".", minor);
-}
-
-at::Tensor make_scales(const at::Tensor& like, int64_t rows, int64_t groups, at::ScalarType dtype,
-                       ScaleLayout layout, c10::IntArrayRef lead) {
-  if (layout == ScaleLayout::kLinear) {
-    auto shape = lead.vec();
-    shape.push_back(groups);
-    return at::empty(shape, like.options().dtype(dtype));
-  }
-  return at::zeros({core::blocked_rows(rows), core::blocked_cols(groups)}, like.options().dtype(dtype));
-}
 
 // The rotation as tensor-core operands: R (y = x_block @ R) split into hi + lo of bfloat16 (float16 when x
 // is float16). Small r x r device ops: no host synchronization, capturable.
@@ -65,11 +38,9 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const char* op, Format format, 
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t G = format == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
   const int64_t K = x.size(-1), rows = x.numel() / K;
-  auto code_shape = x.sizes().vec();
-  code_shape.back() = K / 2;
-  at::Tensor codes = at::empty(code_shape, x.options().dtype(at::kByte));
-  at::Tensor scales = make_scales(x, rows, K / G, format == Format::kMxFp4 ? at::kFloat8_e8m0fnu : at::kFloat8_e4m3fn,
-                                  layout, x.sizes().slice(0, x.dim() - 1));
+  at::Tensor codes = make_codes(x);
+  at::Tensor scales =
+      make_scales(x, K / G, format == Format::kMxFp4 ? at::kFloat8_e8m0fnu : at::kFloat8_e4m3fn, layout);
   cuda::QuantizeParams p;
   p.x = x.data_ptr();
   p.dtype = dtype_of(x.scalar_type());
