@@ -138,6 +138,76 @@ def test_rotation_close_to_float64_reference(seed, r, dtype, fmt):
         code_step_check(c, s, rc, rs, 32, ref.e8m0_decode)
 
 
+@pytest.mark.parametrize("r", [32, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt", ["floor", "nvfp4"])
+def test_rotation_general_orthogonal_matrix(seed, r, dtype, fmt):
+    # A dense orthogonal matrix is not +-c per column: the 16-bit kernel adds the remainder MMA (lo path).
+    g_ = torch.Generator().manual_seed(seed)
+    R = torch.linalg.qr(torch.randn(r, r, generator=g_, dtype=torch.float64))[0].float()
+    x = (torch.randn(256, 4096, generator=g_) * 3).to(dtype)
+    xr = ref.rotate(x, R)
+    if fmt == "nvfp4":
+        g = fq.nvfp4_global_scale(xr)
+        c, s = fq.quantize_nvfp4(x.cuda(), g.cuda(), R.cuda())
+        rc, rs = fq.quantize_nvfp4(xr, g)
+        code_step_check(c, s, rc, rs, 16, lambda t: ref.e4m3_decode(t.view(torch.uint8)) / g)
+    else:
+        c, s = fq.quantize_mxfp4(x.cuda(), R.cuda(), method=fmt)
+        rc, rs = fq.quantize_mxfp4(xr, method=fmt)
+        code_step_check(c, s, rc, rs, 32, ref.e8m0_decode)
+
+
+def test_nvfp4_r16_rows_not_multiple_of_32():
+    # r = 16 with K % 32 != 0 takes the split-precision kernel (the 16-bit kernel pairs 16-blocks).
+    x = (torch.randn(300, 48, generator=torch.Generator().manual_seed(3)) * 2).to(torch.bfloat16)
+    R = rotations.random_hadamard(16, seed=1)
+    xr = ref.rotate(x, R)
+    g = fq.nvfp4_global_scale(xr)
+    c, s = fq.quantize_nvfp4(x.cuda(), g.cuda(), R.cuda())
+    rc, rs = fq.quantize_nvfp4(xr, g)
+    code_step_check(c, s, rc, rs, 16, lambda t: ref.e4m3_decode(t.view(torch.uint8)) / g)
+
+
+def test_nvfp4_quotients_next_to_every_rounding_threshold():
+    # The CUDA NVFP4 path divides without a per-element IEEE division (reciprocal + two exact-residual
+    # corrections). Put elements exactly on, and 1..3 ULPs around, every E2M1 threshold times the group's
+    # divisor, for global scales over a wide range; codes must equal the CPU's (IEEE division) bit for bit.
+    gen_ = torch.Generator().manual_seed(17)
+    thresholds = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0])
+    rows = []
+    gs = torch.logspace(-30, 30, 61, base=2.0).tolist() + [1e-20, 3.7e-5, 448.0 * 6 / 7.3, 1e20]
+    for gval in gs:
+        g = torch.tensor([gval], dtype=torch.float32)
+        for _ in range(8):
+            amax = float(torch.rand(1, generator=gen_)) * 5 + 1
+            sc = ref.e4m3_encode_sat(((torch.tensor([amax]) / 6.0) * g).float())
+            d = (ref.e4m3_decode(sc) / g).float()
+            if not (d > 0) or not torch.isfinite(d):
+                continue
+            base = (thresholds * d).float()
+            vals = [base]
+            for k in (1, 2, 3):
+                up, down = base.clone(), base.clone()
+                for _ in range(k):
+                    up = torch.nextafter(up, torch.tensor(float("inf")))
+                    down = torch.nextafter(down, torch.tensor(0.0))
+                vals += [up, down]
+            v = torch.cat(vals)  # 49 values
+            row = torch.zeros(64)
+            row[:49] = v
+            row[49:] = -v[:15]
+            row = row.reshape(4, 16)
+            row[:, 0] = amax  # every group has this block amax (so its divisor is d)
+            rows.append((row.reshape(1, 64), gval))
+    assert len(rows) > 300
+    for x, gval in rows:
+        g = torch.tensor([gval], dtype=torch.float32)
+        c, s = fq.quantize_nvfp4(x.cuda(), g.cuda())
+        rc, rs = fq.quantize_nvfp4(x, g)
+        assert same_bits(c, rc) and same_bits(s, rs), gval
+
+
 def test_dequantize_with_rotation_inverts():
     x = torch.randn(64, 1024, device="cuda")
     R = rotations.hadamard(128).cuda()

@@ -4,7 +4,8 @@ The tensor-core kernels depend on index mappings that are easy to get subtly wro
 how mma.sync m16n8k16 fragments map to matrix elements, ldmatrix addressing, byte-permute decoding, and the
 order of the quest sums across lanes. These tests re-implement those mappings exactly as the kernels write
 them (csrc/cuda/rotate_quantize.cu, csrc/cuda/w4a16_gemm.cu) and check that the emulated warp computes the
-intended product. The fragment layout itself is the PTX ISA's (mma.m16n8k16, ldmatrix .m8n8 .x4)."""
+intended product. The fragment layout itself is the PTX ISA's (mma.m16n8k16, ldmatrix .m8n8 .x4).
+The sections name the kernel file they transcribe."""
 
 import numpy as np
 import pytest
@@ -121,7 +122,7 @@ def test_w4a16_scale_indices_cover_their_codes():
         assert {k // 16 for k in ks if (k - 32 * q) // 4 >= 4} == {2 * q + 1}
 
 
-# ---- rotate_quantize.cu ---------------------------------------------------------------------------------
+# ---- rotate_quantize_split.cu (float32 input; NVFP4 r = 16 with K % 32 != 0) ------------------------------
 
 
 def perm_k(m: int, r: int) -> int:
@@ -206,7 +207,7 @@ def test_quantized_code_byte_positions():
                 assert (8 * i + 2 * q) // 2 == 4 * i + q
 
 
-# ---- rotate_quantize.cu epilogue, end to end on exact data ------------------------------------------------
+# ---- rotate_quantize_split.cu epilogue, end to end on exact data ------------------------------------------
 
 
 def blocked_offset(row, col, cols):
@@ -315,6 +316,182 @@ def test_rotate_quantize_epilogue_matches_cpu_on_exact_data(r, fmt, method, layo
         g = torch.tensor([3.0])
         want_c, want_s = fq.quantize_nvfp4(x, g, R, scale_layout=layout)
         got_c, got_s = emulate_rotate_quantize(x, R, "nv", layout=layout, g=g[0])
+    assert torch.equal(got_c, want_c)
+    assert torch.equal(got_s, want_s.view(torch.uint8))
+
+
+# ---- rotate_quantize.cu (16-bit input): smem swizzle, fragments, epilogue and code packing -----------------
+
+E2M1_MAGIC_BITS = 0x4B000000
+
+
+def swz(r: int, i: int, c: int) -> int:
+    return c ^ (i & 7) if r >= 64 else c ^ ((i >> 1) & 3)
+
+
+def out_col(nt: int, n: int) -> int:
+    return 8 * (n // 2) + 2 * nt + (n % 2)
+
+
+@pytest.mark.parametrize("r", [32, 64, 128])
+def test_fast_rotation_smem_swizzle_is_a_conflict_free_permutation(r):
+    C = r // 8
+    rows = 64
+    slots = sorted(i * C + swz(r, i, c) for i in range(rows) for c in range(C))
+    assert slots == list(range(rows * C))
+    # ldmatrix: 8 lanes address rows i0..i0+7 at one logical chunk; 16-byte bank groups must all differ.
+    for i0 in range(0, rows, 8):
+        for c in range(C):
+            assert len({(i * C + swz(r, i, c)) % 8 for i in range(i0, i0 + 8)}) == 8
+
+
+def test_fast_rotation_output_columns_are_contiguous_per_thread():
+    for q in range(4):
+        assert sorted(out_col(nt, 2 * q + b) for nt in range(4) for b in range(2)) == list(range(8 * q, 8 * q + 8))
+    assert sorted(out_col(nt, n) for nt in range(4) for n in range(8)) == list(range(32))
+
+
+def pack8(q_vals, sign_src):
+    """cuda/encode.cuh pack8 as integer arithmetic modulo 2^32: sum of grid-point bits * 16^k, the constant
+    removed up front, and the sign moved by the high word of z * (2^(4k+4) + 1)."""
+    w = (-(E2M1_MAGIC_BITS + (E2M1_MAGIC_BITS << 4))) % 2**32
+    for k in range(8):
+        code = int(ref.e2m1_encode(torch.tensor([float(q_vals[k])], dtype=torch.float32))[0])
+        w = (w + (E2M1_MAGIC_BITS + (code & 7)) * 16**k) % 2**32
+        z = 0x80000000 if torch.tensor([float(sign_src[k])]).signbit().item() else 0
+        w = (w + (((z * ((1 << (4 * k + 4)) | 1)) >> 32) if k < 7 else z)) % 2**32
+    return w
+
+
+def test_pack8_equals_nibble_packing():
+    rng = np.random.default_rng(11)
+    vals = [0.0, -0.0, 0.25, -0.25, 0.75, 5.0, -5.0, 6.5, -1e30, 1e-30, -1e-30, 2.5, -3.5]
+    for _ in range(300):
+        q = torch.tensor(rng.choice(vals + list(rng.standard_normal(8) * 3), 8), dtype=torch.float32)
+        codes = ref.e2m1_encode(q)
+        assert pack8(q, q) == sum(int(codes[k]) << (4 * k) for k in range(8))
+
+
+def emulate_fast_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=None):
+    """Python transcription of rotate_quantize.cu: R as c_j * (hi + lo) fragments, the swizzled smem tile read
+    by ldmatrix, per-warp column groups, the quad epilogue and pack8. Exact test data make the tensor-core
+    sums exact, so the result must equal the CPU operator bit for bit."""
+    r_in = R.shape[0]
+    r = 32 if r_in == 16 else r_in
+    Rv = torch.block_diag(R, R) if r_in == 16 else R.float()
+    G = 32 if fmt == "mx" else 16
+    K = x.shape[-1]
+    rows = x.numel() // K
+    n_chunks = rows * K // r
+    CG, C = r // 32, r // 8
+    RG = 8 // CG
+    MT = 1 if r == 128 else 2
+    ROWS = RG * 16 * MT
+    X = x.float().reshape(n_chunks, r)
+    c = Rv.abs().amax(dim=0)
+    c = torch.where(c == 0, torch.ones_like(c), c)
+    rcp = (1.0 / c.double()).float()
+    S = torch.where(Rv.abs() == c, torch.sign(Rv), Rv * rcp)
+    hi = S.to(torch.bfloat16).float()
+    lo = (S - hi).to(torch.bfloat16).float()
+    codes = torch.full((n_chunks * r // 2,), 0xEE, dtype=torch.uint8)
+    gpr = K // G
+    if layout == "linear":
+        scales = torch.full((rows * gpr,), 0xEE, dtype=torch.uint8)
+    else:
+        scales = torch.zeros(-(-rows // 128) * 128 * (-(-gpr // 4) * 4), dtype=torch.uint8)
+
+    def b_regs(M, cg, s, nt):
+        out = []
+        for lane in range(32):
+            gg, q = lane // 4, lane % 4
+            col = 32 * cg + out_col(nt, gg)
+            k0 = 16 * s + 2 * q
+            out.append(((float(M[k0, col]), float(M[k0 + 1, col])), (float(M[k0 + 8, col]), float(M[k0 + 9, col]))))
+        return out
+
+    for tile in range(-(-n_chunks // ROWS)):
+        row0 = tile * ROWS
+        smem = np.zeros(ROWS * C * 8)
+        for i in range(ROWS):
+            for ch in range(C):
+                if row0 + i < n_chunks:
+                    smem[(i * C + swz(r, i, ch)) * 8 : (i * C + swz(r, i, ch)) * 8 + 8] = X[row0 + i, 8 * ch : 8 * ch + 8]
+        for warp in range(8):
+            cg, rg = warp % CG, warp // CG
+            wrow = rg * 16 * MT
+            acc = np.zeros((MT, 4, 32, 4))
+            for mi in range(MT):
+                for s in range(r // 16):
+                    addr = [((wrow + mi * 16 + (l & 15)) * C + swz(r, wrow + mi * 16 + (l & 15), 2 * s + (l >> 4))) * 8
+                            for l in range(32)]
+                    a_regs = []
+                    for T in range(32):
+                        regs = [tuple(smem[addr[8 * m + T // 4] + 2 * (T % 4) + t] for t in range(2)) for m in range(4)]
+                        a_regs.append(tuple(regs))
+                    for nt in range(4):
+                        for M in (hi, lo):
+                            A, B = mma_fragments_to_matrices(a_regs, b_regs(M, cg, s, nt))
+                            Cm = A @ B
+                            for lane in range(32):
+                                acc[mi, nt, lane] += c_fragment(Cm, lane)
+            for mi in range(MT):
+                for h in range(2):
+                    for gg in range(8):
+                        chunk = row0 + wrow + mi * 16 + 8 * h + gg
+                        ys = {}
+                        for q in range(4):
+                            lane = 4 * gg + q
+                            ys[q] = torch.tensor([acc[mi, nt, lane, 2 * h + b] for nt in range(4) for b in range(2)],
+                                                 dtype=torch.float32) * c[32 * cg + 8 * q : 32 * cg + 8 * q + 8]
+                        if chunk >= n_chunks:
+                            continue
+                        for q in range(4):
+                            grp = torch.cat([ys[p] for p in range(4)]) if fmt == "mx" else torch.cat([ys[q & 2], ys[(q & 2) + 1]])
+                            finite = bool(torch.isfinite(grp).all())
+                            if fmt == "mx":
+                                e = int(ref.mx_scale_exponent(grp[None], method)[0]) if finite else 0
+                                sc = e + 127 if finite else 0xFF
+                                qv = ys[q] * ref._pow2(torch.tensor([-e]))[0]
+                                word = pack8(qv, qv) if finite else 0
+                            else:
+                                sc = int(ref.e4m3_encode_sat(((grp.abs().max() / 6.0) * g).reshape(1))[0]) if finite else 0x7F
+                                d = ref.e4m3_decode(torch.tensor([sc], dtype=torch.uint8))[0] / g
+                                word = pack8(ys[q] / d, ys[q]) if (finite and d > 0) else 0
+                            off = chunk * (r // 2) + 16 * cg + 4 * q
+                            codes[off : off + 4] = torch.tensor([(word >> (8 * b)) & 0xFF for b in range(4)], dtype=torch.uint8)
+                            if (fmt == "mx" and q == 0) or (fmt == "nv" and q % 2 == 0):
+                                flat = chunk * (r // 32) + cg if fmt == "mx" else chunk * (r // 16) + 2 * cg + q // 2
+                                idx = flat if layout == "linear" else blocked_offset(flat // gpr, flat % gpr, gpr)
+                                scales[idx] = sc
+    codes = codes.reshape(*x.shape[:-1], K // 2)
+    scales = scales.reshape(*x.shape[:-1], gpr) if layout == "linear" else scales.reshape(-(-rows // 128) * 128, -1)
+    return codes, scales
+
+
+@pytest.mark.parametrize("r", [16, 32, 128])
+@pytest.mark.parametrize("fmt,method", [("mx", "floor"), ("mx", "quest"), ("nv", None)])
+@pytest.mark.parametrize("kind", ["hadamard_like", "needs_lo"])
+def test_fast_rotate_quantize_matches_cpu_on_exact_data(r, fmt, method, kind):
+    import fpquant_ext as fq
+
+    gen = torch.Generator().manual_seed(r + 7)
+    rows, K = 5, 256
+    x = torch.randint(-6, 7, (rows, K), generator=gen).to(torch.bfloat16)
+    x[1, :32] = 0.0
+    if kind == "hadamard_like":  # +-c entries: S = +-1, the single-MMA path
+        R = (torch.randint(0, 2, (r, r), generator=gen).float() * 2 - 1) * 0.25
+    else:  # columns with max 1 and entries m * 2^-12: S = R has 13 significant bits, hi + lo carry it exactly
+        R = torch.randint(-4096, 4097, (r, r), generator=gen).float() / 4096
+        R[0] = 1.0
+    layout = "blocked" if r == 32 else "linear"
+    if fmt == "mx":
+        want_c, want_s = fq.quantize_mxfp4(x, R, method=method, scale_layout=layout)
+        got_c, got_s = emulate_fast_rotate_quantize(x, R, "mx", method, layout)
+    else:
+        gs = torch.tensor([3.0])
+        want_c, want_s = fq.quantize_nvfp4(x, gs, R, scale_layout=layout)
+        got_c, got_s = emulate_fast_rotate_quantize(x, R, "nv", layout=layout, g=gs[0])
     assert torch.equal(got_c, want_c)
     assert torch.equal(got_s, want_s.view(torch.uint8))
 

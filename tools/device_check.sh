@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One device call: build the CUDA variant for the local GPU, then the chosen stages. Logs and results go to
 # $OUT (or ./out). Usage on the GPU machine, from the repository root, with .whl/ carried (README):
-#   bash tools/device_check.sh [build] [tests] [sanitizer] [bench]      (default: all four)
-# Extra pytest arguments for the tests stage can be given in PYTEST_ARGS.
+#   bash tools/device_check.sh [build] [tests] [bench] [sanitizer]      (default: all four, in this order)
+# Extra pytest arguments for the tests stage can be given in PYTEST_ARGS; BENCHES picks the benchmarks
+# ("quantize w4a16" by default).
 set -uo pipefail
 OUT="${OUT:-$PWD/out}"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-stages="${*:-build tests sanitizer bench}"
+stages="${*:-build tests bench sanitizer}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv | tee "$OUT/gpu.txt"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
@@ -33,20 +34,24 @@ if [[ " $stages " == *" tests "* ]]; then
   echo "== CPU tests"
   python3 -m pytest tests -q -p no:cacheprovider -m "not cuda" 2>&1 | tee "$OUT/tests_cpu.log" | tail -5
 fi
+if [[ " $stages " == *" bench "* ]]; then
+  echo "== benchmarks (${BENCHES:-quantize w4a16})"
+  if [[ " ${BENCHES:-quantize w4a16} " == *" quantize "* ]]; then
+    (cd benchmarks && python3 bench_quantize.py --json "$OUT/quantize_bench.json" --md "$OUT/quantize_bench.md")
+  fi
+  if [[ " ${BENCHES:-quantize w4a16} " == *" w4a16 "* ]]; then
+    (cd benchmarks && python3 bench_w4a16.py --json "$OUT/w4a16_bench.json" --md "$OUT/w4a16_bench.md" \
+      --plot "$OUT/w4a16_speedup.png")
+  fi
+fi
 if [[ " $stages " == *" sanitizer "* ]]; then
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
     compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/test_cuda_quantize.py -q -x \
-      -p no:cacheprovider -k "edge or bad_input or (rotation_close and dtype0 and (32 or 128))" 2>&1 \
+      -p no:cacheprovider -k "edge or bad_input or quotients or (rotation_close and dtype0 and (32 or 128)) or (orthogonal and 128 and dtype0)" 2>&1 \
       | tee "$OUT/sanitizer_quantize_$tool.log" | tail -4
     echo "rc=$? ($tool, quantize)"
   done
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_linear_w4a16.py -q -x \
     -p no:cacheprovider -k "odd_m or tile" 2>&1 | tee "$OUT/sanitizer_w4a16_memcheck.log" | tail -4
-fi
-if [[ " $stages " == *" bench "* ]]; then
-  echo "== benchmarks"
-  (cd benchmarks && python3 bench_quantize.py --json "$OUT/quantize_bench.json" --md "$OUT/quantize_bench.md")
-  (cd benchmarks && python3 bench_w4a16.py --json "$OUT/w4a16_bench.json" --md "$OUT/w4a16_bench.md" \
-    --plot "$OUT/w4a16_speedup.png")
 fi

@@ -92,19 +92,38 @@ FPQ_HD float exp2i(int e) {
 // input's sign bit, so -0.0 and negative values that round to zero give code 0x8 (negative zero), as an
 // IEEE conversion does. Callers never pass NaN (NaN blocks are handled by the scale rules).
 //
-// Computed with one float addition: adding M = 2^22, 2^23 or 2^24 to |q| < 2, < 4, >= 4 makes the float32
-// ULP equal to the E2M1 step there (0.5, 1, 2), so IEEE round-to-nearest-even lands on the E2M1 grid with
-// E2M1's own tie rule (M has an even mantissa, so grid parity = mantissa parity). The difference of the bit
-// patterns then counts grid steps: index = t (|q| < 2), t + 2 (< 4), t + 4 (>= 4), capped at 7 (saturation;
-// also covers 7 -> 8, huge values and +inf). formats.e2m1_encode states the same rule as a threshold table.
+// The index is RNE(g(a)) for a = min(|q|, 6), where g(a) = min(2a, a + 2, a/2 + 4) maps the E2M1 grid onto
+// the integers 0..7 (slopes 2, 1, 1/2 on [0, 2], [2, 4], [4, 6]; continuous, concave, so the minimum of the
+// three lines). Each midpoint between grid values maps to a half-integer, so RNE on g is E2M1 rounding with
+// E2M1's tie rule. Each line is rounded to an integer by one IEEE addition of M = 2^23 (ULP 1 there):
+// 2a and a/2 are exact, so every t below is a single rounding of the exact value and equals what one fused
+// multiply-add gives (the CUDA build uses FMA for speed; the results are the same bits). RNE is monotone, so
+// the minimum of the rounded lines is the rounded minimum. formats.e2m1_encode states the same rule as a
+// threshold table; tests compare the two on every float near each threshold.
+constexpr float kE2M1Magic = 8388608.0f;  // 2^23
+
+// 2^23 + index as a float32 (its bit pattern is 0x4B000000 + index): lets GPU kernels pack codes without
+// converting each index separately.
+FPQ_HD float e2m1_grid_point(float a) {
+  const float s = a < kE2M1Max ? a : kE2M1Max;  // saturate; also +inf
+#if defined(__CUDA_ARCH__)
+  const float t1 = __fmaf_rn(s, 2.0f, kE2M1Magic);
+  const float t2 = __fadd_rn(s, kE2M1Magic + 2.0f);
+  const float t3 = __fmaf_rn(s, 0.5f, kE2M1Magic + 4.0f);
+  return fminf(t1, fminf(t2, t3));
+#else
+  const float t1 = s * 2.0f + kE2M1Magic;  // host sources are compiled with -ffp-contract=off
+  const float t2 = s + (kE2M1Magic + 2.0f);
+  const float t3 = s * 0.5f + (kE2M1Magic + 4.0f);
+  const float m = t2 < t3 ? t2 : t3;
+  return t1 < m ? t1 : m;
+#endif
+}
+
 FPQ_HD uint8_t e2m1_encode(float q) {
   const uint32_t sign = (f32_bits(q) >> 28) & 0x8u;
   const float a = abs_f(q);
-  const float magic = a < 2.0f ? 4194304.0f : (a < 4.0f ? 8388608.0f : 16777216.0f);
-  const int offset = a < 2.0f ? 0 : (a < 4.0f ? 2 : 4);
-  const uint32_t steps = f32_bits(add_rn(a, magic)) - f32_bits(magic);
-  const uint32_t idx = steps + offset;
-  return static_cast<uint8_t>(sign | (idx < 7u ? idx : 7u));
+  return static_cast<uint8_t>(sign | (f32_bits(e2m1_grid_point(a)) - f32_bits(kE2M1Magic)));
 }
 
 FPQ_HD float e2m1_decode(uint8_t code) {

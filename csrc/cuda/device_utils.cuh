@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/quantize.h"
 
@@ -23,10 +24,20 @@ __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 // Convert the 16 bytes in `w` (8 x 16-bit or 4 x 32-bit elements) to floats; returns how many were written.
 template <typename T>
 __device__ __forceinline__ void unpack16(const uint4& w, float* out) {
-  const T* e = reinterpret_cast<const T*>(&w);
-  constexpr int n = 16 / sizeof(T);
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    // bfloat16 is the top half of a float32: one shift or mask per element.
+    const uint32_t u[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-  for (int i = 0; i < n; ++i) out[i] = to_float(e[i]);
+    for (int i = 0; i < 4; ++i) {
+      out[2 * i] = __uint_as_float(u[i] << 16);
+      out[2 * i + 1] = __uint_as_float(u[i] & 0xFFFF0000u);
+    }
+  } else {
+    const T* e = reinterpret_cast<const T*>(&w);
+    constexpr int n = 16 / sizeof(T);
+#pragma unroll
+    for (int i = 0; i < n; ++i) out[i] = to_float(e[i]);
+  }
 }
 
 // Load N consecutive elements of T starting at a 16-byte aligned address, as float32 (exact widening).

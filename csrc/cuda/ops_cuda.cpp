@@ -18,8 +18,9 @@ namespace {
 
 using cuda::Format;
 
-// The rotation as tensor-core operands: R (y = x_block @ R) split into hi + lo of bfloat16 (float16 when x
-// is float16). Small r x r device ops: no host synchronization, capturable.
+// The rotation for the split-precision kernel: R (y = x_block @ R) split into hi + lo of bfloat16 (float16
+// when x is float16). Small r x r device ops: no host synchronization, capturable. (The fast 16-bit path
+// takes R in float32 and derives its operands in the kernel.)
 // An MXFP4 group (32) must fit in one rotation block, so r = 16 is applied as the equivalent block-diagonal
 // 32 x 32 matrix diag(R, R) (the zero blocks add exact zeros).
 std::pair<at::Tensor, at::Tensor> split_rotation(const at::Tensor& R, at::ScalarType x_dtype, int64_t min_size) {
@@ -52,12 +53,20 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const char* op, Format format, 
   p.blocked = layout == ScaleLayout::kBlocked;
   p.codes = codes.data_ptr<uint8_t>();
   p.scales = reinterpret_cast<uint8_t*>(scales.data_ptr());
-  at::Tensor hi, lo;
+  at::Tensor hi, lo, rot;
   if (rotation.has_value()) {
-    std::tie(hi, lo) = split_rotation(*rotation, x.scalar_type(), G);
-    p.rot_hi = hi.data_ptr();
-    p.rot_lo = lo.data_ptr();
-    p.r = static_cast<int>(hi.size(0));
+    const int64_t r = rotation->size(0);
+    if (x.scalar_type() == at::kFloat || (r == 16 && K % 32 != 0)) {
+      std::tie(hi, lo) = split_rotation(*rotation, x.scalar_type(), G);
+      p.rot_hi = hi.data_ptr();
+      p.rot_lo = lo.data_ptr();
+      p.r = static_cast<int>(hi.size(0));
+    } else {
+      rot = rotation->to(at::kFloat).contiguous();  // no copy when it already is (the usual case)
+      if (reinterpret_cast<uintptr_t>(rot.data_ptr()) % 16 != 0) rot = rot.clone();  // cp.async needs 16 B
+      p.rot = rot.data_ptr<float>();
+      p.r = static_cast<int>(r);
+    }
   }
   check_cuda(op, cuda::quantize(p, c10::cuda::getCurrentCUDAStream().stream()));
   return {codes, scales};

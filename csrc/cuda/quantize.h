@@ -23,8 +23,11 @@ struct QuantizeParams {
   bool blocked = false;                      // scale layout; blocked scales must be zero-filled beforehand
   uint8_t* codes = nullptr;                  // [rows, K/2]
   uint8_t* scales = nullptr;                 // [rows, K/group] or blocked
-  // Optional rotation, r in {16, 32, 64, 128}: R[in][out] (y = x_block @ R) split into a high and a low part
-  // of the tensor-core type (bfloat16, or float16 when x is float16) so that hi + lo carries R to ~16 bits.
+  // Optional rotation, r in {16, 32, 64, 128}, R[in][out] (y = x_block @ R), given either as
+  //  - rot: float32, 16-byte aligned (fast path, 16-bit x; the kernel derives its tensor-core operands), or
+  //  - rot_hi + rot_lo: R split into a high and a low part of the tensor-core type (bfloat16, or float16 when
+  //    x is float16), hi + lo carrying R to ~16 bits (split path: float32 x, or NVFP4 r = 16 with K % 32 != 0).
+  const float* rot = nullptr;
   const void* rot_hi = nullptr;
   const void* rot_lo = nullptr;
   int r = 0;
@@ -42,10 +45,12 @@ struct DequantizeParams {
 };
 
 // quantize() picks quantize_rowwise (no rotation: one thread per group, bit-identical to the CPU) or
-// quantize_rotated (rotation on tensor cores with fp32 accumulation, fused with quantization).
+// quantize_rotated (rotation on tensor cores with fp32 accumulation, fused with quantization), which hands
+// split-precision requests (rot_hi set) to quantize_rotated_split.
 cudaError_t quantize(const QuantizeParams& p, cudaStream_t stream);
 cudaError_t quantize_rowwise(const QuantizeParams& p, cudaStream_t stream);
 cudaError_t quantize_rotated(const QuantizeParams& p, cudaStream_t stream);
+cudaError_t quantize_rotated_split(const QuantizeParams& p, cudaStream_t stream);
 cudaError_t dequantize(const DequantizeParams& p, cudaStream_t stream);
 
 // NVFP4 global scale of n elements: *out = 448 * 6 / amax (core::nv_global_scale_from_amax). `scratch` is two

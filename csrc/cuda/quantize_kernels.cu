@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "cuda/device_utils.cuh"
+#include "cuda/encode.cuh"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
 
@@ -14,23 +15,20 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Packs 4 consecutive code bytes into one word (compile-time indices keep `c` in registers).
-template <int NB>
-__device__ __forceinline__ void store_codes(uint8_t* dst, const uint8_t (&c)[NB]) {
-  uint32_t w[NB / 4];
-#pragma unroll
-  for (int i = 0; i < NB / 4; ++i)
-    w[i] = c[4 * i] | (c[4 * i + 1] << 8) | (c[4 * i + 2] << 16) | (static_cast<uint32_t>(c[4 * i + 3]) << 24);
-  if constexpr (NB == 16) {
+template <int NW>
+__device__ __forceinline__ void store_words(uint8_t* dst, const uint32_t (&w)[NW]) {
+  if constexpr (NW == 4) {
     *reinterpret_cast<uint4*>(dst) = make_uint4(w[0], w[1], w[2], w[3]);
   } else {
     *reinterpret_cast<uint2*>(dst) = make_uint2(w[0], w[1]);
   }
 }
 
-template <typename T, Format F>
+// The scale statistics come from csrc/core (exponent rules, NVFP4 block scale and divisor, quest tree sums);
+// the elements are encoded by cuda/encode.cuh, which returns the core's bits with cheaper instructions.
+template <typename T, Format F, core::MxRule RULE>
 __global__ void __launch_bounds__(kThreads) quantize_groups_kernel(const T* __restrict__ x, int64_t n_groups,
-                                                                   int64_t groups_per_row, core::MxRule rule,
+                                                                   int64_t groups_per_row,
                                                                    const float* __restrict__ gs, bool blocked,
                                                                    uint8_t* __restrict__ codes,
                                                                    uint8_t* __restrict__ scales) {
@@ -40,14 +38,36 @@ __global__ void __launch_bounds__(kThreads) quantize_groups_kernel(const T* __re
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float v[G];
     load_as_float<T, G>(x + i * G, v);
-    uint8_t c[G / 2];
+    const float amax = absmax_nan<G>(v);
+    const bool finite = core::is_finite(amax);
+    uint32_t w[G / 8];
     uint8_t s;
     if constexpr (F == Format::kMxFp4) {
-      s = core::mx_quantize_block(v, rule, c);
+      float sum = 0.0f, sumsq = 0.0f;
+      if constexpr (RULE == core::MxRule::kQuest) {
+        float sq[G];
+#pragma unroll
+        for (int k = 0; k < G; ++k) sq[k] = core::mul_rn(v[k], v[k]);
+        sum = core::tree_sum<G>(v);
+        sumsq = core::tree_sum<G>(sq);
+      }
+      const int e = core::mx_block_exponent(RULE, amax, sum, sumsq);
+      const float inv = core::exp2i(-e);
+#pragma unroll
+      for (int j = 0; j < G / 8; ++j) {
+        w[j] = mx_encode8(*reinterpret_cast<const float(*)[8]>(v + 8 * j), inv);
+        if (!finite) w[j] = 0u;
+      }
+      s = finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
     } else {
-      s = core::nv_quantize_block(v, g, c);
+      s = core::nv_block_scale(amax, finite, g);
+      const float d = core::nv_block_divisor(s, g);
+      const bool fast = nv_fast_ok(d, amax);
+      const float rcp = fast ? __frcp_rn(d) : 0.0f;
+#pragma unroll
+      for (int j = 0; j < G / 8; ++j) w[j] = nv_encode8(*reinterpret_cast<const float(*)[8]>(v + 8 * j), d, rcp, fast);
     }
-    store_codes<G / 2>(codes + i * (G / 2), c);
+    store_words(codes + i * (G / 2), w);
     scales[blocked ? core::blocked_offset(i / groups_per_row, i % groups_per_row, groups_per_row) : i] = s;
   }
 }
@@ -144,6 +164,15 @@ cudaError_t with_dtype(DType d, Fn&& fn) {
   }
 }
 
+template <typename Fn>
+cudaError_t with_rule(core::MxRule r, Fn&& fn) {
+  switch (r) {
+    case core::MxRule::kFloor: return fn(std::integral_constant<core::MxRule, core::MxRule::kFloor>{});
+    case core::MxRule::kCeil: return fn(std::integral_constant<core::MxRule, core::MxRule::kCeil>{});
+    default: return fn(std::integral_constant<core::MxRule, core::MxRule::kQuest>{});
+  }
+}
+
 }  // namespace
 
 cudaError_t quantize_rowwise(const QuantizeParams& p, cudaStream_t stream) {
@@ -152,9 +181,14 @@ cudaError_t quantize_rowwise(const QuantizeParams& p, cudaStream_t stream) {
   const unsigned grid = grid_for(n_groups, kThreads);
   return with_dtype(p.dtype, [&](auto t) {
     using T = decltype(t);
-    return with_format(p.format, [&](auto f) {
-      quantize_groups_kernel<T, decltype(f)::value><<<grid, kThreads, 0, stream>>>(
-          static_cast<const T*>(p.x), n_groups, p.K / G, p.rule, p.global_scale, p.blocked, p.codes, p.scales);
+    if (p.format == Format::kNvFp4) {
+      quantize_groups_kernel<T, Format::kNvFp4, core::MxRule::kFloor><<<grid, kThreads, 0, stream>>>(
+          static_cast<const T*>(p.x), n_groups, p.K / G, p.global_scale, p.blocked, p.codes, p.scales);
+      return cudaGetLastError();
+    }
+    return with_rule(p.rule, [&](auto rule) {
+      quantize_groups_kernel<T, Format::kMxFp4, decltype(rule)::value><<<grid, kThreads, 0, stream>>>(
+          static_cast<const T*>(p.x), n_groups, p.K / G, p.global_scale, p.blocked, p.codes, p.scales);
       return cudaGetLastError();
     });
   });

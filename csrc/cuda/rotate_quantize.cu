@@ -1,21 +1,28 @@
-// Rotation fused with quantization: y = x_block @ R on tensor cores (mma.sync m16n8k16, fp32 accumulation),
-// then the scale rule and E2M1 encoding on the accumulators, in one pass over x.
+// Rotation fused with quantization for bfloat16 / float16 input: y = x_block @ R on tensor cores (mma.sync
+// m16n8k16, fp32 accumulation), then the scale rule and E2M1 encoding on the accumulators, in one pass.
 //
-// View x as X [n_chunks, r] (n_chunks = rows * K / r); Y = X @ R is a GEMM with N = K = r. Each warp owns
-// MT m-tiles of 16 chunk rows and all r output columns; R lives in shared memory (read with ldmatrix).
-// Precision: R is split into hi + lo halves of the tensor-core type (two MMAs), and float32 inputs are split
-// the same way (three MMAs), so products carry ~16 bits and the sums are fp32: results differ from the
-// float64 reference only by fp32 rounding (tests bound the code mismatches).
+// View x as X [n_chunks, r]. Each CTA streams tiles of X rows through shared memory with cp.async (several
+// tiles in flight), and each warp owns 32 output columns of a rotation block, i.e. exactly one MXFP4 group
+// or two NVFP4 groups, so scales never need data from another warp.
 //
-// Register layouts: see cuda/mma.cuh.
-// The reduction index k may be permuted freely if A and B agree, so thread q loads its memory columns
-// [q*E, (q+1)*E) (E = r/4, contiguous: wide loads) and B's rows are permuted to match (perm_k).
+// The rotation lives in registers. Column j of R is stored as c_j * S[:, j] with c_j = max_k |R[k][j]|:
+// for (randomized) Hadamard matrices S is exactly +-1, so a single bf16/fp16 MMA is exact in its products
+// and y_j = c_j * acc_j is one float32 rounding; the scale is applied before the scale rules, so they see
+// float32 rotated values like the CPU path. When S is not exact in the 16-bit type (a general orthogonal
+// matrix), its remainder S - hi(S) is kept in shared memory and a second MMA adds it (~16 significant bits,
+// the fp32-input kernel's precision). The choice is made per warp on the device: no host synchronization.
+//
+// Fragment layouts (cuda/mma.cuh): output columns are permuted inside the warp's 32 so that thread q of a
+// quad holds the 8 consecutive columns 8q..8q+7 of a row; its codes are one 32-bit word, and a group's
+// statistics reduce over the quad (MXFP4) or a lane pair (NVFP4) in core::tree_sum's order.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <type_traits>
 
+#include "cuda/async_copy.cuh"
 #include "cuda/device_utils.cuh"
+#include "cuda/encode.cuh"
 #include "cuda/mma.cuh"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
@@ -26,241 +33,251 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 
-// The mma k index of memory column m of a rotation block: thread q's e-th element (m = q*E + e) is slot
-// {2q, 2q+1, 2q+8, 2q+9}[e % 4] of k-step e / 4.
-__host__ __device__ constexpr int perm_k(int m, int r) {
-  const int E = r / 4, q = m / E, e = m % E, s = e / 4, j = e % 4;
-  return 16 * s + (j < 2 ? 2 * q + j : 2 * q + 6 + j);
+template <int R>
+struct Cfg {
+  static constexpr int kColGroups = R / 32;              // warps side by side over the r output columns
+  static constexpr int kRowGroups = kWarps / kColGroups;  // warps stacked over rows
+  static constexpr int kMTiles = R == 128 ? 1 : 2;        // 16-row m-tiles per warp per tile (registers)
+  static constexpr int kRows = kRowGroups * 16 * kMTiles; // X rows per tile
+  static constexpr int kChunks = R / 8;                   // 16-byte chunks per X row
+  static constexpr int kTileBytes = kRows * R * 2;
+  static constexpr int kStages = R == 128 ? 8 : 4;        // 64 KiB of tiles; also holds R (fp32) at start
+  static constexpr int kStageArea = kStages * kTileBytes;
+  static constexpr int kLoBytes = R * R * 2;              // remainder fragments, [col group][k-step][n-tile][lane]
+  static constexpr int kSmem = kStageArea + kLoBytes;
+  static_assert(kStageArea >= R * R * 4, "the stage area must hold the float32 rotation");
+};
+
+// 16-byte chunk c of row i sits at chunk swz(i, c) of the row: the 8 rows an ldmatrix reads at one column
+// chunk then fall into 8 different 16-byte bank groups (rows of 64 bytes for r = 32 pair up in a 128-byte
+// line, hence the row/2). Checked by tests/test_kernel_layouts.py.
+template <int R>
+__device__ __forceinline__ int swz(int i, int c) {
+  if constexpr (R >= 64) return c ^ (i & 7);
+  else return c ^ ((i >> 1) & 3);
 }
 
-// Loads 4 consecutive elements (one k-step's worth for one row) as two A words; for float32 input also the
-// low parts (x - hi) so that hi + lo carries the value to ~16 bits.
-template <typename T, typename MT>
-__device__ __forceinline__ void load_a(const T* __restrict__ p, bool valid, uint32_t& w0, uint32_t& w1,
-                                       uint32_t& l0, uint32_t& l1) {
-  if constexpr (std::is_same_v<T, float>) {
-    float4 v = valid ? __ldg(reinterpret_cast<const float4*>(p)) : make_float4(0.f, 0.f, 0.f, 0.f);
-    const float h0 = round_to<MT>(v.x), h1 = round_to<MT>(v.y), h2 = round_to<MT>(v.z),
-                h3 = round_to<MT>(v.w);
-    w0 = pack2<MT>(h0, h1);
-    w1 = pack2<MT>(h2, h3);
-    l0 = pack2<MT>(v.x - h0, v.y - h1);  // exact differences
-    l1 = pack2<MT>(v.z - h2, v.w - h3);
-  } else {
-    const uint2 v = valid ? __ldg(reinterpret_cast<const uint2*>(p)) : make_uint2(0u, 0u);
-    w0 = v.x;
-    w1 = v.y;
-    l0 = l1 = 0u;
-  }
+// Output column (0..31 inside the warp's group) held by accumulator n-index n of n-tile nt: thread q holds
+// columns 8q .. 8q+7 (n = 2q + b -> 8q + 2nt + b).
+__host__ __device__ constexpr int out_col(int nt, int n) { return 8 * (n / 2) + 2 * nt + (n % 2); }
+
+// R[k][j] of the (possibly virtual) r x r rotation: r_in = 16 is applied as diag(R16, R16) so that an MXFP4
+// group (32) lies inside one block; the zero blocks add exact zeros.
+template <int R, bool kDiag16>
+__device__ __forceinline__ float rot_at(const float* rs, int k, int j) {
+  if constexpr (!kDiag16) return rs[k * R + j];
+  else return ((k ^ j) & 16) ? 0.0f : rs[(k & 15) * 16 + (j & 15)];
 }
 
-// Reduce over the 4 lanes of a quad (lanes 4g .. 4g+3 hold one row's values of a group).
-__device__ __forceinline__ float quad_max(float v) {
-  v = core::max_f(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  return core::max_f(v, __shfl_xor_sync(0xffffffffu, v, 2));
+// R[k][j] / c_j: exactly +-1 where |R[k][j]| = c_j (all entries of a Hadamard matrix), otherwise a product with
+// the reciprocal (within an ULP; such a column takes the hi + lo path, whose precision is ~16 bits anyway).
+__device__ __forceinline__ float unit_scaled(float v, float c, float rcp) {
+  return fabsf(v) == c ? copysignf(1.0f, v) : __fmul_rn(v, rcp);
 }
 
-template <typename T, typename MT, int R, int MT_TILES, Format F>
+template <typename T, int R, bool kDiag16, Format F>
 __global__ void __launch_bounds__(kThreads, 2)
-    rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const MT* __restrict__ rot_hi,
-                           const MT* __restrict__ rot_lo, core::MxRule rule, const float* __restrict__ gs,
-                           bool blocked, uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
+    rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot,
+                           core::MxRule rule, const float* __restrict__ gs, bool blocked,
+                           uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
+  using C = Cfg<R>;
   constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
-  constexpr int kStride = R + 8;  // padded smem rows: conflict-free ldmatrix
-  constexpr int E = R / 4;        // elements per thread per row
-  constexpr int ROWS = 16 * MT_TILES;
-  constexpr bool kSplitA = std::is_same_v<T, float>;
-  static_assert(R >= G, "a scale group must lie inside one rotation block (the glue widens r=16 for MXFP4)");
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  MT* b_hi = reinterpret_cast<MT*>(smem_raw);  // b[n][k] = R[m][n] with k = perm_k(m)
-  MT* b_lo = b_hi + R * kStride;
-  uint8_t* stage_all = reinterpret_cast<uint8_t*>(b_lo + R * kStride);
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint2* lo_frag = reinterpret_cast<uint2*>(smem + C::kStageArea);
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int cg = warp % C::kColGroups, rg = warp / C::kColGroups;
 
-  for (int idx = threadIdx.x; idx < R * R; idx += kThreads) {
-    const int m = idx / R, n = idx % R;
-    const int k = perm_k(m, R);
-    b_hi[n * kStride + k] = rot_hi[idx];
-    b_lo[n * kStride + k] = rot_lo[idx];
+  // ---- Rotation to registers: stage R (float32) in the tile area, then each warp builds its fragments.
+  {
+    constexpr int r_in = kDiag16 ? 16 : R;
+    float* rs = reinterpret_cast<float*>(smem);
+    for (int c = tid; c < r_in * r_in / 4; c += kThreads) cp_async16(rs + 4 * c, rot + 4 * c, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
   }
-  __syncthreads();
+  const float* rs = reinterpret_cast<const float*>(smem);
+  // c_j for column j = lane of this warp's group (NaN-propagating, so a NaN column stays NaN; 0 -> 1).
+  float c_lane = 0.0f;
+  for (int k = 0; k < R; ++k) c_lane = max_nan(c_lane, fabsf(rot_at<R, kDiag16>(rs, k, 32 * cg + lane)));
+  if (c_lane == 0.0f) c_lane = 1.0f;
+  const float rcp_lane = __frcp_rn(c_lane);
+  uint32_t bh[R / 16][4][2];
+  bool lo_nonzero = false;
+#pragma unroll
+  for (int s = 0; s < R / 16; ++s) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      const int j = out_col(nt, g);
+      const float cj = __shfl_sync(0xffffffffu, c_lane, j);
+      const float rcj = __shfl_sync(0xffffffffu, rcp_lane, j);
+      uint32_t lo[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int k = 16 * s + 8 * h + 2 * q;
+        const float s0 = unit_scaled(rot_at<R, kDiag16>(rs, k, 32 * cg + j), cj, rcj);
+        const float s1 = unit_scaled(rot_at<R, kDiag16>(rs, k + 1, 32 * cg + j), cj, rcj);
+        const float h0 = round_to<T>(s0), h1 = round_to<T>(s1);
+        bh[s][nt][h] = pack2<T>(h0, h1);
+        lo[h] = pack2<T>(s0 - h0, s1 - h1);  // exact differences
+        lo_nonzero = lo_nonzero || (s0 - h0) != 0.0f || (s1 - h1) != 0.0f;
+      }
+      if (rg == 0) lo_frag[((cg * (R / 16) + s) * 4 + nt) * 32 + lane] = make_uint2(lo[0], lo[1]);
+    }
+  }
+  // Warp-uniform, and equal for all warps of one column group (they read the same columns).
+  const bool needs_lo = __any_sync(0xffffffffu, lo_nonzero);
+  float cq[8];  // c_j of the columns 8q .. 8q+7 this thread's accumulators hold
+#pragma unroll
+  for (int k = 0; k < 8; ++k) cq[k] = __shfl_sync(0xffffffffu, c_lane, 8 * q + k);
+  __syncthreads();  // the tile area is reused below; lo_frag is complete
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
-  uint8_t* stage = stage_all + warp * ROWS * (R / 2);
+  // ---- Tile pipeline.
+  const int64_t n_tiles = (n_chunks + C::kRows - 1) / C::kRows;
+  const int64_t my_tiles =
+      blockIdx.x < n_tiles ? (n_tiles - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
+  // Thread tid copies chunk tid % kChunks of rows tid / kChunks + u * kRowStep: since kRowStep is a multiple
+  // of 8, the swizzled chunk is the same for every u.
+  constexpr int kRowStep = kThreads / C::kChunks;
+  constexpr int kCopies = C::kRows / kRowStep;
+  static_assert(kRowStep % 8 == 0 && C::kRows % kRowStep == 0, "tile copy layout");
+  const int li = tid / C::kChunks, lch = tid % C::kChunks;
+  const int soff = (li * C::kChunks + swz<R>(li, lch)) * 16;
+  auto load_tile = [&](int64_t it) {
+    const int64_t row0 = (blockIdx.x + it * gridDim.x) * C::kRows + li;
+    unsigned char* dst = smem + static_cast<int>(it % C::kStages) * C::kTileBytes + soff;
+    const T* src = x + row0 * R + lch * 8;
+#pragma unroll
+    for (int u = 0; u < kCopies; ++u) {
+      const bool valid = row0 + u * kRowStep < n_chunks;
+      cp_async16(dst + u * kRowStep * C::kChunks * 16, valid ? src + u * kRowStep * R : x, valid);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < C::kStages - 1; ++s) {
+    if (s < my_tiles) load_tile(s);
+    cp_async_commit();  // empty groups keep the group count uniform
+  }
+
   const float gval = F == Format::kNvFp4 ? __ldg(gs) : 0.0f;
   const int64_t groups_per_row = K / G;
+  for (int64_t it = 0; it < my_tiles; ++it) {
+    cp_async_wait<C::kStages - 2>();
+    __syncthreads();  // tile `it` visible to all; the slot refilled below was consumed in iteration it-1
+    if (it + C::kStages - 1 < my_tiles) load_tile(it + C::kStages - 1);
+    cp_async_commit();
 
-  for (int64_t tile = static_cast<int64_t>(blockIdx.x) * kWarps + warp; tile * ROWS < n_chunks;
-       tile += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const int64_t base = tile * ROWS;
-    float acc[MT_TILES][R / 8][4];
+    const unsigned char* tile = smem + (it % C::kStages) * C::kTileBytes;
+    const int64_t row0 = (blockIdx.x + it * gridDim.x) * C::kRows;
+    const int wrow = rg * 16 * C::kMTiles;
+    float acc[C::kMTiles][4][4];
 #pragma unroll
-    for (int mi = 0; mi < MT_TILES; ++mi)
+    for (int mi = 0; mi < C::kMTiles; ++mi)
 #pragma unroll
-      for (int nt = 0; nt < R / 8; ++nt)
+      for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
         for (int c = 0; c < 4; ++c) acc[mi][nt][c] = 0.0f;
-
 #pragma unroll
     for (int s = 0; s < R / 16; ++s) {
-      uint32_t ah[MT_TILES][4], al[MT_TILES][4];
+      uint32_t a[C::kMTiles][4];
 #pragma unroll
-      for (int mi = 0; mi < MT_TILES; ++mi) {
-        const int64_t c0 = base + mi * 16 + g, c1 = c0 + 8;
-        const int col = q * E + 4 * s;
-        load_a<T, MT>(x + c0 * R + col, c0 < n_chunks, ah[mi][0], ah[mi][2], al[mi][0], al[mi][2]);
-        load_a<T, MT>(x + c1 * R + col, c1 < n_chunks, ah[mi][1], ah[mi][3], al[mi][1], al[mi][3]);
+      for (int mi = 0; mi < C::kMTiles; ++mi) {
+        const int i = wrow + mi * 16 + (lane & 15);
+        ldmatrix_x4(a[mi], tile + (i * C::kChunks + swz<R>(i, 2 * s + (lane >> 4))) * 16);
       }
 #pragma unroll
-      for (int np = 0; np < R / 16; ++np) {
-        const int mat = lane / 8, rr = lane % 8;
-        const int off = ((2 * np + mat / 2) * 8 + rr) * kStride + 16 * s + (mat % 2) * 8;
-        uint32_t bh[4], bl[4];
-        ldmatrix_x4(bh, b_hi + off);
-        ldmatrix_x4(bl, b_lo + off);
+      for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-        for (int mi = 0; mi < MT_TILES; ++mi) {
-          mma16816<MT>(acc[mi][2 * np], ah[mi], bh[0], bh[1]);
-          mma16816<MT>(acc[mi][2 * np + 1], ah[mi], bh[2], bh[3]);
-          mma16816<MT>(acc[mi][2 * np], ah[mi], bl[0], bl[1]);
-          mma16816<MT>(acc[mi][2 * np + 1], ah[mi], bl[2], bl[3]);
-          if constexpr (kSplitA) {
-            mma16816<MT>(acc[mi][2 * np], al[mi], bh[0], bh[1]);
-            mma16816<MT>(acc[mi][2 * np + 1], al[mi], bh[2], bh[3]);
-          }
+        for (int mi = 0; mi < C::kMTiles; ++mi) mma16816<T>(acc[mi][nt], a[mi], bh[s][nt][0], bh[s][nt][1]);
+      if (needs_lo) {
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          const uint2 l = lo_frag[((cg * (R / 16) + s) * 4 + nt) * 32 + lane];
+#pragma unroll
+          for (int mi = 0; mi < C::kMTiles; ++mi) mma16816<T>(acc[mi][nt], a[mi], l.x, l.y);
         }
       }
     }
 
-    // Epilogue: quantize each group of each row held by this quad; codes go to the staging buffer.
+    // ---- Epilogue: each quad row-slice is one MXFP4 group (or two NVFP4 groups) of one chunk row.
 #pragma unroll
-    for (int mi = 0; mi < MT_TILES; ++mi) {
+    for (int mi = 0; mi < C::kMTiles; ++mi) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int row_in_tile = mi * 16 + h * 8 + g;
-        const int64_t chunk = base + row_in_tile;
-        uint8_t* srow = stage + row_in_tile * (R / 2);
+        const int64_t chunk = row0 + wrow + mi * 16 + 8 * h + g;
+        float y[8];
 #pragma unroll
-        for (int j = 0; j < R / G; ++j) {
-          constexpr int NV = G / 4;  // values per thread: in-group column 8i + 2q + b is v[2i + b]
-          float v[NV];
+        for (int nt = 0; nt < 4; ++nt) {
+          y[2 * nt] = __fmul_rn(cq[2 * nt], acc[mi][nt][2 * h]);
+          y[2 * nt + 1] = __fmul_rn(cq[2 * nt + 1], acc[mi][nt][2 * h + 1]);
+        }
+        float amax = absmax_nan<8>(y);
+        amax = max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        uint32_t word;
+        uint8_t sc;
+        if constexpr (F == Format::kMxFp4) {
+          amax = max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+          float sum = 0.0f, sumsq = 0.0f;
+          if (rule == core::MxRule::kQuest) {
+            // core::tree_sum<32> order: this thread's 8 columns, then lane pairs (q, q^1), then (q, q^2).
+            float sq[8];
 #pragma unroll
-          for (int i = 0; i < NV / 2; ++i) {
-            v[2 * i] = acc[mi][(G / 8) * j + i][2 * h];
-            v[2 * i + 1] = acc[mi][(G / 8) * j + i][2 * h + 1];
+            for (int k = 0; k < 8; ++k) sq[k] = core::mul_rn(y[k], y[k]);
+            sum = core::tree_sum<8>(y);
+            sumsq = core::tree_sum<8>(sq);
+            sum = core::add_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
+            sumsq = core::add_rn(sumsq, __shfl_xor_sync(0xffffffffu, sumsq, 1));
+            sum = core::add_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
+            sumsq = core::add_rn(sumsq, __shfl_xor_sync(0xffffffffu, sumsq, 2));
           }
-          bool finite = true;
-          float amax = 0.0f;
-#pragma unroll
-          for (int i = 0; i < NV; ++i) {
-            finite = finite && core::is_finite(v[i]);
-            amax = core::max_f(amax, core::abs_f(v[i]));
-          }
-          amax = quad_max(amax);
-          // the group is finite only if all four lanes of the quad are
-          const unsigned fin_mask = __ballot_sync(0xffffffffu, finite);
-          finite = ((fin_mask >> (4 * g)) & 0xFu) == 0xFu;
-          uint8_t sc;
-          if constexpr (F == Format::kMxFp4) {
-            float sum = 0.0f, sumsq = 0.0f;
-            if (rule == core::MxRule::kQuest) {
-              // core::tree_sum order: adjacent pairs (local), then pairs of pairs across lanes q^1, then q^2,
-              // then across this thread's n-tiles (0+1, 2+3), then the two halves.
-              float p[4], ps[4];
-#pragma unroll
-              for (int i = 0; i < 4; ++i) {
-                p[i] = core::add_rn(v[2 * i], v[2 * i + 1]);
-                ps[i] = core::add_rn(core::mul_rn(v[2 * i], v[2 * i]), core::mul_rn(v[2 * i + 1], v[2 * i + 1]));
-              }
-#pragma unroll
-              for (int i = 0; i < 4; ++i) {
-                p[i] = core::add_rn(p[i], __shfl_xor_sync(0xffffffffu, p[i], 1));
-                ps[i] = core::add_rn(ps[i], __shfl_xor_sync(0xffffffffu, ps[i], 1));
-              }
-#pragma unroll
-              for (int i = 0; i < 4; ++i) {
-                p[i] = core::add_rn(p[i], __shfl_xor_sync(0xffffffffu, p[i], 2));
-                ps[i] = core::add_rn(ps[i], __shfl_xor_sync(0xffffffffu, ps[i], 2));
-              }
-              sum = core::add_rn(core::add_rn(p[0], p[1]), core::add_rn(p[2], p[3]));
-              sumsq = core::add_rn(core::add_rn(ps[0], ps[1]), core::add_rn(ps[2], ps[3]));
-            }
-            const int e = core::mx_block_exponent(rule, amax, sum, sumsq);
-            const float inv = core::exp2i(-e);
-            sc = finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
-#pragma unroll
-            for (int i = 0; i < NV / 2; ++i)
-              srow[j * (G / 2) + 4 * i + q] =
-                  finite ? core::pack2(core::e2m1_encode(core::mul_rn(v[2 * i], inv)),
-                                       core::e2m1_encode(core::mul_rn(v[2 * i + 1], inv)))
-                         : 0;
-          } else {
-            sc = core::nv_block_scale(amax, finite, gval);
-            const float d = core::nv_block_divisor(sc, gval);
-#pragma unroll
-            for (int i = 0; i < NV / 2; ++i)
-              srow[j * (G / 2) + 4 * i + q] = core::pack2(core::nv_encode(v[2 * i], d), core::nv_encode(v[2 * i + 1], d));
-          }
-          if (q == 0 && chunk < n_chunks) {
-            const int64_t flat = chunk * (R / G) + j;  // linear scale index (K is a multiple of R)
+          const bool finite = core::is_finite(amax);
+          const int e = core::mx_block_exponent(rule, amax, sum, sumsq);
+          word = finite ? mx_encode8(y, core::exp2i(-e)) : 0u;
+          sc = finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
+        } else {
+          sc = core::nv_block_scale(amax, core::is_finite(amax), gval);
+          const float d = core::nv_block_divisor(sc, gval);
+          const bool fast = nv_fast_ok(d, amax);
+          word = nv_encode8(y, d, fast ? __frcp_rn(d) : 0.0f, fast);
+        }
+        if (chunk < n_chunks) {
+          *reinterpret_cast<uint32_t*>(codes + chunk * (R / 2) + 16 * cg + 4 * q) = word;
+          const bool writer = F == Format::kMxFp4 ? q == 0 : (q & 1) == 0;
+          if (writer) {
+            const int64_t flat = F == Format::kMxFp4 ? chunk * (R / 32) + cg : chunk * (R / 16) + 2 * cg + q / 2;
             scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row)
                            : flat] = sc;
           }
         }
       }
     }
-    __syncwarp();
-    // Staged codes of ROWS consecutive chunk rows are one contiguous range of codes.
-    constexpr int VB = (R / 2) < 16 ? (R / 2) : 16;
-    constexpr int n_vec = ROWS * (R / 2) / VB;
-#pragma unroll
-    for (int vi = lane; vi < n_vec; vi += 32) {
-      const int row_in_tile = (vi * VB) / (R / 2);
-      if (base + row_in_tile < n_chunks) {
-        uint8_t* dst = codes + base * (R / 2) + static_cast<int64_t>(vi) * VB;
-        if constexpr (VB == 16) {
-          *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(stage + vi * VB);
-        } else {
-          *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(stage + vi * VB);
-        }
-      }
-    }
-    __syncwarp();
   }
 }
 
-template <typename T, typename MT, int R, Format F>
+template <typename T, int R, bool kDiag16, Format F>
 cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
-  // Few m-tiles per warp keep the accumulators small enough (<= 128 registers) for two CTAs (16 warps) per
-  // SM: the first H100 run (two m-tiles, 1 CTA/SM) was latency-bound at 17-26% of copy bandwidth.
-  constexpr int MT_TILES = R >= 64 ? 1 : 2;
-  constexpr int ROWS = 16 * MT_TILES;
-  auto kernel = rotate_quantize_kernel<T, MT, R, MT_TILES, F>;
-  const size_t smem = 2 * R * (R + 8) * sizeof(MT) + kWarps * ROWS * (R / 2);
-  // Set on every launch: cheap, not a stream operation, and correct for whichever device is current.
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  using C = Cfg<R>;
+  auto kernel = rotate_quantize_kernel<T, R, kDiag16, F>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const int64_t n_chunks = p.rows * p.K / R;
-  const int64_t tiles = (n_chunks + ROWS - 1) / ROWS;
+  const int64_t tiles = (n_chunks + C::kRows - 1) / C::kRows;
   int per_sm = 1;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, C::kSmem);
   const int64_t cap = static_cast<int64_t>(num_sms()) * (per_sm > 0 ? per_sm : 1);
-  const int64_t need = (tiles + kWarps - 1) / kWarps;
-  const unsigned grid = static_cast<unsigned>(need < cap ? need : cap);
-  kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K,
-                                           static_cast<const MT*>(p.rot_hi), static_cast<const MT*>(p.rot_lo),
-                                           p.rule, p.global_scale, p.blocked, p.codes, p.scales);
+  const unsigned grid = static_cast<unsigned>(tiles < cap ? (tiles > 0 ? tiles : 1) : cap);
+  kernel<<<grid, kThreads, C::kSmem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K, p.rot, p.rule,
+                                               p.global_scale, p.blocked, p.codes, p.scales);
   return cudaGetLastError();
 }
 
-template <typename T, typename MT, Format F>
+template <typename T, Format F>
 cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
   switch (p.r) {
-    case 16:
-      if constexpr (F == Format::kMxFp4) return cudaErrorInvalidValue;  // widened to 32 by the caller
-      else return launch<T, MT, 16, F>(p, stream);
-    case 32: return launch<T, MT, 32, F>(p, stream);
-    case 64: return launch<T, MT, 64, F>(p, stream);
-    case 128: return launch<T, MT, 128, F>(p, stream);
+    case 16: return launch<T, 32, true, F>(p, stream);
+    case 32: return launch<T, 32, false, F>(p, stream);
+    case 64: return launch<T, 64, false, F>(p, stream);
+    case 128: return launch<T, 128, false, F>(p, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -268,15 +285,16 @@ cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
 template <Format F>
 cudaError_t by_dtype(const QuantizeParams& p, cudaStream_t stream) {
   switch (p.dtype) {
-    case DType::kBF16: return by_size<__nv_bfloat16, __nv_bfloat16, F>(p, stream);
-    case DType::kF16: return by_size<__half, __half, F>(p, stream);
-    default: return by_size<float, __nv_bfloat16, F>(p, stream);
+    case DType::kBF16: return by_size<__nv_bfloat16, F>(p, stream);
+    case DType::kF16: return by_size<__half, F>(p, stream);
+    default: return cudaErrorInvalidValue;  // float32 input goes to quantize_rotated_split
   }
 }
 
 }  // namespace
 
 cudaError_t quantize_rotated(const QuantizeParams& p, cudaStream_t stream) {
+  if (p.rot_hi != nullptr) return quantize_rotated_split(p, stream);
   return p.format == Format::kMxFp4 ? by_dtype<Format::kMxFp4>(p, stream) : by_dtype<Format::kNvFp4>(p, stream);
 }
 
