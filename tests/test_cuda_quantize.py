@@ -144,7 +144,7 @@ def test_rotation_close_to_float64_reference(seed, r, dtype, fmt):
 def test_rotation_general_orthogonal_matrix(seed, r, dtype, fmt):
     # A dense orthogonal matrix is not +-c per column: the 16-bit kernel adds the remainder MMA (lo path).
     g_ = torch.Generator().manual_seed(seed)
-    R = torch.linalg.qr(torch.randn(r, r, generator=g_, dtype=torch.float64))[0].float()
+    R = torch.linalg.qr(torch.randn(r, r, generator=g_, dtype=torch.float64))[0].float().contiguous()
     x = (torch.randn(256, 4096, generator=g_) * 3).to(dtype)
     xr = ref.rotate(x, R)
     if fmt == "nvfp4":

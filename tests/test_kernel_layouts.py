@@ -345,6 +345,22 @@ def test_fast_rotation_smem_swizzle_is_a_conflict_free_permutation(r):
             assert len({(i * C + swz(r, i, c)) % 8 for i in range(i0, i0 + 8)}) == 8
 
 
+def test_fast_rotation_value_buffer_is_conflict_free():
+    # 128-bit shared accesses are served 8 lanes at a time; each lane's 16 bytes must hit distinct bank groups
+    # (chunk c of row i sits at c ^ (i & 7) in a 128-byte row).
+    for mi in range(2):
+        for h in range(2):
+            for half in range(2):  # the two float4 stores of a lane
+                for phase in range(4):
+                    lanes = range(8 * phase, 8 * phase + 8)
+                    rows = [mi * 16 + 8 * h + lane // 4 for lane in lanes]
+                    groups = [(2 * (lane % 4) + half) ^ (row & 7) for lane, row in zip(lanes, rows)]
+                    assert len(set(groups)) == 8
+    for c in range(8):  # reads: lane t reads row t
+        for phase in range(4):
+            assert len({c ^ (t & 7) for t in range(8 * phase, 8 * phase + 8)}) == 8
+
+
 def test_fast_rotation_output_columns_are_contiguous_per_thread():
     for q in range(4):
         assert sorted(out_col(nt, 2 * q + b) for nt in range(4) for b in range(2)) == list(range(8 * q, 8 * q + 8))
@@ -374,7 +390,7 @@ def test_pack8_equals_nibble_packing():
 
 def emulate_fast_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=None):
     """Python transcription of rotate_quantize.cu: R as c_j * (hi + lo) fragments, the swizzled smem tile read
-    by ldmatrix, per-warp column groups, the quad epilogue and pack8. Exact test data make the tensor-core
+    by ldmatrix, per-warp column groups, the swizzled value buffer (one row per lane) and pack8. Exact test data make the tensor-core
     sums exact, so the result must equal the CPU operator bit for bit."""
     r_in = R.shape[0]
     r = 32 if r_in == 16 else r_in
@@ -385,7 +401,7 @@ def emulate_fast_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=N
     n_chunks = rows * K // r
     CG, C = r // 32, r // 8
     RG = 8 // CG
-    MT = 1 if r == 128 else 2
+    MT = 2  # two 16-row m-tiles per warp, processed one after the other
     ROWS = RG * 16 * MT
     X = x.float().reshape(n_chunks, r)
     c = Rv.abs().amax(dim=0)
@@ -435,35 +451,44 @@ def emulate_fast_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=N
                             Cm = A @ B
                             for lane in range(32):
                                 acc[mi, nt, lane] += c_fragment(Cm, lane)
+            # y = c_j * acc written to the warp's value buffer (32 rows x 8 chunks of 4 floats, chunk c of
+            # row i at c ^ (i & 7)); lane t then reads row t back and encodes it.
+            ys = np.full((32, 8, 4), np.nan, dtype=np.float32)
             for mi in range(MT):
                 for h in range(2):
-                    for gg in range(8):
-                        chunk = row0 + wrow + mi * 16 + 8 * h + gg
-                        ys = {}
-                        for q in range(4):
-                            lane = 4 * gg + q
-                            ys[q] = torch.tensor([acc[mi, nt, lane, 2 * h + b] for nt in range(4) for b in range(2)],
-                                                 dtype=torch.float32) * c[32 * cg + 8 * q : 32 * cg + 8 * q + 8]
-                        if chunk >= n_chunks:
-                            continue
-                        for q in range(4):
-                            grp = torch.cat([ys[p] for p in range(4)]) if fmt == "mx" else torch.cat([ys[q & 2], ys[(q & 2) + 1]])
-                            finite = bool(torch.isfinite(grp).all())
-                            if fmt == "mx":
-                                e = int(ref.mx_scale_exponent(grp[None], method)[0]) if finite else 0
-                                sc = e + 127 if finite else 0xFF
-                                qv = ys[q] * ref._pow2(torch.tensor([-e]))[0]
-                                word = pack8(qv, qv) if finite else 0
-                            else:
-                                sc = int(ref.e4m3_encode_sat(((grp.abs().max() / 6.0) * g).reshape(1))[0]) if finite else 0x7F
-                                d = ref.e4m3_decode(torch.tensor([sc], dtype=torch.uint8))[0] / g
-                                word = pack8(ys[q] / d, ys[q]) if (finite and d > 0) else 0
-                            off = chunk * (r // 2) + 16 * cg + 4 * q
-                            codes[off : off + 4] = torch.tensor([(word >> (8 * b)) & 0xFF for b in range(4)], dtype=torch.uint8)
-                            if (fmt == "mx" and q == 0) or (fmt == "nv" and q % 2 == 0):
-                                flat = chunk * (r // 32) + cg if fmt == "mx" else chunk * (r // 16) + 2 * cg + q // 2
-                                idx = flat if layout == "linear" else blocked_offset(flat // gpr, flat % gpr, gpr)
-                                scales[idx] = sc
+                    for lane in range(32):
+                        gg, q = lane // 4, lane % 4
+                        row = mi * 16 + 8 * h + gg
+                        y = torch.tensor([acc[mi, nt, lane, 2 * h + b] for nt in range(4) for b in range(2)],
+                                         dtype=torch.float32) * c[32 * cg + 8 * q : 32 * cg + 8 * q + 8]
+                        ys[row, (2 * q) ^ (row & 7)] = y[:4].numpy()
+                        ys[row, (2 * q + 1) ^ (row & 7)] = y[4:].numpy()
+            for t in range(32):
+                chunk = row0 + wrow + t
+                v = torch.tensor(np.concatenate([ys[t, cc ^ (t & 7)] for cc in range(8)]))
+                if chunk >= n_chunks:
+                    continue
+                words, scs = [], []
+                for grp in ([v] if fmt == "mx" else [v[:16], v[16:]]):
+                    finite = bool(torch.isfinite(grp).all())
+                    if fmt == "mx":
+                        e = int(ref.mx_scale_exponent(grp[None], method)[0]) if finite else 0
+                        scs.append(e + 127 if finite else 0xFF)
+                        qv = grp * ref._pow2(torch.tensor([-e]))[0]
+                        words += [pack8(qv[8 * j : 8 * j + 8], qv[8 * j : 8 * j + 8]) if finite else 0 for j in range(4)]
+                    else:
+                        sc = int(ref.e4m3_encode_sat(((grp.abs().max() / 6.0) * g).reshape(1))[0]) if finite else 0x7F
+                        d = ref.e4m3_decode(torch.tensor([sc], dtype=torch.uint8))[0] / g
+                        scs.append(sc)
+                        words += [pack8(grp[8 * j : 8 * j + 8] / d, grp[8 * j : 8 * j + 8]) if (finite and d > 0) else 0
+                                  for j in range(2)]
+                off = chunk * (r // 2) + 16 * cg
+                codes[off : off + 16] = torch.tensor([(wd >> (8 * b)) & 0xFF for wd in words for b in range(4)],
+                                                     dtype=torch.uint8)
+                for j, sc in enumerate(scs):
+                    flat = chunk * (r // G) + len(scs) * cg + j
+                    idx = flat if layout == "linear" else blocked_offset(flat // gpr, flat % gpr, gpr)
+                    scales[idx] = sc
     codes = codes.reshape(*x.shape[:-1], K // 2)
     scales = scales.reshape(*x.shape[:-1], gpr) if layout == "linear" else scales.reshape(-(-rows // 128) * 128, -1)
     return codes, scales

@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "core/fp_formats.h"
+#include "core/scale_rules.h"
 
 namespace fpquant::cuda {
 
@@ -55,45 +55,153 @@ __device__ __forceinline__ uint32_t pack8(const float (&q)[8], const float (&sig
   return w;
 }
 
-// NVFP4 element quotient y / d, correctly rounded like core::div_rn, from rcp = RN(1/d): q0 = y * rcp, then
-// two Newton corrections with exact FMA residuals (the second is Markstein's theorem: a quotient within one
-// ULP corrected with the correctly rounded reciprocal rounds correctly). Valid while no intermediate
-// overflows or underflows where it matters: the caller checks nv_fast_ok. Values far below the E2M1 grid
-// (|q| < 2^-60) may be off in their last bits, which cannot change their code; a zero y may lose its sign,
-// so pack8 takes signs from y.
-__device__ __forceinline__ float nv_quotient(float y, float d, float rcp) {
-  const float q0 = __fmul_rn(y, rcp);
-  const float q1 = __fmaf_rn(__fmaf_rn(-q0, d, y), rcp, q0);
-  return __fmaf_rn(__fmaf_rn(-q1, d, y), rcp, q1);
+// a / b, correctly rounded like core::div_rn, from rcp_b = RN(1/b): q0 = a * rcp_b, then two Newton
+// corrections with exact FMA residuals (the second is Markstein's theorem: a quotient within one ULP corrected
+// with the correctly rounded reciprocal rounds correctly). Valid while no intermediate overflows or underflows
+// where it matters; callers guard with the ranges below and fall back to IEEE division outside them.
+__device__ __forceinline__ float div_by_rcp(float a, float b, float rcp_b) {
+  const float q0 = __fmul_rn(a, rcp_b);
+  const float q1 = __fmaf_rn(__fmaf_rn(-q0, b, a), rcp_b, q0);
+  return __fmaf_rn(__fmaf_rn(-q1, b, a), rcp_b, q1);
 }
 
-// The range where nv_quotient is exact for every element that can round to a non-zero code: d normal and
-// far from both ends (residuals of quotients >= 2^-3 stay normal), and no quotient above 2^60.
+// A quotient of two normal floats well inside the exponent range: every residual stays normal.
+__device__ __forceinline__ bool div_by_rcp_ok(float a, float b) {
+  const float aa = fabsf(a);
+  return aa >= 0x1p-80f && aa <= 0x1p80f && b >= 0x1p-40f && b <= 0x1p40f;
+}
+
+__device__ __forceinline__ float div_exact(float a, float b, float rcp_b) {
+  return div_by_rcp_ok(a, b) ? div_by_rcp(a, b, rcp_b) : __fdiv_rn(a, b);
+}
+
+// NVFP4 element quotients y / d for a group: the per-element form of div_by_rcp. It is exact for every
+// element that can round to a non-zero code when d is normal and far from both ends and no quotient exceeds
+// 2^60 (nv_fast_ok); elements far below the E2M1 grid (|q| < 2^-60) may be off in their last bits, which
+// cannot change their code, and a zero y may lose its sign, so pack8 takes signs from y.
 __device__ __forceinline__ bool nv_fast_ok(float d, float amax) {
   return d >= 0x1p-90f && d <= 0x1p90f && amax <= __fmul_rn(d, 0x1p60f);
 }
 
-// Codes of 8 consecutive values of an MXFP4 group: q = y * 2^-e, exact scaling as in the core.
-__device__ __forceinline__ uint32_t mx_encode8(const float (&y)[8], float inv) {
-  float q[8];
-#pragma unroll
-  for (int k = 0; k < 8; ++k) q[k] = __fmul_rn(y[k], inv);
-  return pack8(q, q);
+// E4M3 conversions: hardware cvt (sm_89+), bit-identical to core::e4m3_encode_sat / e4m3_decode for the
+// non-negative finite or NaN inputs used here (round to nearest even, satfinite clamps to 448, NaN -> 0x7F).
+__device__ __forceinline__ uint8_t e4m3_encode_sat(float s) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint16_t r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(0.0f), "f"(s));
+  return static_cast<uint8_t>(r & 0xFFu);
+#else
+  return core::e4m3_encode_sat(s);
+#endif
 }
 
-// Codes of 8 consecutive values of an NVFP4 group with divisor d (core::nv_block_divisor; 0 means zero
-// codes) and rcp = RN(1/d); `fast` = nv_fast_ok for the group, otherwise IEEE division per element.
-__device__ __forceinline__ uint32_t nv_encode8(const float (&y)[8], float d, float rcp, bool fast) {
-  if (!(d > 0.0f)) return 0u;
-  float q[8];
-  if (fast) {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) q[k] = nv_quotient(y[k], d, rcp);
-  } else {
-#pragma unroll
-    for (int k = 0; k < 8; ++k) q[k] = __fdiv_rn(y[k], d);
-  }
-  return pack8(q, y);
+__device__ __forceinline__ float e4m3_decode(uint8_t c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  uint32_t h2;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(static_cast<uint16_t>(c)));
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(h2 & 0xFFFFu)));
+#else
+  return core::e4m3_decode(c);
+#endif
 }
+
+// Per-launch NVFP4 constants: the global scale g, RN(1/g) and whether g is usable (finite, positive).
+struct NvGlobal {
+  float g, rcp_g;
+  bool ok;
+};
+
+__device__ __forceinline__ NvGlobal nv_global(const float* gs) {
+  const float g = __ldg(gs);
+  const bool ok = core::is_finite(g) && g > 0.0f;
+  return {g, ok ? __frcp_rn(g) : 0.0f, ok};
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Whole groups, as core::mx_quantize_block / core::nv_quantize_block compute them (same bits). The values
+// are fetched 8 at a time through get(j, out) (values 8j .. 8j+7), twice: once for the statistics, once to
+// encode. From registers that costs nothing; from shared memory it keeps register use low.
+
+template <core::MxRule RULE, typename Get8>
+__device__ __forceinline__ uint8_t mx_group(Get8&& get, uint32_t (&w)[4]) {
+  float amax = 0.0f;
+  float part[4], part_sq[4];  // core::tree_sum<32> = its four 8-value subtrees, then pairs
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float b[8];
+    get(j, b);
+    amax = max_nan(amax, absmax_nan<8>(b));
+    if constexpr (RULE == core::MxRule::kQuest) {
+      float sq[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sq[k] = core::mul_rn(b[k], b[k]);
+      part[j] = core::tree_sum<8>(b);
+      part_sq[j] = core::tree_sum<8>(sq);
+    }
+  }
+  const bool finite = core::is_finite(amax);
+  float sum = 0.0f, sumsq = 0.0f;
+  if constexpr (RULE == core::MxRule::kQuest) {
+    sum = core::add_rn(core::add_rn(part[0], part[1]), core::add_rn(part[2], part[3]));
+    sumsq = core::add_rn(core::add_rn(part_sq[0], part_sq[1]), core::add_rn(part_sq[2], part_sq[3]));
+  }
+  const int e = core::mx_block_exponent(RULE, amax, sum, sumsq);
+  const float inv = core::exp2i(-e);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float q[8];
+    get(j, q);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) q[k] = __fmul_rn(q[k], inv);
+    w[j] = finite ? pack8(q, q) : 0u;
+  }
+  return finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
+}
+
+template <typename Get8>
+__device__ __forceinline__ uint8_t nv_group(Get8&& get, const NvGlobal& ng, uint32_t (&w)[2]) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    float b[8];
+    get(j, b);
+    amax = max_nan(amax, absmax_nan<8>(b));
+  }
+  // core::nv_block_scale and nv_block_divisor with the divisions done by div_exact.
+  const bool ok = core::is_finite(amax) && ng.ok;
+  const uint8_t sc = ok ? e4m3_encode_sat(__fmul_rn(div_exact(amax, core::kE2M1Max, 1.0f / 6.0f), ng.g))
+                        : core::kE4M3Nan;
+  float d = 0.0f;
+  if (sc != core::kE4M3Nan) {
+    d = div_exact(e4m3_decode(sc), ng.g, ng.rcp_g);
+    d = d > 0.0f ? d : 0.0f;
+  }
+  if (!(d > 0.0f)) {
+    w[0] = w[1] = 0u;
+    return sc;
+  }
+  const bool fast = nv_fast_ok(d, amax);
+  const float rcp = fast ? __frcp_rn(d) : 0.0f;
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    float y[8], q[8];
+    get(j, y);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) q[k] = fast ? div_by_rcp(y[k], d, rcp) : __fdiv_rn(y[k], d);
+    w[j] = pack8(q, y);
+  }
+  return sc;
+}
+
+// Accessor for values already in registers.
+template <int N>
+struct RegValues {
+  const float (&v)[N];
+  int base;
+  __device__ __forceinline__ void operator()(int j, float (&out)[8]) const {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) out[k] = v[base + 8 * j + k];
+  }
+};
 
 }  // namespace fpquant::cuda

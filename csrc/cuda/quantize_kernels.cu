@@ -24,8 +24,7 @@ __device__ __forceinline__ void store_words(uint8_t* dst, const uint32_t (&w)[NW
   }
 }
 
-// The scale statistics come from csrc/core (exponent rules, NVFP4 block scale and divisor, quest tree sums);
-// the elements are encoded by cuda/encode.cuh, which returns the core's bits with cheaper instructions.
+// The group math is cuda/encode.cuh's mx_group / nv_group: csrc/core's rules and bits, cheaper instructions.
 template <typename T, Format F, core::MxRule RULE>
 __global__ void __launch_bounds__(kThreads) quantize_groups_kernel(const T* __restrict__ x, int64_t n_groups,
                                                                    int64_t groups_per_row,
@@ -33,39 +32,18 @@ __global__ void __launch_bounds__(kThreads) quantize_groups_kernel(const T* __re
                                                                    uint8_t* __restrict__ codes,
                                                                    uint8_t* __restrict__ scales) {
   constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
-  const float g = F == Format::kNvFp4 ? __ldg(gs) : 0.0f;
+  NvGlobal ng{};
+  if constexpr (F == Format::kNvFp4) ng = nv_global(gs);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_groups;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float v[G];
     load_as_float<T, G>(x + i * G, v);
-    const float amax = absmax_nan<G>(v);
-    const bool finite = core::is_finite(amax);
     uint32_t w[G / 8];
     uint8_t s;
     if constexpr (F == Format::kMxFp4) {
-      float sum = 0.0f, sumsq = 0.0f;
-      if constexpr (RULE == core::MxRule::kQuest) {
-        float sq[G];
-#pragma unroll
-        for (int k = 0; k < G; ++k) sq[k] = core::mul_rn(v[k], v[k]);
-        sum = core::tree_sum<G>(v);
-        sumsq = core::tree_sum<G>(sq);
-      }
-      const int e = core::mx_block_exponent(RULE, amax, sum, sumsq);
-      const float inv = core::exp2i(-e);
-#pragma unroll
-      for (int j = 0; j < G / 8; ++j) {
-        w[j] = mx_encode8(*reinterpret_cast<const float(*)[8]>(v + 8 * j), inv);
-        if (!finite) w[j] = 0u;
-      }
-      s = finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
+      s = mx_group<RULE>(RegValues<G>{v, 0}, w);
     } else {
-      s = core::nv_block_scale(amax, finite, g);
-      const float d = core::nv_block_divisor(s, g);
-      const bool fast = nv_fast_ok(d, amax);
-      const float rcp = fast ? __frcp_rn(d) : 0.0f;
-#pragma unroll
-      for (int j = 0; j < G / 8; ++j) w[j] = nv_encode8(*reinterpret_cast<const float(*)[8]>(v + 8 * j), d, rcp, fast);
+      s = nv_group(RegValues<G>{v, 0}, ng, w);
     }
     store_words(codes + i * (G / 2), w);
     scales[blocked ? core::blocked_offset(i / groups_per_row, i % groups_per_row, groups_per_row) : i] = s;

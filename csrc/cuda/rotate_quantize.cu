@@ -13,8 +13,10 @@
 // the fp32-input kernel's precision). The choice is made per warp on the device: no host synchronization.
 //
 // Fragment layouts (cuda/mma.cuh): output columns are permuted inside the warp's 32 so that thread q of a
-// quad holds the 8 consecutive columns 8q..8q+7 of a row; its codes are one 32-bit word, and a group's
-// statistics reduce over the quad (MXFP4) or a lane pair (NVFP4) in core::tree_sum's order.
+// quad holds the 8 consecutive columns 8q..8q+7 of a row. The warp writes its 32 rows x 32 rotated values to
+// shared memory and each lane then encodes one row's 32 values (one MXFP4 group, or two NVFP4 groups) with
+// the same per-group code as the unrotated kernel (cuda/encode.cuh): per-group work is done once per group,
+// not once per lane holding a piece of it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -37,15 +39,16 @@ template <int R>
 struct Cfg {
   static constexpr int kColGroups = R / 32;              // warps side by side over the r output columns
   static constexpr int kRowGroups = kWarps / kColGroups;  // warps stacked over rows
-  static constexpr int kMTiles = R == 128 ? 1 : 2;        // 16-row m-tiles per warp per tile (registers)
-  static constexpr int kRows = kRowGroups * 16 * kMTiles; // X rows per tile
+  static constexpr int kWarpRows = 32;                    // two 16-row m-tiles, one row per lane to encode
+  static constexpr int kRows = kRowGroups * kWarpRows;    // X rows per tile
   static constexpr int kChunks = R / 8;                   // 16-byte chunks per X row
-  static constexpr int kTileBytes = kRows * R * 2;
-  static constexpr int kStages = R == 128 ? 8 : 4;        // 64 KiB of tiles; also holds R (fp32) at start
+  static constexpr int kTileBytes = kRows * R * 2;        // 16 KiB
+  static constexpr int kStages = R == 128 ? 3 : 4;        // two CTAs per SM fit in shared memory
   static constexpr int kStageArea = kStages * kTileBytes;
+  static constexpr int kYBytes = kWarps * kWarpRows * 32 * 4;  // rotated values, float32, per warp
   static constexpr int kLoBytes = R * R * 2;              // remainder fragments, [col group][k-step][n-tile][lane]
-  static constexpr int kSmem = kStageArea + kLoBytes;
-  static_assert(kStageArea >= R * R * 4, "the stage area must hold the float32 rotation");
+  static constexpr int kSmem = kStageArea + kYBytes + kLoBytes;
+  static_assert(kStageArea + kYBytes >= R * R * 4, "the float32 rotation is staged in the tile + value area");
 };
 
 // 16-byte chunk c of row i sits at chunk swz(i, c) of the row: the 8 rows an ldmatrix reads at one column
@@ -75,15 +78,14 @@ __device__ __forceinline__ float unit_scaled(float v, float c, float rcp) {
   return fabsf(v) == c ? copysignf(1.0f, v) : __fmul_rn(v, rcp);
 }
 
-template <typename T, int R, bool kDiag16, Format F>
+template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
 __global__ void __launch_bounds__(kThreads, 2)
-    rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot,
-                           core::MxRule rule, const float* __restrict__ gs, bool blocked,
+    rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot, const float* __restrict__ gs, bool blocked,
                            uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
   using C = Cfg<R>;
   constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
   extern __shared__ __align__(128) unsigned char smem[];
-  uint2* lo_frag = reinterpret_cast<uint2*>(smem + C::kStageArea);
+  uint2* lo_frag = reinterpret_cast<uint2*>(smem + C::kStageArea + C::kYBytes);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int cg = warp % C::kColGroups, rg = warp / C::kColGroups;
 
@@ -159,105 +161,97 @@ __global__ void __launch_bounds__(kThreads, 2)
     cp_async_commit();  // empty groups keep the group count uniform
   }
 
-  const float gval = F == Format::kNvFp4 ? __ldg(gs) : 0.0f;
+  NvGlobal ng{};
+  if constexpr (F == Format::kNvFp4) ng = nv_global(gs);
   const int64_t groups_per_row = K / G;
+  // This warp's rotated values: 32 rows x 32 floats, 16-byte chunk c of row i at chunk c ^ (i & 7) (both the
+  // quad-pattern writes and the row-per-lane reads are conflict-free).
+  float* ys = reinterpret_cast<float*>(smem + C::kStageArea) + warp * C::kWarpRows * 32;
   for (int64_t it = 0; it < my_tiles; ++it) {
     cp_async_wait<C::kStages - 2>();
     __syncthreads();  // tile `it` visible to all; the slot refilled below was consumed in iteration it-1
     if (it + C::kStages - 1 < my_tiles) load_tile(it + C::kStages - 1);
     cp_async_commit();
 
-    const unsigned char* tile = smem + (it % C::kStages) * C::kTileBytes;
-    const int64_t row0 = (blockIdx.x + it * gridDim.x) * C::kRows;
-    const int wrow = rg * 16 * C::kMTiles;
-    float acc[C::kMTiles][4][4];
+    const unsigned char* tile = smem + static_cast<int>(it % C::kStages) * C::kTileBytes;
+    const int wrow = rg * C::kWarpRows;
 #pragma unroll
-    for (int mi = 0; mi < C::kMTiles; ++mi)
+    for (int mi = 0; mi < 2; ++mi) {
+      float acc[4][4];
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) acc[mi][nt][c] = 0.0f;
+        for (int c = 0; c < 4; ++c) acc[nt][c] = 0.0f;
 #pragma unroll
-    for (int s = 0; s < R / 16; ++s) {
-      uint32_t a[C::kMTiles][4];
-#pragma unroll
-      for (int mi = 0; mi < C::kMTiles; ++mi) {
+      for (int s = 0; s < R / 16; ++s) {
+        uint32_t a[4];
         const int i = wrow + mi * 16 + (lane & 15);
-        ldmatrix_x4(a[mi], tile + (i * C::kChunks + swz<R>(i, 2 * s + (lane >> 4))) * 16);
-      }
+        ldmatrix_x4(a, tile + (i * C::kChunks + swz<R>(i, 2 * s + (lane >> 4))) * 16);
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < 4; ++nt) mma16816<T>(acc[nt], a, bh[s][nt][0], bh[s][nt][1]);
+        if (needs_lo) {
 #pragma unroll
-        for (int mi = 0; mi < C::kMTiles; ++mi) mma16816<T>(acc[mi][nt], a[mi], bh[s][nt][0], bh[s][nt][1]);
-      if (needs_lo) {
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          const uint2 l = lo_frag[((cg * (R / 16) + s) * 4 + nt) * 32 + lane];
-#pragma unroll
-          for (int mi = 0; mi < C::kMTiles; ++mi) mma16816<T>(acc[mi][nt], a[mi], l.x, l.y);
+          for (int nt = 0; nt < 4; ++nt) {
+            const uint2 l = lo_frag[((cg * (R / 16) + s) * 4 + nt) * 32 + lane];
+            mma16816<T>(acc[nt], a, l.x, l.y);
+          }
         }
       }
-    }
-
-    // ---- Epilogue: each quad row-slice is one MXFP4 group (or two NVFP4 groups) of one chunk row.
-#pragma unroll
-    for (int mi = 0; mi < C::kMTiles; ++mi) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int64_t chunk = row0 + wrow + mi * 16 + 8 * h + g;
+        const int row = mi * 16 + 8 * h + g;
         float y[8];
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
-          y[2 * nt] = __fmul_rn(cq[2 * nt], acc[mi][nt][2 * h]);
-          y[2 * nt + 1] = __fmul_rn(cq[2 * nt + 1], acc[mi][nt][2 * h + 1]);
+          y[2 * nt] = __fmul_rn(cq[2 * nt], acc[nt][2 * h]);
+          y[2 * nt + 1] = __fmul_rn(cq[2 * nt + 1], acc[nt][2 * h + 1]);
         }
-        float amax = absmax_nan<8>(y);
-        amax = max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        uint32_t word;
-        uint8_t sc;
-        if constexpr (F == Format::kMxFp4) {
-          amax = max_nan(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-          float sum = 0.0f, sumsq = 0.0f;
-          if (rule == core::MxRule::kQuest) {
-            // core::tree_sum<32> order: this thread's 8 columns, then lane pairs (q, q^1), then (q, q^2).
-            float sq[8];
+        float4* dst = reinterpret_cast<float4*>(ys + row * 32);
+        dst[(2 * q) ^ (row & 7)] = make_float4(y[0], y[1], y[2], y[3]);
+        dst[(2 * q + 1) ^ (row & 7)] = make_float4(y[4], y[5], y[6], y[7]);
+      }
+    }
+    __syncwarp();
+
+    // ---- Epilogue: lane t encodes row t of the warp's 32 rows (its 32 output columns of that chunk).
+    const float4* src = reinterpret_cast<const float4*>(ys + lane * 32);
+    auto row_values = [&](int base8) {
+      return [=](int j, float (&out)[8]) {
+        const int c = 2 * (base8 + j);
+        const float4 f0 = src[c ^ (lane & 7)], f1 = src[(c + 1) ^ (lane & 7)];
+        out[0] = f0.x; out[1] = f0.y; out[2] = f0.z; out[3] = f0.w;
+        out[4] = f1.x; out[5] = f1.y; out[6] = f1.z; out[7] = f1.w;
+      };
+    };
+    const int64_t chunk = (blockIdx.x + it * gridDim.x) * C::kRows + wrow + lane;
+    uint32_t w[4];
+    uint8_t sc[2];
+    if constexpr (F == Format::kMxFp4) {
+      sc[0] = mx_group<RULE>(row_values(0), w);
+    } else {
+      uint32_t w0[2], w1[2];
+      sc[0] = nv_group(row_values(0), ng, w0);
+      sc[1] = nv_group(row_values(2), ng, w1);
+      w[0] = w0[0]; w[1] = w0[1]; w[2] = w1[0]; w[3] = w1[1];
+    }
+    __syncwarp();  // ys is rewritten by the next tile
+    if (chunk < n_chunks) {
+      *reinterpret_cast<uint4*>(codes + chunk * (R / 2) + 16 * cg) = make_uint4(w[0], w[1], w[2], w[3]);
+      constexpr int kGroups = F == Format::kMxFp4 ? 1 : 2;
 #pragma unroll
-            for (int k = 0; k < 8; ++k) sq[k] = core::mul_rn(y[k], y[k]);
-            sum = core::tree_sum<8>(y);
-            sumsq = core::tree_sum<8>(sq);
-            sum = core::add_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
-            sumsq = core::add_rn(sumsq, __shfl_xor_sync(0xffffffffu, sumsq, 1));
-            sum = core::add_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
-            sumsq = core::add_rn(sumsq, __shfl_xor_sync(0xffffffffu, sumsq, 2));
-          }
-          const bool finite = core::is_finite(amax);
-          const int e = core::mx_block_exponent(rule, amax, sum, sumsq);
-          word = finite ? mx_encode8(y, core::exp2i(-e)) : 0u;
-          sc = finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
-        } else {
-          sc = core::nv_block_scale(amax, core::is_finite(amax), gval);
-          const float d = core::nv_block_divisor(sc, gval);
-          const bool fast = nv_fast_ok(d, amax);
-          word = nv_encode8(y, d, fast ? __frcp_rn(d) : 0.0f, fast);
-        }
-        if (chunk < n_chunks) {
-          *reinterpret_cast<uint32_t*>(codes + chunk * (R / 2) + 16 * cg + 4 * q) = word;
-          const bool writer = F == Format::kMxFp4 ? q == 0 : (q & 1) == 0;
-          if (writer) {
-            const int64_t flat = F == Format::kMxFp4 ? chunk * (R / 32) + cg : chunk * (R / 16) + 2 * cg + q / 2;
-            scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row)
-                           : flat] = sc;
-          }
-        }
+      for (int j = 0; j < kGroups; ++j) {
+        const int64_t flat = chunk * (R / G) + kGroups * cg + j;
+        scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row) : flat] =
+            sc[j];
       }
     }
   }
 }
 
-template <typename T, int R, bool kDiag16, Format F>
+template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
 cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
   using C = Cfg<R>;
-  auto kernel = rotate_quantize_kernel<T, R, kDiag16, F>;
+  auto kernel = rotate_quantize_kernel<T, R, kDiag16, F, RULE>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const int64_t n_chunks = p.rows * p.K / R;
@@ -266,27 +260,40 @@ cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
   cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, C::kSmem);
   const int64_t cap = static_cast<int64_t>(num_sms()) * (per_sm > 0 ? per_sm : 1);
   const unsigned grid = static_cast<unsigned>(tiles < cap ? (tiles > 0 ? tiles : 1) : cap);
-  kernel<<<grid, kThreads, C::kSmem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K, p.rot, p.rule,
+  kernel<<<grid, kThreads, C::kSmem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K, p.rot,
                                                p.global_scale, p.blocked, p.codes, p.scales);
   return cudaGetLastError();
 }
 
-template <typename T, Format F>
+template <typename T, Format F, core::MxRule RULE>
 cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
   switch (p.r) {
-    case 16: return launch<T, 32, true, F>(p, stream);
-    case 32: return launch<T, 32, false, F>(p, stream);
-    case 64: return launch<T, 64, false, F>(p, stream);
-    case 128: return launch<T, 128, false, F>(p, stream);
+    case 16: return launch<T, 32, true, F, RULE>(p, stream);
+    case 32: return launch<T, 32, false, F, RULE>(p, stream);
+    case 64: return launch<T, 64, false, F, RULE>(p, stream);
+    case 128: return launch<T, 128, false, F, RULE>(p, stream);
     default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T, Format F>
+cudaError_t by_rule(const QuantizeParams& p, cudaStream_t stream) {
+  if constexpr (F == Format::kNvFp4) {
+    return by_size<T, F, core::MxRule::kFloor>(p, stream);
+  } else {
+    switch (p.rule) {
+      case core::MxRule::kFloor: return by_size<T, F, core::MxRule::kFloor>(p, stream);
+      case core::MxRule::kCeil: return by_size<T, F, core::MxRule::kCeil>(p, stream);
+      default: return by_size<T, F, core::MxRule::kQuest>(p, stream);
+    }
   }
 }
 
 template <Format F>
 cudaError_t by_dtype(const QuantizeParams& p, cudaStream_t stream) {
   switch (p.dtype) {
-    case DType::kBF16: return by_size<__nv_bfloat16, F>(p, stream);
-    case DType::kF16: return by_size<__half, F>(p, stream);
+    case DType::kBF16: return by_rule<__nv_bfloat16, F>(p, stream);
+    case DType::kF16: return by_rule<__half, F>(p, stream);
     default: return cudaErrorInvalidValue;  // float32 input goes to quantize_rotated_split
   }
 }
