@@ -20,6 +20,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
 #include <type_traits>
 
 #include "cuda/async_copy.cuh"
@@ -35,7 +36,7 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 
-template <int R>
+template <int R, int kMinBlocks>
 struct Cfg {
   static constexpr int kColGroups = R / 32;              // warps side by side over the r output columns
   static constexpr int kRowGroups = kWarps / kColGroups;  // warps stacked over rows
@@ -43,7 +44,8 @@ struct Cfg {
   static constexpr int kRows = kRowGroups * kWarpRows;    // X rows per tile
   static constexpr int kChunks = R / 8;                   // 16-byte chunks per X row
   static constexpr int kTileBytes = kRows * R * 2;        // 16 KiB
-  static constexpr int kStages = R == 128 ? 3 : 4;        // two CTAs per SM fit in shared memory
+  // Two CTAs per SM must fit in shared memory; with one CTA (kMinBlocks = 1, up to 255 registers) deeper.
+  static constexpr int kStages = kMinBlocks == 1 ? 6 : (R == 128 ? 3 : 4);
   static constexpr int kStageArea = kStages * kTileBytes;
   static constexpr int kYBytes = kWarps * kWarpRows * 32 * 4;  // rotated values, float32, per warp
   static constexpr int kLoBytes = R * R * 2;              // remainder fragments, [col group][k-step][n-tile][lane]
@@ -78,11 +80,11 @@ __device__ __forceinline__ float unit_scaled(float v, float c, float rcp) {
   return fabsf(v) == c ? copysignf(1.0f, v) : __fmul_rn(v, rcp);
 }
 
-template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
-__global__ void __launch_bounds__(kThreads, 2)
+template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
     rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot, const float* __restrict__ gs, bool blocked,
                            uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
-  using C = Cfg<R>;
+  using C = Cfg<R, kMinBlocks>;
   constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
   extern __shared__ __align__(128) unsigned char smem[];
   uint2* lo_frag = reinterpret_cast<uint2*>(smem + C::kStageArea + C::kYBytes);
@@ -167,6 +169,16 @@ __global__ void __launch_bounds__(kThreads, 2)
   // This warp's rotated values: 32 rows x 32 floats, 16-byte chunk c of row i at chunk c ^ (i & 7) (both the
   // quad-pattern writes and the row-per-lane reads are conflict-free).
   float* ys = reinterpret_cast<float*>(smem + C::kStageArea) + warp * C::kWarpRows * 32;
+  // ldmatrix addresses: the swizzle only flips the low 3 bits of the chunk index and repeats every 8 rows, so
+  // k-steps s and s + 4 (and the second m-tile) differ by constants; four offsets cover all of them (keeps the
+  // register count down: the first version spilled one address per k-step).
+  constexpr int kXo = R / 16 < 4 ? R / 16 : 4;
+  int xoff[kXo];
+#pragma unroll
+  for (int k = 0; k < kXo; ++k) {
+    const int i0 = rg * C::kWarpRows + (lane & 15);
+    xoff[k] = (i0 * C::kChunks + swz<R>(i0, 2 * k + (lane >> 4))) * 16;
+  }
   for (int64_t it = 0; it < my_tiles; ++it) {
     cp_async_wait<C::kStages - 2>();
     __syncthreads();  // tile `it` visible to all; the slot refilled below was consumed in iteration it-1
@@ -182,18 +194,20 @@ __global__ void __launch_bounds__(kThreads, 2)
       for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
         for (int c = 0; c < 4; ++c) acc[nt][c] = 0.0f;
+      // A fragments double-buffered: the next k-step's ldmatrix is in flight while this one's MMAs issue.
+      uint32_t a[2][4];
+      ldmatrix_x4(a[0], tile + xoff[0] + mi * 16 * C::kChunks * 16);
 #pragma unroll
       for (int s = 0; s < R / 16; ++s) {
-        uint32_t a[4];
-        const int i = wrow + mi * 16 + (lane & 15);
-        ldmatrix_x4(a, tile + (i * C::kChunks + swz<R>(i, 2 * s + (lane >> 4))) * 16);
+        if (s + 1 < R / 16)
+          ldmatrix_x4(a[(s + 1) & 1], tile + xoff[(s + 1) % kXo] + ((s + 1) / kXo) * 128 + mi * 16 * C::kChunks * 16);
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) mma16816<T>(acc[nt], a, bh[s][nt][0], bh[s][nt][1]);
+        for (int nt = 0; nt < 4; ++nt) mma16816<T>(acc[nt], a[s & 1], bh[s][nt][0], bh[s][nt][1]);
         if (needs_lo) {
 #pragma unroll
           for (int nt = 0; nt < 4; ++nt) {
             const uint2 l = lo_frag[((cg * (R / 16) + s) * 4 + nt) * 32 + lane];
-            mma16816<T>(acc[nt], a, l.x, l.y);
+            mma16816<T>(acc[nt], a[s & 1], l.x, l.y);
           }
         }
       }
@@ -248,10 +262,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
 }
 
-template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
-cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
-  using C = Cfg<R>;
-  auto kernel = rotate_quantize_kernel<T, R, kDiag16, F, RULE>;
+template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE, int kMinBlocks>
+cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
+  using C = Cfg<R, kMinBlocks>;
+  auto kernel = rotate_quantize_kernel<T, R, kDiag16, F, RULE, kMinBlocks>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const int64_t n_chunks = p.rows * p.K / R;
@@ -263,6 +277,26 @@ cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
   kernel<<<grid, kThreads, C::kSmem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K, p.rot,
                                                p.global_scale, p.blocked, p.codes, p.scales);
   return cudaGetLastError();
+}
+
+// r = 128 holds 64 registers of rotation fragments per thread: two CTAs per SM at <= 128 registers (the
+// default; a few loop-invariant values spill) or one CTA with up to 255 registers and deeper staging. Measured
+// on the H100 (benchmarks/NOTES.md): two CTAs 51-53% / 40-41% of copy (MXFP4 / NVFP4), one CTA 49-50% / 29%.
+// FPQUANT_ROT_CTAS_PER_SM=1 selects the other variant for tuning sweeps.
+inline int rot128_ctas_per_sm() {
+  static const int v = [] {
+    const char* e = std::getenv("FPQUANT_ROT_CTAS_PER_SM");
+    return e != nullptr && e[0] == '1' ? 1 : 2;
+  }();
+  return v;
+}
+
+template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
+cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
+  if constexpr (R == 128) {
+    if (rot128_ctas_per_sm() == 1) return launch_variant<T, R, kDiag16, F, RULE, 1>(p, stream);
+  }
+  return launch_variant<T, R, kDiag16, F, RULE, 2>(p, stream);
 }
 
 template <typename T, Format F, core::MxRule RULE>
