@@ -119,13 +119,9 @@ def code_step_check(codes, scales, ref_codes, ref_scales, group, multiplier, max
     return frac
 
 
-@pytest.mark.parametrize("r", [16, 32, 64, 128])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("fmt", ["floor", "ceil", "quest", "nvfp4"])
-def test_rotation_close_to_float64_reference(seed, r, dtype, fmt):
-    g_ = torch.Generator().manual_seed(seed)
-    x = (torch.randn(512, 4096, generator=g_) * 3).to(dtype)
-    R = rotations.random_hadamard(r, seed=seed) if r != 64 else rotations.dct(r)
+def check_rotated_against_float64(x, R, fmt):
+    """The CUDA fused rotation + quantization of x against the CPU quantizer applied to the float64-rotated
+    input (rounded to float32), within code_step_check's bounds. fmt: an MXFP4 method or "nvfp4"."""
     xr = ref.rotate(x, R)  # float64-accumulated rotation, rounded to float32
     if fmt == "nvfp4":
         g = fq.nvfp4_global_scale(xr)
@@ -138,6 +134,16 @@ def test_rotation_close_to_float64_reference(seed, r, dtype, fmt):
         code_step_check(c, s, rc, rs, 32, ref.e8m0_decode)
 
 
+@pytest.mark.parametrize("r", [16, 32, 64, 128])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fmt", ["floor", "ceil", "quest", "nvfp4"])
+def test_rotation_close_to_float64_reference(seed, r, dtype, fmt):
+    g_ = torch.Generator().manual_seed(seed)
+    x = (torch.randn(512, 4096, generator=g_) * 3).to(dtype)
+    R = rotations.random_hadamard(r, seed=seed) if r != 64 else rotations.dct(r)
+    check_rotated_against_float64(x, R, fmt)
+
+
 @pytest.mark.parametrize("r", [32, 128])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("fmt", ["floor", "nvfp4"])
@@ -146,27 +152,13 @@ def test_rotation_general_orthogonal_matrix(seed, r, dtype, fmt):
     g_ = torch.Generator().manual_seed(seed)
     R = torch.linalg.qr(torch.randn(r, r, generator=g_, dtype=torch.float64))[0].float().contiguous()
     x = (torch.randn(256, 4096, generator=g_) * 3).to(dtype)
-    xr = ref.rotate(x, R)
-    if fmt == "nvfp4":
-        g = fq.nvfp4_global_scale(xr)
-        c, s = fq.quantize_nvfp4(x.cuda(), g.cuda(), R.cuda())
-        rc, rs = fq.quantize_nvfp4(xr, g)
-        code_step_check(c, s, rc, rs, 16, lambda t: ref.e4m3_decode(t.view(torch.uint8)) / g)
-    else:
-        c, s = fq.quantize_mxfp4(x.cuda(), R.cuda(), method=fmt)
-        rc, rs = fq.quantize_mxfp4(xr, method=fmt)
-        code_step_check(c, s, rc, rs, 32, ref.e8m0_decode)
+    check_rotated_against_float64(x, R, fmt)
 
 
 def test_nvfp4_r16_rows_not_multiple_of_32():
     # r = 16 with K % 32 != 0 takes the split-precision kernel (the 16-bit kernel pairs 16-blocks).
     x = (torch.randn(300, 48, generator=torch.Generator().manual_seed(3)) * 2).to(torch.bfloat16)
-    R = rotations.random_hadamard(16, seed=1)
-    xr = ref.rotate(x, R)
-    g = fq.nvfp4_global_scale(xr)
-    c, s = fq.quantize_nvfp4(x.cuda(), g.cuda(), R.cuda())
-    rc, rs = fq.quantize_nvfp4(xr, g)
-    code_step_check(c, s, rc, rs, 16, lambda t: ref.e4m3_decode(t.view(torch.uint8)) / g)
+    check_rotated_against_float64(x, rotations.random_hadamard(16, seed=1), "nvfp4")
 
 
 def test_nvfp4_quotients_next_to_every_rounding_threshold():

@@ -298,26 +298,31 @@ def emulate_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=None):
     return codes, scales
 
 
+def assert_emulation_matches_cpu(emulate, x, R, fmt, method, layout):
+    """A kernel emulation (codes, scales) equals the CPU operator bit for bit; NVFP4 with global scale 3."""
+    import fpquant_ext as fq
+
+    if fmt == "mx":
+        want_c, want_s = fq.quantize_mxfp4(x, R, method=method, scale_layout=layout)
+        got_c, got_s = emulate(x, R, "mx", method, layout)
+    else:
+        g = torch.tensor([3.0])
+        want_c, want_s = fq.quantize_nvfp4(x, g, R, scale_layout=layout)
+        got_c, got_s = emulate(x, R, "nv", layout=layout, g=g[0])
+    assert torch.equal(got_c, want_c)
+    assert torch.equal(got_s, want_s.view(torch.uint8))
+
+
 @pytest.mark.parametrize("r", [16, 32, 128])
 @pytest.mark.parametrize("fmt,method", [("mx", "floor"), ("mx", "quest"), ("mx", "ceil"), ("nv", None)])
 @pytest.mark.parametrize("layout", ["linear", "blocked"])
 def test_rotate_quantize_epilogue_matches_cpu_on_exact_data(r, fmt, method, layout):
-    import fpquant_ext as fq
-
     gen = torch.Generator().manual_seed(r)
     rows, K = 5, 256  # n_chunks not a multiple of the warp tile: exercises the row guards
     x = torch.randint(-6, 7, (rows, K), generator=gen).float()
     x[1, :32] = 0.0  # an all-zero group
     R = torch.randint(-1, 2, (r, r), generator=gen).float() * 0.5  # exact in bf16, products exact in fp32
-    if fmt == "mx":
-        want_c, want_s = fq.quantize_mxfp4(x, R, method=method, scale_layout=layout)
-        got_c, got_s = emulate_rotate_quantize(x, R, "mx", method, layout)
-    else:
-        g = torch.tensor([3.0])
-        want_c, want_s = fq.quantize_nvfp4(x, g, R, scale_layout=layout)
-        got_c, got_s = emulate_rotate_quantize(x, R, "nv", layout=layout, g=g[0])
-    assert torch.equal(got_c, want_c)
-    assert torch.equal(got_s, want_s.view(torch.uint8))
+    assert_emulation_matches_cpu(emulate_rotate_quantize, x, R, fmt, method, layout)
 
 
 # ---- rotate_quantize.cu (16-bit input): smem swizzle, fragments, epilogue and code packing -----------------
@@ -498,8 +503,6 @@ def emulate_fast_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=N
 @pytest.mark.parametrize("fmt,method", [("mx", "floor"), ("mx", "quest"), ("nv", None)])
 @pytest.mark.parametrize("kind", ["hadamard_like", "needs_lo"])
 def test_fast_rotate_quantize_matches_cpu_on_exact_data(r, fmt, method, kind):
-    import fpquant_ext as fq
-
     gen = torch.Generator().manual_seed(r + 7)
     rows, K = 5, 256
     x = torch.randint(-6, 7, (rows, K), generator=gen).to(torch.bfloat16)
@@ -510,15 +513,7 @@ def test_fast_rotate_quantize_matches_cpu_on_exact_data(r, fmt, method, kind):
         R = torch.randint(-4096, 4097, (r, r), generator=gen).float() / 4096
         R[0] = 1.0
     layout = "blocked" if r == 32 else "linear"
-    if fmt == "mx":
-        want_c, want_s = fq.quantize_mxfp4(x, R, method=method, scale_layout=layout)
-        got_c, got_s = emulate_fast_rotate_quantize(x, R, "mx", method, layout)
-    else:
-        gs = torch.tensor([3.0])
-        want_c, want_s = fq.quantize_nvfp4(x, gs, R, scale_layout=layout)
-        got_c, got_s = emulate_fast_rotate_quantize(x, R, "nv", layout=layout, g=gs[0])
-    assert torch.equal(got_c, want_c)
-    assert torch.equal(got_s, want_s.view(torch.uint8))
+    assert_emulation_matches_cpu(emulate_fast_rotate_quantize, x, R, fmt, method, layout)
 
 
 # ---- w4a16_gemm.cu end to end on exact data ---------------------------------------------------------------

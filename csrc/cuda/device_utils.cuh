@@ -64,6 +64,28 @@ inline int num_sms() {
   return sms;
 }
 
+// Launch-time dispatch to compile-time template arguments, shared by the kernel launchers:
+// fn(std::integral_constant<Format, F>) and, with the scale rule, fn(format constant, rule constant). NVFP4 has
+// a single rule; its kernels are instantiated with kFloor in the rule slot.
+template <typename Fn>
+cudaError_t with_format(Format f, Fn&& fn) {
+  return f == Format::kMxFp4 ? fn(std::integral_constant<Format, Format::kMxFp4>{})
+                             : fn(std::integral_constant<Format, Format::kNvFp4>{});
+}
+
+template <typename Fn>
+cudaError_t with_format_rule(Format f, core::MxRule r, Fn&& fn) {
+  using Rule = core::MxRule;
+  if (f == Format::kNvFp4)
+    return fn(std::integral_constant<Format, Format::kNvFp4>{}, std::integral_constant<Rule, Rule::kFloor>{});
+  const std::integral_constant<Format, Format::kMxFp4> mx{};
+  switch (r) {
+    case Rule::kFloor: return fn(mx, std::integral_constant<Rule, Rule::kFloor>{});
+    case Rule::kCeil: return fn(mx, std::integral_constant<Rule, Rule::kCeil>{});
+    default: return fn(mx, std::integral_constant<Rule, Rule::kQuest>{});
+  }
+}
+
 // Grid for a grid-stride loop over `work` items with `threads` per block: enough blocks to fill the GPU
 // several times over, never more than the work needs.
 inline unsigned grid_for(int64_t work, int threads, int blocks_per_sm = 16) {

@@ -128,26 +128,11 @@ __global__ void global_scale_finalize_kernel(const uint32_t* scratch, float* out
 }
 
 template <typename Fn>
-cudaError_t with_format(Format f, Fn&& fn) {
-  return f == Format::kMxFp4 ? fn(std::integral_constant<Format, Format::kMxFp4>{})
-                             : fn(std::integral_constant<Format, Format::kNvFp4>{});
-}
-
-template <typename Fn>
 cudaError_t with_dtype(DType d, Fn&& fn) {
   switch (d) {
     case DType::kF32: return fn(float{});
     case DType::kBF16: return fn(__nv_bfloat16{});
     default: return fn(__half{});
-  }
-}
-
-template <typename Fn>
-cudaError_t with_rule(core::MxRule r, Fn&& fn) {
-  switch (r) {
-    case core::MxRule::kFloor: return fn(std::integral_constant<core::MxRule, core::MxRule::kFloor>{});
-    case core::MxRule::kCeil: return fn(std::integral_constant<core::MxRule, core::MxRule::kCeil>{});
-    default: return fn(std::integral_constant<core::MxRule, core::MxRule::kQuest>{});
   }
 }
 
@@ -159,13 +144,8 @@ cudaError_t quantize_rowwise(const QuantizeParams& p, cudaStream_t stream) {
   const unsigned grid = grid_for(n_groups, kThreads);
   return with_dtype(p.dtype, [&](auto t) {
     using T = decltype(t);
-    if (p.format == Format::kNvFp4) {
-      quantize_groups_kernel<T, Format::kNvFp4, core::MxRule::kFloor><<<grid, kThreads, 0, stream>>>(
-          static_cast<const T*>(p.x), n_groups, p.K / G, p.global_scale, p.blocked, p.codes, p.scales);
-      return cudaGetLastError();
-    }
-    return with_rule(p.rule, [&](auto rule) {
-      quantize_groups_kernel<T, Format::kMxFp4, decltype(rule)::value><<<grid, kThreads, 0, stream>>>(
+    return with_format_rule(p.format, p.rule, [&](auto f, auto rule) {
+      quantize_groups_kernel<T, decltype(f)::value, decltype(rule)::value><<<grid, kThreads, 0, stream>>>(
           static_cast<const T*>(p.x), n_groups, p.K / G, p.global_scale, p.blocked, p.codes, p.scales);
       return cudaGetLastError();
     });

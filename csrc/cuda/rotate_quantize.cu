@@ -310,33 +310,16 @@ cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
   }
 }
 
-template <typename T, Format F>
-cudaError_t by_rule(const QuantizeParams& p, cudaStream_t stream) {
-  if constexpr (F == Format::kNvFp4) {
-    return by_size<T, F, core::MxRule::kFloor>(p, stream);
-  } else {
-    switch (p.rule) {
-      case core::MxRule::kFloor: return by_size<T, F, core::MxRule::kFloor>(p, stream);
-      case core::MxRule::kCeil: return by_size<T, F, core::MxRule::kCeil>(p, stream);
-      default: return by_size<T, F, core::MxRule::kQuest>(p, stream);
-    }
-  }
-}
-
-template <Format F>
-cudaError_t by_dtype(const QuantizeParams& p, cudaStream_t stream) {
-  switch (p.dtype) {
-    case DType::kBF16: return by_rule<__nv_bfloat16, F>(p, stream);
-    case DType::kF16: return by_rule<__half, F>(p, stream);
-    default: return cudaErrorInvalidValue;  // float32 input goes to quantize_rotated_split
-  }
-}
-
 }  // namespace
 
 cudaError_t quantize_rotated(const QuantizeParams& p, cudaStream_t stream) {
   if (p.rot_hi != nullptr) return quantize_rotated_split(p, stream);
-  return p.format == Format::kMxFp4 ? by_dtype<Format::kMxFp4>(p, stream) : by_dtype<Format::kNvFp4>(p, stream);
+  if (p.dtype == DType::kF32) return cudaErrorInvalidValue;  // float32 input goes to the split kernel
+  return with_format_rule(p.format, p.rule, [&](auto f, auto rule) {
+    constexpr Format F = decltype(f)::value;
+    constexpr core::MxRule RULE = decltype(rule)::value;
+    return p.dtype == DType::kBF16 ? by_size<__nv_bfloat16, F, RULE>(p, stream) : by_size<__half, F, RULE>(p, stream);
+  });
 }
 
 }  // namespace fpquant::cuda
