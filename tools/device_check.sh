@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build the CUDA variant for the local GPU, then the chosen stages. Logs and results go to
 # $OUT (or ./out). Usage on the GPU machine, from the repository root, with .whl/ carried (README):
-#   bash tools/device_check.sh [build] [tests] [bench] [sanitizer]      (default: all four, in this order)
+#   bash tools/device_check.sh [build] [tests] [bench] [sanitizer] [profile]   (default: the first four)
 # Extra pytest arguments for the tests stage can be given in PYTEST_ARGS; BENCHES picks the benchmarks
 # ("quantize w4a16" by default).
 set -uo pipefail
@@ -54,4 +54,14 @@ if [[ " $stages " == *" sanitizer "* ]]; then
   done
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_linear_w4a16.py -q -x \
     -p no:cacheprovider -k "odd_m or tile" 2>&1 | tee "$OUT/sanitizer_w4a16_memcheck.log" | tail -4
+fi
+if [[ " $stages " == *" profile "* ]]; then
+  echo "== Nsight Compute: quantize kernels (tools/profile_quantize.py)"
+  ncu --profile-from-start off -k regex:"quantize_groups|rotate_quantize" \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --section InstructionStats --section ComputeWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section SourceCounters \
+    python3 tools/profile_quantize.py > "$OUT/ncu_quantize.txt" 2>&1
+  echo "rc=$? (ncu)"
+  grep -E "rotate_quantize|quantize_groups|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Memory Throughput|Executed Ipc A|Stall" "$OUT/ncu_quantize.txt" | cut -c1-160 | head -150
 fi
