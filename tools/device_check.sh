@@ -3,7 +3,7 @@
 # $OUT (or ./out). Usage on the GPU machine, from the repository root, with .whl/ carried (README):
 #   bash tools/device_check.sh [build] [tests] [bench] [sanitizer] [profile]   (default: the first four)
 # Extra pytest arguments for the tests stage can be given in PYTEST_ARGS; BENCHES picks the benchmarks
-# ("quantize w4a16" by default).
+# ("quantize w4a16" by default); CPU_TESTS=0 skips the CPU suite there (CI runs it).
 set -uo pipefail
 OUT="${OUT:-$PWD/out}"
 mkdir -p "$OUT"
@@ -31,8 +31,7 @@ if [[ " $stages " == *" tests "* ]]; then
   echo "== GPU tests"
   python3 -m pytest tests -q -p no:cacheprovider -m cuda -rfE --durations=8 ${PYTEST_ARGS:-} 2>&1 \
     | tee "$OUT/tests_cuda.log" | tail -60
-  echo "== CPU tests"
-  python3 -m pytest tests -q -p no:cacheprovider -m "not cuda" 2>&1 | tee "$OUT/tests_cpu.log" | tail -5
+  [[ "${CPU_TESTS:-1}" == 1 ]] && echo "== CPU tests" && python3 -m pytest tests -q -p no:cacheprovider -m "not cuda" 2>&1 | tee "$OUT/tests_cpu.log" | tail -5
 fi
 if [[ " $stages " == *" bench "* ]]; then
   echo "== benchmarks (${BENCHES:-quantize w4a16})"

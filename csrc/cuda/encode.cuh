@@ -58,29 +58,22 @@ __device__ __forceinline__ uint32_t pack8(const float (&q)[8], const float (&sig
 // a / b, correctly rounded like core::div_rn, from rcp_b = RN(1/b): q0 = a * rcp_b, then two Newton
 // corrections with exact FMA residuals (the second is Markstein's theorem: a quotient within one ULP corrected
 // with the correctly rounded reciprocal rounds correctly). Valid while no intermediate overflows or underflows
-// where it matters; callers guard with the ranges below and fall back to IEEE division outside them.
+// where it matters: |a| in [2^-80, 2^80] and b in [2^-40, 2^40] suffice (every residual stays normal); callers
+// test their ranges and fall back to IEEE division outside them.
 __device__ __forceinline__ float div_by_rcp(float a, float b, float rcp_b) {
   const float q0 = __fmul_rn(a, rcp_b);
   const float q1 = __fmaf_rn(__fmaf_rn(-q0, b, a), rcp_b, q0);
   return __fmaf_rn(__fmaf_rn(-q1, b, a), rcp_b, q1);
 }
 
-// A quotient of two normal floats well inside the exponent range: every residual stays normal.
-__device__ __forceinline__ bool div_by_rcp_ok(float a, float b) {
-  const float aa = fabsf(a);
-  return aa >= 0x1p-80f && aa <= 0x1p80f && b >= 0x1p-40f && b <= 0x1p40f;
-}
-
-__device__ __forceinline__ float div_exact(float a, float b, float rcp_b) {
-  return div_by_rcp_ok(a, b) ? div_by_rcp(a, b, rcp_b) : __fdiv_rn(a, b);
-}
-
-// NVFP4 element quotients y / d for a group: the per-element form of div_by_rcp. It is exact for every
-// element that can round to a non-zero code when d is normal and far from both ends and no quotient exceeds
-// 2^60 (nv_fast_ok); elements far below the E2M1 grid (|q| < 2^-60) may be off in their last bits, which
-// cannot change their code, and a zero y may lose its sign, so pack8 takes signs from y.
-__device__ __forceinline__ bool nv_fast_ok(float d, float amax) {
-  return d >= 0x1p-90f && d <= 0x1p90f && amax <= __fmul_rn(d, 0x1p60f);
+// RN(1/b) for a normal b with 2^-100 <= b <= 2^100: the in-range path of __frcp_rn (one MUFU.RCP, one Newton
+// step with FMA). __frcp_rn wraps it in its own range test and an out-of-line fallback; callers here test the
+// range once per group instead.
+__device__ __forceinline__ float rcp_rn_in_range(float b) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(b));
+  const float e = __fmaf_rn(r, b, -1.0f);
+  return __fmaf_rn(r, -e, r);
 }
 
 // E4M3 conversions: hardware cvt (sm_89+), bit-identical to core::e4m3_encode_sat / e4m3_decode for the
@@ -105,16 +98,17 @@ __device__ __forceinline__ float e4m3_decode(uint8_t c) {
 #endif
 }
 
-// Per-launch NVFP4 constants: the global scale g, RN(1/g) and whether g is usable (finite, positive).
+// Per-launch NVFP4 constants: the global scale g, RN(1/g), whether g is usable (finite, positive) and whether
+// it is inside the range where nv_group's fast path is exact (2^-40 <= g <= 2^40).
 struct NvGlobal {
   float g, rcp_g;
-  bool ok;
+  bool ok, fast;
 };
 
 __device__ __forceinline__ NvGlobal nv_global(const float* gs) {
   const float g = __ldg(gs);
   const bool ok = core::is_finite(g) && g > 0.0f;
-  return {g, ok ? __frcp_rn(g) : 0.0f, ok};
+  return {g, ok ? __frcp_rn(g) : 0.0f, ok, g >= 0x1p-40f && g <= 0x1p40f};
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -158,6 +152,40 @@ __device__ __forceinline__ uint8_t mx_group(Get8&& get, uint32_t (&w)[4]) {
   return finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
 }
 
+// NVFP4 group, reference semantics with IEEE divisions everywhere (core::nv_block_scale, nv_block_divisor, and
+// per element y / d). Out of line: only groups outside nv_group's fast-path range come here (non-finite or
+// extreme amax, a global scale beyond 2^+-40, or a saturated scale leaving quotients above 2^60).
+struct NvGroupOut {
+  uint32_t w0, w1;
+  uint32_t sc;
+};
+
+__device__ __noinline__ NvGroupOut nv_group_exact(float4 v0, float4 v1, float4 v2, float4 v3, float amax, NvGlobal ng) {
+  const float y[16] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w, v2.x, v2.y, v2.z, v2.w, v3.x, v3.y, v3.z, v3.w};
+  const bool ok = core::is_finite(amax) && ng.ok;
+  const uint8_t sc = ok ? e4m3_encode_sat(__fmul_rn(__fdiv_rn(amax, core::kE2M1Max), ng.g)) : core::kE4M3Nan;
+  float d = 0.0f;
+  if (sc != core::kE4M3Nan) {
+    d = __fdiv_rn(e4m3_decode(sc), ng.g);
+    d = d > 0.0f ? d : 0.0f;
+  }
+  NvGroupOut out{0u, 0u, sc};
+  if (d > 0.0f) {
+    float q[8], s[8];
+    for (int k = 0; k < 8; ++k) q[k] = __fdiv_rn(s[k] = y[k], d);
+    out.w0 = pack8(q, s);
+    for (int k = 0; k < 8; ++k) q[k] = __fdiv_rn(s[k] = y[8 + k], d);
+    out.w1 = pack8(q, s);
+  }
+  return out;
+}
+
+// Fast path, the same bits: the two per-group divisions (amax / 6 and E4M3(scale) / g) and the element
+// quotients by reciprocal + corrections (div_by_rcp, exact inside its ranges), RN(1/d) by rcp_rn_in_range,
+// no data-dependent branch but one per group into nv_group_exact. Its ranges: amax = 0 or 2^-80 <= amax <=
+// 2^80 (amax / 6), 2^-40 <= g <= 2^40 (then d = E4M3 / g is 0 or in [2^-49, 2^49]) and amax <= 2^60 d (every
+// quotient below 2^60; elements far below the E2M1 grid may lose their last bits, which cannot change their
+// code, and pack8 takes signs from y). A zero divisor (scale underflow to E4M3 zero) gives zero codes.
 template <typename Get8>
 __device__ __forceinline__ uint8_t nv_group(Get8&& get, const NvGlobal& ng, uint32_t (&w)[2]) {
   float amax = 0.0f;
@@ -167,28 +195,31 @@ __device__ __forceinline__ uint8_t nv_group(Get8&& get, const NvGlobal& ng, uint
     get(j, b);
     amax = max_nan(amax, absmax_nan<8>(b));
   }
-  // core::nv_block_scale and nv_block_divisor with the divisions done by div_exact.
-  const bool ok = core::is_finite(amax) && ng.ok;
-  const uint8_t sc = ok ? e4m3_encode_sat(__fmul_rn(div_exact(amax, core::kE2M1Max, 1.0f / 6.0f), ng.g))
-                        : core::kE4M3Nan;
-  float d = 0.0f;
-  if (sc != core::kE4M3Nan) {
-    d = div_exact(e4m3_decode(sc), ng.g, ng.rcp_g);
-    d = d > 0.0f ? d : 0.0f;
+  const float s6 = div_by_rcp(amax, core::kE2M1Max, 1.0f / 6.0f);
+  const uint8_t sc = e4m3_encode_sat(__fmul_rn(s6, ng.g));
+  const float d = div_by_rcp(e4m3_decode(sc), ng.g, ng.rcp_g);
+  // NaN amax fails every comparison; an infinite one fails the first.
+  const bool fast = ng.fast && amax <= 0x1p80f && (amax >= 0x1p-80f || amax == 0.0f) &&
+                    (amax <= __fmul_rn(d, 0x1p60f) || d == 0.0f);
+  if (!fast) {
+    float a[8], b[8];
+    get(0, a);
+    get(1, b);
+    const NvGroupOut o = nv_group_exact(make_float4(a[0], a[1], a[2], a[3]), make_float4(a[4], a[5], a[6], a[7]),
+                                        make_float4(b[0], b[1], b[2], b[3]), make_float4(b[4], b[5], b[6], b[7]),
+                                        amax, ng);
+    w[0] = o.w0;
+    w[1] = o.w1;
+    return static_cast<uint8_t>(o.sc);
   }
-  if (!(d > 0.0f)) {
-    w[0] = w[1] = 0u;
-    return sc;
-  }
-  const bool fast = nv_fast_ok(d, amax);
-  const float rcp = fast ? __frcp_rn(d) : 0.0f;
+  const float rcp = rcp_rn_in_range(d);
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     float y[8], q[8];
     get(j, y);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) q[k] = fast ? div_by_rcp(y[k], d, rcp) : __fdiv_rn(y[k], d);
-    w[j] = pack8(q, y);
+    for (int k = 0; k < 8; ++k) q[k] = div_by_rcp(y[k], d, rcp);
+    w[j] = d > 0.0f ? pack8(q, y) : 0u;
   }
   return sc;
 }
