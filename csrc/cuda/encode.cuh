@@ -160,7 +160,7 @@ struct NvGroupOut {
   uint32_t sc;
 };
 
-__device__ __noinline__ NvGroupOut nv_group_exact(float4 v0, float4 v1, float4 v2, float4 v3, float amax, NvGlobal ng) {
+static __device__ __noinline__ NvGroupOut nv_group_exact(float4 v0, float4 v1, float4 v2, float4 v3, float amax, NvGlobal ng) {
   const float y[16] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w, v2.x, v2.y, v2.z, v2.w, v3.x, v3.y, v3.z, v3.w};
   const bool ok = core::is_finite(amax) && ng.ok;
   const uint8_t sc = ok ? e4m3_encode_sat(__fmul_rn(__fdiv_rn(amax, core::kE2M1Max), ng.g)) : core::kE4M3Nan;
