@@ -44,8 +44,9 @@ struct Cfg {
   static constexpr int kRows = kRowGroups * kWarpRows;    // X rows per tile
   static constexpr int kChunks = R / 8;                   // 16-byte chunks per X row
   static constexpr int kTileBytes = kRows * R * 2;        // 16 KiB
-  // Two CTAs per SM must fit in shared memory; with one CTA (kMinBlocks = 1, up to 255 registers) deeper.
-  static constexpr int kStages = kMinBlocks == 1 ? 6 : (R == 128 ? 3 : 4);
+  // kMinBlocks CTAs per SM must fit in shared memory: one CTA (up to 255 registers) stages deeper; three
+  // (r = 32 only, <= 80 registers) keep two tiles each, still 96 KiB of loads in flight per SM.
+  static constexpr int kStages = kMinBlocks == 1 ? 6 : kMinBlocks == 3 ? 2 : (R == 128 ? 3 : 4);
   static constexpr int kStageArea = kStages * kTileBytes;
   static constexpr int kYBytes = kWarps * kWarpRows * 32 * 4;  // rotated values, float32, per warp
   static constexpr int kLoBytes = R * R * 2;              // remainder fragments, [col group][k-step][n-tile][lane]
@@ -279,22 +280,28 @@ cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// r = 128 holds 64 registers of rotation fragments per thread: two CTAs per SM at <= 128 registers (the
-// default; a few loop-invariant values spill) or one CTA with up to 255 registers and deeper staging. Measured
-// on the H100 (benchmarks/NOTES.md): two CTAs 51-53% / 40-41% of copy (MXFP4 / NVFP4), one CTA 49-50% / 29%.
-// FPQUANT_ROT_CTAS_PER_SM=1 selects the other variant for tuning sweeps.
-inline int rot128_ctas_per_sm() {
+// CTAs per SM, a register / latency-hiding trade-off. r = 128 holds 64 registers of rotation fragments per
+// thread: two CTAs per SM at <= 128 registers (the default; a few loop-invariant values spill) or one CTA with
+// up to 255 registers and deeper staging. r = 32 (and r = 16 as diag(R, R)) runs two CTAs of four stages or
+// three CTAs of two stages at <= 80 registers. Measured on the H100: benchmarks/NOTES.md.
+// FPQUANT_ROT_CTAS_PER_SM selects a non-default variant for tuning sweeps (1 or 2 for r = 128, 2 or 3 for
+// r <= 32; ignored otherwise).
+inline int rot_ctas_per_sm_override() {
   static const int v = [] {
     const char* e = std::getenv("FPQUANT_ROT_CTAS_PER_SM");
-    return e != nullptr && e[0] == '1' ? 1 : 2;
+    return e != nullptr && e[0] >= '1' && e[0] <= '3' && e[1] == '\0' ? e[0] - '0' : 0;
   }();
   return v;
 }
 
 template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
 cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
+  const int ctas = rot_ctas_per_sm_override();
   if constexpr (R == 128) {
-    if (rot128_ctas_per_sm() == 1) return launch_variant<T, R, kDiag16, F, RULE, 1>(p, stream);
+    if (ctas == 1) return launch_variant<T, R, kDiag16, F, RULE, 1>(p, stream);
+  }
+  if constexpr (R == 32) {
+    if (ctas == 3) return launch_variant<T, R, kDiag16, F, RULE, 3>(p, stream);
   }
   return launch_variant<T, R, kDiag16, F, RULE, 2>(p, stream);
 }
