@@ -29,11 +29,29 @@ __device__ __forceinline__ float absmax_nan(const float* v) {
   return m;
 }
 
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+// Sign bits of s[0..7] at bits 4k+3 (the sign bit of nibble k). PRMT with sign replication turns the top byte
+// of a float into 0x00 or 0xFF; four of them gather even elements' signs into the bytes of one word, odd
+// elements' into another, and two masks keep bit 3 (even) and bit 7 (odd) of each byte: 8 instructions for 8
+// elements.
+__device__ __forceinline__ uint32_t sign_nibbles(const float (&s)[8]) {
+  const auto u = [&](int k) { return __float_as_uint(s[k]); };
+  // selector nibble 0xB / 0xF: byte 3 of the first / second source, sign-replicated
+  const uint32_t even = prmt(prmt(u(0), u(2), 0xFBFBu), prmt(u(4), u(6), 0xFBFBu), 0x5410u);
+  const uint32_t odd = prmt(prmt(u(1), u(3), 0xFBFBu), prmt(u(5), u(7), 0xFBFBu), 0x5410u);
+  return (even & 0x08080808u) | (odd & 0x80808080u);
+}
+
 // E2M1 codes of q[0..7] in one word, element k in nibble k (the canonical packing: element 2i in the low
 // nibble of byte i). sign_src[k] supplies the sign bit (its sign equals q[k]'s, but q may have lost the sign
-// of a zero; see nv_quotient). Per element: the grid point (core::e2m1_grid_point, bits 0x4B000000 + index)
-// is summed with weight 16^k, whose carries out of bit 31 drop the constant parts;
-// the sign comes from sign_src * 0 (+-0, only bit 31 set) moved to bit 4k+3 by a multiply-high.
+// of a zero; see nv_group). Per element: the grid point (core::e2m1_grid_point, bits 0x4B000000 + index) is
+// summed with weight 16^k, whose carries out of bit 31 drop the constant parts; the signs come from
+// sign_nibbles.
 __device__ __forceinline__ uint32_t pack8(const float (&q)[8], const float (&sign_src)[8]) {
   constexpr uint32_t kMagicBits = 0x4B000000u;
   // sum_k 16^k * kMagicBits mod 2^32: only k = 0 and k = 1 survive the wrap.
@@ -42,17 +60,9 @@ __device__ __forceinline__ uint32_t pack8(const float (&q)[8], const float (&sig
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
     const uint32_t t = __float_as_uint(core::e2m1_grid_point(fabsf(q[k])));
-    const uint32_t z = __float_as_uint(__fmul_rn(sign_src[k], 0.0f));
-    // w += t * 16^k; w += high word of z * (2^(4k+4) + 1), which is 2^(4k+3) for z = 2^31 (the +1 only
-    // adds z < 2^32 to the low word; it keeps the multiply on the FMA pipe instead of a shift).
     asm("mad.lo.u32 %0, %1, %2, %0;" : "+r"(w) : "r"(t), "r"(1u << (4 * k)));
-    if (k < 7) {
-      asm("mad.hi.u32 %0, %1, %2, %0;" : "+r"(w) : "r"(z), "r"((1u << (4 * k + 4)) | 1u));
-    } else {
-      w += z;
-    }
   }
-  return w;
+  return w | sign_nibbles(sign_src);
 }
 
 // a / b, correctly rounded like core::div_rn, from rcp_b = RN(1/b): q0 = a * rcp_b, then two Newton
@@ -148,6 +158,48 @@ __device__ __forceinline__ uint8_t mx_group(Get8&& get, uint32_t (&w)[4]) {
 #pragma unroll
     for (int k = 0; k < 8; ++k) q[k] = __fmul_rn(q[k], inv);
     w[j] = finite ? pack8(q, q) : 0u;
+  }
+  return finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
+}
+
+// mx_group of the products RN(c * v) for one c > 0 common to the group (a rotation whose columns share their
+// scale, e.g. Hadamard), without forming the products: RN is monotone, so the group's amax is RN(c * max|v|),
+// and RN(RN(c v) * 2^-e) = RN(v * (c 2^-e)) whenever both are normal (c 2^-e is exact); an element that is not
+// lies far below the E2M1 grid either way (code 0 with its sign). Same bits as mx_group, one multiply per
+// element less. Requires 2^-20 <= c <= 2^20; not for the QuEST rule (it sums the rounded products).
+template <core::MxRule RULE, typename Get8>
+__device__ __forceinline__ uint8_t mx_group_scaled(Get8&& get, float c, uint32_t (&w)[4]) {
+  static_assert(RULE != core::MxRule::kQuest, "QuEST needs the rounded products");
+  float amax_v = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float b[8];
+    get(j, b);
+    amax_v = max_nan(amax_v, absmax_nan<8>(b));
+  }
+  const float amax = __fmul_rn(c, amax_v);
+  const bool finite = core::is_finite(amax);
+  const int e = core::mx_block_exponent(RULE, amax, 0.0f, 0.0f);
+  const float inv = core::exp2i(-e);
+  if (e >= -100 && e <= 100) {
+    const float m = __fmul_rn(c, inv);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float q[8];
+      get(j, q);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) q[k] = __fmul_rn(q[k], m);
+      w[j] = finite ? pack8(q, q) : 0u;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float q[8];
+      get(j, q);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) q[k] = __fmul_rn(__fmul_rn(q[k], c), inv);
+      w[j] = finite ? pack8(q, q) : 0u;
+    }
   }
   return finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
 }

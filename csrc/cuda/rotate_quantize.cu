@@ -44,9 +44,8 @@ struct Cfg {
   static constexpr int kRows = kRowGroups * kWarpRows;    // X rows per tile
   static constexpr int kChunks = R / 8;                   // 16-byte chunks per X row
   static constexpr int kTileBytes = kRows * R * 2;        // 16 KiB
-  // kMinBlocks CTAs per SM must fit in shared memory: one CTA (up to 255 registers) stages deeper; three
-  // (r = 32 only, <= 80 registers) keep two tiles each, still 96 KiB of loads in flight per SM.
-  static constexpr int kStages = kMinBlocks == 1 ? 6 : kMinBlocks == 3 ? 2 : (R == 128 ? 3 : 4);
+  // Two CTAs per SM must fit in shared memory; with one CTA (kMinBlocks = 1, up to 255 registers) deeper.
+  static constexpr int kStages = kMinBlocks == 1 ? 6 : (R == 128 ? 3 : 4);
   static constexpr int kStageArea = kStages * kTileBytes;
   static constexpr int kYBytes = kWarps * kWarpRows * 32 * 4;  // rotated values, float32, per warp
   static constexpr int kLoBytes = R * R * 2;              // remainder fragments, [col group][k-step][n-tile][lane]
@@ -135,6 +134,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   float cq[8];  // c_j of the columns 8q .. 8q+7 this thread's accumulators hold
 #pragma unroll
   for (int k = 0; k < 8; ++k) cq[k] = __shfl_sync(0xffffffffu, c_lane, 8 * q + k);
+  // MXFP4 with one column scale for the warp's 32 columns (Hadamard): the epilogue folds c into the group's
+  // power-of-two multiplier (mx_group_scaled) and the staged values are the raw accumulators. Warp-uniform.
+  const float c_warp = __shfl_sync(0xffffffffu, c_lane, 0);
+  bool fold = false;
+  if constexpr (F == Format::kMxFp4 && RULE != core::MxRule::kQuest)
+    fold = __all_sync(0xffffffffu, c_lane == c_warp) && c_warp >= 0x1p-20f && c_warp <= 0x1p20f;
   __syncthreads();  // the tile area is reused below; lo_frag is complete
 
   // ---- Tile pipeline.
@@ -212,19 +217,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
           }
         }
       }
+      // Raw accumulators when folding, c_j * acc otherwise (two copies, so neither issues a per-element select).
+      auto stage = [&](auto scaled) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = mi * 16 + 8 * h + g;
-        float y[8];
+        for (int h = 0; h < 2; ++h) {
+          const int row = mi * 16 + 8 * h + g;
+          float y[8];
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          y[2 * nt] = __fmul_rn(cq[2 * nt], acc[nt][2 * h]);
-          y[2 * nt + 1] = __fmul_rn(cq[2 * nt + 1], acc[nt][2 * h + 1]);
+          for (int nt = 0; nt < 4; ++nt) {
+            y[2 * nt] = decltype(scaled)::value ? __fmul_rn(cq[2 * nt], acc[nt][2 * h]) : acc[nt][2 * h];
+            y[2 * nt + 1] = decltype(scaled)::value ? __fmul_rn(cq[2 * nt + 1], acc[nt][2 * h + 1]) : acc[nt][2 * h + 1];
+          }
+          float4* dst = reinterpret_cast<float4*>(ys + row * 32);
+          dst[(2 * q) ^ (row & 7)] = make_float4(y[0], y[1], y[2], y[3]);
+          dst[(2 * q + 1) ^ (row & 7)] = make_float4(y[4], y[5], y[6], y[7]);
         }
-        float4* dst = reinterpret_cast<float4*>(ys + row * 32);
-        dst[(2 * q) ^ (row & 7)] = make_float4(y[0], y[1], y[2], y[3]);
-        dst[(2 * q + 1) ^ (row & 7)] = make_float4(y[4], y[5], y[6], y[7]);
-      }
+      };
+      if (fold) stage(std::false_type{});
+      else stage(std::true_type{});
     }
     __syncwarp();
 
@@ -242,7 +252,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     uint32_t w[4];
     uint8_t sc[2];
     if constexpr (F == Format::kMxFp4) {
-      sc[0] = mx_group<RULE>(row_values(0), w);
+      if constexpr (RULE != core::MxRule::kQuest) {
+        sc[0] = fold ? mx_group_scaled<RULE>(row_values(0), c_warp, w) : mx_group<RULE>(row_values(0), w);
+      } else {
+        sc[0] = mx_group<RULE>(row_values(0), w);
+      }
     } else {
       uint32_t w0[2], w1[2];
       sc[0] = nv_group(row_values(0), ng, w0);
@@ -282,26 +296,21 @@ cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
 
 // CTAs per SM, a register / latency-hiding trade-off. r = 128 holds 64 registers of rotation fragments per
 // thread: two CTAs per SM at <= 128 registers (the default; a few loop-invariant values spill) or one CTA with
-// up to 255 registers and deeper staging. r = 32 (and r = 16 as diag(R, R)) runs two CTAs of four stages or
-// three CTAs of two stages at <= 80 registers. Measured on the H100: benchmarks/NOTES.md.
-// FPQUANT_ROT_CTAS_PER_SM selects a non-default variant for tuning sweeps (1 or 2 for r = 128, 2 or 3 for
-// r <= 32; ignored otherwise).
+// up to 255 registers and deeper staging. Measured on the H100: benchmarks/NOTES.md (for r = 32, three CTAs
+// of two stages at <= 80 registers were slower than two of four: the kernel is issue-bound, not latency-bound).
+// FPQUANT_ROT_CTAS_PER_SM=1 selects the one-CTA r = 128 variant for tuning sweeps.
 inline int rot_ctas_per_sm_override() {
   static const int v = [] {
     const char* e = std::getenv("FPQUANT_ROT_CTAS_PER_SM");
-    return e != nullptr && e[0] >= '1' && e[0] <= '3' && e[1] == '\0' ? e[0] - '0' : 0;
+    return e != nullptr && e[0] == '1' && e[1] == '\0' ? 1 : 0;
   }();
   return v;
 }
 
 template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
 cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
-  const int ctas = rot_ctas_per_sm_override();
   if constexpr (R == 128) {
-    if (ctas == 1) return launch_variant<T, R, kDiag16, F, RULE, 1>(p, stream);
-  }
-  if constexpr (R == 32) {
-    if (ctas == 3) return launch_variant<T, R, kDiag16, F, RULE, 3>(p, stream);
+    if (rot_ctas_per_sm_override() == 1) return launch_variant<T, R, kDiag16, F, RULE, 1>(p, stream);
   }
   return launch_variant<T, R, kDiag16, F, RULE, 2>(p, stream);
 }
