@@ -372,16 +372,23 @@ def test_fast_rotation_output_columns_are_contiguous_per_thread():
     assert sorted(out_col(nt, n) for nt in range(4) for n in range(8)) == list(range(32))
 
 
+def sign_nibbles(sign_src):
+    """cuda/encode.cuh sign_nibbles: sign-replicating byte permutes gather even / odd elements' signs into the
+    bytes of two words; bit 3 (even) and bit 7 (odd) of each byte are the nibbles' sign bits."""
+    u = [int(torch.tensor([float(v)], dtype=torch.float32).view(torch.int32).item()) % 2**32 for v in sign_src]
+    even = prmt(prmt(u[0], u[2], 0xFBFB), prmt(u[4], u[6], 0xFBFB), 0x5410)
+    odd = prmt(prmt(u[1], u[3], 0xFBFB), prmt(u[5], u[7], 0xFBFB), 0x5410)
+    return (even & 0x08080808) | (odd & 0x80808080)
+
+
 def pack8(q_vals, sign_src):
-    """cuda/encode.cuh pack8 as integer arithmetic modulo 2^32: sum of grid-point bits * 16^k, the constant
-    removed up front, and the sign moved by the high word of z * (2^(4k+4) + 1)."""
+    """cuda/encode.cuh pack8 as integer arithmetic modulo 2^32: sum of grid-point bits * 16^k with the constant
+    removed up front, then the sign nibbles ORed in."""
     w = (-(E2M1_MAGIC_BITS + (E2M1_MAGIC_BITS << 4))) % 2**32
     for k in range(8):
         code = int(ref.e2m1_encode(torch.tensor([float(q_vals[k])], dtype=torch.float32))[0])
         w = (w + (E2M1_MAGIC_BITS + (code & 7)) * 16**k) % 2**32
-        z = 0x80000000 if torch.tensor([float(sign_src[k])]).signbit().item() else 0
-        w = (w + (((z * ((1 << (4 * k + 4)) | 1)) >> 32) if k < 7 else z)) % 2**32
-    return w
+    return w | sign_nibbles(sign_src)
 
 
 def test_pack8_equals_nibble_packing():
@@ -621,3 +628,30 @@ def test_w4a16_emulation_matches_reference(fmt, M, MT, WARPS, splits):
     want = x.double() @ wd.T
     got = emulate_w4a16(x, codes, scales, fmt, g, splits, MT, WARPS)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["floor", "ceil"])
+def test_mx_group_scaled_equals_rounded_products(method):
+    """cuda/encode.cuh mx_group_scaled: the group of products RN(c * v) quantized by the reference equals the
+    folded arithmetic (amax = RN(c * max|v|), e from it, q = RN(v * (c * 2^-e)), the else branch with two
+    roundings outside e in [-100, 100]), on every magnitude from subnormal to near overflow."""
+    rng = np.random.default_rng(5)
+    for c64 in (2.0**-2.5, 2.0**-3.5, 2.0**-4, 0.3, 2.0**-20, 1.0):
+        c = torch.tensor(c64, dtype=torch.float32)
+        scales = 2.0 ** rng.integers(-140, 125, size=(4096, 1))
+        v = torch.tensor(rng.standard_normal((4096, 32)) * scales, dtype=torch.float32)
+        v[::7, 3] = -0.0
+        v[::11, 5] = 1e-45
+        y = v * c  # float32: one rounding per product, as the unfolded kernel stages it
+        codes_ref, scales_ref = ref.quantize_mxfp4(y, method=method)
+        amax = (v.abs().amax(dim=-1) * c)
+        assert torch.equal(amax, y.abs().amax(dim=-1))
+        finite = torch.isfinite(amax)
+        e = ref.mx_scale_exponent(torch.where(finite[:, None], y, torch.zeros_like(y)), method)
+        inv = ref._pow2(-e)
+        fold = (e >= -100) & (e <= 100)
+        q = torch.where(fold[:, None], v * (c * inv)[:, None], (v * c) * inv[:, None])
+        codes = torch.where(finite[:, None], ref.e2m1_encode(q), torch.zeros_like(ref.e2m1_encode(q)))
+        assert torch.equal(ref.pack_codes(codes), codes_ref)
+        got_scales = torch.where(finite, e + 127, torch.full_like(e, 255)).to(torch.uint8)
+        assert torch.equal(got_scales, scales_ref.view(torch.uint8).reshape(-1))
