@@ -126,6 +126,32 @@ __device__ __forceinline__ NvGlobal nv_global(const float* gs) {
 // are fetched 8 at a time through get(j, out) (values 8j .. 8j+7), twice: once for the statistics, once to
 // encode. From registers that costs nothing; from shared memory it keeps register use low.
 
+// NaN-propagating max |v| over the NJ * 8 values of a group.
+template <int NJ, typename Get8>
+__device__ __forceinline__ float group_absmax(Get8&& get) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    float b[8];
+    get(j, b);
+    amax = max_nan(amax, absmax_nan<8>(b));
+  }
+  return amax;
+}
+
+// Codes of an MXFP4 group, each element mapped to its quotient by scale(v) (zero codes for a non-finite group).
+template <typename Get8, typename Scale>
+__device__ __forceinline__ void mx_encode(Get8&& get, Scale&& scale, bool finite, uint32_t (&w)[4]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float q[8];
+    get(j, q);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) q[k] = scale(q[k]);
+    w[j] = finite ? pack8(q, q) : 0u;
+  }
+}
+
 template <core::MxRule RULE, typename Get8>
 __device__ __forceinline__ uint8_t mx_group(Get8&& get, uint32_t (&w)[4]) {
   float amax = 0.0f;
@@ -151,14 +177,7 @@ __device__ __forceinline__ uint8_t mx_group(Get8&& get, uint32_t (&w)[4]) {
   }
   const int e = core::mx_block_exponent(RULE, amax, sum, sumsq);
   const float inv = core::exp2i(-e);
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    float q[8];
-    get(j, q);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) q[k] = __fmul_rn(q[k], inv);
-    w[j] = finite ? pack8(q, q) : 0u;
-  }
+  mx_encode(get, [inv](float v) { return __fmul_rn(v, inv); }, finite, w);
   return finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
 }
 
@@ -170,83 +189,48 @@ __device__ __forceinline__ uint8_t mx_group(Get8&& get, uint32_t (&w)[4]) {
 template <core::MxRule RULE, typename Get8>
 __device__ __forceinline__ uint8_t mx_group_scaled(Get8&& get, float c, uint32_t (&w)[4]) {
   static_assert(RULE != core::MxRule::kQuest, "QuEST needs the rounded products");
-  float amax_v = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    float b[8];
-    get(j, b);
-    amax_v = max_nan(amax_v, absmax_nan<8>(b));
-  }
-  const float amax = __fmul_rn(c, amax_v);
+  const float amax = __fmul_rn(c, group_absmax<4>(get));
   const bool finite = core::is_finite(amax);
   const int e = core::mx_block_exponent(RULE, amax, 0.0f, 0.0f);
   const float inv = core::exp2i(-e);
   if (e >= -100 && e <= 100) {
     const float m = __fmul_rn(c, inv);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      float q[8];
-      get(j, q);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) q[k] = __fmul_rn(q[k], m);
-      w[j] = finite ? pack8(q, q) : 0u;
-    }
+    mx_encode(get, [m](float v) { return __fmul_rn(v, m); }, finite, w);
   } else {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      float q[8];
-      get(j, q);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) q[k] = __fmul_rn(__fmul_rn(q[k], c), inv);
-      w[j] = finite ? pack8(q, q) : 0u;
-    }
+    mx_encode(get, [c, inv](float v) { return __fmul_rn(__fmul_rn(v, c), inv); }, finite, w);
   }
   return finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
 }
 
-// NVFP4 group, reference semantics with IEEE divisions everywhere (core::nv_block_scale, nv_block_divisor, and
-// per element y / d). Out of line: only groups outside nv_group's fast-path range come here (non-finite or
-// extreme amax, a global scale beyond 2^+-40, or a saturated scale leaving quotients above 2^60).
+// NVFP4 group by the CPU's code (core::nv_quantize_block, IEEE divisions). Out of line: only groups outside
+// nv_group's fast-path range come here (non-finite or extreme amax, a global scale beyond 2^+-40, or a
+// saturated scale leaving quotients above 2^60).
 struct NvGroupOut {
   uint32_t w0, w1;
   uint32_t sc;
 };
 
-static __device__ __noinline__ NvGroupOut nv_group_exact(float4 v0, float4 v1, float4 v2, float4 v3, float amax, NvGlobal ng) {
+static __device__ __noinline__ NvGroupOut nv_group_exact(float4 v0, float4 v1, float4 v2, float4 v3, float g) {
   const float y[16] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w, v2.x, v2.y, v2.z, v2.w, v3.x, v3.y, v3.z, v3.w};
-  const bool ok = core::is_finite(amax) && ng.ok;
-  const uint8_t sc = ok ? e4m3_encode_sat(__fmul_rn(__fdiv_rn(amax, core::kE2M1Max), ng.g)) : core::kE4M3Nan;
-  float d = 0.0f;
-  if (sc != core::kE4M3Nan) {
-    d = __fdiv_rn(e4m3_decode(sc), ng.g);
-    d = d > 0.0f ? d : 0.0f;
-  }
+  uint8_t codes[8];  // canonical packing, so bytes 0-3 / 4-7 are pack8's words
+  const uint8_t sc = core::nv_quantize_block(y, g, codes);
   NvGroupOut out{0u, 0u, sc};
-  if (d > 0.0f) {
-    float q[8], s[8];
-    for (int k = 0; k < 8; ++k) q[k] = __fdiv_rn(s[k] = y[k], d);
-    out.w0 = pack8(q, s);
-    for (int k = 0; k < 8; ++k) q[k] = __fdiv_rn(s[k] = y[8 + k], d);
-    out.w1 = pack8(q, s);
+  for (int i = 0; i < 4; ++i) {
+    out.w0 |= static_cast<uint32_t>(codes[i]) << (8 * i);
+    out.w1 |= static_cast<uint32_t>(codes[4 + i]) << (8 * i);
   }
   return out;
 }
 
 // Fast path, the same bits: the two per-group divisions (amax / 6 and E4M3(scale) / g) and the element
-// quotients by reciprocal + corrections (div_by_rcp, exact inside its ranges), RN(1/d) by rcp_rn_in_range,
+// quotients by reciprocal + one correction (div_by_rcp, exact inside its ranges), RN(1/d) by rcp_rn_in_range,
 // no data-dependent branch but one per group into nv_group_exact. Its ranges: amax = 0 or 2^-80 <= amax <=
 // 2^80 (amax / 6), 2^-40 <= g <= 2^40 (then d = E4M3 / g is 0 or in [2^-49, 2^49]) and amax <= 2^60 d (every
 // quotient below 2^60; elements far below the E2M1 grid may lose their last bits, which cannot change their
 // code, and pack8 takes signs from y). A zero divisor (scale underflow to E4M3 zero) gives zero codes.
 template <typename Get8>
 __device__ __forceinline__ uint8_t nv_group(Get8&& get, const NvGlobal& ng, uint32_t (&w)[2]) {
-  float amax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    float b[8];
-    get(j, b);
-    amax = max_nan(amax, absmax_nan<8>(b));
-  }
+  const float amax = group_absmax<2>(get);
   const float s6 = div_by_rcp(amax, core::kE2M1Max, 1.0f / 6.0f);
   const uint8_t sc = e4m3_encode_sat(__fmul_rn(s6, ng.g));
   const float d = div_by_rcp(e4m3_decode(sc), ng.g, ng.rcp_g);
@@ -259,7 +243,7 @@ __device__ __forceinline__ uint8_t nv_group(Get8&& get, const NvGlobal& ng, uint
     get(1, b);
     const NvGroupOut o = nv_group_exact(make_float4(a[0], a[1], a[2], a[3]), make_float4(a[4], a[5], a[6], a[7]),
                                         make_float4(b[0], b[1], b[2], b[3]), make_float4(b[4], b[5], b[6], b[7]),
-                                        amax, ng);
+                                        ng.g);
     w[0] = o.w0;
     w[1] = o.w1;
     return static_cast<uint8_t>(o.sc);
