@@ -21,12 +21,15 @@ __device__ __forceinline__ float max_nan(float a, float b) {
   return d;
 }
 
+// As a balanced tree (depth log2 N instead of N - 1): max is associative, NaN-propagation included.
 template <int N>
 __device__ __forceinline__ float absmax_nan(const float* v) {
-  float m = fabsf(v[0]);
-#pragma unroll
-  for (int i = 1; i < N; ++i) m = max_nan(m, fabsf(v[i]));
-  return m;
+  static_assert(N >= 1 && (N & (N - 1)) == 0, "power of two");
+  if constexpr (N == 1) {
+    return fabsf(v[0]);
+  } else {
+    return max_nan(absmax_nan<N / 2>(v), absmax_nan<N / 2>(v + N / 2));
+  }
 }
 
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
@@ -258,6 +261,102 @@ __device__ __forceinline__ uint8_t nv_group(Get8&& get, const NvGlobal& ng, uint
     w[j] = d > 0.0f ? pack8(q, y) : 0u;
   }
   return sc;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Several groups held in registers at once (the Hopper rotation kernel's accumulators): the same bits as
+// mx_group_scaled / nv_group per group, arranged so independent groups interleave. All statistics first, one
+// range test for all groups (a branch into the per-group code when any group is outside the fast range),
+// then branch-free encoding with the non-finite / zero-divisor cases masked instead of branched around:
+// each thread has only a few warps to hide latency behind, so the dependent per-group chains must overlap.
+// get(g, j, out) fetches values 8j .. 8j+7 of group g.
+
+// An all-ones / all-zeros mask the compiler cannot see through: with a visible select it turns `w & mask`
+// back into a branch around the encoding (one per 8 values).
+__device__ __forceinline__ uint32_t opaque_mask(bool keep) {
+  uint32_t m;
+  asm("mov.b32 %0, %1;" : "=r"(m) : "r"(keep ? 0xFFFFFFFFu : 0u));
+  return m;
+}
+
+// MXFP4 (not QuEST) groups of 32 raw values v with one column scale c (mx_group_scaled's rule).
+template <core::MxRule RULE, int NG, typename Get8>
+__device__ __forceinline__ void mx_groups_scaled(Get8&& get, float c, uint32_t (&w)[NG][4], uint8_t (&sc)[NG]) {
+  static_assert(RULE != core::MxRule::kQuest, "QuEST needs the rounded products");
+  float m[NG];
+  uint32_t keep[NG];
+  bool in_range = true;
+#pragma unroll
+  for (int g = 0; g < NG; ++g) {
+    float part[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float b[8];
+      get(g, j, b);
+      part[j] = absmax_nan<8>(b);
+    }
+    const float amax = __fmul_rn(c, absmax_nan<4>(part));
+    const bool finite = core::is_finite(amax);
+    const int e = core::mx_block_exponent(RULE, amax, 0.0f, 0.0f);
+    in_range = in_range & (e >= -100) & (e <= 100);
+    m[g] = __fmul_rn(c, core::exp2i(-e));
+    keep[g] = opaque_mask(finite);
+    sc[g] = finite ? static_cast<uint8_t>(e + 127) : core::kE8M0Nan;
+  }
+  if (!in_range) {
+#pragma unroll
+    for (int g = 0; g < NG; ++g)
+      sc[g] = mx_group_scaled<RULE>([&](int j, float (&out)[8]) { get(g, j, out); }, c, w[g]);
+    return;
+  }
+#pragma unroll
+  for (int g = 0; g < NG; ++g)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float q[8];
+      get(g, j, q);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) q[k] = __fmul_rn(q[k], m[g]);
+      w[g][j] = pack8(q, q) & keep[g];
+    }
+}
+
+// NVFP4 groups of 16 values (nv_group's rule and ranges).
+template <int NG, typename Get8>
+__device__ __forceinline__ void nv_groups(Get8&& get, const NvGlobal& ng, uint32_t (&w)[NG][2], uint8_t (&sc)[NG]) {
+  float d[NG];
+  bool fast = ng.fast;
+#pragma unroll
+  for (int g = 0; g < NG; ++g) {
+    float a[8], b[8];
+    get(g, 0, a);
+    get(g, 1, b);
+    const float amax = max_nan(absmax_nan<8>(a), absmax_nan<8>(b));
+    const float s6 = div_by_rcp(amax, core::kE2M1Max, 1.0f / 6.0f);
+    sc[g] = e4m3_encode_sat(__fmul_rn(s6, ng.g));
+    d[g] = div_by_rcp(e4m3_decode(sc[g]), ng.g, ng.rcp_g);
+    // bitwise, not short-circuit: the compiler makes a branch of every && here
+    fast = fast & (amax <= 0x1p80f) & ((amax >= 0x1p-80f) | (amax == 0.0f)) &
+           ((amax <= __fmul_rn(d[g], 0x1p60f)) | (d[g] == 0.0f));
+  }
+  if (!fast) {
+#pragma unroll
+    for (int g = 0; g < NG; ++g) sc[g] = nv_group([&](int j, float (&out)[8]) { get(g, j, out); }, ng, w[g]);
+    return;
+  }
+#pragma unroll
+  for (int g = 0; g < NG; ++g) {
+    const float rcp = rcp_rn_in_range(d[g]);
+    const uint32_t keep = opaque_mask(d[g] > 0.0f);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      float y[8], q[8];
+      get(g, j, y);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) q[k] = div_by_rcp(y[k], d[g], rcp);
+      w[g][j] = pack8(q, y) & keep;
+    }
+  }
 }
 
 // Accessor for values already in registers.

@@ -51,6 +51,10 @@ cudaError_t quantize(const QuantizeParams& p, cudaStream_t stream);
 cudaError_t quantize_rowwise(const QuantizeParams& p, cudaStream_t stream);
 cudaError_t quantize_rotated(const QuantizeParams& p, cudaStream_t stream);
 cudaError_t quantize_rotated_split(const QuantizeParams& p, cudaStream_t stream);
+// Hopper (sm_90a) variant of quantize_rotated on warpgroup MMAs, same bits; used where it applies (16-bit x,
+// float32 rotation, rows * K a multiple of 128, an sm_90 device).
+bool quantize_rotated_wgmma_applies(const QuantizeParams& p);
+cudaError_t quantize_rotated_wgmma(const QuantizeParams& p, cudaStream_t stream);
 cudaError_t dequantize(const DequantizeParams& p, cudaStream_t stream);
 
 // NVFP4 global scale of n elements: *out = 448 * 6 / amax (core::nv_global_scale_from_amax). `scratch` is two

@@ -331,6 +331,7 @@ cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
 cudaError_t quantize_rotated(const QuantizeParams& p, cudaStream_t stream) {
   if (p.rot_hi != nullptr) return quantize_rotated_split(p, stream);
   if (p.dtype == DType::kF32) return cudaErrorInvalidValue;  // float32 input goes to the split kernel
+  if (quantize_rotated_wgmma_applies(p)) return quantize_rotated_wgmma(p, stream);
   return with_format_rule(p.format, p.rule, [&](auto f, auto rule) {
     constexpr Format F = decltype(f)::value;
     constexpr core::MxRule RULE = decltype(rule)::value;

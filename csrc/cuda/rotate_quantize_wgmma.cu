@@ -1,0 +1,338 @@
+// Rotation fused with quantization on Hopper warpgroup MMAs (sm_90a): the same results as rotate_quantize.cu
+// (column scales c_j, the rotation's hi/lo split when it is not exact in the 16-bit type, one rounding of
+// c_j * acc, the shared group encoders), with the rotation held in shared memory instead of registers.
+//
+// Why a second kernel: with mma.sync, r = 128 costs 64 registers of rotation fragments per thread and 40
+// instructions per 512 outputs (MMAs + ldmatrix), and the kernel was latency-bound at ~50% of copy bandwidth
+// (benchmarks/NOTES.md). wgmma reads both operands from shared memory asynchronously: a warpgroup computes a
+// 64-chunk x 128-column tile with 8 instructions, and the accumulators arrive in registers laid out so that
+// each thread holds whole groups (below), which it encodes without shuffles or a shared-memory round trip.
+//
+// Layout. x is viewed as chunks of 128 elements ([n_chunks, 128]); a rotation of size r < 128 acts as the
+// block-diagonal matrix diag(R, ..., R) of size 128 (zero blocks add exact zeros, so results are unchanged).
+// B (the scaled rotation S, N = 128 output columns x K = 128) has its columns permuted: accumulator column
+// n = 8j + 2q + b of the wgmma fragment is output column 32q + 2j + b, so lane 4g + q holds output columns
+// 32q .. 32q+31 of its two rows: one MXFP4 group, or two NVFP4 groups, in registers.
+//
+// Each CTA runs kWG independent warpgroups; each streams its own 64 x 128 tiles through kStages cp.async
+// buffers (one CTA per SM, the rotation loaded once per CTA).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdlib>
+#include <type_traits>
+
+#include "cuda/async_copy.cuh"
+#include "cuda/device_utils.cuh"
+#include "cuda/encode.cuh"
+#include "cuda/mma.cuh"
+#include "cuda/wgmma.cuh"
+#include "core/scale_layout.h"
+#include "core/scale_rules.h"
+
+namespace fpquant::cuda {
+namespace {
+
+constexpr int kN = 128;                         // chunk width = wgmma N = K of the rotation
+constexpr int kTileRows = 64;                   // chunks per warpgroup tile (wgmma M)
+constexpr int kTileBytes = kTileRows * kN * 2;  // 16 KiB
+constexpr int kBBytes = kN * kN * 2;            // 32 KiB per B operand (hi, lo)
+constexpr int kColStride = 36;                  // c_j stored [group][36]: float4 reads of 4 groups hit distinct banks
+
+template <int WG, int STAGES>
+struct WCfg {
+  static constexpr int kThreads = 128 * WG;
+  static constexpr int kBHi = 0;
+  static constexpr int kBLo = kBBytes;
+  static constexpr int kStage0 = 2 * kBBytes;
+  static constexpr int kCol = kStage0 + WG * STAGES * kTileBytes;
+  static constexpr int kGroupC = kCol + 4 * kColStride * 4;
+  static constexpr int kSmem = kGroupC + 4 * 4 + 1024;  // + slack to align the base to 1024 bytes
+  static_assert(WG * STAGES * kTileBytes >= kN * kN * 4, "the float32 rotation is staged in the tile area");
+};
+
+template <typename T, int RIN, Format F, core::MxRule RULE, int WG, int STAGES>
+__global__ void __launch_bounds__(128 * WG, 1)
+    rotate_quantize_wgmma_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot,
+                                 const float* __restrict__ gs, bool blocked, uint8_t* __restrict__ codes,
+                                 uint8_t* __restrict__ scales) {
+#if FPQUANT_WGMMA
+  using C = WCfg<WG, STAGES>;
+  constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  unsigned char* smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+  const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int tid = threadIdx.x;
+
+  // ---- The rotation: float32 R staged in the tile area, column scales c_j, then S = R / c (hi, lo) as B.
+  const float* rs = reinterpret_cast<const float*>(smem + C::kStage0);
+  for (int c = tid; c < RIN * RIN / 4; c += C::kThreads)
+    cp_async16(smem + C::kStage0 + 16 * c, rot + 4 * c, true);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+  float* colc = reinterpret_cast<float*>(smem + C::kCol);
+  float* group_c = reinterpret_cast<float*>(smem + C::kGroupC);
+  if (tid < kN) {  // warp w: the columns of group w
+    float part[8] = {};  // NaN-propagating, so a NaN column stays NaN; an all-zero column gets 1
+#pragma unroll
+    for (int k = 0; k < RIN; ++k) part[k % 8] = max_nan(part[k % 8], fabsf(rs[k * RIN + tid % RIN]));
+    float c = part[0];
+#pragma unroll
+    for (int i = 1; i < 8; ++i) c = max_nan(c, part[i]);
+    c = c == 0.0f ? 1.0f : c;
+    colc[(tid / 32) * kColStride + tid % 32] = c;
+    const bool same = __all_sync(0xffffffffu, c == __shfl_sync(0xffffffffu, c, 0));
+    if (tid % 32 == 0) group_c[tid / 32] = same ? c : 0.0f;  // the group's common c_j, or 0
+  }
+  __syncthreads();
+  // B row n (output column col) holds S[k][col] = R[k][col] / c_col for 8 consecutive k per item. Consecutive
+  // threads take consecutive columns, so the reads of R are conflict-free; each thread keeps one column.
+  bool lo_nonzero = false;
+  static_assert(C::kThreads % kN == 0, "one column per thread");
+  const int col = tid % kN;
+  const int n = 8 * ((col % 32) / 2) + 2 * (col / 32) + col % 2;  // acc_out_col(n) == col
+  const float cj = colc[(col / 32) * kColStride + col % 32], rcj = __frcp_rn(cj);
+  for (int kc = tid / kN; kc < kN / 8; kc += C::kThreads / kN) {
+    float hi[8], lo[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int k = 8 * kc + i;
+      const float v = k / RIN == col / RIN ? rs[(k % RIN) * RIN + col % RIN] : 0.0f;
+      // exactly +-1 where |v| = c_j (every entry of a Hadamard column), else v / c_j within an ULP
+      const float sv = fabsf(v) == cj ? copysignf(1.0f, v) : __fmul_rn(v, rcj);
+      hi[i] = round_to<T>(sv);
+      lo[i] = sv - hi[i];  // exact
+      lo_nonzero = lo_nonzero || lo[i] != 0.0f;
+    }
+    const int off = sw128_offset(n, 8 * kc, kN);
+    *reinterpret_cast<uint4*>(smem + C::kBHi + off) =
+        make_uint4(pack2<T>(hi[0], hi[1]), pack2<T>(hi[2], hi[3]), pack2<T>(hi[4], hi[5]), pack2<T>(hi[6], hi[7]));
+    *reinterpret_cast<uint4*>(smem + C::kBLo + off) =
+        make_uint4(pack2<T>(lo[0], lo[1]), pack2<T>(lo[2], lo[3]), pack2<T>(lo[4], lo[5]), pack2<T>(lo[6], lo[7]));
+  }
+  fence_proxy_async_shared();
+  const bool needs_lo = __syncthreads_or(lo_nonzero) != 0;  // also: R no longer read, tile area free
+
+  // ---- Per-warpgroup tile pipeline.
+  const int wg = tid / 128, wt = tid % 128, warp = wt / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int64_t n_tiles = (n_chunks + kTileRows - 1) / kTileRows;
+  const int64_t wg_id = static_cast<int64_t>(blockIdx.x) * WG + wg, wg_count = static_cast<int64_t>(gridDim.x) * WG;
+  const int64_t my_tiles = wg_id < n_tiles ? (n_tiles - wg_id + wg_count - 1) / wg_count : 0;
+  const int stage0 = C::kStage0 + wg * STAGES * kTileBytes;
+  // Thread wt copies 16-byte chunk lc of rows li + 8u: the swizzled position is the same for every u.
+  const int li = wt / 16, lc = wt % 16;
+  const int soff = sw128_offset(li, 8 * lc, kTileRows);
+  auto load_tile = [&](int64_t it) {
+    const int64_t row0 = (wg_id + it * wg_count) * kTileRows + li;
+    unsigned char* dst = smem + stage0 + static_cast<int>(it % STAGES) * kTileBytes + soff;
+    const T* src = x + row0 * kN + 8 * lc;
+#pragma unroll
+    for (int u = 0; u < kTileRows / 8; ++u) {
+      const bool valid = row0 + 8 * u < n_chunks;
+      cp_async16(dst + u * 8 * 128, valid ? src + u * 8 * kN : x, valid);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < my_tiles) load_tile(s);
+    cp_async_commit();
+  }
+
+  NvGlobal ng{};
+  if constexpr (F == Format::kNvFp4) ng = nv_global(gs);
+  const int64_t groups_per_row = K / G;
+  const float cu = group_c[q];  // this thread's group's common column scale (0: columns differ)
+  bool fold = false;            // MXFP4: c folded into the power-of-two multiplier (mx_group_scaled)
+  if constexpr (F == Format::kMxFp4 && RULE != core::MxRule::kQuest) fold = cu >= 0x1p-20f && cu <= 0x1p20f;
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+
+  // The lo pass is chosen outside the loop: a wgmma under a branch the compiler cannot prove uniform is
+  // serialized (ptxas C7520).
+  auto run = [&](auto with_lo) {
+    for (int64_t it = 0; it < my_tiles; ++it) {
+      cp_async_wait<STAGES - 2>();
+      fence_proxy_async_shared();
+      warpgroup_barrier(1 + wg);  // tile `it` visible; the slot refilled below was last read by tile it-1's MMAs
+      if (it + STAGES - 1 < my_tiles) load_tile(it + STAGES - 1);
+      cp_async_commit();
+
+      const uint32_t a_addr = smem_addr + stage0 + static_cast<int>(it % STAGES) * kTileBytes;
+  #pragma unroll
+      for (int i = 0; i < 64; ++i) fence_operand(acc[i]);
+      wgmma_fence();
+  #pragma unroll
+      for (int s = 0; s < kN / 16; ++s)
+        wgmma_m64n128k16<T>(acc, sw128_desc(a_addr + (s / 4) * (kTileRows * 128) + (s % 4) * 32),
+                            sw128_desc(smem_addr + C::kBHi + (s / 4) * (kN * 128) + (s % 4) * 32), s > 0);
+      if constexpr (decltype(with_lo)::value) {
+  #pragma unroll
+        for (int s = 0; s < kN / 16; ++s)
+          wgmma_m64n128k16<T>(acc, sw128_desc(a_addr + (s / 4) * (kTileRows * 128) + (s % 4) * 32),
+                              sw128_desc(smem_addr + C::kBLo + (s / 4) * (kN * 128) + (s % 4) * 32), true);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+  #pragma unroll
+      for (int i = 0; i < 64; ++i) fence_operand(acc[i]);
+
+      // ---- Epilogue: rows g and g + 8 of this warp's 16; output columns 32q .. 32q+31 of each. Value 8m + k of
+      // row h's 32 (output column 32q + 8m + k) is accumulator column 8 (4m + k/2) + 2q + k%2. Both rows (and
+      // all their groups) are encoded together so that their independent chains interleave.
+      auto at = [&](int h, int m, int k) -> float& { return acc[16 * m + 4 * (k / 2) + 2 * h + (k % 2)]; };
+      if (!fold) {  // y_j = RN(c_j * acc_j), as the CPU's float32 rotated values are rounded once
+        if (cu != 0.0f) {
+#pragma unroll
+          for (int i = 0; i < 64; ++i) acc[i] = __fmul_rn(cu, acc[i]);
+        } else {
+#pragma unroll
+          for (int m = 0; m < 4; ++m) {
+            const float4* cp = reinterpret_cast<const float4*>(colc + q * kColStride + 8 * m);
+            const float4 c0 = cp[0], c1 = cp[1];
+            const float cc[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+              for (int k = 0; k < 8; ++k) at(h, m, k) = __fmul_rn(cc[k], at(h, m, k));
+          }
+        }
+      }
+      constexpr int kGroups = F == Format::kMxFp4 ? 1 : 2;  // per row
+      uint32_t w[2][4];
+      uint8_t sc[2][kGroups];
+      if constexpr (F == Format::kMxFp4) {
+        auto row = [&](int h) {
+          return [&, h](int j, float (&out)[8]) {
+#pragma unroll
+            for (int k = 0; k < 8; ++k) out[k] = at(h, j, k);
+          };
+        };
+        bool done = false;
+        if constexpr (RULE != core::MxRule::kQuest) {
+          if (fold) {
+            uint8_t s2[2];
+            mx_groups_scaled<RULE, 2>([&](int h, int j, float (&out)[8]) { row(h)(j, out); }, cu, w, s2);
+            sc[0][0] = s2[0];
+            sc[1][0] = s2[1];
+            done = true;
+          }
+        }
+        if (!done) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) sc[h][0] = mx_group<RULE>(row(h), w[h]);
+        }
+      } else {
+        uint32_t w4[4][2];
+        uint8_t s4[4];
+        nv_groups<4>([&](int gi, int j, float (&out)[8]) {
+#pragma unroll
+          for (int k = 0; k < 8; ++k) out[k] = at(gi / 2, 2 * (gi % 2) + j, k);
+        }, ng, w4, s4);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          w[h][0] = w4[2 * h][0]; w[h][1] = w4[2 * h][1]; w[h][2] = w4[2 * h + 1][0]; w[h][3] = w4[2 * h + 1][1];
+          sc[h][0] = s4[2 * h];
+          sc[h][1] = s4[2 * h + 1];
+        }
+      }
+      const int64_t tile = wg_id + it * wg_count;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t chunk = tile * kTileRows + 16 * warp + 8 * h + g;
+        if (chunk < n_chunks) {
+          *reinterpret_cast<uint4*>(codes + chunk * (kN / 2) + 16 * q) = make_uint4(w[h][0], w[h][1], w[h][2], w[h][3]);
+#pragma unroll
+          for (int j = 0; j < kGroups; ++j) {
+            const int64_t flat = chunk * (kN / G) + kGroups * q + j;
+            scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row) : flat] =
+                sc[h][j];
+          }
+        }
+      }
+    }
+  };
+  if (needs_lo) run(std::true_type{});
+  else run(std::false_type{});
+#endif
+}
+
+// Warpgroups per CTA x stages per warpgroup, one CTA per SM. The kernel is latency-bound (few warps per
+// scheduler, each with a long dependent encode chain), so warps matter more than stages: a tile takes a
+// warpgroup several microseconds, one tile in flight covers the load latency. FPQUANT_ROT_WGMMA_WG=3 selects
+// the 3 x 3 variant (up to 168 registers) for tuning sweeps; the default is 4 x 2 (up to 128 registers).
+int wgmma_warpgroups() {
+  static const int v = [] {
+    const char* e = std::getenv("FPQUANT_ROT_WGMMA_WG");
+    return e != nullptr && e[0] == '3' && e[1] == '\0' ? 3 : 4;
+  }();
+  return v;
+}
+
+template <typename T, int RIN, Format F, core::MxRule RULE, int WG, int STAGES>
+cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
+  using C = WCfg<WG, STAGES>;
+  auto kernel = rotate_quantize_wgmma_kernel<T, RIN, F, RULE, WG, STAGES>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  if (err != cudaSuccess) return err;
+  const int64_t n_chunks = p.rows * p.K / kN;
+  const int64_t tiles = (n_chunks + kTileRows - 1) / kTileRows;
+  const int64_t ctas = (tiles + WG - 1) / WG;
+  const int64_t cap = num_sms();
+  const unsigned grid = static_cast<unsigned>(ctas < cap ? (ctas > 0 ? ctas : 1) : cap);
+  kernel<<<grid, C::kThreads, C::kSmem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K, p.rot,
+                                                  p.global_scale, p.blocked, p.codes, p.scales);
+  return cudaGetLastError();
+}
+
+template <typename T, int RIN, Format F, core::MxRule RULE>
+cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
+  if (wgmma_warpgroups() == 3) return launch_variant<T, RIN, F, RULE, 3, 3>(p, stream);
+  return launch_variant<T, RIN, F, RULE, 4, 2>(p, stream);
+}
+
+template <typename T, Format F, core::MxRule RULE>
+cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
+  switch (p.r) {
+    case 16: return launch<T, 16, F, RULE>(p, stream);
+    case 32: return launch<T, 32, F, RULE>(p, stream);
+    case 64: return launch<T, 64, F, RULE>(p, stream);
+    case 128: return launch<T, 128, F, RULE>(p, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+bool is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
+  return major == 9 && minor == 0;
+}
+
+}  // namespace
+
+// FPQUANT_ROT_WGMMA: unset = the default policy (r = 128), "0" = never (mma.sync kernel), anything else = every
+// r. For A/B measurements; the results are the same bits either way.
+bool quantize_rotated_wgmma_applies(const QuantizeParams& p) {
+  static const int mode = [] {
+    const char* e = std::getenv("FPQUANT_ROT_WGMMA");
+    if (e == nullptr || e[0] == '\0') return -1;
+    return e[0] == '0' && e[1] == '\0' ? 0 : 1;
+  }();
+  const bool wanted = mode == 1 || (mode == -1 && p.r == 128);
+  return wanted && p.rot != nullptr && p.rot_hi == nullptr && p.dtype != DType::kF32 && (p.rows * p.K) % kN == 0 &&
+         is_sm90();
+}
+
+cudaError_t quantize_rotated_wgmma(const QuantizeParams& p, cudaStream_t stream) {
+  return with_format_rule(p.format, p.rule, [&](auto f, auto rule) {
+    constexpr Format F = decltype(f)::value;
+    constexpr core::MxRule RULE = decltype(rule)::value;
+    return p.dtype == DType::kBF16 ? by_size<__nv_bfloat16, F, RULE>(p, stream) : by_size<__half, F, RULE>(p, stream);
+  });
+}
+
+}  // namespace fpquant::cuda
