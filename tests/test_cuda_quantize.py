@@ -155,6 +155,40 @@ def test_rotation_general_orthogonal_matrix(seed, r, dtype, fmt):
     check_rotated_against_float64(x, R, fmt)
 
 
+@pytest.mark.parametrize("r", [32, 128])
+@pytest.mark.parametrize("fmt", ["floor", "quest", "nvfp4"])
+def test_rotation_partial_tiles_specials_and_blocked_layout(seed, r, fmt):
+    # 203 x 384 is 609 chunks of 128: the last tiles of both kernels are partial. Magnitudes over 2^+-30,
+    # rows with an infinity, a NaN, +inf and -inf in one block (NaN after the rotation) and all zeros. Blocked
+    # scales must be the linear ones rearranged, bit for bit.
+    x = gen(203, 384, seed, torch.bfloat16)
+    x[5, 7] = float("inf")
+    x[9, 200] = float("nan")
+    x[11] = 0
+    x[13, 3], x[13, 20] = float("inf"), float("-inf")
+    R = rotations.random_hadamard(r, seed=seed)
+    xr = ref.rotate(x, R)
+    if fmt == "nvfp4":
+        g = fq.nvfp4_global_scale(torch.nan_to_num(xr, nan=0.0, posinf=0.0, neginf=0.0))
+        run = lambda t, rot, layout: fq.quantize_nvfp4(t, g.to(t.device), rot, scale_layout=layout)  # noqa: E731
+        group, mult = 16, (lambda t: ref.e4m3_decode(t.view(torch.uint8)) / g)
+        is_nan = lambda t: (t & 0x7F) == 0x7F  # noqa: E731  E4M3 NaN
+    else:
+        run = lambda t, rot, layout: fq.quantize_mxfp4(t, rot, method=fmt, scale_layout=layout)  # noqa: E731
+        group, mult = 32, ref.e8m0_decode
+        is_nan = lambda t: t == 0xFF  # noqa: E731  E8M0 NaN
+    c, s = run(x.cuda(), R.cuda(), "linear")
+    rc, rs = run(xr, None, "linear")
+    code_step_check(c, s, rc, rs, group, mult)
+    # non-finite groups are exactly the reference's (NaN scale, zero codes), and there are some
+    su, rsu = s.cpu().view(torch.uint8), rs.view(torch.uint8)
+    assert is_nan(su).sum() > 0
+    assert torch.equal(is_nan(su), is_nan(rsu))
+    cb, sb = run(x.cuda(), R.cuda(), "blocked")
+    assert same_bits(cb, c)
+    assert same_bits(ref.unswizzle_scales(sb.cpu(), 203, 384 // group), s)
+
+
 def test_nvfp4_r16_rows_not_multiple_of_32():
     # r = 16 with K % 32 != 0 takes the split-precision kernel (the 16-bit kernel pairs 16-blocks).
     x = (torch.randn(300, 48, generator=torch.Generator().manual_seed(3)) * 2).to(torch.bfloat16)

@@ -253,15 +253,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     uint8_t sc[2];
     if constexpr (F == Format::kMxFp4) {
       if constexpr (RULE != core::MxRule::kQuest) {
-        sc[0] = fold ? mx_group_scaled<RULE>(row_values(0), c_warp, w) : mx_group<RULE>(row_values(0), w);
+        if (fold) {
+          uint32_t w1[1][4];
+          uint8_t s1[1];
+          mx_groups_scaled<RULE, 1>([&](int, int j, float (&out)[8]) { row_values(0)(j, out); }, c_warp, w1, s1);
+          sc[0] = s1[0];
+          w[0] = w1[0][0]; w[1] = w1[0][1]; w[2] = w1[0][2]; w[3] = w1[0][3];
+        } else {
+          sc[0] = mx_group<RULE>(row_values(0), w);
+        }
       } else {
         sc[0] = mx_group<RULE>(row_values(0), w);
       }
     } else {
-      uint32_t w0[2], w1[2];
-      sc[0] = nv_group(row_values(0), ng, w0);
-      sc[1] = nv_group(row_values(2), ng, w1);
-      w[0] = w0[0]; w[1] = w0[1]; w[2] = w1[0]; w[3] = w1[1];
+      uint32_t w2[2][2];
+      nv_groups<2>([&](int gi, int j, float (&out)[8]) { row_values(2 * gi)(j, out); }, ng, w2, sc);
+      w[0] = w2[0][0]; w[1] = w2[0][1]; w[2] = w2[1][0]; w[3] = w2[1][1];
     }
     __syncwarp();  // ys is rewritten by the next tile
     if (chunk < n_chunks) {

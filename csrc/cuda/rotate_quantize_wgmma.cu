@@ -65,19 +65,52 @@ __global__ void __launch_bounds__(128 * WG, 1)
   const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int tid = threadIdx.x;
 
-  // ---- The rotation: float32 R staged in the tile area, column scales c_j, then S = R / c (hi, lo) as B.
-  const float* rs = reinterpret_cast<const float*>(smem + C::kStage0);
+  // ---- Per-warpgroup tile pipeline.
+  const int wg = tid / 128, wt = tid % 128, warp = wt / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int64_t n_tiles = (n_chunks + kTileRows - 1) / kTileRows;
+  // CTA b takes tiles b, b + grid, b + 2 grid, ... (an equal share per SM) and its warpgroups take turns.
+  const int64_t cta_tiles = blockIdx.x < n_tiles ? (n_tiles - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
+  const int64_t my_tiles = wg < cta_tiles ? (cta_tiles - wg + WG - 1) / WG : 0;
+  auto tile_of = [&](int64_t it) { return blockIdx.x + static_cast<int64_t>(gridDim.x) * (wg + WG * it); };
+  const int stage0 = C::kStage0 + wg * STAGES * kTileBytes;
+  // Thread wt copies 16-byte chunk lc of rows li + 8u: the swizzled position is the same for every u.
+  const int li = wt / 16, lc = wt % 16;
+  const int soff = sw128_offset(li, 8 * lc, kTileRows);
+  auto load_tile = [&](int64_t it) {
+    const int64_t row0 = tile_of(it) * kTileRows + li;
+    unsigned char* dst = smem + stage0 + static_cast<int>(it % STAGES) * kTileBytes + soff;
+    const T* src = x + row0 * kN + 8 * lc;
+#pragma unroll
+    for (int u = 0; u < kTileRows / 8; ++u) {
+      const bool valid = row0 + 8 * u < n_chunks;
+      cp_async16(dst + u * 8 * 128, valid ? src + u * 8 * kN : x, valid);
+    }
+  };
+
+  // ---- The rotation, while the first tiles load: float32 R staged in the stage slots the prologue leaves free
+  // (slot STAGES-1 of each warpgroup, 16 KiB each), column scales c_j, then S = R / c (hi, lo) as B.
+  constexpr int kRowsPer = 16384 / (RIN * 4);  // rows of R per free slot
+  static_assert((RIN + kRowsPer - 1) / kRowsPer <= WG, "R fits in the free slots");
+  auto r_row = [&](int k) {
+    return smem + C::kStage0 + (k / kRowsPer) * STAGES * kTileBytes + (STAGES - 1) * kTileBytes + (k % kRowsPer) * RIN * 4;
+  };
   for (int c = tid; c < RIN * RIN / 4; c += C::kThreads)
-    cp_async16(smem + C::kStage0 + 16 * c, rot + 4 * c, true);
+    cp_async16(r_row(c / (RIN / 4)) + 16 * (c % (RIN / 4)), rot + 4 * c, true);
   cp_async_commit();
-  cp_async_wait<0>();
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < my_tiles) load_tile(s);
+    cp_async_commit();
+  }
+  cp_async_wait<STAGES - 1>();  // R has arrived; the tiles may still be in flight
   __syncthreads();
+  auto rs = [&](int k, int j) { return reinterpret_cast<const float*>(r_row(k))[j]; };
   float* colc = reinterpret_cast<float*>(smem + C::kCol);
   float* group_c = reinterpret_cast<float*>(smem + C::kGroupC);
   if (tid < kN) {  // warp w: the columns of group w
     float part[8] = {};  // NaN-propagating, so a NaN column stays NaN; an all-zero column gets 1
 #pragma unroll
-    for (int k = 0; k < RIN; ++k) part[k % 8] = max_nan(part[k % 8], fabsf(rs[k * RIN + tid % RIN]));
+    for (int k = 0; k < RIN; ++k) part[k % 8] = max_nan(part[k % 8], fabsf(rs(k, tid % RIN)));
     float c = part[0];
 #pragma unroll
     for (int i = 1; i < 8; ++i) c = max_nan(c, part[i]);
@@ -99,7 +132,7 @@ __global__ void __launch_bounds__(128 * WG, 1)
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int k = 8 * kc + i;
-      const float v = k / RIN == col / RIN ? rs[(k % RIN) * RIN + col % RIN] : 0.0f;
+      const float v = k / RIN == col / RIN ? rs(k % RIN, col % RIN) : 0.0f;
       // exactly +-1 where |v| = c_j (every entry of a Hadamard column), else v / c_j within an ULP
       const float sv = fabsf(v) == cj ? copysignf(1.0f, v) : __fmul_rn(v, rcj);
       hi[i] = round_to<T>(sv);
@@ -113,32 +146,7 @@ __global__ void __launch_bounds__(128 * WG, 1)
         make_uint4(pack2<T>(lo[0], lo[1]), pack2<T>(lo[2], lo[3]), pack2<T>(lo[4], lo[5]), pack2<T>(lo[6], lo[7]));
   }
   fence_proxy_async_shared();
-  const bool needs_lo = __syncthreads_or(lo_nonzero) != 0;  // also: R no longer read, tile area free
-
-  // ---- Per-warpgroup tile pipeline.
-  const int wg = tid / 128, wt = tid % 128, warp = wt / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const int64_t n_tiles = (n_chunks + kTileRows - 1) / kTileRows;
-  const int64_t wg_id = static_cast<int64_t>(blockIdx.x) * WG + wg, wg_count = static_cast<int64_t>(gridDim.x) * WG;
-  const int64_t my_tiles = wg_id < n_tiles ? (n_tiles - wg_id + wg_count - 1) / wg_count : 0;
-  const int stage0 = C::kStage0 + wg * STAGES * kTileBytes;
-  // Thread wt copies 16-byte chunk lc of rows li + 8u: the swizzled position is the same for every u.
-  const int li = wt / 16, lc = wt % 16;
-  const int soff = sw128_offset(li, 8 * lc, kTileRows);
-  auto load_tile = [&](int64_t it) {
-    const int64_t row0 = (wg_id + it * wg_count) * kTileRows + li;
-    unsigned char* dst = smem + stage0 + static_cast<int>(it % STAGES) * kTileBytes + soff;
-    const T* src = x + row0 * kN + 8 * lc;
-#pragma unroll
-    for (int u = 0; u < kTileRows / 8; ++u) {
-      const bool valid = row0 + 8 * u < n_chunks;
-      cp_async16(dst + u * 8 * 128, valid ? src + u * 8 * kN : x, valid);
-    }
-  };
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < my_tiles) load_tile(s);
-    cp_async_commit();
-  }
+  const bool needs_lo = __syncthreads_or(lo_nonzero) != 0;  // also: R no longer read, its slots free
 
   NvGlobal ng{};
   if constexpr (F == Format::kNvFp4) ng = nv_global(gs);
@@ -238,7 +246,7 @@ __global__ void __launch_bounds__(128 * WG, 1)
           sc[h][1] = s4[2 * h + 1];
         }
       }
-      const int64_t tile = wg_id + it * wg_count;
+      const int64_t tile = tile_of(it);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int64_t chunk = tile * kTileRows + 16 * warp + 8 * h + g;
@@ -260,16 +268,11 @@ __global__ void __launch_bounds__(128 * WG, 1)
 }
 
 // Warpgroups per CTA x stages per warpgroup, one CTA per SM. The kernel is latency-bound (few warps per
-// scheduler, each with a long dependent encode chain), so warps matter more than stages: a tile takes a
-// warpgroup several microseconds, one tile in flight covers the load latency. FPQUANT_ROT_WGMMA_WG=3 selects
-// the 3 x 3 variant (up to 168 registers) for tuning sweeps; the default is 4 x 2 (up to 128 registers).
-int wgmma_warpgroups() {
-  static const int v = [] {
-    const char* e = std::getenv("FPQUANT_ROT_WGMMA_WG");
-    return e != nullptr && e[0] == '3' && e[1] == '\0' ? 3 : 4;
-  }();
-  return v;
-}
+// scheduler, each with long dependent per-group chains), so warps matter more than stages: a warpgroup spends
+// microseconds on a tile and one tile in flight covers the load latency. Measured on the H100 (NOTES.md):
+// 4 x 2 (up to 128 registers) beat 3 x 3 (up to 168) by 5-10% of copy bandwidth.
+constexpr int kWG = 4;
+constexpr int kStages = 2;
 
 template <typename T, int RIN, Format F, core::MxRule RULE, int WG, int STAGES>
 cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
@@ -289,8 +292,7 @@ cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
 
 template <typename T, int RIN, Format F, core::MxRule RULE>
 cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
-  if (wgmma_warpgroups() == 3) return launch_variant<T, RIN, F, RULE, 3, 3>(p, stream);
-  return launch_variant<T, RIN, F, RULE, 4, 2>(p, stream);
+  return launch_variant<T, RIN, F, RULE, kWG, kStages>(p, stream);
 }
 
 template <typename T, Format F, core::MxRule RULE>
