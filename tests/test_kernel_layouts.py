@@ -655,3 +655,62 @@ def test_mx_group_scaled_equals_rounded_products(method):
         assert torch.equal(ref.pack_codes(codes), codes_ref)
         got_scales = torch.where(finite, e + 127, torch.full_like(e, 255)).to(torch.uint8)
         assert torch.equal(got_scales, scales_ref.view(torch.uint8).reshape(-1))
+
+
+# ---- Hopper wgmma rotation kernel (csrc/cuda/rotate_quantize_wgmma.cu, csrc/cuda/wgmma.cuh)
+
+
+def sw128_offset(i: int, k: int, rows: int) -> int:
+    """wgmma.cuh: byte offset of 16-bit element (i, k) of a [rows][128] K-major operand."""
+    return (k // 64) * rows * 128 + i * 128 + ((((k % 64) // 8) ^ (i % 8)) * 16) + (k % 8) * 2
+
+
+def wgmma_acc_out_col(n: int) -> int:
+    """Output column held by wgmma accumulator column n (B's rows are R's columns in this order)."""
+    return 32 * ((n % 8) // 2) + 2 * (n // 8) + n % 2
+
+
+@pytest.mark.parametrize("rows", [64, 128])
+def test_wgmma_operand_layout_is_the_hardware_128b_swizzle(rows):
+    # The 128-byte swizzle XORs address bits 4-6 with bits 7-9 inside each 1024-byte aligned block. A
+    # descriptor for k-step s starts at the K-half's base + 32 (s % 4) bytes; the tensor core reads element
+    # (i, kk) of that step at swizzle(start + 128 i + 2 kk). That must be where the kernel put (i, 16 s + kk).
+    def swizzle(addr):
+        return addr ^ (((addr >> 7) & 7) << 4)
+
+    seen = set()
+    for s in range(8):
+        start = (s // 4) * rows * 128 + (s % 4) * 32
+        for i in range(rows):
+            for kk in range(16):
+                off = sw128_offset(i, 16 * s + kk, rows)
+                assert off == swizzle(start + 128 * i + 2 * kk)
+                seen.add(off)
+    assert seen == set(range(0, rows * 256, 2))  # a bijection onto the operand's bytes
+
+
+def test_wgmma_accumulators_give_each_thread_whole_groups():
+    # D = X B^T with B row n = column wgmma_acc_out_col(n) of S; the m64n128 fragment (warp w, lane 4g + q,
+    # d[4j + 2h + b] = D[16w + g + 8h, 8j + 2q + b]) read through the kernel's at(h, m, k) =
+    # d[16m + 4(k/2) + 2h + k%2] must be Y = X S at row 16w + g + 8h, output column 32q + 8m + k.
+    g_ = torch.Generator().manual_seed(0)
+    X = torch.randint(-8, 9, (64, 128), generator=g_).double()
+    S = torch.randint(-8, 9, (128, 128), generator=g_).double()
+    perm = [wgmma_acc_out_col(n) for n in range(128)]
+    assert sorted(perm) == list(range(128))
+    inverse = [8 * ((c % 32) // 2) + 2 * (c // 32) + c % 2 for c in range(128)]  # the kernel's n(col)
+    assert all(perm[inverse[c]] == c for c in range(128))
+    B = S[:, perm].t()
+    D = X @ B.t()
+    Y = X @ S
+    for w in range(4):
+        for lane in range(32):
+            g, q = lane // 4, lane % 4
+            d = [0.0] * 64
+            for j in range(16):
+                for h in range(2):
+                    for b in range(2):
+                        d[4 * j + 2 * h + b] = D[16 * w + g + 8 * h, 8 * j + 2 * q + b].item()
+            for h in range(2):
+                got = [d[16 * m + 4 * (k // 2) + 2 * h + k % 2] for m in range(4) for k in range(8)]
+                assert got == Y[16 * w + g + 8 * h, 32 * q : 32 * q + 32].tolist()

@@ -2,7 +2,8 @@
 # One device call: build the CUDA variant for the local GPU, then the chosen stages. Logs and results go to
 # $OUT (or ./out). Usage on the GPU machine, from the repository root, with .whl/ carried (README):
 #   bash tools/device_check.sh [build] [tests] [bench] [sanitizer] [profile]   (default: the first four)
-# Extra pytest arguments for the tests stage can be given in PYTEST_ARGS; BENCHES picks the benchmarks
+# Extra pytest arguments for the tests stage can be given in PYTEST_ARGS (FPQUANT_ROT_WGMMA=all in the
+# environment routes every rotation size through the Hopper wgmma kernel); BENCHES picks the benchmarks
 # ("quantize w4a16" by default); CPU_TESTS=0 skips the CPU suite there (CI runs it).
 set -uo pipefail
 OUT="${OUT:-$PWD/out}"
@@ -47,7 +48,7 @@ if [[ " $stages " == *" sanitizer "* ]]; then
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
     compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/test_cuda_quantize.py -q -x \
-      -p no:cacheprovider -k "edge or bad_input or quotients or (rotation_close and dtype0 and (32 or 128)) or (orthogonal and 128 and dtype0)" 2>&1 \
+      -p no:cacheprovider -k "edge or bad_input or quotients or partial or (rotation_close and dtype0 and (32 or 128)) or (orthogonal and 128 and dtype0)" 2>&1 \
       | tee "$OUT/sanitizer_quantize_$tool.log" | tail -4
     echo "rc=$? ($tool, quantize)"
   done

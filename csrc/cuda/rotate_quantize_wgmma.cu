@@ -51,6 +51,43 @@ struct WCfg {
   static_assert(WG * STAGES * kTileBytes >= kN * kN * 4, "the float32 rotation is staged in the tile area");
 };
 
+// Row `row` of a tile, output columns 32q .. 32q+31, recomputed from its own rotation block only (each output
+// sums RIN products, as the reference does) and encoded by the CPU's code: the same bits as the fast path for
+// finite groups (mx_group_scaled, mx_group and nv_group are that code's rules). Out of line, for the rare rows
+// where a non-finite input reached other blocks through the zero blocks of the 128-wide operand.
+template <typename T, int RIN, Format F, core::MxRule RULE>
+static __device__ __noinline__ void repair_row(const unsigned char* xt, int row, const unsigned char* bhi,
+                                               const unsigned char* blo, const float* colc, int q, float g,
+                                               bool blocked, int64_t chunk, int64_t groups_per_row, uint8_t* codes,
+                                               uint8_t* scales) {
+  float y[32];
+  for (int jj = 0; jj < 32; ++jj) {
+    const int j = 32 * q + jj;
+    const int n = 8 * ((j % 32) / 2) + 2 * (j / 32) + j % 2, k0 = (j / RIN) * RIN;
+    float sum = 0.0f;
+    for (int i = 0; i < RIN; ++i) {
+      const float xv = to_float(*reinterpret_cast<const T*>(xt + sw128_offset(row, k0 + i, kTileRows)));
+      const int bo = sw128_offset(n, k0 + i, kN);
+      sum = __fmaf_rn(xv, to_float(*reinterpret_cast<const T*>(bhi + bo)), sum);
+      if (blo != nullptr) sum = __fmaf_rn(xv, to_float(*reinterpret_cast<const T*>(blo + bo)), sum);
+    }
+    y[jj] = __fmul_rn(colc[q * kColStride + jj], sum);
+  }
+  constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  uint8_t c[16], sc[2];
+  if constexpr (F == Format::kMxFp4) {
+    sc[0] = core::mx_quantize_block(y, RULE, c);
+  } else {
+    sc[0] = core::nv_quantize_block(y, g, c);
+    sc[1] = core::nv_quantize_block(y + 16, g, c + 8);
+  }
+  for (int i = 0; i < 16; ++i) codes[chunk * (kN / 2) + 16 * q + i] = c[i];
+  for (int j = 0; j < 32 / G; ++j) {
+    const int64_t flat = chunk * (kN / G) + (32 / G) * q + j;
+    scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row) : flat] = sc[j];
+  }
+}
+
 template <typename T, int RIN, Format F, core::MxRule RULE, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG, 1)
     rotate_quantize_wgmma_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot,
@@ -191,61 +228,64 @@ __global__ void __launch_bounds__(128 * WG, 1)
       // row h's 32 (output column 32q + 8m + k) is accumulator column 8 (4m + k/2) + 2q + k%2. Both rows (and
       // all their groups) are encoded together so that their independent chains interleave.
       auto at = [&](int h, int m, int k) -> float& { return acc[16 * m + 4 * (k / 2) + 2 * h + (k % 2)]; };
-      if (!fold) {  // y_j = RN(c_j * acc_j), as the CPU's float32 rotated values are rounded once
-        if (cu != 0.0f) {
-#pragma unroll
-          for (int i = 0; i < 64; ++i) acc[i] = __fmul_rn(cu, acc[i]);
-        } else {
-#pragma unroll
-          for (int m = 0; m < 4; ++m) {
-            const float4* cp = reinterpret_cast<const float4*>(colc + q * kColStride + 8 * m);
-            const float4 c0 = cp[0], c1 = cp[1];
-            const float cc[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-              for (int k = 0; k < 8; ++k) at(h, m, k) = __fmul_rn(cc[k], at(h, m, k));
-          }
-        }
-      }
       constexpr int kGroups = F == Format::kMxFp4 ? 1 : 2;  // per row
       uint32_t w[2][4];
       uint8_t sc[2][kGroups];
-      if constexpr (F == Format::kMxFp4) {
-        auto row = [&](int h) {
-          return [&, h](int j, float (&out)[8]) {
-#pragma unroll
-            for (int k = 0; k < 8; ++k) out[k] = at(h, j, k);
-          };
-        };
-        bool done = false;
-        if constexpr (RULE != core::MxRule::kQuest) {
-          if (fold) {
-            uint8_t s2[2];
-            mx_groups_scaled<RULE, 2>([&](int h, int j, float (&out)[8]) { row(h)(j, out); }, cu, w, s2);
-            sc[0][0] = s2[0];
-            sc[1][0] = s2[1];
-            done = true;
+      auto encode = [&]() {
+        if (!fold) {  // y_j = RN(c_j * acc_j), as the CPU's float32 rotated values are rounded once
+          if (cu != 0.0f) {
+  #pragma unroll
+            for (int i = 0; i < 64; ++i) acc[i] = __fmul_rn(cu, acc[i]);
+          } else {
+  #pragma unroll
+            for (int m = 0; m < 4; ++m) {
+              const float4* cp = reinterpret_cast<const float4*>(colc + q * kColStride + 8 * m);
+              const float4 c0 = cp[0], c1 = cp[1];
+              const float cc[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+  #pragma unroll
+              for (int h = 0; h < 2; ++h)
+  #pragma unroll
+                for (int k = 0; k < 8; ++k) at(h, m, k) = __fmul_rn(cc[k], at(h, m, k));
+            }
           }
         }
-        if (!done) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) sc[h][0] = mx_group<RULE>(row(h), w[h]);
+        if constexpr (F == Format::kMxFp4) {
+          auto row = [&](int h) {
+            return [&, h](int j, float (&out)[8]) {
+  #pragma unroll
+              for (int k = 0; k < 8; ++k) out[k] = at(h, j, k);
+            };
+          };
+          bool done = false;
+          if constexpr (RULE != core::MxRule::kQuest) {
+            if (fold) {
+              uint8_t s2[2];
+              mx_groups_scaled<RULE, 2>([&](int h, int j, float (&out)[8]) { row(h)(j, out); }, cu, w, s2);
+              sc[0][0] = s2[0];
+              sc[1][0] = s2[1];
+              done = true;
+            }
+          }
+          if (!done) {
+  #pragma unroll
+            for (int h = 0; h < 2; ++h) sc[h][0] = mx_group<RULE>(row(h), w[h]);
+          }
+        } else {
+          uint32_t w4[4][2];
+          uint8_t s4[4];
+          nv_groups<4>([&](int gi, int j, float (&out)[8]) {
+  #pragma unroll
+            for (int k = 0; k < 8; ++k) out[k] = at(gi / 2, 2 * (gi % 2) + j, k);
+          }, ng, w4, s4);
+  #pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            w[h][0] = w4[2 * h][0]; w[h][1] = w4[2 * h][1]; w[h][2] = w4[2 * h + 1][0]; w[h][3] = w4[2 * h + 1][1];
+            sc[h][0] = s4[2 * h];
+            sc[h][1] = s4[2 * h + 1];
+          }
         }
-      } else {
-        uint32_t w4[4][2];
-        uint8_t s4[4];
-        nv_groups<4>([&](int gi, int j, float (&out)[8]) {
-#pragma unroll
-          for (int k = 0; k < 8; ++k) out[k] = at(gi / 2, 2 * (gi % 2) + j, k);
-        }, ng, w4, s4);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          w[h][0] = w4[2 * h][0]; w[h][1] = w4[2 * h][1]; w[h][2] = w4[2 * h + 1][0]; w[h][3] = w4[2 * h + 1][1];
-          sc[h][0] = s4[2 * h];
-          sc[h][1] = s4[2 * h + 1];
-        }
-      }
+      };
+      encode();
       const int64_t tile = tile_of(it);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
@@ -258,6 +298,23 @@ __global__ void __launch_bounds__(128 * WG, 1)
             scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row) : flat] =
                 sc[h][j];
           }
+        }
+      }
+      if constexpr (RIN < kN) {
+        // The zero blocks of the block-diagonal expansion multiply the other blocks' inputs: an infinity or NaN
+        // there (inf * 0 = NaN) would spread to every group of the chunk. Such groups come out with the NaN
+        // scale; their rows (rare) are recomputed from their own blocks only and written again, out of line.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          bool nan_group = false;
+#pragma unroll
+          for (int j = 0; j < kGroups; ++j)
+            nan_group = nan_group | (F == Format::kMxFp4 ? sc[h][j] == core::kE8M0Nan : (ng.ok && (sc[h][j] & 0x7F) == 0x7F));
+          const int64_t chunk = tile * kTileRows + 16 * warp + 8 * h + g;
+          if (nan_group && chunk < n_chunks)
+            repair_row<T, RIN, F, RULE>(smem + stage0 + static_cast<int>(it % STAGES) * kTileBytes, 16 * warp + 8 * h + g,
+                                        smem + C::kBHi, decltype(with_lo)::value ? smem + C::kBLo : nullptr, colc, q, ng.g,
+                                        blocked, chunk, groups_per_row, codes, scales);
         }
       }
     }
@@ -316,15 +373,18 @@ bool is_sm90() {
 
 }  // namespace
 
-// FPQUANT_ROT_WGMMA: unset = the default policy (r = 128), "0" = never (mma.sync kernel), anything else = every
-// r. For A/B measurements; the results are the same bits either way.
+// FPQUANT_ROT_WGMMA: unset = the default policy (below), "0" = never (mma.sync kernel), anything else = always
+// where it applies. For A/B measurements and tests; both kernels meet the same rotation tolerance.
 bool quantize_rotated_wgmma_applies(const QuantizeParams& p) {
   static const int mode = [] {
     const char* e = std::getenv("FPQUANT_ROT_WGMMA");
     if (e == nullptr || e[0] == '\0') return -1;
     return e[0] == '0' && e[1] == '\0' ? 0 : 1;
   }();
-  const bool wanted = mode == 1 || (mode == -1 && p.r == 128);
+  // r < 128 multiplies by a block-diagonal 128 x 128 matrix and pays a fixed setup per CTA: the mma.sync
+  // kernel is quicker for small inputs, this one for large (fewer than one tile per warpgroup: small).
+  const int64_t tiles = (p.rows * p.K / kN + kTileRows - 1) / kTileRows;
+  const bool wanted = mode == 1 || (mode == -1 && (p.r == 128 || tiles >= static_cast<int64_t>(kWG) * num_sms()));
   return wanted && p.rot != nullptr && p.rot_hi == nullptr && p.dtype != DType::kF32 && (p.rows * p.K) % kN == 0 &&
          is_sm90();
 }
