@@ -321,6 +321,9 @@ __global__ void __launch_bounds__(128 * WG, 1)
   };
   if (needs_lo) run(std::true_type{});
   else run(std::false_type{});
+#else
+  // Not an sm_90a target: never launched (quantize_rotated_wgmma_applies checks the device).
+  static_assert(WCfg<WG, STAGES>::kBLo == WCfg<WG, STAGES>::kBHi + kBBytes, "B operands side by side");
 #endif
 }
 
