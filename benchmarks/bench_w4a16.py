@@ -1,12 +1,12 @@
 """W4A16 linear (bf16 activations x FP4 weights) against bf16 cuBLAS (torch.matmul) in the same run.
 
-    python benchmarks/bench_w4a16.py [--json out.json] [--md out.md] [--plot out.png]
+    python benchmarks/bench_w4a16.py [--json out.json] [--md out.md] [--plot out.png] [--m 1,4,16]
 
 For M in {1, 4, 16, 64, 128, 512, 2048, 8192} and (N, K) in {(8192, 8192), (28672, 8192), (8192, 28672),
 (4096, 4096)}, both formats: median CUDA-event time of fpquant's kernel, of torch.matmul with the bf16 weight,
 and of "dequantize then bf16 matmul"; speedups are ratios within this run. Each candidate is captured in a CUDA
 graph (as a decode loop runs it, without per-call host latency) and the replays are timed; weights rotate among
-three copies so that the small-M cases measure HBM, not L2.
+three copies so that the small-M cases measure HBM, not L2. --m restricts M (e.g. decode only, for a short run).
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--md")
     parser.add_argument("--plot")
     parser.add_argument("--copies", type=int, default=3, help="weight copies to rotate through (beats L2)")
+    parser.add_argument("--m", default=None, help="comma-separated M values (default: the full list)")
     parser.add_argument("--replot", help="only draw --plot from a JSON written by an earlier run (no GPU needed)")
     args = parser.parse_args()
     if args.replot:
@@ -73,7 +74,7 @@ def main() -> None:
                     g = fq.nvfp4_global_scale(w)
                     c, s = fq.quantize_nvfp4(w, g)
                     packed[fmt].append((c, s, g))
-        for M in M_LIST:
+        for M in [int(v) for v in args.m.split(",")] if args.m else M_LIST:
             x = torch.randn(M, K, device=dev, dtype=torch.bfloat16)
             t_bf16 = bench_graph_ms([lambda w=w: torch.matmul(x, w.t()) for w in ws])
             for fmt in ("mxfp4", "nvfp4"):
