@@ -1,6 +1,7 @@
-// Rotation fused with quantization on Hopper warpgroup MMAs (sm_90a): the same results as rotate_quantize.cu
+// Rotation fused with quantization on Hopper warpgroup MMAs (sm_90a): the semantics of rotate_quantize.cu
 // (column scales c_j, the rotation's hi/lo split when it is not exact in the 16-bit type, one rounding of
-// c_j * acc, the shared group encoders), with the rotation held in shared memory instead of registers.
+// c_j * acc, the shared group encoders; fp32 accumulation, so codes may differ from the float64 reference
+// as that kernel's do), with the rotation held in shared memory instead of registers.
 //
 // Why a second kernel: with mma.sync, r = 128 costs 64 registers of rotation fragments per thread and 40
 // instructions per 512 outputs (MMAs + ldmatrix), and the kernel was latency-bound at ~50% of copy bandwidth
@@ -9,7 +10,8 @@
 // each thread holds whole groups (below), which it encodes without shuffles or a shared-memory round trip.
 //
 // Layout. x is viewed as chunks of 128 elements ([n_chunks, 128]); a rotation of size r < 128 acts as the
-// block-diagonal matrix diag(R, ..., R) of size 128 (zero blocks add exact zeros, so results are unchanged).
+// block-diagonal matrix diag(R, ..., R) of size 128 (zero blocks add exact zeros; a non-finite input would
+// also reach the other blocks, inf * 0 = NaN, and those rows are redone by repair_row).
 // B (the scaled rotation S, N = 128 output columns x K = 128) has its columns permuted: accumulator column
 // n = 8j + 2q + b of the wgmma fragment is output column 32q + 2j + b, so lane 4g + q holds output columns
 // 32q .. 32q+31 of its two rows: one MXFP4 group, or two NVFP4 groups, in registers.
@@ -48,7 +50,6 @@ struct WCfg {
   static constexpr int kCol = kStage0 + WG * STAGES * kTileBytes;
   static constexpr int kGroupC = kCol + 4 * kColStride * 4;
   static constexpr int kSmem = kGroupC + 4 * 4 + 1024;  // + slack to align the base to 1024 bytes
-  static_assert(WG * STAGES * kTileBytes >= kN * kN * 4, "the float32 rotation is staged in the tile area");
 };
 
 // Row `row` of a tile, output columns 32q .. 32q+31, recomputed from its own rotation block only (each output
