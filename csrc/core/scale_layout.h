@@ -19,4 +19,9 @@ FPQ_HD int64_t blocked_offset(int64_t row, int64_t col, int64_t cols) {
   return tile * 512 + (r % 32) * 16 + (r / 32) * 4 + col % 4;
 }
 
+// Byte offset of the scale of group `flat` (row-major index: row * cols + col) in either layout.
+FPQ_HD int64_t scale_offset(int64_t flat, int64_t cols, bool blocked) {
+  return blocked ? blocked_offset(flat / cols, flat % cols, cols) : flat;
+}
+
 }  // namespace fpquant::core

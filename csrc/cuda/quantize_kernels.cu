@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kThreads) quantize_groups_kernel(const T* __re
       s = nv_group(RegValues<G>{v, 0}, ng, w);
     }
     store_words(codes + i * (G / 2), w);
-    scales[blocked ? core::blocked_offset(i / groups_per_row, i % groups_per_row, groups_per_row) : i] = s;
+    scales[core::scale_offset(i, groups_per_row, blocked)] = s;
   }
 }
 
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) dequantize_groups_kernel(const uint8
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_groups;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const uint8_t sc =
-        scales[blocked ? core::blocked_offset(i / groups_per_row, i % groups_per_row, groups_per_row) : i];
+        scales[core::scale_offset(i, groups_per_row, blocked)];
     const float m = F == Format::kMxFp4 ? core::mx_block_multiplier(sc) : core::nv_block_multiplier(sc, g);
     uint32_t w[G / 8];
     if constexpr (G == 32) {

@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 #pragma unroll
       for (int j = 0; j < kGroups; ++j) {
         const int64_t flat = chunk * (R / G) + kGroups * cg + j;
-        scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row) : flat] =
+        scales[core::scale_offset(flat, groups_per_row, blocked)] =
             sc[j];
       }
     }

@@ -204,8 +204,7 @@ __global__ void __launch_bounds__(kThreads, 2)
           }
           if (q == 0 && chunk < n_chunks) {
             const int64_t flat = chunk * (R / G) + j;  // linear scale index (K is a multiple of R)
-            scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row)
-                           : flat] = sc;
+            scales[core::scale_offset(flat, groups_per_row, blocked)] = sc;
           }
         }
       }

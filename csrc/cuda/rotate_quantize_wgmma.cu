@@ -52,6 +52,20 @@ struct WCfg {
   static constexpr int kSmem = kGroupC + 4 * 4 + 1024;  // + slack to align the base to 1024 bytes
 };
 
+// B row (accumulator column) holding output column col: the inverse of n = 8j + 2q + b -> 32q + 2j + b.
+[[maybe_unused]] __device__ __forceinline__ int acc_col_of(int col) { return 8 * ((col % 32) / 2) + 2 * (col / 32) + col % 2; }
+
+// Codes (16 bytes) and scales of one thread's output columns 32q .. 32q+31 of chunk `chunk`.
+template <Format F>
+__device__ __forceinline__ void store_row(uint8_t* codes, uint8_t* scales, int64_t chunk, int q, uint4 w,
+                                          const uint8_t* sc, int64_t groups_per_row, bool blocked) {
+  constexpr int kGroups = F == Format::kMxFp4 ? 32 / core::kMxGroup : 32 / core::kNvGroup;
+  *reinterpret_cast<uint4*>(codes + chunk * (kN / 2) + 16 * q) = w;
+#pragma unroll
+  for (int j = 0; j < kGroups; ++j)
+    scales[core::scale_offset(chunk * (4 * kGroups) + kGroups * q + j, groups_per_row, blocked)] = sc[j];
+}
+
 // Row `row` of a tile, output columns 32q .. 32q+31, recomputed from its own rotation block only (each output
 // sums RIN products, as the reference does) and encoded by the CPU's code: the same bits as the fast path for
 // finite groups (mx_group_scaled, mx_group and nv_group are that code's rules). Out of line, for the rare rows
@@ -64,7 +78,7 @@ static __device__ __noinline__ void repair_row(const unsigned char* xt, int row,
   float y[32];
   for (int jj = 0; jj < 32; ++jj) {
     const int j = 32 * q + jj;
-    const int n = 8 * ((j % 32) / 2) + 2 * (j / 32) + j % 2, k0 = (j / RIN) * RIN;
+    const int n = acc_col_of(j), k0 = (j / RIN) * RIN;
     float sum = 0.0f;
     for (int i = 0; i < RIN; ++i) {
       const float xv = to_float(*reinterpret_cast<const T*>(xt + sw128_offset(row, k0 + i, kTileRows)));
@@ -74,19 +88,16 @@ static __device__ __noinline__ void repair_row(const unsigned char* xt, int row,
     }
     y[jj] = __fmul_rn(colc[q * kColStride + jj], sum);
   }
-  constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
-  uint8_t c[16], sc[2];
+  uint4 c;  // canonical packing: byte i holds elements 2i, 2i+1
+  uint8_t sc[2];
+  uint8_t* cb = reinterpret_cast<uint8_t*>(&c);
   if constexpr (F == Format::kMxFp4) {
-    sc[0] = core::mx_quantize_block(y, RULE, c);
+    sc[0] = core::mx_quantize_block(y, RULE, cb);
   } else {
-    sc[0] = core::nv_quantize_block(y, g, c);
-    sc[1] = core::nv_quantize_block(y + 16, g, c + 8);
+    sc[0] = core::nv_quantize_block(y, g, cb);
+    sc[1] = core::nv_quantize_block(y + 16, g, cb + 8);
   }
-  for (int i = 0; i < 16; ++i) codes[chunk * (kN / 2) + 16 * q + i] = c[i];
-  for (int j = 0; j < 32 / G; ++j) {
-    const int64_t flat = chunk * (kN / G) + (32 / G) * q + j;
-    scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row) : flat] = sc[j];
-  }
+  store_row<F>(codes, scales, chunk, q, c, sc, groups_per_row, blocked);
 }
 
 template <typename T, int RIN, Format F, core::MxRule RULE, int WG, int STAGES>
@@ -163,7 +174,7 @@ __global__ void __launch_bounds__(128 * WG, 1)
   bool lo_nonzero = false;
   static_assert(C::kThreads % kN == 0, "one column per thread");
   const int col = tid % kN;
-  const int n = 8 * ((col % 32) / 2) + 2 * (col / 32) + col % 2;  // acc_out_col(n) == col
+  const int n = acc_col_of(col);
   const float cj = colc[(col / 32) * kColStride + col % 32], rcj = __frcp_rn(cj);
   for (int kc = tid / kN; kc < kN / 8; kc += C::kThreads / kN) {
     float hi[8], lo[8];
@@ -207,22 +218,21 @@ __global__ void __launch_bounds__(128 * WG, 1)
       cp_async_commit();
 
       const uint32_t a_addr = smem_addr + stage0 + static_cast<int>(it % STAGES) * kTileBytes;
-  #pragma unroll
+#pragma unroll
       for (int i = 0; i < 64; ++i) fence_operand(acc[i]);
       wgmma_fence();
-  #pragma unroll
-      for (int s = 0; s < kN / 16; ++s)
-        wgmma_m64n128k16<T>(acc, sw128_desc(a_addr + (s / 4) * (kTileRows * 128) + (s % 4) * 32),
-                            sw128_desc(smem_addr + C::kBHi + (s / 4) * (kN * 128) + (s % 4) * 32), s > 0);
-      if constexpr (decltype(with_lo)::value) {
-  #pragma unroll
+      // K-step s: its 64-element K half, then 32 bytes per step inside it (wgmma.cuh sw128_desc).
+      auto mma_pass = [&](int b_off, bool first) {
+#pragma unroll
         for (int s = 0; s < kN / 16; ++s)
           wgmma_m64n128k16<T>(acc, sw128_desc(a_addr + (s / 4) * (kTileRows * 128) + (s % 4) * 32),
-                              sw128_desc(smem_addr + C::kBLo + (s / 4) * (kN * 128) + (s % 4) * 32), true);
-      }
+                              sw128_desc(smem_addr + b_off + (s / 4) * (kN * 128) + (s % 4) * 32), !first || s > 0);
+      };
+      mma_pass(C::kBHi, true);
+      if constexpr (decltype(with_lo)::value) mma_pass(C::kBLo, false);
       wgmma_commit();
       wgmma_wait<0>();
-  #pragma unroll
+#pragma unroll
       for (int i = 0; i < 64; ++i) fence_operand(acc[i]);
 
       // ---- Epilogue: rows g and g + 8 of this warp's 16; output columns 32q .. 32q+31 of each. Value 8m + k of
@@ -232,91 +242,81 @@ __global__ void __launch_bounds__(128 * WG, 1)
       constexpr int kGroups = F == Format::kMxFp4 ? 1 : 2;  // per row
       uint32_t w[2][4];
       uint8_t sc[2][kGroups];
-      auto encode = [&]() {
-        if (!fold) {  // y_j = RN(c_j * acc_j), as the CPU's float32 rotated values are rounded once
-          if (cu != 0.0f) {
-  #pragma unroll
-            for (int i = 0; i < 64; ++i) acc[i] = __fmul_rn(cu, acc[i]);
-          } else {
-  #pragma unroll
-            for (int m = 0; m < 4; ++m) {
-              const float4* cp = reinterpret_cast<const float4*>(colc + q * kColStride + 8 * m);
-              const float4 c0 = cp[0], c1 = cp[1];
-              const float cc[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-  #pragma unroll
-              for (int h = 0; h < 2; ++h)
-  #pragma unroll
-                for (int k = 0; k < 8; ++k) at(h, m, k) = __fmul_rn(cc[k], at(h, m, k));
-            }
-          }
-        }
-        if constexpr (F == Format::kMxFp4) {
-          auto row = [&](int h) {
-            return [&, h](int j, float (&out)[8]) {
-  #pragma unroll
-              for (int k = 0; k < 8; ++k) out[k] = at(h, j, k);
-            };
-          };
-          bool done = false;
-          if constexpr (RULE != core::MxRule::kQuest) {
-            if (fold) {
-              uint8_t s2[2];
-              mx_groups_scaled<RULE, 2>([&](int h, int j, float (&out)[8]) { row(h)(j, out); }, cu, w, s2);
-              sc[0][0] = s2[0];
-              sc[1][0] = s2[1];
-              done = true;
-            }
-          }
-          if (!done) {
-  #pragma unroll
-            for (int h = 0; h < 2; ++h) sc[h][0] = mx_group<RULE>(row(h), w[h]);
-          }
+      if (!fold) {  // y_j = RN(c_j * acc_j), as the CPU's float32 rotated values are rounded once
+        if (cu != 0.0f) {
+#pragma unroll
+          for (int i = 0; i < 64; ++i) acc[i] = __fmul_rn(cu, acc[i]);
         } else {
-          uint32_t w4[4][2];
-          uint8_t s4[4];
-          nv_groups<4>([&](int gi, int j, float (&out)[8]) {
-  #pragma unroll
-            for (int k = 0; k < 8; ++k) out[k] = at(gi / 2, 2 * (gi % 2) + j, k);
-          }, ng, w4, s4);
-  #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            w[h][0] = w4[2 * h][0]; w[h][1] = w4[2 * h][1]; w[h][2] = w4[2 * h + 1][0]; w[h][3] = w4[2 * h + 1][1];
-            sc[h][0] = s4[2 * h];
-            sc[h][1] = s4[2 * h + 1];
-          }
-        }
-      };
-      encode();
-      const int64_t tile = tile_of(it);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t chunk = tile * kTileRows + 16 * warp + 8 * h + g;
-        if (chunk < n_chunks) {
-          *reinterpret_cast<uint4*>(codes + chunk * (kN / 2) + 16 * q) = make_uint4(w[h][0], w[h][1], w[h][2], w[h][3]);
+          for (int m = 0; m < 4; ++m) {
+            const float4* cp = reinterpret_cast<const float4*>(colc + q * kColStride + 8 * m);
+            const float4 c0 = cp[0], c1 = cp[1];
+            const float cc[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
 #pragma unroll
-          for (int j = 0; j < kGroups; ++j) {
-            const int64_t flat = chunk * (kN / G) + kGroups * q + j;
-            scales[blocked ? core::blocked_offset(flat / groups_per_row, flat % groups_per_row, groups_per_row) : flat] =
-                sc[h][j];
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+              for (int k = 0; k < 8; ++k) at(h, m, k) = __fmul_rn(cc[k], at(h, m, k));
           }
         }
       }
-      if constexpr (RIN < kN) {
-        // The zero blocks of the block-diagonal expansion multiply the other blocks' inputs: an infinity or NaN
-        // there (inf * 0 = NaN) would spread to every group of the chunk. Such groups come out with the NaN
-        // scale; their rows (rare) are recomputed from their own blocks only and written again, out of line.
+      if constexpr (F == Format::kMxFp4) {
+        auto row = [&](int h) {
+          return [&, h](int j, float (&out)[8]) {
+#pragma unroll
+            for (int k = 0; k < 8; ++k) out[k] = at(h, j, k);
+          };
+        };
+        bool done = false;
+        if constexpr (RULE != core::MxRule::kQuest) {
+          if (fold) {
+            uint8_t s2[2];
+            mx_groups_scaled<RULE, 2>([&](int h, int j, float (&out)[8]) { row(h)(j, out); }, cu, w, s2);
+            sc[0][0] = s2[0];
+            sc[1][0] = s2[1];
+            done = true;
+          }
+        }
+        if (!done) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) sc[h][0] = mx_group<RULE>(row(h), w[h]);
+        }
+      } else {
+        uint32_t w4[4][2];
+        uint8_t s4[4];
+        nv_groups<4>([&](int gi, int j, float (&out)[8]) {
+#pragma unroll
+          for (int k = 0; k < 8; ++k) out[k] = at(gi / 2, 2 * (gi % 2) + j, k);
+        }, ng, w4, s4);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
+          w[h][0] = w4[2 * h][0]; w[h][1] = w4[2 * h][1]; w[h][2] = w4[2 * h + 1][0]; w[h][3] = w4[2 * h + 1][1];
+          sc[h][0] = s4[2 * h];
+          sc[h][1] = s4[2 * h + 1];
+        }
+      }
+      const int64_t tile = tile_of(it);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = 16 * warp + 8 * h + g;
+        const int64_t chunk = tile * kTileRows + row;
+        if (chunk >= n_chunks) continue;
+        if constexpr (RIN < kN) {
+          // The zero blocks of the block-diagonal expansion multiply the other blocks' inputs: an infinity or
+          // NaN there (inf * 0 = NaN) would spread to every group of the chunk. Such groups come out with the
+          // NaN scale; their rows (rare) are recomputed from their own blocks only, out of line.
           bool nan_group = false;
 #pragma unroll
           for (int j = 0; j < kGroups; ++j)
             nan_group = nan_group | (F == Format::kMxFp4 ? sc[h][j] == core::kE8M0Nan : (ng.ok && (sc[h][j] & 0x7F) == 0x7F));
-          const int64_t chunk = tile * kTileRows + 16 * warp + 8 * h + g;
-          if (nan_group && chunk < n_chunks)
-            repair_row<T, RIN, F, RULE>(smem + stage0 + static_cast<int>(it % STAGES) * kTileBytes, 16 * warp + 8 * h + g,
-                                        smem + C::kBHi, decltype(with_lo)::value ? smem + C::kBLo : nullptr, colc, q, ng.g,
-                                        blocked, chunk, groups_per_row, codes, scales);
+          if (nan_group) {
+            repair_row<T, RIN, F, RULE>(smem + stage0 + static_cast<int>(it % STAGES) * kTileBytes, row, smem + C::kBHi,
+                                        decltype(with_lo)::value ? smem + C::kBLo : nullptr, colc, q, ng.g, blocked,
+                                        chunk, groups_per_row, codes, scales);
+            continue;
+          }
         }
+        store_row<F>(codes, scales, chunk, q, make_uint4(w[h][0], w[h][1], w[h][2], w[h][3]), sc[h], groups_per_row,
+                     blocked);
       }
     }
   };
