@@ -132,3 +132,58 @@ def test_cuda_tile_requirements_are_clear_errors():
     codes, scales, gs, _ = make_weight(48, 256, "mxfp4", 0, "cuda")
     with pytest.raises(ValueError, match="N a multiple of 32 and K a multiple of 128"):
         fq.linear_w4a16(torch.randn(2, 256, device="cuda", dtype=torch.bfloat16), codes, scales)
+
+
+def _random_scales(fmt, dtype, shape, g, fp16_min_e8m0=96):
+    """Scale codes over the whole range where every dequantized weight is finite in `dtype` (MXFP4: E8M0
+    0..252 for bfloat16, 96..140 for float16, so fp16 subnormal weights and the two-multiply path above
+    E8M0 128 both occur; NVFP4: every non-NaN E4M3 code, negative ones included)."""
+    if fmt == "mxfp4":
+        lo, hi = (0, 252) if dtype == torch.bfloat16 else (fp16_min_e8m0, 140)
+        return torch.randint(lo, hi + 1, shape, generator=g, dtype=torch.uint8).view(torch.float8_e8m0fnu)
+    s = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    s[(s & 0x7F) == 0x7F] = 0x38  # NaN codes -> 1.0
+    return s.view(torch.float8_e4m3fn)
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 7, 16, 40])
+def test_cuda_exact_on_every_code_and_scale(fmt, dtype, M):
+    # One-hot activation rows read single dequantized weights back through the kernel: every E2M1 code (the
+    # subnormal 0.5 and -0 included) under scales across the whole range must come out as the reference's
+    # dequantized weight rounded to the activation dtype, bit for bit.
+    N, K = 96, 640  # 5 chunks of 128: odd chunk counts and split-K remainders
+    g = torch.Generator().manual_seed(11 + M)
+    codes = torch.randint(0, 256, (N, K // 2), generator=g, dtype=torch.uint8)
+    group = 32 if fmt == "mxfp4" else 16
+    # Above 16 rows the kernel multiplies codes by the fp16 scale itself, which underflows below 2^-24.
+    scales = _random_scales(fmt, dtype, (N, K // group), g, 96 if M <= 16 else 103)
+    if fmt == "mxfp4":
+        gs, w = None, fq.dequantize_mxfp4(codes, scales)
+    else:
+        gs = torch.ones(1)
+        w = fq.dequantize_nvfp4(codes, scales, gs)
+    cols = torch.randperm(K, generator=g)[:M]
+    x = torch.zeros(M, K, dtype=dtype)
+    x[torch.arange(M), cols] = 1
+    out = fq.linear_w4a16(x.cuda(), codes.cuda(), scales.cuda(), None if gs is None else gs.cuda(), format=fmt)
+    expected = w[:, cols].T.to(dtype)
+    assert torch.isfinite(expected).all()
+    mismatch = (out.cpu() != expected).nonzero()
+    assert len(mismatch) == 0, (len(mismatch), mismatch[:5].tolist())
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_nan_scale_poisons_its_features_only(dtype):
+    N, K = 64, 256
+    codes, scales, gs, w = make_weight(N, K, "mxfp4", 3)
+    scales = scales.clone()
+    scales.view(torch.uint8)[5, 3] = 0xFF  # E8M0 NaN: feature 5
+    x = torch.randn(4, K, dtype=dtype)
+    out = fq.linear_w4a16(x.cuda(), codes.cuda(), scales.cuda(), format="mxfp4").cpu()
+    assert torch.isnan(out[:, 5]).all()
+    others = torch.cat([out[:, :5], out[:, 6:]], 1)
+    assert torch.isfinite(others).all()

@@ -32,5 +32,7 @@ constexpr int kW4A16ChunkK = 128; // K per pipeline step
 int w4a16_m_tiles(int64_t M);
 int w4a16_splits(int64_t M, int64_t N, int64_t K);
 cudaError_t w4a16_gemm(const W4A16Params& p, cudaStream_t stream);
+// The decode kernel (M <= 16), which w4a16_gemm dispatches to.
+cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream);
 
 }  // namespace fpquant::cuda

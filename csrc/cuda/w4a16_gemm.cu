@@ -1,4 +1,4 @@
-// Weight-only FP4 GEMM on mma.sync tensor cores (sm_80+; first version, for M below the slab threshold).
+// Weight-only FP4 GEMM on mma.sync tensor cores (sm_80+) for 17-64 rows of x (w4a16_decode.cu: up to 16).
 //
 // CTA = WARPS warps side by side along N, each owning 32 output features (4 n-tiles of 8), and MT m-tiles
 // of 16 rows of x. Every warp walks the CTA's K range (1/splits of K) in chunks of 128: it loads and
@@ -21,22 +21,14 @@
 
 #include <type_traits>
 
-#include "cuda/device_utils.cuh"
 #include "cuda/mma.cuh"
-#include "cuda/w4a16.h"
-#include "core/fp_formats.h"
+#include "cuda/w4a16_common.cuh"
 
 namespace fpquant::cuda {
 namespace {
+using namespace w4a16;
 
 constexpr int kNT = kW4A16TileN / 8;  // n-tiles per CTA
-
-// prmt in its default mode: a selector nibble with bit 3 set replicates the sign bit of the chosen byte.
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-  uint32_t r;
-  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
-  return r;
-}
 
 // Byte tables of the E2M1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6} in the 16-bit type: low bytes (entries 0-3,
 // 4-7) and high bytes.
@@ -62,35 +54,6 @@ __device__ __forceinline__ void decode8(uint32_t w, uint32_t* o) {
   o[2] = prmt(lb, hb, 0x5140u) | (prmt(v, w, 0xE0A0u) & 0x80008000u);
   o[3] = prmt(lb, hb, 0x7362u) | (prmt(v, w, 0xF0B0u) & 0x80008000u);
 }
-
-template <typename AT>
-__device__ __forceinline__ uint32_t splat(float s) {  // (s, s) as two 16-bit values
-  if constexpr (std::is_same_v<AT, __nv_bfloat16>) {
-    __nv_bfloat162 p = __float2bfloat162_rn(s);
-    return *reinterpret_cast<uint32_t*>(&p);
-  } else {
-    __half2 p = __float2half2_rn(s);
-    return *reinterpret_cast<uint32_t*>(&p);
-  }
-}
-
-template <typename AT>
-__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
-  if constexpr (std::is_same_v<AT, __nv_bfloat16>) {
-    __nv_bfloat162 r = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&a), *reinterpret_cast<__nv_bfloat162*>(&b));
-    return *reinterpret_cast<uint32_t*>(&r);
-  } else {
-    __half2 r = __hmul2(*reinterpret_cast<__half2*>(&a), *reinterpret_cast<__half2*>(&b));
-    return *reinterpret_cast<uint32_t*>(&r);
-  }
-}
-
-template <Format F>
-__device__ __forceinline__ float group_scale(uint8_t code) {
-  return F == Format::kMxFp4 ? core::e8m0_decode(code) : core::e4m3_decode(code);
-}
-
-__device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
 template <typename AT, Format F, int MT, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
@@ -209,35 +172,19 @@ __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
   }
 }
 
-template <typename AT, Format F>
-__global__ void __launch_bounds__(256) splitk_reduce_kernel(W4A16Params p) {
-  const float inv_g = F == Format::kNvFp4 ? 1.0f / __ldg(p.global_scale) : 1.0f;
-  const int64_t total = p.M * p.N;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float v = 0.0f;
-    for (int s = 0; s < p.splits; ++s) v += p.workspace[s * total + i];
-    if (F == Format::kNvFp4) v *= inv_g;
-    if (p.bias) v += to_float(static_cast<const AT*>(p.bias)[i % p.N]);
-    store_float(static_cast<AT*>(p.out) + i, v);
-  }
-}
-
 template <typename AT, Format F, int MT, int WARPS>
 cudaError_t launch_tiles(const W4A16Params& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((p.M + 16 * MT - 1) / (16 * MT)),
                   static_cast<unsigned>((p.N + 32 * WARPS - 1) / (32 * WARPS)), static_cast<unsigned>(p.splits));
   w4a16_kernel<AT, F, MT, WARPS><<<grid, 32 * WARPS, 0, stream>>>(p);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || p.splits == 1) return err;
-  splitk_reduce_kernel<AT, F><<<grid_for(p.M * p.N, 256), 256, 0, stream>>>(p);
-  return cudaGetLastError();
+  const cudaError_t err = cudaGetLastError();
+  return err != cudaSuccess ? err : reduce_splits<AT, F>(p, stream);
 }
 
 template <typename AT, Format F>
 cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
   switch (w4a16_m_tiles(p.M)) {
-    case 1: return launch_tiles<AT, F, 1, 4>(p, stream);
+    case 1: return w4a16_decode(p, stream);
     case 2: return launch_tiles<AT, F, 2, 4>(p, stream);
     case 4: return launch_tiles<AT, F, 4, 8>(p, stream);
     default: return launch_tiles<AT, F, 8, 8>(p, stream);
