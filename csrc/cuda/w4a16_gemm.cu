@@ -186,27 +186,29 @@ cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
   switch (w4a16_m_tiles(p.M)) {
     case 1: return w4a16_decode(p, stream);
     case 2: return launch_tiles<AT, F, 2, 4>(p, stream);
-    case 4: return launch_tiles<AT, F, 4, 8>(p, stream);
-    default: return launch_tiles<AT, F, 8, 8>(p, stream);
+    default: return launch_tiles<AT, F, 4, 8>(p, stream);
   }
 }
 
 }  // namespace
 
-// Tile heuristic (documented in docs/DESIGN.md): MT m-tiles of 16 rows per CTA, the smallest of 1, 2, 4, 8
-// that covers M (8 beyond 64 rows), with 4 warps (128 features) per CTA for MT <= 2 and 8 warps (256
-// features) above, so that wider CTAs share activation reads as M grows.
-int w4a16_m_tiles(int64_t M) { return M <= 16 ? 1 : (M <= 32 ? 2 : (M <= 64 ? 4 : 8)); }
+// Tile heuristic (documented in docs/DESIGN.md): up to 16 rows the decode kernel (w4a16_decode.cu); above,
+// MT m-tiles of 16 rows per CTA, 2 up to 32 rows and 4 up to 64 (larger M takes the slab path in
+// linear_cuda.cpp), with 4 warps (128 features) per CTA for MT = 2 and 8 warps (256 features) for MT = 4, so
+// that wider CTAs share activation reads as M grows.
+int w4a16_m_tiles(int64_t M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
 
-// Split-K: decode shapes give few CTAs ((N / features per CTA) * ceil(M / rows per CTA)) and each a long
-// serial K loop, so K is split (powers of two) until there are about sixteen CTAs per SM, keeping at least
-// 4 chunks of 128 per split. Measured on the H100 at M = 1 (benchmarks/NOTES.md): time falls until 8 splits
-// and is flat to 16 for (8192, 8192); (28672, 8192) wants 8 splits (82 us) where a 4-per-SM target chose 1-2.
+// Split-K (partials reduced by a second kernel, in split order). M <= 16 (the decode kernel, 128 features
+// per CTA): K is split (powers of two, at least 4 chunks of 128 per split) while the grid stays within
+// about two CTAs per SM. Measured on the H100 at M = 1 and 16 (benchmarks/NOTES.md): a single wave of few,
+// long CTAs beats more, shorter ones plus a larger reduction; (28672, 8192) is fastest unsplit, (8192, 8192)
+// and (8192, 28672) with 4 splits, (4096, 4096) with 8. 17 <= M <= 64 (w4a16_kernel): K is split until there
+// are about sixteen CTAs per SM.
 int w4a16_splits(int64_t M, int64_t N, int64_t K) {
   const int mt = w4a16_m_tiles(M);
   const int64_t features = mt <= 2 ? 128 : 256;
   const int64_t ctas = ((N + features - 1) / features) * ((M + 16 * mt - 1) / (16 * mt));
-  const int64_t target = 16LL * num_sms();
+  const int64_t target = (mt == 1 ? 2LL : 16LL) * num_sms();
   const int64_t max_splits = K / (kW4A16ChunkK * 4);
   int s = 1;
   while (ctas * s * 2 <= target && s * 2 <= max_splits) s *= 2;
