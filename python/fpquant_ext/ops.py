@@ -258,9 +258,9 @@ def linear_w4a16(
         w_global_scale: the NVFP4 global scale (required for ``format="nvfp4"``).
         bias: optional [N] in x's dtype.
 
-    On CUDA, for up to 64 rows of x (decode) the weight is dequantized in registers inside the GEMM kernel
-    (no bf16 copy of the weight); from 65 rows on it is dequantized in slabs of at most 32 MiB and
-    multiplied by cuBLAS. N must be a multiple of 32 and K of 128 there. With float16 activations
+    On CUDA, for up to 64 rows of x the weight is dequantized in registers inside the GEMM kernel (no bf16
+    copy of the weight; up to 16 rows a dedicated decode kernel); from 65 rows on it is dequantized in slabs
+    of at most 32 MiB and multiplied by cuBLAS. N must be a multiple of 32 and K of 128 there. With float16 activations
     the dequantized weights must lie in float16's range. The CPU implementation is the reference:
     dequantize to float32, then matmul.
     """
