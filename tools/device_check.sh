@@ -30,7 +30,8 @@ if [[ " $stages " == *" build "* ]]; then
 fi
 if [[ " $stages " == *" tests "* ]]; then
   echo "== GPU tests"
-  python3 -m pytest tests -q -p no:cacheprovider -m cuda -rfE --durations=8 ${PYTEST_ARGS:-} 2>&1 \
+  eval "extra=(${PYTEST_ARGS:-})"  # shell quoting is kept: PYTEST_ARGS='-k "w4a16 or partial"'
+  python3 -m pytest tests -q -p no:cacheprovider -m cuda -rfE --durations=8 "${extra[@]}" 2>&1 \
     | tee "$OUT/tests_cuda.log" | tail -60
   [[ "${CPU_TESTS:-1}" == 1 ]] && echo "== CPU tests" && python3 -m pytest tests -q -p no:cacheprovider -m "not cuda" 2>&1 | tee "$OUT/tests_cpu.log" | tail -5
 fi

@@ -29,7 +29,7 @@ at::Tensor linear_by_slabs(const at::Tensor& x2d, const at::Tensor& codes, const
                            const at::Tensor* global_scale, const c10::optional<at::Tensor>& bias, cuda::Format format,
                            at::Tensor out2d) {
   const int64_t N = codes.size(0), K = x2d.size(1);
-  const int64_t G = format == cuda::Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  const int64_t G = cuda::group_size(format);
   const int64_t rows = std::min<int64_t>(N, std::max<int64_t>(256, kSlabBytes / (K * 2) / 32 * 32));
   at::Tensor wbuf = at::empty({rows, K}, x2d.options());
   const uint8_t* c = reinterpret_cast<const uint8_t*>(codes.data_ptr());

@@ -37,7 +37,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const char* op, Format format, 
                                                  const at::Tensor* global_scale, ScaleLayout layout) {
   check_device_and_alignment(op, x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t G = format == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  const int64_t G = group_size(format);
   const int64_t K = x.size(-1), rows = x.numel() / K;
   at::Tensor codes = make_codes(x);
   at::Tensor scales =

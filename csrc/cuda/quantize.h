@@ -13,6 +13,9 @@ namespace fpquant::cuda {
 enum class DType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
 enum class Format : int { kMxFp4 = 0, kNvFp4 = 1 };
 
+// Elements per scale: 32 for MXFP4, 16 for NVFP4.
+constexpr int group_size(Format f) { return f == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup; }
+
 struct QuantizeParams {
   const void* x = nullptr;  // [rows, K], contiguous, 16-byte aligned
   DType dtype = DType::kBF16;

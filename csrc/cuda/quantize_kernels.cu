@@ -31,7 +31,7 @@ __global__ void __launch_bounds__(kThreads) quantize_groups_kernel(const T* __re
                                                                    const float* __restrict__ gs, bool blocked,
                                                                    uint8_t* __restrict__ codes,
                                                                    uint8_t* __restrict__ scales) {
-  constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  constexpr int G = group_size(F);
   NvGlobal ng{};
   if constexpr (F == Format::kNvFp4) ng = nv_global(gs);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_groups;
@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) dequantize_groups_kernel(const uint8
                                                                      const float* __restrict__ gs, bool blocked,
                                                                      int64_t n_groups, int64_t groups_per_row,
                                                                      O* __restrict__ out) {
-  constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  constexpr int G = group_size(F);
   const float g = F == Format::kNvFp4 ? __ldg(gs) : 0.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_groups;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -139,7 +139,7 @@ cudaError_t with_dtype(DType d, Fn&& fn) {
 }  // namespace
 
 cudaError_t quantize_rowwise(const QuantizeParams& p, cudaStream_t stream) {
-  const int G = p.format == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  const int G = group_size(p.format);
   const int64_t n_groups = p.rows * (p.K / G);
   const unsigned grid = grid_for(n_groups, kThreads);
   return with_dtype(p.dtype, [&](auto t) {
@@ -157,7 +157,7 @@ cudaError_t quantize(const QuantizeParams& p, cudaStream_t stream) {
 }
 
 cudaError_t dequantize(const DequantizeParams& p, cudaStream_t stream) {
-  const int G = p.format == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  const int G = group_size(p.format);
   const int64_t n_groups = p.rows * (p.K / G);
   const unsigned grid = grid_for(n_groups, kThreads);
   return with_dtype(p.out_dtype, [&](auto t) {

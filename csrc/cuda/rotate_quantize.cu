@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot, const float* __restrict__ gs, bool blocked,
                            uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
   using C = Cfg<R, kMinBlocks>;
-  constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  constexpr int G = group_size(F);
   extern __shared__ __align__(128) unsigned char smem[];
   uint2* lo_frag = reinterpret_cast<uint2*>(smem + C::kStageArea + C::kYBytes);
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;

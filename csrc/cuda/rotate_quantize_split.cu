@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const MT* __restrict__ rot_hi,
                            const MT* __restrict__ rot_lo, core::MxRule rule, const float* __restrict__ gs,
                            bool blocked, uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
-  constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  constexpr int G = group_size(F);
   constexpr int kStride = R + 8;  // padded smem rows: conflict-free ldmatrix
   constexpr int E = R / 4;        // elements per thread per row
   constexpr int ROWS = 16 * MT_TILES;

@@ -59,7 +59,7 @@ struct WCfg {
 template <Format F>
 __device__ __forceinline__ void store_row(uint8_t* codes, uint8_t* scales, int64_t chunk, int q, uint4 w,
                                           const uint8_t* sc, int64_t groups_per_row, bool blocked) {
-  constexpr int kGroups = F == Format::kMxFp4 ? 32 / core::kMxGroup : 32 / core::kNvGroup;
+  constexpr int kGroups = 32 / group_size(F);
   *reinterpret_cast<uint4*>(codes + chunk * (kN / 2) + 16 * q) = w;
 #pragma unroll
   for (int j = 0; j < kGroups; ++j)
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(128 * WG, 1)
                                  uint8_t* __restrict__ scales) {
 #if FPQUANT_WGMMA
   using C = WCfg<WG, STAGES>;
-  constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  constexpr int G = group_size(F);
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);

@@ -48,9 +48,6 @@ __device__ __forceinline__ float group_scale(uint8_t code) {
   return F == Format::kMxFp4 ? core::e8m0_decode(code) : core::e4m3_decode(code);
 }
 
-template <Format F>
-constexpr int kGroup = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
-
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
 // Split-K: partials [splits, M, N] (float32, already free of any kernel-internal scaling) summed in split

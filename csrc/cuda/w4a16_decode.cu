@@ -1,8 +1,9 @@
 // Weight-only FP4 GEMM for decode sizes (M <= 16 rows of x) on mma.sync tensor cores (sm_80+).
 //
 // At these sizes the layer is a stream of weight bytes, and the GPU's issue slots, not the memory, were what
-// bounded the first kernel (w4a16_gemm.cu at MT = 1: ~37 instructions per 8 weights per thread, 0.5 issued
-// per scheduler cycle, ~1.1 TB/s; benchmarks/NOTES.md). This kernel spends ~20:
+// bounded the first kernel (w4a16_gemm.cu at MT = 1: ~37 SASS instructions per 8 weights per thread, 0.5
+// issued per scheduler cycle, ~1.1 TB/s; benchmarks/NOTES.md). This kernel spends ~25 (18 of them decode,
+// scale and mma):
 // - The weight is the A operand (16 features x 16 k per mma), x the B operand (8 rows: one B tile for
 //   M <= 8, two for M <= 16), so each mma consumes 256 weights and the activation fragments are shared by
 //   every weight tile of the warp.
@@ -42,7 +43,7 @@ constexpr int kChunkCodeBytes = kW4A16ChunkK / 2;
 
 template <Format F>
 struct Slots {  // one stage: [row][thread] slots, so that a warp's 16-byte reads are conflict-free
-  static constexpr int kScaleBytes = kW4A16ChunkK / kGroup<F>;  // a row's scales for one chunk (4 or 8)
+  static constexpr int kScaleBytes = kW4A16ChunkK / group_size(F);  // a row's scales for one chunk (4 or 8)
   static constexpr int kCodes = 0;
   static constexpr int kScales = kRows * kThreads * 16;
   static constexpr int kStage = kScales + kRows * kThreads * kScaleBytes;
@@ -181,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(W4A16Params p) {
   for (int r = 0; r < kRows; ++r) {
     const int64_t n = nw + 16 * (r / 2) + g + 8 * (r % 2);
     wsrc[r] = p.codes + n * (p.K / 2) + c_begin * kChunkCodeBytes + 16 * q;
-    ssrc[r] = p.scales + n * (p.K / kGroup<F>) + c_begin * S::kScaleBytes;
+    ssrc[r] = p.scales + n * (p.K / group_size(F)) + c_begin * S::kScaleBytes;
   }
   auto issue = [&](int i) {  // chunk c_begin + i into slot i % kStages (this thread's own slots)
     unsigned char* st = smem + (i % kStages) * S::kStage;
@@ -219,13 +220,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(W4A16Params p) {
   };
   if (n_chunks > 0) load_x(0, xa);
 
-  float acc[kTiles][NB][4];
-#pragma unroll
-  for (int t = 0; t < kTiles; ++t)
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) acc[t][nb][c] = 0.0f;
+  float acc[kTiles][NB][4] = {};
 
   // One chunk: its activations are in xc, the next chunk's are loaded into xn. The loop runs two chunks
   // per trip with the two buffers swapped, so that no register copies are needed between chunks.

@@ -57,7 +57,7 @@ __device__ __forceinline__ void decode8(uint32_t w, uint32_t* o) {
 
 template <typename AT, Format F, int MT, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
-  constexpr int G = F == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  constexpr int G = group_size(F);
   constexpr int SPC = 32 / G;  // scales per lane per chunk
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * 16 * MT;
@@ -75,13 +75,7 @@ __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
     srow[j] = p.scales + n * (p.K / G) + SPC * q;
   }
 
-  float acc[MT][kNT][4];
-#pragma unroll
-  for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) acc[mi][j][c] = 0.0f;
+  float acc[MT][kNT][4] = {};
 
   // Two-stage register pipeline: the next chunk's weight codes and scales are in flight while this one
   // is decoded and multiplied.
