@@ -122,3 +122,23 @@ def test_swizzle_roundtrip_and_reference(rows, cols, seed):
     # padding is zero
     mask = torch.ones(rows, cols, dtype=torch.uint8)
     assert int(fq.swizzle_scales(mask.view(torch.float8_e8m0fnu)).view(torch.uint8).sum()) == rows * cols
+
+
+def test_quest_uses_the_correctly_rounded_sqrt():
+    # A block whose QuEST s lands within an ulp of 2^-13: with the IEEE float32 sqrt s is just below it
+    # (E8M0 113); torch's float32 CPU sqrt, 1 ulp high here, pushed the reference to 114 (found by a random
+    # seed of the 1e7 test).
+    block = torch.tensor([
+        -0.0003066565841436386, -0.00023673742543905973, 6.591147393919528e-05, 0.00011508168972795829,
+        -0.0002033981290878728, 4.9032307288143784e-05, -0.0001818305318010971, 9.457159467274323e-05,
+        0.00031248535378836095, 1.2106852409488056e-05, -0.0003836272226180881, -0.00014476009528152645,
+        0.0005682450137101114, -0.0004135518684051931, 0.00019765993056353182, 0.0001804890634957701,
+        9.610467532183975e-05, 0.0003166061651427299, 0.0004274235980119556, -6.769277388229966e-05,
+        0.0003434646932873875, -5.171726115804631e-06, 0.00012473649985622615, -6.629333802266046e-05,
+        -0.00021657826437149197, 0.0002320345665793866, -0.00019758380949497223, 0.000143083103466779,
+        0.0006114960415288806, -6.817209941800684e-05, 0.0001564350095577538, -1.870966298156418e-05,
+    ], dtype=torch.float32)[None]
+    _, scales = fq.quantize_mxfp4(block, method="quest")
+    _, ref_scales = ref.quantize_mxfp4(block, method="quest")
+    assert scales.view(torch.uint8).item() == 113
+    assert ref_scales.view(torch.uint8).item() == 113

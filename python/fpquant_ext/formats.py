@@ -145,7 +145,10 @@ def mx_scale_exponent(blocks: torch.Tensor, method: str) -> torch.Tensor:
         var = meansq - mean * mean
         overflow = ~torch.isfinite(var)
         var = torch.where(var > 0, var, torch.zeros_like(var))
-        s = torch.sqrt(var) * QUEST_FACTOR + QUEST_EPS
+        # torch's float32 CPU sqrt is not always correctly rounded (seen 1 ulp high); float64 sqrt rounded
+        # once to float32 is the IEEE float32 square root the rule specifies.
+        sigma = torch.sqrt(var.double()).float()
+        s = sigma * QUEST_FACTOR + QUEST_EPS
         e = _exp_field(s) - 127
         e = torch.where(overflow, torch.full_like(e, 127), e)
     else:
