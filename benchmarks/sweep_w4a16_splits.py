@@ -1,6 +1,11 @@
-"""Split-K sweep of the fused W4A16 kernel at decode sizes (a tuning aid for the w4a16_splits heuristic).
+"""Split-K and configuration sweep of the fused W4A16 kernels at decode sizes (a tuning aid for the
+w4a16_splits and w4a16_decode_config heuristics).
 
-    python benchmarks/sweep_w4a16_splits.py [--m 1,16] [--formats mxfp4,nvfp4]
+    python benchmarks/sweep_w4a16_splits.py [--m 1,16] [--formats mxfp4,nvfp4] [--splits 0,1,2,4]
+        [--configs 0,1,2] [--shapes 8192x8192,28672x8192]
+
+Split 0 is the heuristic's choice; configs are the decode kernel's (M <= 16) CTA shapes, kW4A16DecodeShapes
+in csrc/cuda/w4a16.h (default: the heuristic's choice).
 """
 
 import argparse
@@ -14,9 +19,13 @@ from common import bench_graph_ms
 parser = argparse.ArgumentParser()
 parser.add_argument("--m", default="1")
 parser.add_argument("--formats", default="mxfp4")
+parser.add_argument("--splits", default="0,1,2,4,8")
+parser.add_argument("--configs", default="")
+parser.add_argument("--shapes", default="8192x8192,28672x8192,8192x28672,4096x4096")
 args = parser.parse_args()
+configs = [int(c) for c in args.configs.split(",")] if args.configs else [None]
 
-for N, K in [(8192, 8192), (28672, 8192), (8192, 28672), (4096, 4096)]:
+for N, K in [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]:
     ws = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(3)]
     for fmt in args.formats.split(","):
         if fmt == "mxfp4":
@@ -26,12 +35,17 @@ for N, K in [(8192, 8192), (28672, 8192), (8192, 28672), (4096, 4096)]:
         for M in (int(m) for m in args.m.split(",")):
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             bf16 = bench_graph_ms([lambda w=w: torch.matmul(x, w.t()) for w in ws])
-            line = [f"{fmt} N={N} K={K} M={M} bf16 {bf16 * 1e3:.1f} us |"]
-            for s in (1, 2, 4, 8, 16, 32):
-                if s > K // 128:
-                    continue
-                os.environ["FPQUANT_W4A16_SPLITS"] = str(s)
-                t = bench_graph_ms([lambda p=p: fq.linear_w4a16(x, p[0], p[1], p[2], format=fmt) for p in packed])
-                line.append(f"s={s}: {t * 1e3:.1f}")
-            os.environ.pop("FPQUANT_W4A16_SPLITS", None)
-            print(" ".join(line), flush=True)
+            for c in configs:
+                if c is not None:
+                    os.environ["FPQUANT_W4A16_DECODE_CONFIG"] = str(c)
+                line = [f"{fmt} N={N} K={K} M={M} config={c} bf16 {bf16 * 1e3:.1f} us |"]
+                for s in (int(s) for s in args.splits.split(",")):
+                    if s > K // 128:
+                        continue
+                    if s:
+                        os.environ["FPQUANT_W4A16_SPLITS"] = str(s)
+                    t = bench_graph_ms([lambda p=p: fq.linear_w4a16(x, p[0], p[1], p[2], format=fmt) for p in packed])
+                    os.environ.pop("FPQUANT_W4A16_SPLITS", None)
+                    line.append(f"s={s or 'auto'}: {t * 1e3:.1f} ({bf16 / t:.2f}x)")
+                print(" ".join(line), flush=True)
+            os.environ.pop("FPQUANT_W4A16_DECODE_CONFIG", None)

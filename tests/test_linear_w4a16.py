@@ -146,16 +146,12 @@ def _random_scales(fmt, dtype, shape, g, fp16_min_e8m0=96):
     return s.view(torch.float8_e4m3fn)
 
 
-@cuda
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("M", [1, 7, 16, 40])
-def test_cuda_exact_on_every_code_and_scale(fmt, dtype, M):
+def _check_exact(fmt, dtype, M, seed):
     # One-hot activation rows read single dequantized weights back through the kernel: every E2M1 code (the
     # subnormal 0.5 and -0 included) under scales across the whole range must come out as the reference's
     # dequantized weight rounded to the activation dtype, bit for bit.
     N, K = 96, 640  # 5 chunks of 128: odd chunk counts and split-K remainders
-    g = torch.Generator().manual_seed(11 + M)
+    g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 256, (N, K // 2), generator=g, dtype=torch.uint8)
     group = 32 if fmt == "mxfp4" else 16
     # Above 16 rows the kernel multiplies codes by the fp16 scale itself, which underflows below 2^-24.
@@ -173,6 +169,33 @@ def test_cuda_exact_on_every_code_and_scale(fmt, dtype, M):
     assert torch.isfinite(expected).all()
     mismatch = (out.cpu() != expected).nonzero()
     assert len(mismatch) == 0, (len(mismatch), mismatch[:5].tolist())
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 7, 16, 40])
+def test_cuda_exact_on_every_code_and_scale(fmt, dtype, M):
+    _check_exact(fmt, dtype, M, 11 + M)
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("config", [0, 1, 2])
+@pytest.mark.parametrize("splits", [1, 2, 5])
+def test_cuda_every_decode_config_and_split(fmt, config, splits, monkeypatch, seed):
+    # The heuristic picks one decode configuration per shape; the tuning overrides reach the others (4 or 8
+    # warps per CTA, 1, 4 or 8 warps taking turns along K, warps left without chunks) under split-K.
+    monkeypatch.setenv("FPQUANT_W4A16_DECODE_CONFIG", str(config))
+    monkeypatch.setenv("FPQUANT_W4A16_SPLITS", str(splits))
+    for M in (1, 9, 16):
+        _check_exact(fmt, torch.bfloat16, M, seed + M)
+    codes, scales, gs, w = make_weight(256, 1024, fmt, seed, "cuda")
+    x = torch.randn(3, 1024, device="cuda", dtype=torch.float16)
+    bias = torch.randn(256, device="cuda", dtype=torch.float16)
+    out = fq.linear_w4a16(x, codes, scales, gs, bias, format=fmt)
+    ref = x.double() @ w.cuda().T + bias.double()
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
 
 
 @cuda

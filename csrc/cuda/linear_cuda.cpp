@@ -97,8 +97,14 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
     p.bias = b.data_ptr();
   }
   p.out = out.data_ptr();
-  p.splits = cuda::w4a16_splits(M, N, K);
-  // Tuning knob for measurements (benchmarks/NOTES.md): FPQUANT_W4A16_SPLITS overrides the split-K factor.
+  p.decode_config = cuda::w4a16_decode_config(M, N);
+  // Tuning knobs for measurements (benchmarks/NOTES.md): FPQUANT_W4A16_DECODE_CONFIG overrides the decode
+  // kernel's configuration (M <= 16), FPQUANT_W4A16_SPLITS the split-K factor.
+  if (const char* env = std::getenv("FPQUANT_W4A16_DECODE_CONFIG")) {
+    const int c = std::atoi(env);
+    if (c >= 0 && c < cuda::kW4A16DecodeConfigs) p.decode_config = c;
+  }
+  p.splits = cuda::w4a16_splits(M, N, K, p.decode_config);
   if (const char* env = std::getenv("FPQUANT_W4A16_SPLITS")) {
     const int s = std::atoi(env);
     if (s >= 1 && s <= K / cuda::kW4A16ChunkK) p.splits = s;

@@ -23,14 +23,25 @@ struct W4A16Params {
   void* out = nullptr;                  // [M, N] of dtype
   float* workspace = nullptr;           // [splits, M, N] float32 when splits > 1
   int splits = 1;
+  int decode_config = 0;  // M <= 16: index into the decode kernel's configurations (w4a16_decode_config)
 };
 
 constexpr int kW4A16TileN = 32;   // output features per warp (N must be a multiple)
 constexpr int kW4A16ChunkK = 128; // K per pipeline step
 
+// The decode kernel's CTA shapes: `warps` warps, of which `group_warps` share 32 output features and take
+// turns along K. w4a16_decode_config picks one for (M, N) (documented heuristic, see w4a16_decode.cu).
+struct W4A16DecodeShape {
+  int warps, group_warps;
+  int features() const { return warps / group_warps * kW4A16TileN; }
+};
+constexpr W4A16DecodeShape kW4A16DecodeShapes[] = {{4, 1}, {4, 4}, {8, 8}};
+constexpr int kW4A16DecodeConfigs = 3;
+int w4a16_decode_config(int64_t M, int64_t N);
+
 // Tile and split-K choice for a problem (documented heuristic, see w4a16_gemm.cu).
 int w4a16_m_tiles(int64_t M);
-int w4a16_splits(int64_t M, int64_t N, int64_t K);
+int w4a16_splits(int64_t M, int64_t N, int64_t K, int decode_config);
 cudaError_t w4a16_gemm(const W4A16Params& p, cudaStream_t stream);
 // The decode kernel (M <= 16), which w4a16_gemm dispatches to.
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream);

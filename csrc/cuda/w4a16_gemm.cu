@@ -192,17 +192,24 @@ cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
 // that wider CTAs share activation reads as M grows.
 int w4a16_m_tiles(int64_t M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
 
-// Split-K (partials reduced by a second kernel, in split order). M <= 16 (the decode kernel, 128 features
-// per CTA): K is split (powers of two, at least 4 chunks of 128 per split) while the grid stays within
-// about two CTAs per SM. Measured on the H100 at M = 1 and 16 (benchmarks/NOTES.md): a single wave of few,
-// long CTAs beats more, shorter ones plus a larger reduction; (28672, 8192) is fastest unsplit, (8192, 8192)
-// and (8192, 28672) with 4 splits, (4096, 4096) with 8. 17 <= M <= 64 (w4a16_kernel): K is split until there
-// are about sixteen CTAs per SM.
-int w4a16_splits(int64_t M, int64_t N, int64_t K) {
+// Split-K (partials reduced by a second kernel, in split order). M <= 16 (the decode kernel): the CTAs
+// already split K between the warps of a feature group, and the H100 measurements (benchmarks/NOTES.md)
+// favour a single launch even when the grid is a bit short of the SMs (4096 x 4096: 128 CTAs, 6.4 us
+// unsplit vs 7.9 us with 2 splits), so K is split only while the grid would cover fewer than half the SMs.
+// 17 <= M <= 64 (w4a16_kernel): K is split until there are about sixteen CTAs per SM.
+int w4a16_splits(int64_t M, int64_t N, int64_t K, int decode_config) {
   const int mt = w4a16_m_tiles(M);
-  const int64_t features = mt <= 2 ? 128 : 256;
+  if (mt == 1) {
+    const W4A16DecodeShape shape = kW4A16DecodeShapes[decode_config];
+    const int64_t ctas = (N + shape.features() - 1) / shape.features();
+    const int64_t max_splits = K / (kW4A16ChunkK * 2 * shape.group_warps);
+    int s = 1;
+    while (ctas * s * 2 <= num_sms() && s * 2 <= max_splits) s *= 2;
+    return s;
+  }
+  const int64_t features = mt == 2 ? 128 : 256;
   const int64_t ctas = ((N + features - 1) / features) * ((M + 16 * mt - 1) / (16 * mt));
-  const int64_t target = (mt == 1 ? 2LL : 16LL) * num_sms();
+  const int64_t target = 16LL * num_sms();
   const int64_t max_splits = K / (kW4A16ChunkK * 4);
   int s = 1;
   while (ctas * s * 2 <= target && s * 2 <= max_splits) s *= 2;
