@@ -86,12 +86,21 @@ cudaError_t with_format_rule(Format f, core::MxRule r, Fn&& fn) {
   }
 }
 
-// Grid for a grid-stride loop over `work` items with `threads` per block: enough blocks to fill the GPU
-// several times over, never more than the work needs.
-inline unsigned grid_for(int64_t work, int threads, int blocks_per_sm = 16) {
-  const int64_t need = (work + threads - 1) / threads;
+// Grid for a grid-stride loop over `work` items with `per_block` items per block (threads, or tiles): at most
+// `blocks_per_sm` blocks per SM, never more than the work needs, at least one.
+inline unsigned grid_for(int64_t work, int per_block, int blocks_per_sm = 16) {
+  const int64_t need = (work + per_block - 1) / per_block;
   const int64_t cap = static_cast<int64_t>(num_sms()) * blocks_per_sm;
   return static_cast<unsigned>(need < cap ? (need > 0 ? need : 1) : cap);
+}
+
+// Blocks of `kernel` that are resident on one SM at once with `threads` threads and `smem` bytes of dynamic
+// shared memory (at least one).
+template <typename Kernel>
+int resident_blocks(Kernel kernel, int threads, size_t smem) {
+  int n = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem);
+  return n > 0 ? n : 1;
 }
 
 }  // namespace fpquant::cuda

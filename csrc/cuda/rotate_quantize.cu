@@ -292,10 +292,7 @@ cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const int64_t n_chunks = p.rows * p.K / R;
   const int64_t tiles = (n_chunks + C::kRows - 1) / C::kRows;
-  int per_sm = 1;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, C::kSmem);
-  const int64_t cap = static_cast<int64_t>(num_sms()) * (per_sm > 0 ? per_sm : 1);
-  const unsigned grid = static_cast<unsigned>(tiles < cap ? (tiles > 0 ? tiles : 1) : cap);
+  const unsigned grid = grid_for(tiles, 1, resident_blocks(kernel, kThreads, C::kSmem));
   kernel<<<grid, kThreads, C::kSmem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K, p.rot,
                                                p.global_scale, p.blocked, p.codes, p.scales);
   return cudaGetLastError();

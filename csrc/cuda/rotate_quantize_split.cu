@@ -242,11 +242,7 @@ cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const int64_t n_chunks = p.rows * p.K / R;
   const int64_t tiles = (n_chunks + ROWS - 1) / ROWS;
-  int per_sm = 1;
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
-  const int64_t cap = static_cast<int64_t>(num_sms()) * (per_sm > 0 ? per_sm : 1);
-  const int64_t need = (tiles + kWarps - 1) / kWarps;
-  const unsigned grid = static_cast<unsigned>(need < cap ? need : cap);
+  const unsigned grid = grid_for(tiles, kWarps, resident_blocks(kernel, kThreads, smem));
   kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K,
                                            static_cast<const MT*>(p.rot_hi), static_cast<const MT*>(p.rot_lo),
                                            p.rule, p.global_scale, p.blocked, p.codes, p.scales);

@@ -343,9 +343,7 @@ cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   const int64_t n_chunks = p.rows * p.K / kN;
   const int64_t tiles = (n_chunks + kTileRows - 1) / kTileRows;
-  const int64_t ctas = (tiles + WG - 1) / WG;
-  const int64_t cap = num_sms();
-  const unsigned grid = static_cast<unsigned>(ctas < cap ? (ctas > 0 ? ctas : 1) : cap);
+  const unsigned grid = grid_for(tiles, WG, 1);  // one CTA per SM
   kernel<<<grid, C::kThreads, C::kSmem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K, p.rot,
                                                   p.global_scale, p.blocked, p.codes, p.scales);
   return cudaGetLastError();
