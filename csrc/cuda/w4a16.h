@@ -33,7 +33,7 @@ constexpr int kW4A16ChunkK = 128; // K per pipeline step
 // turns along K. w4a16_decode_config picks one for (M, N) (documented heuristic, see w4a16_decode.cu).
 struct W4A16DecodeShape {
   int warps, group_warps;
-  int features() const { return warps / group_warps * kW4A16TileN; }
+  constexpr int features() const { return warps / group_warps * kW4A16TileN; }
 };
 constexpr W4A16DecodeShape kW4A16DecodeShapes[] = {{4, 1}, {4, 4}, {8, 8}};
 constexpr int kW4A16DecodeConfigs = 3;

@@ -28,7 +28,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <tuple>
 #include <type_traits>
 
 #include "cuda/async_copy.cuh"
@@ -44,14 +43,16 @@ constexpr int kRows = 2 * kTiles;         // weight rows per thread: tile t, row
 constexpr int kChunkCodeBytes = kW4A16ChunkK / 2;
 static_assert(kRows == 4, "a thread copies the scales of row q of its kRows rows");
 
-// A CTA is WARPS warps; WS of them share 32 features and take the CTA's chunks of K in turn, so that the
-// warps of a CTA read WS * 64 contiguous bytes of each weight row at about the same time, and a layer with
-// few features still has enough warps in flight without a split-K reduction kernel.
-template <int WARPS, int WS, int STAGES>
+// Configuration I of kW4A16DecodeShapes (w4a16.h): a CTA of `warps` warps, of which `group_warps` share 32
+// features and take the CTA's chunks of K in turn, so that the warps of a CTA read neighbouring 64-byte
+// pieces of each weight row at about the same time, and a layer with few features still has enough warps in
+// flight without a split-K reduction kernel.
+template <int I>
 struct Cfg {
-  static constexpr int kWarps = WARPS, kSplit = WS, kStages = STAGES;
-  static constexpr int kThreads = 32 * WARPS;
-  static constexpr int kFeatures = WARPS / WS * kW4A16TileN;  // features per CTA
+  static constexpr W4A16DecodeShape kShape = kW4A16DecodeShapes[I];
+  static constexpr int kWarps = kShape.warps, kSplit = kShape.group_warps, kStages = 4;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kFeatures = kShape.features();  // features per CTA
 };
 
 template <Format F, typename C>
@@ -337,16 +338,6 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
       }
 }
 
-// The configurations of kW4A16DecodeShapes (w4a16.h), with the pipeline depth.
-using Configs = std::tuple<Cfg<4, 1, 4>, Cfg<4, 4, 4>, Cfg<8, 8, 4>>;
-static_assert(std::tuple_size_v<Configs> == kW4A16DecodeConfigs);
-template <int I>
-constexpr bool matches_table() {
-  using C = std::tuple_element_t<I, Configs>;
-  return C::kWarps == kW4A16DecodeShapes[I].warps && C::kSplit == kW4A16DecodeShapes[I].group_warps;
-}
-static_assert(matches_table<0>() && matches_table<1>() && matches_table<2>());
-
 template <typename AT, Format F, int NB, typename C>
 cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
   auto kernel = w4a16_decode_kernel<AT, F, NB, C>;
@@ -364,7 +355,7 @@ cudaError_t launch_config(const W4A16Params& p, cudaStream_t stream) {
   if constexpr (I + 1 < kW4A16DecodeConfigs) {
     if (p.decode_config != I) return launch_config<AT, F, NB, I + 1>(p, stream);
   }
-  return launch<AT, F, NB, std::tuple_element_t<I, Configs>>(p, stream);
+  return launch<AT, F, NB, Cfg<I>>(p, stream);
 }
 
 template <typename AT>
