@@ -115,9 +115,10 @@ def test_cuda_odd_m_bias_and_dtypes(fmt, dtype, seed):
 
 
 @cuda
-def test_cuda_compile_graph_and_opcheck():
+@pytest.mark.parametrize("M", [8, 128])  # mma.sync decode kernel; wgmma kernel with split-K
+def test_cuda_compile_graph_and_opcheck(M):
     codes, scales, gs, _ = make_weight(512, 1024, "nvfp4", 0, "cuda")
-    x = torch.randn(8, 1024, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(M, 1024, device="cuda", dtype=torch.bfloat16)
     f = lambda t: torch.ops.fpquant.linear_w4a16(t, codes, scales, gs, None, "nvfp4")  # noqa: E731
     eager = f(x)
     torch._dynamo.reset()
@@ -146,16 +147,16 @@ def _random_scales(fmt, dtype, shape, g, fp16_min_e8m0=96):
     return s.view(torch.float8_e4m3fn)
 
 
-def _check_exact(fmt, dtype, M, seed):
+def _check_exact(fmt, dtype, M, seed, wgmma=False, N=96, K=640):
     # One-hot activation rows read single dequantized weights back through the kernel: every E2M1 code (the
     # subnormal 0.5 and -0 included) under scales across the whole range must come out as the reference's
     # dequantized weight rounded to the activation dtype, bit for bit.
-    N, K = 96, 640  # 5 chunks of 128: odd chunk counts and split-K remainders
+    # Default 96 x 640: 5 chunks of 128, odd chunk counts and split-K remainders.
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, 256, (N, K // 2), generator=g, dtype=torch.uint8)
     group = 32 if fmt == "mxfp4" else 16
     # Above 16 rows the kernel multiplies codes by the fp16 scale itself, which underflows below 2^-24.
-    scales = _random_scales(fmt, dtype, (N, K // group), g, 96 if M <= 16 else 103)
+    scales = _random_scales(fmt, dtype, (N, K // group), g, 96 if M <= 16 and not wgmma else 103)
     if fmt == "mxfp4":
         gs, w = None, fq.dequantize_mxfp4(codes, scales)
     else:
@@ -199,13 +200,58 @@ def test_cuda_every_decode_config_and_split(fmt, config, splits, monkeypatch, se
 
 
 @cuda
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cuda_nan_scale_poisons_its_features_only(dtype):
-    N, K = 64, 256
+@pytest.mark.parametrize("splits", [1, 5])
+def test_cuda_wgmma_exact_on_every_code_and_scale(fmt, dtype, splits, monkeypatch):
+    # The Hopper wgmma kernel (default from 65 rows), forced for every M: partial row tiles (17, 65, 200 rows
+    # of 128-row tiles), a partial feature tile (96 of 256), 24 chunks of 64 k split unevenly (5 splits start
+    # inside a scale box: chunks 0, 4, 9, 14, 19). K = 1536 meets the kernel's 16-byte scale rows.
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the wgmma kernel runs on compute capability 9.0 only")
+    monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "1")
+    monkeypatch.setenv("FPQUANT_W4A16_SPLITS", str(splits))
+    for M in (17, 65, 200):
+        _check_exact(fmt, dtype, M, 5 * M + splits, wgmma=True, K=1536)
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("splits", [0, 1, 2, 5])
+def test_cuda_wgmma_bias_fp16_and_partial_tiles(fmt, splits, monkeypatch, seed):
+    # The default path from 65 rows on sm_90 (splits 0: the heuristic's choice), with bias, both dtypes, N not a
+    # multiple of the 128-feature tile and M not a multiple of the 128-row tile.
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the wgmma kernel runs on compute capability 9.0 only")
+    if splits:
+        monkeypatch.setenv("FPQUANT_W4A16_SPLITS", str(splits))
+    codes, scales, gs, w = make_weight(416, 1536, fmt, seed, "cuda")
+    for dtype in (torch.bfloat16, torch.float16):
+        for M in (65, 129, 300):
+            x = torch.randn(M, 1536, device="cuda", dtype=dtype)
+            bias = torch.randn(416, device="cuda", dtype=dtype)
+            torch.full((16 << 20,), 0x7F, dtype=torch.uint8, device="cuda")  # poison what the allocator hands out
+            out = fq.linear_w4a16(x, codes, scales, gs, bias, format=fmt)
+            ref = x.double() @ w.cuda().T + bias.double()
+            assert torch.isfinite(out).all()
+            assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2, (dtype, M)
+    # "0" turns the kernel off: the slab path gives the same result to rounding.
+    x = torch.randn(130, 1536, device="cuda", dtype=torch.bfloat16)
+    fast = fq.linear_w4a16(x, codes, scales, gs, format=fmt)
+    monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "0")
+    slab = fq.linear_w4a16(x, codes, scales, gs, format=fmt)
+    assert ((fast.double() - slab.double()).norm() / slab.double().norm()).item() < 1e-2
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [4, 100])
+def test_cuda_nan_scale_poisons_its_features_only(dtype, M):
+    N, K = 64, 512  # K % 512 == 0: M = 100 takes the wgmma kernel on sm_90
     codes, scales, gs, w = make_weight(N, K, "mxfp4", 3)
     scales = scales.clone()
     scales.view(torch.uint8)[5, 3] = 0xFF  # E8M0 NaN: feature 5
-    x = torch.randn(4, K, dtype=dtype)
+    x = torch.randn(M, K, dtype=dtype)
     out = fq.linear_w4a16(x.cuda(), codes.cuda(), scales.cuda(), format="mxfp4").cpu()
     assert torch.isnan(out[:, 5]).all()
     others = torch.cat([out[:, :5], out[:, 6:]], 1)

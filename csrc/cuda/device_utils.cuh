@@ -64,6 +64,16 @@ inline int num_sms() {
   return sms;
 }
 
+// The kernels built with wgmma (wgmma.cuh) run on compute capability 9.0 only (sm_90a code is not forward
+// compatible); their dispatchers check this before choosing them.
+inline bool is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
+  return major == 9 && minor == 0;
+}
+
 // Launch-time dispatch to compile-time template arguments, shared by the kernel launchers:
 // fn(std::integral_constant<Format, F>) and, with the scale rule, fn(format constant, rule constant). NVFP4 has
 // a single rule; its kernels are instantiated with kFloor in the rule slot.

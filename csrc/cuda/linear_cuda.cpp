@@ -17,12 +17,18 @@
 namespace fpquant {
 namespace {
 
-// Above decode sizes, until a tiled fused kernel exists, the weight is dequantized in slabs of rows (at most
-// ~32 MiB of bf16 at a time, never the whole weight) by the dequantize kernel and multiplied by cuBLAS
-// straight into the output columns. Below this M the fused in-register kernel runs. The threshold is
-// measured: on the H100 the fused kernel was faster up to M = 64 and slower from M = 128 on
-// (benchmarks/results/w4a16_h100_v1_eager.md).
+// Paths by M (the fused kernels read the weight once per tile and never hold a bf16 copy of it):
+// - M <= 64: the mma.sync kernels of w4a16_gemm (decode kernel up to 16 rows);
+// - 65 <= M <= 1024 on an H100-class GPU (compute capability 9.0, w4a16_wgmma_applies): the wgmma kernel
+//   (w4a16_wgmma.cu);
+// - otherwise: the weight is dequantized in slabs of rows (at most ~32 MiB of bf16 at a time, never the
+//   whole weight) by the dequantize kernel and multiplied by cuBLAS straight into the output columns.
+// The wgmma bound is measured (benchmarks/NOTES.md, session 7): the kernel beat the slab path by 1.5-3x at
+// M = 128 and 512 and lost by 10-20% at M = 2048, where cuBLAS's bf16 GEMM outruns its decode-bound loop.
+// FPQUANT_W4A16_WGMMA (read per call, for measurements and tests): "0" never takes the wgmma kernel, "1"
+// takes it for every M where it applies.
 constexpr int64_t kSlabMinM = 65;
+constexpr int64_t kWgmmaMaxM = 1024;
 constexpr int64_t kSlabBytes = 32LL << 20;
 
 at::Tensor linear_by_slabs(const at::Tensor& x2d, const at::Tensor& codes, const at::Tensor& scales,
@@ -86,25 +92,34 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
     g = w_global_scale->contiguous();
     p.global_scale = g.data_ptr<float>();
   }
-  if (M >= kSlabMinM) {
-    linear_by_slabs(x.view({M, K}), w_codes, w_scales, w_global_scale ? &g : nullptr, bias, p.format,
-                    out.view({M, N}));
-    return out;
-  }
   at::Tensor b;
   if (bias.has_value()) {
     b = bias->contiguous();
     p.bias = b.data_ptr();
   }
   p.out = out.data_ptr();
-  p.decode_config = cuda::w4a16_decode_config(M, N);
-  // Tuning knobs for measurements (benchmarks/NOTES.md): FPQUANT_W4A16_DECODE_CONFIG overrides the decode
-  // kernel's configuration (M <= 16), FPQUANT_W4A16_SPLITS the split-K factor.
-  if (const char* env = std::getenv("FPQUANT_W4A16_DECODE_CONFIG")) {
-    const int c = std::atoi(env);
-    if (c >= 0 && c < cuda::kW4A16DecodeConfigs) p.decode_config = c;
+  const char* wgmma_env = std::getenv("FPQUANT_W4A16_WGMMA");
+  const int wgmma_mode = wgmma_env == nullptr || wgmma_env[0] == '\0' ? -1 : (std::atoi(wgmma_env) != 0 ? 1 : 0);
+  const bool wgmma = wgmma_mode != 0 && (wgmma_mode == 1 || (M >= kSlabMinM && M <= kWgmmaMaxM)) &&
+                     cuda::w4a16_wgmma_applies(p);
+  if (M >= kSlabMinM && !wgmma) {
+    linear_by_slabs(x.view({M, K}), w_codes, w_scales, w_global_scale ? &g : nullptr, bias, p.format,
+                    out.view({M, N}));
+    return out;
   }
-  p.splits = cuda::w4a16_splits(M, N, K, p.decode_config);
+  if (wgmma) {
+    p.splits = cuda::w4a16_wgmma_splits(M, N, K);
+  } else {
+    p.decode_config = cuda::w4a16_decode_config(M, N);
+    // Tuning knob for measurements (benchmarks/NOTES.md): FPQUANT_W4A16_DECODE_CONFIG overrides the decode
+    // kernel's configuration (M <= 16).
+    if (const char* env = std::getenv("FPQUANT_W4A16_DECODE_CONFIG")) {
+      const int c = std::atoi(env);
+      if (c >= 0 && c < cuda::kW4A16DecodeConfigs) p.decode_config = c;
+    }
+    p.splits = cuda::w4a16_splits(M, N, K, p.decode_config);
+  }
+  // FPQUANT_W4A16_SPLITS overrides the split-K factor (measurements, tests).
   if (const char* env = std::getenv("FPQUANT_W4A16_SPLITS")) {
     const int s = std::atoi(env);
     if (s >= 1 && s <= K / cuda::kW4A16ChunkK) p.splits = s;
@@ -114,7 +129,8 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
     workspace = at::empty({p.splits, M, N}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }
-  check_cuda(op, cuda::w4a16_gemm(p, c10::cuda::getCurrentCUDAStream().stream()));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  check_cuda(op, wgmma ? cuda::w4a16_wgmma(p, stream) : cuda::w4a16_gemm(p, stream));
   return out;
 }
 

@@ -365,14 +365,6 @@ cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
   }
 }
 
-bool is_sm90() {
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
-  return major == 9 && minor == 0;
-}
-
 }  // namespace
 
 // FPQUANT_ROT_WGMMA: unset = the default policy (below), "0" = never (mma.sync kernel), anything else = always

@@ -46,4 +46,10 @@ cudaError_t w4a16_gemm(const W4A16Params& p, cudaStream_t stream);
 // The decode kernel (M <= 16), which w4a16_gemm dispatches to.
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream);
 
+// The Hopper wgmma kernel for larger batches (w4a16_wgmma.cu): any M, N % 32 == 0, K % 128 == 0, on a
+// compute capability 9.0 device with 4-byte aligned scales (w4a16_wgmma_applies). Its own split-K heuristic.
+bool w4a16_wgmma_applies(const W4A16Params& p);
+int w4a16_wgmma_splits(int64_t M, int64_t N, int64_t K);
+cudaError_t w4a16_wgmma(const W4A16Params& p, cudaStream_t stream);
+
 }  // namespace fpquant::cuda

@@ -1,5 +1,5 @@
-// Pieces shared by the two W4A16 kernels (w4a16_gemm.cu for 17-64 rows, w4a16_decode.cu for up to 16):
-// byte permutes, 16-bit pair arithmetic in the tensor-core type, group scales and the split-K reduction.
+// Pieces shared by the W4A16 kernels (w4a16_decode.cu, w4a16_gemm.cu, w4a16_wgmma.cu): byte permutes, the
+// E2M1 table decode, 16-bit pair arithmetic in the tensor-core type, group scales and the split-K reduction.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -43,9 +43,55 @@ __device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
   }
 }
 
+// Byte tables of the E2M1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6} in the 16-bit type: low bytes (entries 0-3,
+// 4-7) and high bytes.
+template <typename AT> struct E2M1Table;
+template <> struct E2M1Table<__nv_bfloat16> {  // 0000 3F00 3F80 3FC0 4000 4040 4080 40C0
+  static constexpr uint32_t lo0 = 0xC0800000u, lo1 = 0xC0804000u, hi0 = 0x3F3F3F00u, hi1 = 0x40404040u;
+};
+template <> struct E2M1Table<__half> {  // 0000 3800 3C00 3E00 4000 4200 4400 4600
+  static constexpr uint32_t lo0 = 0u, lo1 = 0u, hi0 = 0x3E3C3800u, hi1 = 0x46444240u;
+};
+
+// 8 E2M1 codes (one 32-bit word, code i in nibble i) -> 4 words of two 16-bit values (code 2i low half).
+template <typename AT>
+__device__ __forceinline__ void decode8(uint32_t w, uint32_t* o) {
+  using T = E2M1Table<AT>;
+  const uint32_t sa = w & 0x7777u, sb = (w >> 16) & 0x7777u;
+  const uint32_t la = prmt(T::lo0, T::lo1, sa), ha = prmt(T::hi0, T::hi1, sa);
+  const uint32_t lb = prmt(T::lo0, T::lo1, sb), hb = prmt(T::hi0, T::hi1, sb);
+  // Sign bytes: msb of byte k of (w << 4) is the sign of code 2k, msb of byte k of w the sign of code 2k+1.
+  const uint32_t v = w << 4;
+  o[0] = prmt(la, ha, 0x5140u) | (prmt(v, w, 0xC080u) & 0x80008000u);
+  o[1] = prmt(la, ha, 0x7362u) | (prmt(v, w, 0xD090u) & 0x80008000u);
+  o[2] = prmt(lb, hb, 0x5140u) | (prmt(v, w, 0xE0A0u) & 0x80008000u);
+  o[3] = prmt(lb, hb, 0x7362u) | (prmt(v, w, 0xF0B0u) & 0x80008000u);
+}
+
 template <Format F>
 __device__ __forceinline__ float group_scale(uint8_t code) {
   return F == Format::kMxFp4 ? core::e8m0_decode(code) : core::e4m3_decode(code);
+}
+
+// Two E4M3 codes (low byte first) -> two fp16 values, exactly (every E4M3 value, NaN included, is an fp16
+// value), by the hardware conversion (sm_89+).
+__device__ __forceinline__ __half2 e4m3x2_to_half2(uint16_t pair) {
+  uint32_t r;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(r) : "h"(pair));
+  return *reinterpret_cast<__half2*>(&r);
+}
+
+// The same as two AT values (bf16 holds every E4M3 value too).
+template <typename AT>
+__device__ __forceinline__ uint32_t e4m3x2_to(uint32_t two) {
+  const __half2 h = e4m3x2_to_half2(static_cast<uint16_t>(two));
+  if constexpr (std::is_same_v<AT, __half>) {
+    return *reinterpret_cast<const uint32_t*>(&h);
+  } else {
+    const float2 f = __half22float2(h);
+    __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+    return *reinterpret_cast<uint32_t*>(&b);
+  }
 }
 
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }

@@ -101,12 +101,6 @@ constexpr float kCodeUnit = kBf16<AT> ? 0x1p126f : 0x1p14f;
 // its lanes needs it, with (one-multiply value, 1) for the others. NVFP4 on fp16 always takes two (code *
 // scale * 2^-8 could fall below fp16's normal range). MXFP4: one code per row (sc[0]); NVFP4: two, for
 // words 0-1 and 2-3.
-__device__ __forceinline__ __half2 e4m3x2_to_half2(uint16_t pair) {
-  uint32_t r;
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(r) : "h"(pair));
-  return *reinterpret_cast<__half2*>(&r);
-}
-
 template <typename AT, Format F>
 constexpr bool kAlwaysTwo = F == Format::kNvFp4 && !kBf16<AT>;
 

@@ -30,31 +30,6 @@ using namespace w4a16;
 
 constexpr int kNT = kW4A16TileN / 8;  // n-tiles per CTA
 
-// Byte tables of the E2M1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6} in the 16-bit type: low bytes (entries 0-3,
-// 4-7) and high bytes.
-template <typename AT> struct E2M1Table;
-template <> struct E2M1Table<__nv_bfloat16> {  // 0000 3F00 3F80 3FC0 4000 4040 4080 40C0
-  static constexpr uint32_t lo0 = 0xC0800000u, lo1 = 0xC0804000u, hi0 = 0x3F3F3F00u, hi1 = 0x40404040u;
-};
-template <> struct E2M1Table<__half> {  // 0000 3800 3C00 3E00 4000 4200 4400 4600
-  static constexpr uint32_t lo0 = 0u, lo1 = 0u, hi0 = 0x3E3C3800u, hi1 = 0x46444240u;
-};
-
-// 8 E2M1 codes (one 32-bit word, code i in nibble i) -> 4 words of two 16-bit values (code 2i low half).
-template <typename AT>
-__device__ __forceinline__ void decode8(uint32_t w, uint32_t* o) {
-  using T = E2M1Table<AT>;
-  const uint32_t sa = w & 0x7777u, sb = (w >> 16) & 0x7777u;
-  const uint32_t la = prmt(T::lo0, T::lo1, sa), ha = prmt(T::hi0, T::hi1, sa);
-  const uint32_t lb = prmt(T::lo0, T::lo1, sb), hb = prmt(T::hi0, T::hi1, sb);
-  // Sign bytes: msb of byte k of (w << 4) is the sign of code 2k, msb of byte k of w the sign of code 2k+1.
-  const uint32_t v = w << 4;
-  o[0] = prmt(la, ha, 0x5140u) | (prmt(v, w, 0xC080u) & 0x80008000u);
-  o[1] = prmt(la, ha, 0x7362u) | (prmt(v, w, 0xD090u) & 0x80008000u);
-  o[2] = prmt(lb, hb, 0x5140u) | (prmt(v, w, 0xE0A0u) & 0x80008000u);
-  o[3] = prmt(lb, hb, 0x7362u) | (prmt(v, w, 0xF0B0u) & 0x80008000u);
-}
-
 template <typename AT, Format F, int MT, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
   constexpr int G = group_size(F);

@@ -1,0 +1,58 @@
+// Hopper bulk tensor copies (TMA, sm_90) and the shared-memory mbarriers that track them. A copy is issued
+// by one thread and lands asynchronously; the barrier's phase completes when the expected byte count has
+// arrived, and waiting on that phase makes the bytes visible to the waiting threads (and to wgmma).
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/wgmma.cuh"  // FPQUANT_WGMMA: the sm_90a feature guard
+
+namespace fpquant::cuda {
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+#if FPQUANT_WGMMA
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+
+// Makes barrier initialization visible to the async proxy (the TMA unit) before the first copy uses it.
+__device__ __forceinline__ void mbar_init_fence() {
+#if FPQUANT_WGMMA
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+
+// The issuing thread's arrival, announcing `bytes` of copies that complete the current phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
+#if FPQUANT_WGMMA
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+
+// Waits until the phase with the given parity (0, 1, 0, ... for successive uses) has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+#if FPQUANT_WGMMA
+  uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+
+// 2-D tile copy global -> shared through the tensor map at `tmap` (a __grid_constant__ kernel parameter):
+// the box at element coordinates (c0 innermost, c1), completing on barrier `bar`. Out-of-range elements
+// are written as zeros.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* tmap, int c0, int c1, uint32_t bar) {
+#if FPQUANT_WGMMA
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+#endif
+}
+
+}  // namespace fpquant::cuda
