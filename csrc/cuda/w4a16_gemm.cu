@@ -162,9 +162,9 @@ cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
 }  // namespace
 
 // Tile heuristic (documented in docs/DESIGN.md): up to 16 rows the decode kernel (w4a16_decode.cu); above,
-// MT m-tiles of 16 rows per CTA, 2 up to 32 rows and 4 up to 64 (larger M takes the slab path in
-// linear_cuda.cpp), with 4 warps (128 features) per CTA for MT = 2 and 8 warps (256 features) for MT = 4, so
-// that wider CTAs share activation reads as M grows.
+// MT m-tiles of 16 rows per CTA, 2 up to 32 rows and 4 up to 64 (larger M takes the wgmma kernel or the
+// slab path in linear_cuda.cpp), with 4 warps (128 features) per CTA for MT = 2 and 8 warps (256 features)
+// for MT = 4, so that wider CTAs share activation reads as M grows.
 int w4a16_m_tiles(int64_t M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
 
 // Split-K (partials reduced by a second kernel, in split order). M <= 16 (the decode kernel): the CTAs
