@@ -225,8 +225,8 @@ __global__ void __launch_bounds__(128 * WG, 1)
       auto mma_pass = [&](int b_off, bool first) {
 #pragma unroll
         for (int s = 0; s < kN / 16; ++s)
-          wgmma_m64n128k16<T>(acc, sw128_desc(a_addr + (s / 4) * (kTileRows * 128) + (s % 4) * 32),
-                              sw128_desc(smem_addr + b_off + (s / 4) * (kN * 128) + (s % 4) * 32), !first || s > 0);
+          wgmma_m64nNk16<T, kN>(acc, sw128_desc(a_addr + (s / 4) * (kTileRows * 128) + (s % 4) * 32),
+                                sw128_desc(smem_addr + b_off + (s / 4) * (kN * 128) + (s % 4) * 32), !first || s > 0);
       };
       mma_pass(C::kBHi, true);
       if constexpr (decltype(with_lo)::value) mma_pass(C::kBLo, false);

@@ -10,6 +10,7 @@
 
 #include "core/fp_formats.h"
 #include "cuda/device_utils.cuh"
+#include "cuda/mma.cuh"
 #include "cuda/w4a16.h"
 
 namespace fpquant::cuda::w4a16 {
@@ -95,6 +96,27 @@ __device__ __forceinline__ uint32_t e4m3x2_to(uint32_t two) {
 }
 
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+
+// Epilogue store of the sums (v0, v1) of row m, features n and n + 1, for kernels whose grid.z is the split:
+// float32 partials of this split when splits > 1 (reduce_splits applies the global scale and the bias), else
+// times inv_g (1 / the NVFP4 global scale), plus the bias, rounded to AT.
+template <typename AT, Format F>
+__device__ __forceinline__ void store_pair(const W4A16Params& p, int64_t m, int64_t n, float v0, float v1, float inv_g) {
+  if (p.splits > 1) {
+    *reinterpret_cast<float2*>(p.workspace + (static_cast<int64_t>(blockIdx.z) * p.M + m) * p.N + n) =
+        make_float2(v0, v1);
+    return;
+  }
+  if (F == Format::kNvFp4) {
+    v0 *= inv_g;
+    v1 *= inv_g;
+  }
+  if (p.bias) {
+    v0 += to_float(static_cast<const AT*>(p.bias)[n]);
+    v1 += to_float(static_cast<const AT*>(p.bias)[n + 1]);
+  }
+  *reinterpret_cast<uint32_t*>(static_cast<AT*>(p.out) + m * p.N + n) = pack2<AT>(v0, v1);
+}
 
 // Split-K: partials [splits, M, N] (float32, already free of any kernel-internal scaling) summed in split
 // order (deterministic), then the NVFP4 global scale and the bias.

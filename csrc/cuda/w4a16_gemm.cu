@@ -121,21 +121,7 @@ __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
 #pragma unroll
       for (int j = 0; j < kNT; ++j) {
         const int64_t n = nw + 8 * j + 2 * q;
-        float v0 = acc[mi][j][2 * h], v1 = acc[mi][j][2 * h + 1];
-        if (p.splits > 1) {
-          *reinterpret_cast<float2*>(p.workspace + (static_cast<int64_t>(blockIdx.z) * p.M + m) * p.N + n) =
-              make_float2(v0, v1);
-        } else {
-          if (F == Format::kNvFp4) {
-            v0 *= inv_g;
-            v1 *= inv_g;
-          }
-          if (p.bias) {
-            v0 += to_float(static_cast<const AT*>(p.bias)[n]);
-            v1 += to_float(static_cast<const AT*>(p.bias)[n + 1]);
-          }
-          *reinterpret_cast<uint32_t*>(static_cast<AT*>(p.out) + m * p.N + n) = pack2<AT>(v0, v1);
-        }
+        store_pair<AT, F>(p, m, n, acc[mi][j][2 * h], acc[mi][j][2 * h + 1], inv_g);
       }
     }
   }

@@ -1,6 +1,7 @@
 // Hopper warpgroup MMA (wgmma, sm_90a only) building blocks: shared-memory matrix descriptors for K-major
-// operands in the 128-byte swizzle, the m64n128k16 instruction with fp32 accumulation, and the fences that
-// order it against ordinary loads, stores and cp.async. Used by rotate_quantize_wgmma.cu.
+// operands in the 128-byte swizzle, the m64n128k16 and m64n256k16 instructions with fp32 accumulation, and
+// the fences that order them against ordinary loads, stores and cp.async. Used by rotate_quantize_wgmma.cu
+// and w4a16_wgmma.cu.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -99,11 +100,6 @@ __device__ __forceinline__ void wgmma_m64nNk16(float (&d)[N / 2], uint64_t desc_
 #undef FPQUANT_WGMMA_N128
 #undef FPQUANT_WGMMA_ASM
 #endif
-}
-
-template <typename AT>
-__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-  wgmma_m64nNk16<AT, 128>(d, desc_a, desc_b, accumulate);
 }
 
 }  // namespace fpquant::cuda
