@@ -3,8 +3,8 @@
 The tensor-core kernels depend on index mappings that are easy to get subtly wrong: which k each lane loads,
 how mma.sync m16n8k16 fragments map to matrix elements, ldmatrix addressing, byte-permute decoding, and the
 order of the quest sums across lanes. These tests re-implement those mappings exactly as the kernels write
-them (csrc/cuda/rotate_quantize.cu, csrc/cuda/w4a16_gemm.cu) and check that the emulated warp computes the
-intended product. The fragment layout itself is the PTX ISA's (mma.m16n8k16, ldmatrix .m8n8 .x4).
+them (csrc/cuda/rotate_quantize.cu, csrc/cuda/w4a16_gemm.cu, csrc/cuda/w4a16_wgmma.cu) and check that the
+emulated warp computes the intended product. The fragment layout itself is the PTX ISA's (mma.m16n8k16, ldmatrix .m8n8 .x4).
 The sections name the kernel file they transcribe."""
 
 import numpy as np
@@ -120,6 +120,64 @@ def test_w4a16_scale_indices_cover_their_codes():
         assert {k // 32 for k in ks} == {q}
         assert {k // 16 for k in ks if (k - 32 * q) // 4 < 4} == {2 * q}
         assert {k // 16 for k in ks if (k - 32 * q) // 4 >= 4} == {2 * q + 1}
+
+
+# ---- w4a16_wgmma.cu (register-A decode) ----------------------------------------------------------------
+
+
+def e2m1_byte_bits(b: int, bf16: bool) -> int:
+    """w4a16_common.cuh e2m1_byte_bits: byte b -> (low nibble, high nibble) as 16-bit patterns worth
+    code * 2^-126 (bf16) or code * 2^-14 (fp16)."""
+    if bf16:
+        return ((((b * 0x1001) & 0x000F000F) * 0x1040) & 0xFFFFFFFF) & 0x81C081C0
+    t = ((b * 0x200200) & 0xFFFFFFFF) & 0x1E001E00
+    return (t + (t & 0x10001000) * 7) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("dtype,unit", [(torch.bfloat16, 2.0**126), (torch.float16, 2.0**14)])
+def test_e2m1_byte_bits_every_byte(dtype, unit):
+    for b in range(256):
+        lo, hi = halves(e2m1_byte_bits(b, dtype == torch.bfloat16), dtype)
+        for got, code in ((lo * unit, b & 0xF), (hi * unit, b >> 4)):
+            want = ref.E2M1_VALUES[code].item()
+            assert got == want and np.signbit(got) == np.signbit(want), (b, code, got, want)
+
+
+def test_w4a16_wgmma_register_a_bytes_and_scales():
+    # decode_chunk: lane (g, q) of warp w gives a[s][h + 2j] = byte 8s + q + 4j of code row 16w + g + 8h of
+    # the 32-byte chunk row (picked by prmt(word 2s + j, 0, 0x4440 | q)); that must be the wgmma A fragment
+    # element pair (row 16w + g + 8h, k 16s + 2q + 8j, + 1) of the PTX ISA, i.e. canonical byte k / 2. The
+    # scale: MXFP4 group (16s) // 32 = s // 2 of the chunk, NVFP4 group s.
+    for s_ in range(4):
+        for q in range(4):
+            for j in range(2):
+                byte = 8 * s_ + q + 4 * j
+                word, pos = 2 * s_ + j, q
+                assert (word * 4 + pos) == byte
+                k = 16 * s_ + 2 * q + 8 * j
+                assert byte == k // 2 and k % 2 == 0
+                assert prmt(0x33221100 + 0x44444444 * word, 0, 0x4440 | q) == ((0x33221100 + 0x44444444 * word) >> (8 * q)) & 0xFF
+                assert k // 32 == s_ // 2 and (k + 1) // 32 == s_ // 2  # MXFP4 group within the chunk
+                assert k // 16 == s_ and (k + 1) // 16 == s_  # NVFP4 group within the chunk
+
+
+def code_offset(r: int, h: int) -> int:
+    """w4a16_wgmma.cu code_offset: 16-byte half h of code row r under the TMA 32-byte swizzle."""
+    return r * 32 + ((h ^ (r >> 2)) & 1) * 16
+
+
+def test_w4a16_wgmma_code_reads_are_conflict_free():
+    # TMA's 32-byte swizzle XORs address bit 4 with bit 7; a warp's 16-byte reads of one half of its 8 rows
+    # (16w + g, or + 8) must cover 32 distinct banks, and the mapping must be the swizzle itself.
+    for r in range(256):
+        for h in range(2):
+            linear = r * 32 + 16 * h
+            assert code_offset(r, h) == linear ^ (((linear >> 7) & 1) << 4)
+    for w in range(4):
+        for base in (16 * w, 16 * w + 8):
+            for h in range(2):
+                banks = [(code_offset(base + g, h) // 4 + i) % 32 for g in range(8) for i in range(4)]
+                assert sorted(banks) == list(range(32))
 
 
 # ---- rotate_quantize_split.cu (float32 input; NVFP4 r = 16 with K % 32 != 0) ------------------------------

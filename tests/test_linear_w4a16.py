@@ -203,16 +203,19 @@ def test_cuda_every_decode_config_and_split(fmt, config, splits, monkeypatch, se
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("splits", [1, 5])
-def test_cuda_wgmma_exact_on_every_code_and_scale(fmt, dtype, splits, monkeypatch):
-    # The Hopper wgmma kernel (default from 65 rows), forced for every M: partial row tiles (17, 65, 200 rows
-    # of 128-row tiles), a partial feature tile (96 of 256), 24 chunks of 64 k split unevenly (5 splits start
-    # inside a scale box: chunks 0, 4, 9, 14, 19). K = 1536 meets the kernel's 16-byte scale rows.
+@pytest.mark.parametrize("tile", [0, 1, 2, 3])
+def test_cuda_wgmma_exact_on_every_code_and_scale(fmt, dtype, splits, tile, monkeypatch):
+    # The Hopper wgmma kernel (default from 65 rows), forced for every M and each tile configuration: partial
+    # row tiles (17, 65, 200 rows of 128- or 256-row tiles), a partial feature tile (96 of 128 or 256), 24
+    # chunks of 64 k split unevenly (5 splits start inside a scale box: chunks 0, 4, 9, 14, 19). K = 1536 meets
+    # the kernel's 16-byte scale rows.
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernel runs on compute capability 9.0 only")
     monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "1")
     monkeypatch.setenv("FPQUANT_W4A16_SPLITS", str(splits))
+    monkeypatch.setenv("FPQUANT_W4A16_WGMMA_TILE", str(tile))
     for M in (17, 65, 200):
-        _check_exact(fmt, dtype, M, 5 * M + splits, wgmma=True, K=1536)
+        _check_exact(fmt, dtype, M, 5 * M + splits + 100 * tile, wgmma=True, K=1536)
 
 
 @cuda

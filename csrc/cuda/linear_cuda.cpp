@@ -19,16 +19,17 @@ namespace {
 
 // Paths by M (the fused kernels read the weight once per tile and never hold a bf16 copy of it):
 // - M <= 64: the mma.sync kernels of w4a16_gemm (decode kernel up to 16 rows);
-// - 65 <= M <= 1024 on an H100-class GPU (compute capability 9.0, w4a16_wgmma_applies): the wgmma kernel
-//   (w4a16_wgmma.cu);
+// - 65 <= M <= wgmma_max_m (MXFP4 2048, NVFP4 1024) on an H100-class GPU (compute capability 9.0,
+//   w4a16_wgmma_applies): the wgmma kernel (w4a16_wgmma.cu);
 // - otherwise: the weight is dequantized in slabs of rows (at most ~32 MiB of bf16 at a time, never the
 //   whole weight) by the dequantize kernel and multiplied by cuBLAS straight into the output columns.
-// The wgmma bound is measured (benchmarks/NOTES.md, session 7): the kernel beat the slab path by 1.5-3x at
-// M = 128 and 512 and lost by 10-20% at M = 2048, where cuBLAS's bf16 GEMM outruns its decode-bound loop.
+// The wgmma bound is measured (benchmarks/NOTES.md, session 8): at M = 2048 the kernel beats the slab path
+// for MXFP4 (0.96x of bf16 against 0.85x on the large layers) but not for NVFP4, whose per-16 E4M3 scales
+// cost the decode more (0.79-0.83x against 0.89x); at M = 8192 the slab path wins for both.
 // FPQUANT_W4A16_WGMMA (read per call, for measurements and tests): "0" never takes the wgmma kernel, "1"
 // takes it for every M where it applies.
 constexpr int64_t kSlabMinM = 65;
-constexpr int64_t kWgmmaMaxM = 1024;
+int64_t wgmma_max_m(cuda::Format f) { return f == cuda::Format::kMxFp4 ? 2048 : 1024; }
 constexpr int64_t kSlabBytes = 32LL << 20;
 
 at::Tensor linear_by_slabs(const at::Tensor& x2d, const at::Tensor& codes, const at::Tensor& scales,
@@ -100,7 +101,7 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
   p.out = out.data_ptr();
   const char* wgmma_env = std::getenv("FPQUANT_W4A16_WGMMA");
   const int wgmma_mode = wgmma_env == nullptr || wgmma_env[0] == '\0' ? -1 : (std::atoi(wgmma_env) != 0 ? 1 : 0);
-  const bool wgmma = wgmma_mode != 0 && (wgmma_mode == 1 || (M >= kSlabMinM && M <= kWgmmaMaxM)) &&
+  const bool wgmma = wgmma_mode != 0 && (wgmma_mode == 1 || (M >= kSlabMinM && M <= wgmma_max_m(p.format))) &&
                      cuda::w4a16_wgmma_applies(p);
   if (M >= kSlabMinM && !wgmma) {
     linear_by_slabs(x.view({M, K}), w_codes, w_scales, w_global_scale ? &g : nullptr, bias, p.format,
@@ -108,7 +109,13 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
     return out;
   }
   if (wgmma) {
-    p.splits = cuda::w4a16_wgmma_splits(M, N, K);
+    p.wgmma_tile = cuda::w4a16_wgmma_tile(M, N, p.format);
+    // FPQUANT_W4A16_WGMMA_TILE overrides the wgmma kernel's tile configuration (measurements, tests).
+    if (const char* env = std::getenv("FPQUANT_W4A16_WGMMA_TILE")) {
+      const int t = std::atoi(env);
+      if (t >= 0 && t < cuda::w4a16_wgmma_tiles()) p.wgmma_tile = t;
+    }
+    p.splits = cuda::w4a16_wgmma_splits(M, N, K, p.wgmma_tile);
   } else {
     p.decode_config = cuda::w4a16_decode_config(M, N);
     // Tuning knob for measurements (benchmarks/NOTES.md): FPQUANT_W4A16_DECODE_CONFIG overrides the decode

@@ -29,6 +29,13 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t byt
 #endif
 }
 
+// A plain arrival (consumers releasing a stage to the producer).
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+#if FPQUANT_WGMMA
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+
 // Waits until the phase with the given parity (0, 1, 0, ... for successive uses) has completed.
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 #if FPQUANT_WGMMA

@@ -24,6 +24,7 @@ struct W4A16Params {
   float* workspace = nullptr;           // [splits, M, N] float32 when splits > 1
   int splits = 1;
   int decode_config = 0;  // M <= 16: index into the decode kernel's configurations (w4a16_decode_config)
+  int wgmma_tile = 0;     // the wgmma kernel's tile configuration (w4a16_wgmma_tile)
 };
 
 constexpr int kW4A16TileN = 32;   // output features per warp (N must be a multiple)
@@ -47,9 +48,12 @@ cudaError_t w4a16_gemm(const W4A16Params& p, cudaStream_t stream);
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream);
 
 // The Hopper wgmma kernel for larger batches (w4a16_wgmma.cu): any M, N % 32 == 0, K % 128 == 0, on a
-// compute capability 9.0 device with 4-byte aligned scales (w4a16_wgmma_applies). Its own split-K heuristic.
+// compute capability 9.0 device with 16-byte scale rows and aligned inputs (w4a16_wgmma_applies). Its own tile
+// and split-K heuristics.
 bool w4a16_wgmma_applies(const W4A16Params& p);
-int w4a16_wgmma_splits(int64_t M, int64_t N, int64_t K);
+int w4a16_wgmma_tiles();                       // number of tile configurations
+int w4a16_wgmma_tile(int64_t M, int64_t N, Format format);  // the configuration for a problem (heuristic)
+int w4a16_wgmma_splits(int64_t M, int64_t N, int64_t K, int tile);
 cudaError_t w4a16_wgmma(const W4A16Params& p, cudaStream_t stream);
 
 }  // namespace fpquant::cuda

@@ -1,5 +1,6 @@
 // Pieces shared by the W4A16 kernels (w4a16_decode.cu, w4a16_gemm.cu, w4a16_wgmma.cu): byte permutes, the
-// E2M1 table decode, 16-bit pair arithmetic in the tensor-core type, group scales and the split-K reduction.
+// E2M1 table and arithmetic decodes with their group-scale multipliers, 16-bit pair arithmetic in the
+// tensor-core type, group scales and the split-K reduction.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -94,6 +95,96 @@ __device__ __forceinline__ uint32_t e4m3x2_to(uint32_t two) {
     return *reinterpret_cast<uint32_t*>(&b);
   }
 }
+
+template <typename AT>
+constexpr bool kBf16 = std::is_same_v<AT, __nv_bfloat16>;
+
+// 8 codes (nibble i of w) -> o[j] = (code j, code j+4) as 16-bit patterns worth code * 2^-126 (bf16) or
+// code * 2^-14 (fp16). Multiplying the nibble by (2^a + 2^b) places one copy with its magnitude in the
+// right bits and another with its sign bit at bit 15 (halves never carry into each other: 0xF * 0x1040 <
+// 2^16); a mask keeps those bits. fp16 needs the sign 3 bits further than the magnitude's top: it is moved
+// from bit 12 to 15 by adding 7 times itself.
+template <typename AT>
+__device__ __forceinline__ void e2m1_bits8(uint32_t w, uint32_t (&o)[4]) {
+  const uint32_t v = w >> 8;  // nibbles 2, 3 (low half) and 6, 7 (high half) at the bottom
+  if constexpr (kBf16<AT>) {
+    o[0] = ((w & 0x000F000Fu) * 0x1040u) & 0x81C081C0u;
+    o[1] = ((w & 0x00F000F0u) * 0x0104u) & 0x81C081C0u;
+    o[2] = ((v & 0x000F000Fu) * 0x1040u) & 0x81C081C0u;
+    o[3] = ((v & 0x00F000F0u) * 0x0104u) & 0x81C081C0u;
+  } else {
+    const uint32_t t[4] = {(w & 0x000F000Fu) << 9, (w & 0x00F000F0u) << 5, (v & 0x000F000Fu) << 9,
+                           (v & 0x00F000F0u) << 5};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) o[j] = t[j] + (t[j] & 0x10001000u) * 7u;
+  }
+}
+
+// The same for the two codes of one byte b (b < 256; code 2i low nibble, code 2i + 1 high nibble) -> (low
+// nibble, high nibble) as one pair: b * 0x1001 puts the high nibble 12 bits above the low one without carry,
+// so one mask leaves them 16 bits apart, as e2m1_bits8 needs them. This is the wgmma kernel's decode: its
+// register A operand pairs k = 2i, 2i + 1, the two codes of canonical byte i.
+template <typename AT>
+__device__ __forceinline__ uint32_t e2m1_byte_bits(uint32_t b) {
+  if constexpr (kBf16<AT>) {
+    return (((b * 0x1001u) & 0x000F000Fu) * 0x1040u) & 0x81C081C0u;
+  } else {
+    const uint32_t t = (b * 0x200200u) & 0x1E001E00u;  // the nibbles at bits 9-12 of each half
+    return t + (t & 0x10001000u) * 7u;
+  }
+}
+
+// The factor between a code and its e2m1_bits8 / e2m1_byte_bits pattern.
+template <typename AT>
+constexpr float kCodeUnit = kBf16<AT> ? 0x1p126f : 0x1p14f;
+
+// Group-scale multipliers (m1, then m2 when TWO) that turn those patterns into code * scale with a
+// single rounding (none where the product is representable). One multiply where kCodeUnit * scale fits the
+// 16-bit type: MXFP4 with E8M0 <= 128 (bf16: 2^(E-1), an integer pattern; fp16: 2^(E-113), exact down to
+// fp16's subnormals, and 0 only where every weight of the group rounds to 0 anyway), and NVFP4 on bf16 as
+// scale * 2^118, i.e. code * scale * 2^-8, which the epilogue undoes (kNvUnscale). Larger MXFP4 scales (and
+// NaN) take two: kCodeUnit, then the scale; a warp takes the two-multiply path for a whole chunk when any of
+// its lanes needs it, with (one-multiply value, 1) for the others. NVFP4 on fp16 always takes two (code *
+// scale * 2^-8 could fall below fp16's normal range). MXFP4: one code per row (sc[0]); NVFP4: two, for
+// words 0-1 and 2-3.
+template <typename AT, Format F>
+constexpr bool kAlwaysTwo = F == Format::kNvFp4 && !kBf16<AT>;
+
+template <typename AT, Format F, bool TWO>
+__device__ __forceinline__ void multipliers(const uint8_t (&sc)[2], uint32_t (&m1)[2], uint32_t (&m2)[2]) {
+  if constexpr (F == Format::kMxFp4) {
+    const uint32_t e = sc[0];
+    const uint32_t one = kBf16<AT> ? (e + 126u) * 0x00800080u : splat<AT>(core::e8m0_decode(sc[0]) * kCodeUnit<AT>);
+    if constexpr (TWO) {
+      const bool small = e <= 128u;
+      m1[0] = small ? one : splat<AT>(kCodeUnit<AT>);
+      m2[0] = small ? splat<AT>(1.0f) : splat<AT>(core::e8m0_decode(sc[0]));
+    } else {
+      m1[0] = one;
+    }
+  } else {
+    const __half2 h = e4m3x2_to_half2(static_cast<uint16_t>(sc[0] | (sc[1] << 8)));
+    if constexpr (kBf16<AT>) {
+      const float2 f = __half22float2(h);
+      m1[0] = splat<AT>(f.x * 0x1p118f);
+      m1[1] = splat<AT>(f.y * 0x1p118f);
+    } else {
+      const uint32_t hv = *reinterpret_cast<const uint32_t*>(&h);
+      m1[0] = m1[1] = splat<AT>(kCodeUnit<AT>);
+      m2[0] = prmt(hv, 0, 0x1010u);
+      m2[1] = prmt(hv, 0, 0x3232u);
+    }
+  }
+}
+
+template <typename AT, bool TWO>
+__device__ __forceinline__ uint32_t apply_scale(uint32_t bits, uint32_t m1, uint32_t m2) {
+  const uint32_t r = hmul2<AT>(bits, m1);
+  return TWO ? hmul2<AT>(r, m2) : r;
+}
+
+template <typename AT, Format F>
+constexpr float kNvUnscale = F == Format::kNvFp4 && kBf16<AT> ? 256.0f : 1.0f;
 
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 

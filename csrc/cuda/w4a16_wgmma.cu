@@ -1,21 +1,23 @@
 // Weight-only FP4 GEMM on Hopper warpgroup MMA (wgmma, sm_90a) for batches above the mma.sync kernels' sizes.
 //
 // From about a hundred rows of x on, each weight is used many times, and the mma.sync kernels
-// (w4a16_gemm.cu), which decode the weight in registers for every 16 rows, lose to a bf16 cuBLAS GEMM. Here
-// each CTA decodes a weight tile once into shared memory, in the 16-bit tensor-core type and the layout
-// wgmma reads, and two warpgroups multiply it by 128 rows of x:
-// - CTA tile: 128 rows of x (64 per warpgroup, the wgmma M) x BN = 256 features (the wgmma N), 64 k per
-//   stage (one 128-byte swizzle row of 16-bit values). x is the A operand and the decoded weight the B
-//   operand, both K-major, so the x tile is a plain copy of x's rows (TMA, 128-byte swizzle) and each
-//   decoded word of 8 codes is one 16-byte store.
-// - Copies are TMA (one thread issues x, codes and scale boxes, STAGES - 2 chunks ahead, completing on a
-//   per-stage mbarrier). Per-thread cp.async copies were measured 1.3-1.5x slower here: the proxy fence
-//   that must follow the decode's shared-memory stores (MEMBAR) also waited for the thread's copies still
-//   in flight, so every chunk paid a memory latency (benchmarks/NOTES.md, session 7).
-// - Chunk c is decoded into one of three weight buffers while the wgmmas of chunk c - 1 still run (wgmma is
-//   asynchronous); one CTA barrier per chunk.
-// - E2M1 -> 16-bit by the byte-permute tables (exact) times the group scale in the 16-bit type (exact, as in
-//   w4a16_gemm.cu); the NVFP4 global scale divides the float32 sums in the epilogue.
+// (w4a16_gemm.cu), which decode the weight for every 16 rows, lose to a bf16 cuBLAS GEMM. Here the problem
+// is computed transposed, out^T = W x^T: the weight is wgmma's A operand, decoded by each thread straight
+// into its register fragment, and x (rows of x as the wgmma N) is the B operand read from shared memory.
+// - CTA: WG consumer warpgroups (2 or 4), each with MT m64 tiles of features (CTA: 64 WG MT features) x BR
+//   rows of x (the wgmma N, 128 or 256); 64 k per stage.
+// - Copies are TMA, issued by a producer warpgroup (one lane; its registers go to the consumers) into STAGES
+//   stages on full/empty mbarrier pairs, so the consumer warps never wait for each other: x tiles [BR][64]
+//   in the 128-byte swizzle (the B descriptor's layout), codes [128 MT][32 bytes] in the 32-byte swizzle
+//   (conflict-free 16-byte reads of 8 rows), and 16-byte boxes of scales that cover several chunks.
+// - Register A needs, per thread, byte q of every 4-byte word of a row's codes (k = 2q, 2q + 1 and 2q + 8,
+//   2q + 9 of each 16): each thread reads the 32 bytes of its two rows (the four lanes of a quad read the
+//   same bytes) and picks its byte with one PRMT; e2m1_byte_bits turns the byte into the pair in 4 integer
+//   operations, one HMUL2 applies the group scale (w4a16_common.cuh; exact). Per decoded pair: 6 operations
+//   and no shared-memory store, against ~11 for decoding into shared memory for a shared-memory A (the
+//   previous design, benchmarks/NOTES.md session 7).
+// - Two sets of A registers: chunk c + 1 is decoded while the wgmmas of chunk c run; each consumer warp
+//   releases chunk c - 1's stage once those wgmmas completed.
 // - grid.x walks the row tiles of x fastest, so the CTAs that share a weight tile run together and the
 //   weight comes from HBM about once; split-K (grid.z) when the tiles alone cover too few SMs, with partials
 //   reduced in split order by w4a16_common.cuh (deterministic).
@@ -35,173 +37,265 @@ namespace fpquant::cuda {
 namespace {
 using namespace w4a16;
 
-constexpr int kBK = 64;  // k per stage: one 128-byte swizzle row of 16-bit values
+constexpr int kBK = 64;  // k per stage: one 128-byte swizzle row of 16-bit x values
 
 template <Format F>
 constexpr int kScaleChunks = 16 * group_size(F) / kBK;  // chunks covered by one 16-byte scale box (8 or 4)
 
-template <int BN, int STAGES>
+template <int BR, int WG, int MT, int STAGES, Format F>
 struct WCfg {
-  static_assert(STAGES >= 3, "the prefetch distance is STAGES - 2");
-  static constexpr int kBM = 128;  // rows of x per CTA: two warpgroups of 64 (the wgmma M)
-  static constexpr int kThreads = 256;
-  static constexpr int kTasks = BN * kBK / 32;  // decode items per stage: 32 codes (16 bytes) of one feature row
-  static constexpr int kXBytes = kBM * 128;     // a stage of x: [kBM][64] 16-bit, 128-byte swizzle (TMA)
-  static constexpr int kWBytes = BN * 128;      // a decoded weight buffer: [BN][64] 16-bit, same swizzle
-  static constexpr int kWBufs = 3;              // chunk c's buffer is rewritten by chunk c + 3 (see the loop)
-  static constexpr int kCodeBytes = BN * 32;    // a stage of codes: [BN][32 bytes]
-  static constexpr int kScaleBytes = BN * 16;   // a scale slot: [BN][16 bytes], kScaleChunks chunks
-  static constexpr int kX = 0;                  // offsets from the 1024-byte aligned base
-  static constexpr int kW = kX + STAGES * kXBytes;
-  static constexpr int kCodes = kW + kWBufs * kWBytes;
+  static_assert(STAGES >= 2, "chunk c + 1 lands while chunk c is computed");
+  static_assert(BR == 128 || BR == 256, "wgmma N");
+  static constexpr int kFeatures = 64 * WG * MT;  // features per CTA: WG consumer warpgroups x MT x 64
+  static constexpr int kConsumers = 128 * WG;       // consumer warpgroups: decode + wgmma
+  static constexpr int kThreads = kConsumers + 128;  // + a producer warpgroup (one lane issues the TMA)
+  // Registers: the CTA launches with the most __launch_bounds__ allows (ptxas allocates that much when
+  // setmaxnreg is used); the producer warpgroup gives all but kProducerRegs back to the CTA's pool, and the
+  // consumers take no more than that pool holds (an inc beyond it would wait forever).
+  static constexpr int kLaunchRegs = (65536 / kThreads > 255 ? 255 : 65536 / kThreads) / 8 * 8;
+  static constexpr int kProducerRegs = 24;
+  static constexpr int kPooledRegs = kLaunchRegs + 128 * (kLaunchRegs - kProducerRegs) / kConsumers;
+  static constexpr int kConsumerRegs = (kPooledRegs > 240 ? 240 : kPooledRegs) / 8 * 8;
+  static_assert(kConsumers * (kConsumerRegs - kLaunchRegs) <= 128 * (kLaunchRegs - kProducerRegs),
+                "the consumers' registers come from the producer's");
+  static constexpr int kXBytes = BR * 128;            // a stage of x: [BR][64] 16-bit, 128-byte swizzle
+  static constexpr int kCodeBytes = kFeatures * 32;   // a stage of codes: [features][32 bytes], 32-byte swizzle
+  static constexpr int kScaleBytes = kFeatures * 16;  // a scale slot: [features][16 bytes], kScaleChunks chunks
+  static constexpr int kX = 0;                        // offsets from the 1024-byte aligned base
+  static constexpr int kCodes = kX + STAGES * kXBytes;
   static constexpr int kScales = kCodes + STAGES * kCodeBytes;
-  static constexpr int kBars = kScales + 2 * kScaleBytes;
-  static constexpr int kSmem = kBars + 8 * STAGES + 1024;  // + the alignment slack
-  static constexpr int kTasksPerThread = kTasks / kThreads;
-  static_assert(kTasks % kThreads == 0, "whole items per thread");
+  // Scale boxes in flight: the producer may be STAGES - 1 chunks ahead of the slowest consumer warp.
+  static constexpr int kScaleSlots = (STAGES - 1 + kScaleChunks<F> - 1) / kScaleChunks<F> + 1;
+  static constexpr int kBars = kScales + kScaleSlots * kScaleBytes;  // full[STAGES], then empty[STAGES]
+  static constexpr int kSmem = kBars + 16 * STAGES + 1024;           // + the alignment slack
   static_assert(kSmem <= 227 * 1024, "fits the opt-in shared memory of an sm_90 CTA");
 };
 
-// Tensor maps of the three inputs (built on the host by make_maps): x [M][K] in 128 x 64 boxes with the
-// 128-byte swizzle; codes [N][K/2] in BN x 32-byte boxes; scales [N][K/G] in BN x 16-byte boxes.
+// Tensor maps of the three inputs (built on the host by make_maps): x [M][K] in BR x 64 boxes with the
+// 128-byte swizzle; codes [N][K/2] in (128 MT) x 32-byte boxes with the 32-byte swizzle; scales [N][K/G]
+// in (128 MT) x 16-byte boxes.
 struct Maps {
   CUtensorMap x, codes, scales;
 };
 
-template <typename AT, Format F, int BN, int STAGES>
-__global__ void __launch_bounds__(256, 1) w4a16_wgmma_kernel(W4A16Params p, const __grid_constant__ Maps maps) {
+// Byte offset of the 16-byte half `h` of code row r in a stage: the 32-byte swizzle swaps the halves of rows
+// 4-7 of every 8 (address bit 4 ^= bit 7), so a warp's 8 rows x 16 bytes hit 32 distinct banks.
+__device__ __forceinline__ int code_offset(int r, int h) { return r * 32 + ((h ^ (r >> 2)) & 1) * 16; }
+
+// A fragments of one chunk for MT m-tiles: a[mt][s] is k-step s (16 k) of m-tile mt.
+template <int MT>
+using AFrag = uint32_t[MT][kBK / 16][4];
+
+// Decodes this thread's A fragments of one chunk. Row slot h (rows g and g + 8 of the warp's 16) of m-tile
+// mt is code row (2 wg + ... ) `row[mt][h]`; its byte 8s + q + 4j (k 16s + 2q + 8j, + 1) is a[mt][s][h + 2j].
+// MXFP4: k-steps 0-1 use group 2c of the row, 2-3 group 2c + 1; NVFP4: k-step s uses group 4c + s.
+template <typename AT, Format F, int MT, bool TWO>
+__device__ __forceinline__ void decode_chunk(const unsigned char* codes, const unsigned char* scales,
+                                             const int (&row)[MT][2], int sbyte, uint32_t sel, AFrag<MT>& a) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = row[mt][h];
+      const uint4 lo = *reinterpret_cast<const uint4*>(codes + code_offset(r, 0));
+      const uint4 hi = *reinterpret_cast<const uint4*>(codes + code_offset(r, 1));
+      const uint32_t w[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      uint32_t m1[4], m2[4];
+      if constexpr (F == Format::kMxFp4) {
+        const uint32_t two = *reinterpret_cast<const uint16_t*>(scales + 16 * r + sbyte);
+        const uint8_t s0[2] = {static_cast<uint8_t>(two), 0}, s1[2] = {static_cast<uint8_t>(two >> 8), 0};
+        uint32_t t1[2], t2[2] = {}, u1[2], u2[2] = {};
+        multipliers<AT, F, TWO>(s0, t1, t2);
+        multipliers<AT, F, TWO>(s1, u1, u2);
+        m1[0] = m1[1] = t1[0];
+        m1[2] = m1[3] = u1[0];
+        m2[0] = m2[1] = t2[0];
+        m2[2] = m2[3] = u2[0];
+      } else {
+        const uint32_t four = *reinterpret_cast<const uint32_t*>(scales + 16 * r + sbyte);
+        const uint8_t s0[2] = {static_cast<uint8_t>(four), static_cast<uint8_t>(four >> 8)};
+        const uint8_t s1[2] = {static_cast<uint8_t>(four >> 16), static_cast<uint8_t>(four >> 24)};
+        uint32_t t1[2], t2[2] = {}, u1[2], u2[2] = {};
+        multipliers<AT, F, TWO>(s0, t1, t2);
+        multipliers<AT, F, TWO>(s1, u1, u2);
+        m1[0] = t1[0], m1[1] = t1[1], m1[2] = u1[0], m1[3] = u1[1];
+        m2[0] = t2[0], m2[1] = t2[1], m2[2] = u2[0], m2[3] = u2[1];
+      }
+#pragma unroll
+      for (int s = 0; s < kBK / 16; ++s)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          a[mt][s][h + 2 * j] = apply_scale<AT, TWO>(e2m1_byte_bits<AT>(prmt(w[2 * s + j], 0, sel)), m1[s], m2[s]);
+    }
+  }
+}
+
+// True where a thread's MXFP4 scales of this chunk need the two-multiply path (E8M0 > 128, NaN).
+template <Format F, int MT>
+__device__ __forceinline__ bool needs_two(const unsigned char* scales, const int (&row)[MT][2], int sbyte) {
+  bool big = false;
+  if constexpr (F == Format::kMxFp4) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t two = *reinterpret_cast<const uint16_t*>(scales + 16 * row[mt][h] + sbyte);
+        big |= (two & 0xFFu) > 128u || (two >> 8) > 128u;
+      }
+  }
+  return big;
+}
+
+template <typename AT, Format F, int BR, int WG, int MT, int STAGES>
+__global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Params p, const __grid_constant__ Maps maps) {
 #if FPQUANT_WGMMA
-  using C = WCfg<BN, STAGES>;
+  using C = WCfg<BR, WG, MT, STAGES, F>;
   constexpr int kSC = kScaleChunks<F>;
+  constexpr int kSteps = kBK / 16;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
   const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int tid = threadIdx.x, wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
-  const int m0 = static_cast<int>(blockIdx.x) * C::kBM, n0 = static_cast<int>(blockIdx.y) * BN;
+  const int m0 = static_cast<int>(blockIdx.x) * BR, n0 = static_cast<int>(blockIdx.y) * C::kFeatures;
   const int chunks = static_cast<int>(p.K / kBK);
   const int c_begin = static_cast<int>(static_cast<int64_t>(chunks) * blockIdx.z / p.splits);
   const int c_end = static_cast<int>(static_cast<int64_t>(chunks) * (blockIdx.z + 1) / p.splits);
   const int n_local = c_end - c_begin;
   const uint32_t bars = smem_addr + C::kBars;
 
-  // Thread 0 issues every copy: chunk c's x and codes into stage `stage`, and the 16-byte scale box that
-  // holds chunk c's scales into slot (c / kSC) % 2 when c starts a box (or the CTA's range).
-  auto issue = [&](int c, int stage) {
-    const bool scales = c % kSC == 0 || c == c_begin;
-    const uint32_t bar = bars + 8 * stage;
-    mbar_arrive_expect_tx(bar, C::kXBytes + C::kCodeBytes + (scales ? C::kScaleBytes : 0));
-    tma_load_2d(smem_addr + C::kX + stage * C::kXBytes, &maps.x, c * kBK, m0, bar);
-    tma_load_2d(smem_addr + C::kCodes + stage * C::kCodeBytes, &maps.codes, c * (kBK / 2), n0, bar);
-    if (scales) tma_load_2d(smem_addr + C::kScales + (c / kSC) % 2 * C::kScaleBytes, &maps.scales, c / kSC * 16, n0, bar);
-  };
+  // full[s]: the copies of the stage's chunk landed (the producer's expect-tx arrival + bytes); empty[s]: the
+  // 8 consumer warps are done with it (their wgmmas on it completed).
+  const uint32_t full = bars, empty = bars + 8 * STAGES;
   if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) mbar_init(bars + 8 * s, 1);
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full + 8 * s, 1);
+      mbar_init(empty + 8 * s, C::kConsumers / 32);
+    }
     mbar_init_fence();
   }
-  __syncthreads();
-  if (tid == 0)
-    for (int s = 0; s < STAGES - 2 && s < n_local; ++s) issue(c_begin + s, s);
+  __syncthreads();  // the last CTA-wide barrier: the producer warp leaves when its copies are issued
 
-  // Item t = tid + kThreads i: feature row r = t / 2, codes k in [32h, 32h + 32) of the chunk (h = t % 2):
-  // four 16-byte stores of eight decoded values each, k-consecutive (decode8), times the group scale.
-  int woff[C::kTasksPerThread][4];
-#pragma unroll
-  for (int i = 0; i < C::kTasksPerThread; ++i) {
-    const int t = tid + C::kThreads * i, r = t / 2, h = t % 2;
-#pragma unroll
-    for (int v = 0; v < 4; ++v) woff[i][v] = C::kW + sw128_offset(r, 32 * h + 8 * v, BN);
-  }
-  auto decode = [&](int stage, int buf, int c) {
-    const unsigned char* sslot = smem + C::kScales + (c / kSC) % 2 * C::kScaleBytes;
-#pragma unroll
-    for (int i = 0; i < C::kTasksPerThread; ++i) {
-      const int t = tid + C::kThreads * i, r = t / 2, h = t % 2;
-      const uint4 cw = *reinterpret_cast<const uint4*>(smem + C::kCodes + stage * C::kCodeBytes + 16 * t);
-      uint32_t s2[2];
-      if constexpr (F == Format::kMxFp4) {  // group 2c + h of the row; the box starts at group 16 (c / 8)
-        s2[0] = s2[1] = splat<AT>(group_scale<F>(sslot[16 * r + 2 * (c % kSC) + h]));
-      } else {  // groups 4c + 2h and 4c + 2h + 1; the box starts at group 16 (c / 4)
-        const uint32_t two = *reinterpret_cast<const uint16_t*>(sslot + 16 * r + 4 * (c % kSC) + 2 * h);
-        const uint32_t pair = e4m3x2_to<AT>(two);
-        s2[0] = prmt(pair, pair, 0x1010u);
-        s2[1] = prmt(pair, pair, 0x3232u);
-      }
-      const uint32_t words[4] = {cw.x, cw.y, cw.z, cw.w};
-#pragma unroll
-      for (int v = 0; v < 4; ++v) {
-        uint32_t o[4];
-        decode8<AT>(words[v], o);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) o[j] = hmul2<AT>(o[j], s2[v / 2]);
-        *reinterpret_cast<uint4*>(smem + buf * C::kWBytes + woff[i][v]) = make_uint4(o[0], o[1], o[2], o[3]);
-      }
+  if (tid >= C::kConsumers) {
+    setmaxnreg_dec<C::kProducerRegs>();
+    // Producer (one lane): chunk c's x and codes into stage (c - c_begin) % STAGES once the consumers freed
+    // it, and the 16-byte scale box holding chunk c's scales into slot (c / kSC) % kScaleSlots when c starts
+    // a box (or the range).
+    if (tid != C::kConsumers) return;
+    for (int i = 0; i < n_local; ++i) {
+      const int stage = i % STAGES, c = c_begin + i;
+      if (i >= STAGES) mbar_wait(empty + 8 * stage, ((i / STAGES) - 1) & 1);
+      const bool scales = c % kSC == 0 || i == 0;
+      const uint32_t bar = full + 8 * stage;
+      mbar_arrive_expect_tx(bar, C::kXBytes + C::kCodeBytes + (scales ? C::kScaleBytes : 0));
+      tma_load_2d(smem_addr + C::kX + stage * C::kXBytes, &maps.x, c * kBK, m0, bar);
+      tma_load_2d(smem_addr + C::kCodes + stage * C::kCodeBytes, &maps.codes, c * (kBK / 2), n0, bar);
+      if (scales)
+        tma_load_2d(smem_addr + C::kScales + (c / kSC) % C::kScaleSlots * C::kScaleBytes, &maps.scales,
+                    c / kSC * 16, n0, bar);
     }
-  };
+    return;
+  }
+  setmaxnreg_inc<C::kConsumerRegs>();
 
-  float acc[BN / 2];
+  // Code rows of this thread: m-tile mt of warpgroup wg covers features 64 (MT wg + mt) .. + 63 of the CTA.
+  int row[MT][2];
 #pragma unroll
-  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
-
-  // One barrier per chunk. Before it: chunk `it` has landed (its stage's mbarrier phase), this thread has
-  // decoded its items into weight buffer it % 3 and fenced those shared-memory writes for the async proxy
-  // that wgmma reads through. After it: the chunk's wgmmas are issued, then the copies of chunk
-  // it + STAGES - 2 into the stage of chunk it - 2, whose wgmmas every warpgroup waited for (wgmma_wait<1> in
-  // iteration it - 1) before reaching this barrier. Weight buffer it % 3 was last read by the wgmmas of
-  // chunk it - 3, finished before the barrier of iteration it - 1. A scale slot is rewritten 2 kSC >= 8
-  // chunks after its first use and at least kSC after its last decode.
-  int stage = 0, buf = 0, next_stage = STAGES - 2;
-  uint32_t phase = 0;
-  for (int it = 0; it < n_local; ++it) {
-    mbar_wait(bars + 8 * stage, phase);
-    decode(stage, buf, c_begin + it);
-    fence_proxy_async_shared();
-    __syncthreads();
-
-    const uint32_t a = smem_addr + C::kX + stage * C::kXBytes + wg * 64 * 128;
-    const uint32_t b = smem_addr + C::kW + buf * C::kWBytes;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) fence_operand(acc[i]);
+    for (int h = 0; h < 2; ++h) row[mt][h] = 64 * (MT * wg + mt) + 16 * warp + g + 8 * h;
+  const uint32_t sel = 0x4440u | static_cast<uint32_t>(q);  // prmt: byte q alone
+
+  float acc[MT][BR / 2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int i = 0; i < BR / 2; ++i) acc[mt][i] = 0.0f;
+
+  // Chunk `it`: wait for its copies, decode into register set a, issue its wgmmas, wait for those of chunk
+  // it - 1 (whose register set `prev` is then free) and release chunk it - 1's stage to the producer.
+  auto step = [&](int it, AFrag<MT>& a, AFrag<MT>& prev) {
+    const int stage = it % STAGES, c = c_begin + it;
+    mbar_wait(full + 8 * stage, (it / STAGES) & 1);
+    const unsigned char* codes = smem + C::kCodes + stage * C::kCodeBytes;
+    const unsigned char* scales = smem + C::kScales + (c / kSC) % C::kScaleSlots * C::kScaleBytes;
+    const int sbyte = F == Format::kMxFp4 ? 2 * (c % kSC) : 4 * (c % kSC);
+    if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, needs_two<F, MT>(scales, row, sbyte)))) {
+      decode_chunk<AT, F, MT, true>(codes, scales, row, sbyte, sel, a);
+    } else {
+      decode_chunk<AT, F, MT, false>(codes, scales, row, sbyte, sel, a);
+    }
+    const uint32_t xs = smem_addr + C::kX + stage * C::kXBytes;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int i = 0; i < BR / 2; ++i) fence_operand(acc[mt][i]);
     wgmma_fence();
 #pragma unroll
-    for (int s = 0; s < kBK / 16; ++s) wgmma_m64nNk16<AT, BN>(acc, sw128_desc(a + 32 * s), sw128_desc(b + 32 * s), true);
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) wgmma_m64nNk16_rs<AT, BR>(acc[mt], a[mt][s], sw128_desc(xs + 32 * s));
     wgmma_commit();
-    if (tid == 0 && it + STAGES - 2 < n_local) issue(c_begin + it + STAGES - 2, next_stage);
     wgmma_wait<1>();
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) fence_operand(acc[i]);
-    if (++stage == STAGES) {
-      stage = 0;
-      phase ^= 1u;
-    }
-    next_stage = next_stage + 1 == STAGES ? 0 : next_stage + 1;
-    buf = buf + 1 == C::kWBufs ? 0 : buf + 1;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) fence_operand(prev[mt][s][j]);
+    __syncwarp();
+    if (lane == 0 && it > 0) mbar_arrive(empty + 8 * ((it - 1) % STAGES));
+  };
+  AFrag<MT> a0, a1;
+  for (int it = 0; it < n_local; it += 2) {
+    step(it, a0, a1);
+    if (it + 1 < n_local) step(it + 1, a1, a0);
   }
   wgmma_wait<0>();
 #pragma unroll
-  for (int i = 0; i < BN / 2; ++i) fence_operand(acc[i]);
-
-  // Epilogue: lane (g, q) of warp w holds rows 16w + g (+ 8) of its warpgroup's 64 and features 8j + 2q, +1.
-  const float inv_g = F == Format::kNvFp4 ? 1.0f / __ldg(p.global_scale) : 1.0f;
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t m = m0 + 64 * wg + 16 * warp + g + 8 * h;
-    if (m >= p.M) continue;
+    for (int i = 0; i < BR / 2; ++i) fence_operand(acc[mt][i]);
 #pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-      const int64_t n = n0 + 8 * j + 2 * q;
-      if (n >= p.N) continue;
-      store_pair<AT, F>(p, m, n, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], inv_g);
-    }
+    for (int s = 0; s < kSteps; ++s)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) fence_operand(a0[mt][s][j]), fence_operand(a1[mt][s][j]);
   }
+
+  // Epilogue: acc[mt][4j + 2h + e] is feature row[mt][h] of the CTA, x row m0 + 8j + 2q + e.
+  const float unscale = kNvUnscale<AT, F>;
+  const float scale = F == Format::kNvFp4 ? unscale / __ldg(p.global_scale) : 1.0f;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t n = n0 + row[mt][h];
+      if (n >= p.N) continue;
+      const float b = p.bias != nullptr && p.splits == 1 ? to_float(static_cast<const AT*>(p.bias)[n]) : 0.0f;
+#pragma unroll
+      for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t m = m0 + 8 * j + 2 * q + e;
+          if (m >= p.M) continue;
+          const float v = acc[mt][4 * j + 2 * h + e];
+          if (p.splits > 1) {
+            p.workspace[(static_cast<int64_t>(blockIdx.z) * p.M + m) * p.N + n] = v * unscale;
+          } else {
+            store_float(static_cast<AT*>(p.out) + m * p.N + n, v * scale + b);
+          }
+        }
+    }
 #endif
 }
 
-// 256 features per CTA (wgmma N = 256) and 4 stages: on the H100 this beat 128 features (6 stages) by 10-25%
-// from 512 rows on, and at 128 rows lost up to 7% on 8192 x 8192 but won 15% on 28672 x 8192
-// (benchmarks/NOTES.md, session 7).
-constexpr int kBN = 256;
-constexpr int kStages = 4;
+// Tile configurations (BR rows of x, WG consumer warpgroups, MT m64 tiles per warpgroup, stages), chosen by
+// w4a16_wgmma_tile.
+struct Tile {
+  int rows, wg, mt, stages;
+};
+constexpr Tile kTiles[] = {{128, 2, 1, 8}, {128, 4, 1, 6}, {256, 2, 1, 4}, {128, 2, 2, 4}};
+constexpr int kNumTiles = 4;
 
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
@@ -233,31 +327,40 @@ bool make_map(CUtensorMap* map, CUtensorMapDataType type, const void* base, uint
                 swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <typename AT, Format F, int BN, int STAGES>
+template <typename AT, Format F, int BR, int WG, int MT, int STAGES>
 cudaError_t launch_tile(const W4A16Params& p, cudaStream_t stream) {
-  using C = WCfg<BN, STAGES>;
+  using C = WCfg<BR, WG, MT, STAGES, F>;
   constexpr int G = group_size(F);
   Maps maps;
   const CUtensorMapDataType xt = std::is_same_v<AT, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  if (!make_map(&maps.x, xt, p.x, p.K, p.M, p.K * 2, kBK, C::kBM, CU_TENSOR_MAP_SWIZZLE_128B) ||
-      !make_map(&maps.codes, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.codes, p.K / 2, p.N, p.K / 2, kBK / 2, BN,
-                CU_TENSOR_MAP_SWIZZLE_NONE) ||
-      !make_map(&maps.scales, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.scales, p.K / G, p.N, p.K / G, 16, BN,
+  if (!make_map(&maps.x, xt, p.x, p.K, p.M, p.K * 2, kBK, BR, CU_TENSOR_MAP_SWIZZLE_128B) ||
+      !make_map(&maps.codes, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.codes, p.K / 2, p.N, p.K / 2, kBK / 2, C::kFeatures,
+                CU_TENSOR_MAP_SWIZZLE_32B) ||
+      !make_map(&maps.scales, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.scales, p.K / G, p.N, p.K / G, 16, C::kFeatures,
                 CU_TENSOR_MAP_SWIZZLE_NONE))
     return cudaErrorInvalidValue;
-  auto kernel = w4a16_wgmma_kernel<AT, F, BN, STAGES>;
+  auto kernel = w4a16_wgmma_kernel<AT, F, BR, WG, MT, STAGES>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
-  const dim3 grid(static_cast<unsigned>((p.M + C::kBM - 1) / C::kBM), static_cast<unsigned>((p.N + BN - 1) / BN),
-                  static_cast<unsigned>(p.splits));
+  const dim3 grid(static_cast<unsigned>((p.M + BR - 1) / BR),
+                  static_cast<unsigned>((p.N + C::kFeatures - 1) / C::kFeatures), static_cast<unsigned>(p.splits));
   kernel<<<grid, C::kThreads, C::kSmem, stream>>>(p, maps);
   err = cudaGetLastError();
   return err != cudaSuccess ? err : reduce_splits<AT, F>(p, stream);
 }
 
-template <typename AT, Format F>
+template <typename AT, Format F, int I = 0>
 cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
-  return launch_tile<AT, F, kBN, kStages>(p, stream);
+  if constexpr (I + 1 < kNumTiles) {
+    if (p.wgmma_tile != I) return launch<AT, F, I + 1>(p, stream);
+  }
+  return launch_tile<AT, F, kTiles[I].rows, kTiles[I].wg, kTiles[I].mt, kTiles[I].stages>(p, stream);
+}
+
+int64_t tile_ctas(int64_t M, int64_t N, int tile) {
+  const Tile t = kTiles[tile];
+  const int64_t features = 64 * t.wg * t.mt;
+  return ((M + t.rows - 1) / t.rows) * ((N + features - 1) / features);
 }
 
 }  // namespace
@@ -271,10 +374,22 @@ bool w4a16_wgmma_applies(const W4A16Params& p) {
          p.M < (1LL << 31) && p.N < (1LL << 31) && p.K < (1LL << 31) && is_sm90();
 }
 
+int w4a16_wgmma_tiles() { return kNumTiles; }
+
+// Tile heuristic, from the H100 sweeps of benchmarks/NOTES.md (session 8): above 128 rows, 256-row tiles
+// (half the decode per multiply-add); up to 128 rows, 128 x 128 tiles with 8 stages, except NVFP4 layers
+// with at least 32 tiles of 256 features, where four consumer warpgroups (256 features, 4 warps per
+// scheduler) hide NVFP4's longer scale decode better.
+int w4a16_wgmma_tile(int64_t M, int64_t N, Format format) {
+  if (M > 128) return 2;
+  const int64_t wide_tiles = ((M + 127) / 128) * ((N + 255) / 256);
+  return format == Format::kNvFp4 && wide_tiles >= 32 ? 1 : 0;
+}
+
 // Split-K only while the tiles cover at most half the SMs (one CTA per SM), keeping at least 8 chunks of 64
 // per split.
-int w4a16_wgmma_splits(int64_t M, int64_t N, int64_t K) {
-  const int64_t ctas = ((M + WCfg<kBN, kStages>::kBM - 1) / WCfg<kBN, kStages>::kBM) * ((N + kBN - 1) / kBN);
+int w4a16_wgmma_splits(int64_t M, int64_t N, int64_t K, int tile) {
+  const int64_t ctas = tile_ctas(M, N, tile);
   const int64_t max_splits = K / (kBK * 8);
   int s = 1;
   while (ctas * s * 2 <= num_sms() && s * 2 <= max_splits) s *= 2;
@@ -282,6 +397,7 @@ int w4a16_wgmma_splits(int64_t M, int64_t N, int64_t K) {
 }
 
 cudaError_t w4a16_wgmma(const W4A16Params& p, cudaStream_t stream) {
+  if (p.wgmma_tile < 0 || p.wgmma_tile >= kNumTiles) return cudaErrorInvalidValue;
   const bool bf16 = p.dtype == DType::kBF16;
   if (p.format == Format::kMxFp4)
     return bf16 ? launch<__nv_bfloat16, Format::kMxFp4>(p, stream) : launch<__half, Format::kMxFp4>(p, stream);

@@ -1,7 +1,7 @@
 // Hopper warpgroup MMA (wgmma, sm_90a only) building blocks: shared-memory matrix descriptors for K-major
-// operands in the 128-byte swizzle, the m64n128k16 and m64n256k16 instructions with fp32 accumulation, and
-// the fences that order them against ordinary loads, stores and cp.async. Used by rotate_quantize_wgmma.cu
-// and w4a16_wgmma.cu.
+// operands in the 128-byte swizzle, the m64n128k16 and m64n256k16 instructions with fp32 accumulation (A
+// from shared memory or from registers), and the fences that order them against ordinary loads, stores and
+// cp.async. Used by rotate_quantize_wgmma.cu and w4a16_wgmma.cu.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -63,8 +63,24 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 #endif
 }
 
-// Keeps the compiler from moving accesses to accumulator registers across wgmma issue / wait.
+// Keeps the compiler from moving accesses to accumulator (or register A) values across wgmma issue / wait.
 __device__ __forceinline__ void fence_operand(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+__device__ __forceinline__ void fence_operand(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
+
+// Warp-specialized register budgets (Hopper): a warpgroup gives registers back (dec) or takes them (inc);
+// every warp of the warpgroup executes it. The CTA's total may not exceed what it was launched with.
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#if FPQUANT_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#if FPQUANT_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
 
 // Barrier over the 128 threads of one warpgroup (id 1..15; 0 is __syncthreads).
 __device__ __forceinline__ void warpgroup_barrier(int id) {
@@ -99,6 +115,37 @@ __device__ __forceinline__ void wgmma_m64nNk16(float (&d)[N / 2], uint64_t desc_
 #undef FPQUANT_WGMMA_N256
 #undef FPQUANT_WGMMA_N128
 #undef FPQUANT_WGMMA_ASM
+#endif
+}
+
+// D (64 x N, fp32) (+)= A (64 x 16, registers) * B (16 x N from desc_b, K-major), N = 128 or 256. A is the
+// mma.sync m16n8k16 A fragment per warp (warp w: rows 16w .. 16w+15; lane 4g + q: a[0] = (row g, k 2q, 2q+1),
+// a[1] = (row g+8, same k), a[2] = (row g, k 2q+8, 2q+9), a[3] = (row g+8, same k)); D as in wgmma_m64nNk16.
+// The hardware reads a[] after the instruction is issued: the registers must stay untouched (fence_operand
+// keeps the compiler from reusing them) until a wgmma_wait covers this wgmma.
+template <typename AT, int N>
+__device__ __forceinline__ void wgmma_m64nNk16_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b) {
+  static_assert(N == 128 || N == 256, "the instruction shapes used here");
+#if FPQUANT_WGMMA
+#define FPQUANT_WGMMA_RS_ASM(SHAPE, TYPE, REGS, A, B, ...)                                                     \
+  asm volatile("{\n.reg .pred p;\nsetp.eq.b32 p, 1, 1;\n"                                                  \
+               "wgmma.mma_async.sync.aligned." SHAPE ".f32." TYPE "." TYPE " {" REGS "}, {" A "}, " B           \
+               ", p, 1, 1, 0;\n}\n"                                                                         \
+               : __VA_ARGS__                                                                                \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
+#define FPQUANT_WGMMA_RS_N128(TYPE) FPQUANT_WGMMA_RS_ASM("m64n128k16", TYPE, "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63", "%64, %65, %66, %67", "%68", "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]))
+#define FPQUANT_WGMMA_RS_N256(TYPE) FPQUANT_WGMMA_RS_ASM("m64n256k16", TYPE, "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127", "%128, %129, %130, %131", "%132", "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]))
+  constexpr bool bf16 = std::is_same_v<AT, __nv_bfloat16>;
+  if constexpr (N == 128) {
+    if constexpr (bf16) FPQUANT_WGMMA_RS_N128("bf16");
+    else FPQUANT_WGMMA_RS_N128("f16");
+  } else {
+    if constexpr (bf16) FPQUANT_WGMMA_RS_N256("bf16");
+    else FPQUANT_WGMMA_RS_N256("f16");
+  }
+#undef FPQUANT_WGMMA_RS_N256
+#undef FPQUANT_WGMMA_RS_N128
+#undef FPQUANT_WGMMA_RS_ASM
 #endif
 }
 
