@@ -87,7 +87,7 @@ template <int MT>
 using AFrag = uint32_t[MT][kBK / 16][4];
 
 // Decodes this thread's A fragments of one chunk. Row slot h (rows g and g + 8 of the warp's 16) of m-tile
-// mt is code row (2 wg + ... ) `row[mt][h]`; its byte 8s + q + 4j (k 16s + 2q + 8j, + 1) is a[mt][s][h + 2j].
+// mt is the stage's code row `row[mt][h]`; its byte 8s + q + 4j (k 16s + 2q + 8j, + 1) is a[mt][s][h + 2j].
 // MXFP4: k-steps 0-1 use group 2c of the row, 2-3 group 2c + 1; NVFP4: k-step s uses group 4c + s.
 template <typename AT, Format F, int MT, bool TWO>
 __device__ __forceinline__ void decode_chunk(const unsigned char* codes, const unsigned char* scales,
