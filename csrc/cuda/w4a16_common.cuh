@@ -83,19 +83,6 @@ __device__ __forceinline__ __half2 e4m3x2_to_half2(uint16_t pair) {
   return *reinterpret_cast<__half2*>(&r);
 }
 
-// The same as two AT values (bf16 holds every E4M3 value too).
-template <typename AT>
-__device__ __forceinline__ uint32_t e4m3x2_to(uint32_t two) {
-  const __half2 h = e4m3x2_to_half2(static_cast<uint16_t>(two));
-  if constexpr (std::is_same_v<AT, __half>) {
-    return *reinterpret_cast<const uint32_t*>(&h);
-  } else {
-    const float2 f = __half22float2(h);
-    __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
-    return *reinterpret_cast<uint32_t*>(&b);
-  }
-}
-
 template <typename AT>
 constexpr bool kBf16 = std::is_same_v<AT, __nv_bfloat16>;
 

@@ -293,6 +293,7 @@ __global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Par
 // w4a16_wgmma_tile.
 struct Tile {
   int rows, wg, mt, stages;
+  constexpr int features() const { return 64 * wg * mt; }
 };
 constexpr Tile kTiles[] = {{128, 2, 1, 8}, {128, 4, 1, 6}, {256, 2, 1, 4}, {128, 2, 2, 4}};
 constexpr int kNumTiles = 4;
@@ -359,8 +360,7 @@ cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
 
 int64_t tile_ctas(int64_t M, int64_t N, int tile) {
   const Tile t = kTiles[tile];
-  const int64_t features = 64 * t.wg * t.mt;
-  return ((M + t.rows - 1) / t.rows) * ((N + features - 1) / features);
+  return ((M + t.rows - 1) / t.rows) * ((N + t.features() - 1) / t.features());
 }
 
 }  // namespace
@@ -382,8 +382,7 @@ int w4a16_wgmma_tiles() { return kNumTiles; }
 // scheduler) hide NVFP4's longer scale decode better.
 int w4a16_wgmma_tile(int64_t M, int64_t N, Format format) {
   if (M > 128) return 2;
-  const int64_t wide_tiles = ((M + 127) / 128) * ((N + 255) / 256);
-  return format == Format::kNvFp4 && wide_tiles >= 32 ? 1 : 0;
+  return format == Format::kNvFp4 && tile_ctas(M, N, 1) >= 32 ? 1 : 0;
 }
 
 // Split-K only while the tiles cover at most half the SMs (one CTA per SM), keeping at least 8 chunks of 64
