@@ -24,7 +24,10 @@ parser.add_argument("--splits", default="0,1,2,4,8")
 parser.add_argument("--configs", default="")
 parser.add_argument("--tiles", default="")
 parser.add_argument("--shapes", default="8192x8192,28672x8192,8192x28672,4096x4096")
+parser.add_argument("--vary", default="", help="NAME=v1,v2,...: also sweep an environment knob")
 args = parser.parse_args()
+vary_name, _, vary_values = args.vary.partition("=")
+vary = [(vary_name, v) for v in vary_values.split(",")] if args.vary else [(None, None)]
 configs = [int(c) for c in args.configs.split(",")] if args.configs else [None]
 tiles = [int(t) for t in args.tiles.split(",")] if args.tiles else [None]
 
@@ -38,12 +41,15 @@ for N, K in [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")
         for M in (int(m) for m in args.m.split(",")):
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             bf16 = bench_graph_ms([lambda w=w: torch.matmul(x, w.t()) for w in ws])
-            for c, tile in [(c, t) for c in configs for t in tiles]:
+            for c, tile, (vn, vv) in [(c, t, v) for c in configs for t in tiles for v in vary]:
+                if vn is not None:
+                    os.environ[vn] = vv
                 if c is not None:
                     os.environ["FPQUANT_W4A16_DECODE_CONFIG"] = str(c)
                 if tile is not None:
                     os.environ["FPQUANT_W4A16_WGMMA_TILE"] = str(tile)
-                line = [f"{fmt} N={N} K={K} M={M} config={c} tile={tile} bf16 {bf16 * 1e3:.1f} us |"]
+                knob = f" {vn}={vv}" if vn else ""
+                line = [f"{fmt} N={N} K={K} M={M} config={c} tile={tile}{knob} bf16 {bf16 * 1e3:.1f} us |"]
                 for s in (int(s) for s in args.splits.split(",")):
                     if s > K // 128:
                         continue
@@ -55,3 +61,5 @@ for N, K in [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")
                 print(" ".join(line), flush=True)
             os.environ.pop("FPQUANT_W4A16_DECODE_CONFIG", None)
             os.environ.pop("FPQUANT_W4A16_WGMMA_TILE", None)
+            if vary_name:
+                os.environ.pop(vary_name, None)

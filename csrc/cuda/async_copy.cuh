@@ -12,6 +12,13 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
 }
 
+// As cp_async16 (always valid), with the L2 fetching the whole aligned 256 bytes around gmem from DRAM: for
+// streams whose neighbouring pieces other warps read soon after.
+__device__ __forceinline__ void cp_async16_prefetch256(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+
 // Copies 4 or 8 bytes (cp.async.ca: the .cg form copies 16 bytes only).
 template <int BYTES>
 __device__ __forceinline__ void cp_async_small(void* smem, const void* gmem) {

@@ -16,7 +16,11 @@
 //   weight data in flight.
 // - Several warps of a CTA share one group of 32 features and take turns along K (Cfg), so that a layer
 //   fills the GPU with one launch and no split-K reduction, and the warps of a CTA read neighbouring
-//   64-byte pieces of each weight row together. Their sums meet in shared memory at the end.
+//   64-byte pieces of each weight row together (the copies ask the L2 for the whole 256 bytes). Their sums
+//   meet in shared memory at the end.
+// - Launched with programmatic dependent launch (sm_90+): the CTAs start while the previous kernel in the
+//   stream finishes and wait (griddepcontrol.wait) before their first global read, which hides the launch
+//   gap (H100: ~0.7 -> ~0.45 us between back-to-back calls, benchmarks/NOTES.md session 9).
 //
 // Operand layout (mma k may be permuted when A and B agree). Thread (g = lane/4, q = lane%4) of a warp owns
 // weight rows g and g+8 of each 16-feature tile and, in every chunk of 128 k, the 32 codes k in
@@ -103,6 +107,7 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
   constexpr int WS = C::kSplit, kStages = C::kStages, kThreads = C::kThreads;
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  grid_dependency_wait();  // every input may come from the previous kernel
   const int kw = warp % WS;  // this warp's turn in the CTA's walk along K
   const int64_t nw = static_cast<int64_t>(blockIdx.x) * C::kFeatures + (warp / WS) * kW4A16TileN;
   // N % 32 == 0: a warp's features are all valid or all not. Warps past N still reach the block barriers.
@@ -128,7 +133,7 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
     const int64_t c = static_cast<int64_t>(t) * WS;
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
-      cp_async16(st + S::kCodes + (r * kThreads + tid) * 16, wsrc[r] + c * kChunkCodeBytes, true);
+      cp_async16_prefetch256(st + S::kCodes + (r * kThreads + tid) * 16, wsrc[r] + c * kChunkCodeBytes);
     cp_async_small<S::kScaleBytes>(st + S::kScales + sslot, ssrc + c * S::kScaleBytes);
   };
 #pragma unroll
@@ -263,8 +268,7 @@ cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>((p.N + C::kFeatures - 1) / C::kFeatures), static_cast<unsigned>(p.splits));
-  kernel<<<grid, C::kThreads, bytes, stream>>>(p);
-  err = cudaGetLastError();
+  err = launch_dependent(kernel, grid, dim3(C::kThreads), bytes, stream, p);
   return err != cudaSuccess ? err : reduce_splits<AT, F>(p, stream);
 }
 
