@@ -32,6 +32,15 @@ constexpr int64_t kSlabMinM = 65;
 int64_t wgmma_max_m(cuda::Format f) { return f == cuda::Format::kMxFp4 ? 2048 : 1024; }
 constexpr int64_t kSlabBytes = 32LL << 20;
 
+// Tuning knobs for measurements and tests (benchmarks/NOTES.md), read per call: the environment variable
+// `name`, when set to an integer in [lo, hi], replaces `value`.
+void env_override(const char* name, int lo, int hi, int& value) {
+  if (const char* env = std::getenv(name)) {
+    const int v = std::atoi(env);
+    if (v >= lo && v <= hi) value = v;
+  }
+}
+
 at::Tensor linear_by_slabs(const at::Tensor& x2d, const at::Tensor& codes, const at::Tensor& scales,
                            const at::Tensor* global_scale, const c10::optional<at::Tensor>& bias, cuda::Format format,
                            at::Tensor out2d) {
@@ -110,27 +119,14 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
   }
   if (wgmma) {
     p.wgmma_tile = cuda::w4a16_wgmma_tile(M, N, p.format);
-    // FPQUANT_W4A16_WGMMA_TILE overrides the wgmma kernel's tile configuration (measurements, tests).
-    if (const char* env = std::getenv("FPQUANT_W4A16_WGMMA_TILE")) {
-      const int t = std::atoi(env);
-      if (t >= 0 && t < cuda::w4a16_wgmma_tiles()) p.wgmma_tile = t;
-    }
+    env_override("FPQUANT_W4A16_WGMMA_TILE", 0, cuda::w4a16_wgmma_tiles() - 1, p.wgmma_tile);
     p.splits = cuda::w4a16_wgmma_splits(M, N, K, p.wgmma_tile);
   } else {
     p.decode_config = cuda::w4a16_decode_config(M, N);
-    // Tuning knob for measurements (benchmarks/NOTES.md): FPQUANT_W4A16_DECODE_CONFIG overrides the decode
-    // kernel's configuration (M <= 16).
-    if (const char* env = std::getenv("FPQUANT_W4A16_DECODE_CONFIG")) {
-      const int c = std::atoi(env);
-      if (c >= 0 && c < cuda::kW4A16DecodeConfigs) p.decode_config = c;
-    }
+    env_override("FPQUANT_W4A16_DECODE_CONFIG", 0, cuda::kW4A16DecodeConfigs - 1, p.decode_config);  // M <= 16
     p.splits = cuda::w4a16_splits(M, N, K, p.decode_config);
   }
-  // FPQUANT_W4A16_SPLITS overrides the split-K factor (measurements, tests).
-  if (const char* env = std::getenv("FPQUANT_W4A16_SPLITS")) {
-    const int s = std::atoi(env);
-    if (s >= 1 && s <= K / cuda::kW4A16ChunkK) p.splits = s;
-  }
+  env_override("FPQUANT_W4A16_SPLITS", 1, static_cast<int>(K / cuda::kW4A16ChunkK), p.splits);
   at::Tensor workspace;
   if (p.splits > 1) {
     workspace = at::empty({p.splits, M, N}, x.options().dtype(at::kFloat));

@@ -196,6 +196,14 @@ __device__ __forceinline__ void store_pair(const W4A16Params& p, int64_t m, int6
   *reinterpret_cast<uint32_t*>(static_cast<AT*>(p.out) + m * p.N + n) = pack2<AT>(v0, v1);
 }
 
+// Split-K factor shared by the kernels' heuristics: doubled while the grid (ctas x splits) stays within
+// `target` CTAs and the factor at most `max_splits` (each kernel's bound on how little K a split may get).
+inline int split_k(int64_t ctas, int64_t target, int64_t max_splits) {
+  int s = 1;
+  while (ctas * s * 2 <= target && s * 2 <= max_splits) s *= 2;
+  return s;
+}
+
 // Split-K: partials [splits, M, N] (float32, already free of any kernel-internal scaling) summed in split
 // order (deterministic), then the NVFP4 global scale and the bias.
 template <typename AT, Format F>

@@ -163,18 +163,11 @@ int w4a16_splits(int64_t M, int64_t N, int64_t K, int decode_config) {
   if (mt == 1) {
     const W4A16DecodeShape shape = kW4A16DecodeShapes[decode_config];
     const int64_t ctas = (N + shape.features() - 1) / shape.features();
-    const int64_t max_splits = K / (kW4A16ChunkK * 2 * shape.group_warps);
-    int s = 1;
-    while (ctas * s * 2 <= num_sms() && s * 2 <= max_splits) s *= 2;
-    return s;
+    return w4a16::split_k(ctas, num_sms(), K / (kW4A16ChunkK * 2 * shape.group_warps));
   }
   const int64_t features = mt == 2 ? 128 : 256;
   const int64_t ctas = ((N + features - 1) / features) * ((M + 16 * mt - 1) / (16 * mt));
-  const int64_t target = 16LL * num_sms();
-  const int64_t max_splits = K / (kW4A16ChunkK * 4);
-  int s = 1;
-  while (ctas * s * 2 <= target && s * 2 <= max_splits) s *= 2;
-  return s;
+  return w4a16::split_k(ctas, 16LL * num_sms(), K / (kW4A16ChunkK * 4));
 }
 
 cudaError_t w4a16_gemm(const W4A16Params& p, cudaStream_t stream) {

@@ -388,11 +388,7 @@ int w4a16_wgmma_tile(int64_t M, int64_t N, Format format) {
 // Split-K only while the tiles cover at most half the SMs (one CTA per SM), keeping at least 8 chunks of 64
 // per split.
 int w4a16_wgmma_splits(int64_t M, int64_t N, int64_t K, int tile) {
-  const int64_t ctas = tile_ctas(M, N, tile);
-  const int64_t max_splits = K / (kBK * 8);
-  int s = 1;
-  while (ctas * s * 2 <= num_sms() && s * 2 <= max_splits) s *= 2;
-  return s;
+  return w4a16::split_k(tile_ctas(M, N, tile), num_sms(), K / (kBK * 8));
 }
 
 cudaError_t w4a16_wgmma(const W4A16Params& p, cudaStream_t stream) {
