@@ -35,9 +35,9 @@ for N, K in [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")
     ws = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(3)]
     for fmt in args.formats.split(","):
         if fmt == "mxfp4":
-            packed = [(*fq.quantize_mxfp4(w), None) for w in ws]
+            packed = [(*fq.pack_w4a16(*fq.quantize_mxfp4(w), fmt), None) for w in ws]
         else:
-            packed = [(*fq.quantize_nvfp4(w, g), g) for w in ws for g in [fq.nvfp4_global_scale(w)]]
+            packed = [(*fq.pack_w4a16(*fq.quantize_nvfp4(w, g), fmt), g) for w in ws for g in [fq.nvfp4_global_scale(w)]]
         for M in (int(m) for m in args.m.split(",")):
             x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
             bf16 = bench_graph_ms([lambda w=w: torch.matmul(x, w.t()) for w in ws])

@@ -9,6 +9,7 @@
 
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
+#include "core/w4a16_layout.h"
 
 namespace fpquant {
 
@@ -164,28 +165,69 @@ inline DequantizeArgs check_dequantize_nvfp4(const at::Tensor& codes, const at::
 
 enum class WeightFormat { kMxFp4, kNvFp4 };
 
-// linear_w4a16: x [..., K] bfloat16/float16; w_codes [N, K/2]; w_scales [N, K/group] (linear layout);
-// w_global_scale required for NVFP4 and rejected for MXFP4; bias [N] of x's dtype.
-inline WeightFormat check_linear_w4a16(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
-                                       const c10::optional<at::Tensor>& global_scale,
-                                       const c10::optional<at::Tensor>& bias, const std::string& format) {
-  constexpr const char* op = "fpquant.linear_w4a16";
+inline WeightFormat parse_weight_format(const char* op, const std::string& format) {
   TORCH_CHECK_VALUE(format == "mxfp4" || format == "nvfp4", op, ": format must be 'mxfp4' or 'nvfp4', got '",
                     format, "'");
-  const bool mx = format == "mxfp4";
+  return format == "mxfp4" ? WeightFormat::kMxFp4 : WeightFormat::kNvFp4;
+}
+
+// A W4A16 weight in either layout: canonical (codes [N, K/2], linear scales [N, K/G]) or packed
+// (core/w4a16_layout.h: codes uint8 [N/16, K/64, 512], scales [N/16, K/64, 16 * 64/G]), told apart by the
+// codes' rank. Scales are float8_e8m0fnu (MXFP4) or float8_e4m3fn (NVFP4). Returns (N, K).
+struct W4A16Weight {
+  bool packed;
+  int64_t N, K;
+};
+inline W4A16Weight check_w4a16_weight(const char* op, const at::Tensor& codes, const at::Tensor& scales,
+                                      WeightFormat f) {
+  const bool mx = f == WeightFormat::kMxFp4;
   const int64_t group = mx ? core::kMxGroup : core::kNvGroup;
+  const at::ScalarType sdt = mx ? at::kFloat8_e8m0fnu : at::kFloat8_e4m3fn;
+  if (codes.dim() == 2) {
+    check_codes(op, codes, group);
+    check_scales(op, scales, codes, group, sdt, ScaleLayout::kLinear);
+    return {false, codes.size(0), 2 * codes.size(1)};
+  }
+  TORCH_CHECK_VALUE(codes.dim() == 3, op,
+                    ": w_codes must be 2-D [N, K/2] (canonical) or 3-D [N/16, K/64, 512] (packed by pack_w4a16), "
+                    "got shape ", codes.sizes());
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte, op, ": packed w_codes must be uint8, got ", codes.scalar_type());
+  TORCH_CHECK_VALUE(codes.numel() > 0 && codes.size(2) == core::kPackAtomBytes, op,
+                    ": packed w_codes must have shape [N/16, K/64, 512], got ", codes.sizes());
+  TORCH_CHECK_VALUE(codes.is_contiguous(), op, ": w_codes must be contiguous");
+  TORCH_CHECK_TYPE(scales.scalar_type() == sdt, op, ": scales must be ", sdt, ", got ", scales.scalar_type());
+  TORCH_CHECK_VALUE(scales.device() == codes.device(), op, ": scales is on ", scales.device(), " but codes is on ",
+                    codes.device());
+  TORCH_CHECK_VALUE(scales.is_contiguous(), op, ": scales must be contiguous");
+  const int64_t sb = core::pack_scale_bytes(static_cast<int>(group));
+  TORCH_CHECK_VALUE(scales.dim() == 3 && scales.size(0) == codes.size(0) && scales.size(1) == codes.size(1) &&
+                        scales.size(2) == sb,
+                    op, ": packed scales must have shape [", codes.size(0), ", ", codes.size(1), ", ", sb, "], got ",
+                    scales.sizes());
+  return {true, core::kPackRows * codes.size(0), core::kPackK * codes.size(1)};
+}
+
+// linear_w4a16: x [..., K] bfloat16/float16; the weight in either layout (check_w4a16_weight);
+// w_global_scale required for NVFP4 and rejected for MXFP4; bias [N] of x's dtype.
+struct LinearW4A16Args {
+  WeightFormat format;
+  W4A16Weight w;
+};
+inline LinearW4A16Args check_linear_w4a16(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
+                                          const c10::optional<at::Tensor>& global_scale,
+                                          const c10::optional<at::Tensor>& bias, const std::string& format) {
+  constexpr const char* op = "fpquant.linear_w4a16";
+  const WeightFormat f = parse_weight_format(op, format);
+  const bool mx = f == WeightFormat::kMxFp4;
   TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
                    ": x must be bfloat16 or float16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.numel() > 0, op, ": x is empty (shape ", x.sizes(), ")");
   TORCH_CHECK_VALUE(x.is_contiguous(), op, ": x must be contiguous");
-  TORCH_CHECK_VALUE(codes.dim() == 2, op, ": w_codes must be 2-D [N, K/2], got shape ", codes.sizes());
-  check_codes(op, codes, group);
+  const W4A16Weight w = check_w4a16_weight(op, codes, scales, f);
   const int64_t K = x.size(-1);
-  TORCH_CHECK_VALUE(2 * codes.size(1) == K, op, ": w_codes has ", 2 * codes.size(1), " elements per row but x has K=",
-                    K);
+  TORCH_CHECK_VALUE(w.K == K, op, ": w_codes has ", w.K, " elements per row but x has K=", K);
   TORCH_CHECK_VALUE(codes.device() == x.device(), op, ": w_codes is on ", codes.device(), " but x is on ",
                     x.device());
-  check_scales(op, scales, codes, group, mx ? at::kFloat8_e8m0fnu : at::kFloat8_e4m3fn, ScaleLayout::kLinear);
   if (mx) {
     TORCH_CHECK_VALUE(!global_scale.has_value(), op, ": w_global_scale is only used with format='nvfp4'");
   } else {
@@ -195,11 +237,11 @@ inline WeightFormat check_linear_w4a16(const at::Tensor& x, const at::Tensor& co
   if (bias.has_value()) {
     TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
                      ", got ", bias->scalar_type());
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == codes.size(0), op, ": bias must have shape [",
-                      codes.size(0), "], got ", bias->sizes());
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == w.N, op, ": bias must have shape [", w.N, "], got ",
+                      bias->sizes());
     TORCH_CHECK_VALUE(bias->device() == x.device(), op, ": bias is on ", bias->device(), " but x is on ", x.device());
   }
-  return mx ? WeightFormat::kMxFp4 : WeightFormat::kNvFp4;
+  return {f, w};
 }
 
 }  // namespace fpquant

@@ -1,9 +1,15 @@
-// Scale layout conversion for every device at once: tensor ops (pad, view, permute) registered as a
-// composite kernel, in the tile order of core::blocked_offset (the 128x4 layout of cuBLAS / Blackwell).
+// Layout conversions for every device at once: tensor ops (pad, view, permute) registered as composite
+// kernels. Scales: the tile order of core::blocked_offset (the 128x4 layout of cuBLAS / Blackwell). W4A16
+// weights: the packed layout of core/w4a16_layout.h.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <string>
+
+#include "checks.h"
 #include "core/scale_layout.h"
+#include "core/w4a16_layout.h"
+#include "w4a16_pack.h"
 
 namespace fpquant {
 namespace {
@@ -40,11 +46,57 @@ at::Tensor unswizzle_scales(const at::Tensor& scales, int64_t rows, int64_t cols
   return tiles.reshape({pr, pc}).narrow(0, 0, rows).narrow(1, 0, cols).contiguous().view(scales.scalar_type());
 }
 
+// Codes: nibble (row n = 16t + 8h + g, k = 64a + 16(2 s2 + s1) + 8j + 2q + e) of the canonical layout goes to
+// atom (t, a), lane 4g + q, word 2h + s2, nibble 4e + 2 s1 + j (core/w4a16_layout.h). As tensor dimensions:
+// canonical nibbles [t, h, g, a, s2, s1, j, q, e] <-> packed nibbles [t, a, g, q, h, s2, e, s1, j].
+constexpr int64_t kCanonicalDims[] = {0, 3, 2, 7, 1, 4, 8, 5, 6};  // packed dim i is canonical dim [i]
+constexpr int64_t kPackedDims[] = {0, 4, 2, 1, 5, 7, 8, 3, 6};     // canonical dim i is packed dim [i]
+
+at::Tensor nibbles(const at::Tensor& bytes) {  // [..., B] uint8 -> [..., 2B] (low nibble first)
+  return at::stack({at::bitwise_and(bytes, 15), at::bitwise_right_shift(bytes, 4)}, -1);
+}
+at::Tensor bytes_of(const at::Tensor& nib) {  // [..., 2B] -> [..., B]
+  const at::Tensor pairs = nib.view({-1, 2});
+  return at::bitwise_or(pairs.select(1, 0), at::bitwise_left_shift(pairs.select(1, 1), 4));
+}
+
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor> pack_w4a16(const at::Tensor& codes, const at::Tensor& scales,
+                                              c10::string_view format) {
+  constexpr const char* op = "fpquant.pack_w4a16";
+  const WeightFormat f = parse_weight_format(op, std::string(format));
+  TORCH_CHECK_VALUE(codes.dim() == 2, op, ": w_codes must be the canonical 2-D [N, K/2], got shape ", codes.sizes());
+  const W4A16Weight w = check_w4a16_weight(op, codes, scales, f);
+  const int64_t N = w.N, K = w.K, T = N / core::kPackRows, A = K / core::kPackK;
+  TORCH_CHECK_VALUE(N % core::kPackRows == 0 && K % core::kPackK == 0, op, ": the packed layout needs N a multiple of ",
+                    core::kPackRows, " and K a multiple of ", core::kPackK, ", got N=", N, ", K=", K);
+  const at::Tensor nib = nibbles(codes.view(at::kByte)).view({T, 2, 8, A, 2, 2, 2, 4, 2});
+  const at::Tensor packed = bytes_of(nib.permute(kCanonicalDims).contiguous()).view({T, A, core::kPackAtomBytes});
+  const int64_t per_row = core::kPackK / (f == WeightFormat::kMxFp4 ? core::kMxGroup : core::kNvGroup);
+  const at::Tensor s = scales.view(at::kByte).view({T, core::kPackRows, A, per_row}).permute({0, 2, 1, 3});
+  return {packed, s.contiguous().view({T, A, core::kPackRows * per_row}).view(scales.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor> unpack_w4a16(const at::Tensor& codes, const at::Tensor& scales,
+                                                c10::string_view format) {
+  constexpr const char* op = "fpquant.unpack_w4a16";
+  const WeightFormat f = parse_weight_format(op, std::string(format));
+  TORCH_CHECK_VALUE(codes.dim() == 3, op, ": w_codes must be the packed 3-D [N/16, K/64, 512], got shape ",
+                    codes.sizes());
+  const W4A16Weight w = check_w4a16_weight(op, codes, scales, f);
+  const int64_t T = codes.size(0), A = codes.size(1), per_row = scales.size(2) / core::kPackRows;
+  const at::Tensor nib = nibbles(codes).view({T, A, 8, 4, 2, 2, 2, 2, 2});
+  const at::Tensor canonical = bytes_of(nib.permute(kPackedDims).contiguous()).view({w.N, w.K / 2});
+  const at::Tensor s = scales.view(at::kByte).view({T, A, core::kPackRows, per_row}).permute({0, 2, 1, 3});
+  return {canonical, s.contiguous().view({w.N, A * per_row}).view(scales.scalar_type())};
+}
 
 TORCH_LIBRARY_IMPL(fpquant, CompositeExplicitAutograd, m) {
   m.impl("swizzle_scales", &swizzle_scales);
   m.impl("unswizzle_scales", &unswizzle_scales);
+  m.impl("pack_w4a16", &pack_w4a16);
+  m.impl("unpack_w4a16", &unpack_w4a16);
 }
 
 }  // namespace fpquant

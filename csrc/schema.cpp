@@ -33,11 +33,15 @@ TORCH_LIBRARY(fpquant, m) {
       "dequantize_nvfp4(Tensor codes, Tensor scales, Tensor global_scale, Tensor? rotation=None,"
       " str scale_layout=\"linear\", ScalarType? out_dtype=None) -> Tensor");
   m.def("nvfp4_global_scale(Tensor x, Tensor? rotation=None) -> Tensor");
-  // Weight-only FP4 linear: x [..., K] (bf16/fp16) @ dequantize(w)^T + bias -> [..., N], w [N, K] in the
-  // canonical layout (codes [N, K/2], linear scales [N, K/group]; NVFP4 also its global scale).
+  // Weight-only FP4 linear: x [..., K] (bf16/fp16) @ dequantize(w)^T + bias -> [..., N], w [N, K] either in
+  // the canonical layout (codes [N, K/2], linear scales [N, K/group]) or packed by pack_w4a16 (codes
+  // [N/16, K/64, 512], scales [N/16, K/64, 16 * 64/group]); NVFP4 also its global scale.
   m.def(
       "linear_w4a16(Tensor x, Tensor w_codes, Tensor w_scales, Tensor? w_global_scale=None, Tensor? bias=None,"
       " str format=\"mxfp4\") -> Tensor");
+  // Canonical <-> packed W4A16 weight (core/w4a16_layout.h): the layout the CUDA kernels read.
+  m.def("pack_w4a16(Tensor w_codes, Tensor w_scales, str format=\"mxfp4\") -> (Tensor codes, Tensor scales)");
+  m.def("unpack_w4a16(Tensor w_codes, Tensor w_scales, str format=\"mxfp4\") -> (Tensor codes, Tensor scales)");
   m.def("swizzle_scales(Tensor scales) -> Tensor");
   m.def("unswizzle_scales(Tensor scales, int rows, int cols) -> Tensor");
 }

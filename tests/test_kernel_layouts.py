@@ -3,7 +3,7 @@
 The tensor-core kernels depend on index mappings that are easy to get subtly wrong: which k each lane loads,
 how mma.sync m16n8k16 fragments map to matrix elements, ldmatrix addressing, byte-permute decoding, and the
 order of the quest sums across lanes. These tests re-implement those mappings exactly as the kernels write
-them (csrc/cuda/rotate_quantize.cu, csrc/cuda/w4a16_gemm.cu, csrc/cuda/w4a16_wgmma.cu) and check that the
+them (csrc/cuda/rotate_quantize.cu, csrc/core/w4a16_layout.h, csrc/cuda/w4a16_common.cuh) and check that the
 emulated warp computes the intended product. The fragment layout itself is the PTX ISA's (mma.m16n8k16, ldmatrix .m8n8 .x4).
 The sections name the kernel file they transcribe."""
 
@@ -50,22 +50,7 @@ def c_fragment(C, lane):
     return C[g, 2 * q], C[g, 2 * q + 1], C[g + 8, 2 * q], C[g + 8, 2 * q + 1]
 
 
-# ---- w4a16_gemm.cu --------------------------------------------------------------------------------------
-BF16_TABLE = dict(lo0=0xC0800000, lo1=0xC0804000, hi0=0x3F3F3F00, hi1=0x40404040)
-FP16_TABLE = dict(lo0=0, lo1=0, hi0=0x3E3C3800, hi1=0x46444240)
-
-
-def decode8(w: int, t: dict) -> list:
-    sa, sb = w & 0x7777, (w >> 16) & 0x7777
-    la, ha = prmt(t["lo0"], t["lo1"], sa), prmt(t["hi0"], t["hi1"], sa)
-    lb, hb = prmt(t["lo0"], t["lo1"], sb), prmt(t["hi0"], t["hi1"], sb)
-    v = (w << 4) & 0xFFFFFFFF
-    return [
-        prmt(la, ha, 0x5140) | (prmt(v, w, 0xC080) & 0x80008000),
-        prmt(la, ha, 0x7362) | (prmt(v, w, 0xD090) & 0x80008000),
-        prmt(lb, hb, 0x5140) | (prmt(v, w, 0xE0A0) & 0x80008000),
-        prmt(lb, hb, 0x7362) | (prmt(v, w, 0xF0B0) & 0x80008000),
-    ]
+# ---- packed W4A16 weights (csrc/core/w4a16_layout.h) and their decode (csrc/cuda/w4a16_common.cuh) ---------
 
 
 def halves(word: int, dtype) -> tuple:
@@ -73,111 +58,167 @@ def halves(word: int, dtype) -> tuple:
     return tuple(t.view(dtype).float().tolist())
 
 
-@pytest.mark.parametrize("dtype,table", [(torch.bfloat16, BF16_TABLE), (torch.float16, FP16_TABLE)])
-def test_decode8_every_code_in_every_position(dtype, table):
+def e2m1_bits8(w: int, bf16: bool) -> list:
+    """w4a16_common.cuh e2m1_bits8: word w -> o[j] = (nibble j, nibble j + 4) as 16-bit patterns worth
+    code * 2^-126 (bf16) or code * 2^-14 (fp16)."""
+    v = w >> 8
+    if bf16:
+        return [(((a & m) * f) & 0xFFFFFFFF) & 0x81C081C0
+                for a, m, f in ((w, 0x000F000F, 0x1040), (w, 0x00F000F0, 0x0104), (v, 0x000F000F, 0x1040),
+                                (v, 0x00F000F0, 0x0104))]
+    t = [((w & 0x000F000F) << 9), ((w & 0x00F000F0) << 5), ((v & 0x000F000F) << 9), ((v & 0x00F000F0) << 5)]
+    return [(x + (x & 0x10001000) * 7) & 0xFFFFFFFF for x in t]
+
+
+@pytest.mark.parametrize("dtype,unit", [(torch.bfloat16, 2.0**126), (torch.float16, 2.0**14)])
+def test_e2m1_bits8_every_code_in_every_nibble(dtype, unit):
     rng = np.random.default_rng(0)
     for pos in range(8):
         for code in range(16):
             others = int(rng.integers(0, 2**32))
             w = (others & ~(0xF << (4 * pos)) | (code << (4 * pos))) & 0xFFFFFFFF
-            words = decode8(w, table)
-            got = halves(words[pos // 2], dtype)[pos % 2]
+            got = halves(e2m1_bits8(w, dtype == torch.bfloat16)[pos % 4], dtype)[pos // 4] * unit
             want = ref.E2M1_VALUES[code].item()
             assert got == want and np.signbit(got) == np.signbit(want), (pos, code, got, want)
 
 
-def test_w4a16_fragment_mapping_computes_x_times_w_transposed():
-    rng = np.random.default_rng(1)
-    M, K = 16, 256  # two chunks of 128
-    n_tile_rows = 8
-    x = rng.integers(-8, 8, size=(M, K)).astype(np.float64)
-    W = rng.integers(-8, 8, size=(n_tile_rows, K)).astype(np.float64)
-    acc = np.zeros((32, 4))
-    for c in range(K // 128):
-        for s in range(8):
-            a_regs, b_regs = [], []
-            for lane in range(32):
-                g, q = lane // 4, lane % 4
-                k0 = c * 128 + 32 * q + 4 * s  # memory k of this lane's k-step s
-                a_regs.append(((x[g, k0], x[g, k0 + 1]), (x[g + 8, k0], x[g + 8, k0 + 1]),
-                               (x[g, k0 + 2], x[g, k0 + 3]), (x[g + 8, k0 + 2], x[g + 8, k0 + 3])))
-                b_regs.append(((W[g, k0], W[g, k0 + 1]), (W[g, k0 + 2], W[g, k0 + 3])))
-            A, B = mma_fragments_to_matrices(a_regs, b_regs)
-            C = A @ B
-            for lane in range(32):
-                acc[lane] += c_fragment(C, lane)
-    want = x @ W.T
+def packed_position(n: int, k: int, K: int) -> tuple:
+    """core/w4a16_layout.h packed_code_position, restated: (byte offset, high nibble)."""
+    t, a, r, kk = n // 16, k // 64, n % 16, k % 64
+    h, g, s, j, q, e = r // 8, r % 8, kk // 16, (kk // 8) % 2, (kk // 2) % 4, kk % 2
+    p = 4 * e + 2 * (s % 2) + j
+    return (t * (K // 64) + a) * 512 + 16 * (4 * g + q) + 4 * (2 * h + s // 2) + p // 2, p % 2
+
+
+def test_pack_op_puts_every_code_where_the_layout_says():
+    import fpquant_ext as fq
+
+    gen = torch.Generator().manual_seed(2)
+    N, K = 48, 192
+    codes = torch.randint(0, 256, (N, K // 2), generator=gen, dtype=torch.uint8)
+    scales = torch.randint(0, 255, (N, K // 32), generator=gen, dtype=torch.uint8).view(torch.float8_e8m0fnu)
+    packed, pscales = fq.pack_w4a16(codes, scales, "mxfp4")
+    flat, c = packed.reshape(-1).tolist(), codes.tolist()
+    seen = set()
+    for n in range(N):
+        for k in range(K):
+            byte, high = packed_position(n, k, K)
+            seen.add((byte, high))
+            assert (flat[byte] >> (4 * high)) & 0xF == (c[n][k // 2] >> (4 * (k % 2))) & 0xF, (n, k)
+    assert len(seen) == N * K  # a bijection onto the packed nibbles
+    ps, sc = pscales.view(torch.uint8).reshape(-1).tolist(), scales.view(torch.uint8).tolist()
+    for n in range(N):
+        for grp in range(K // 32):
+            assert ps[((n // 16) * (K // 64) + grp // 2) * 32 + (n % 16) * 2 + grp % 2] == sc[n][grp]
+
+
+def decode_atom(lane_bytes: bytes, s_rows: tuple, fmt: str, bf16: bool = True) -> list:
+    """w4a16_common.cuh decode_atom with the multiply done in float64 (exact for the test data): f[s][0..3]."""
+    unit = 2.0**126 if bf16 else 2.0**14
+    dt = torch.bfloat16 if bf16 else torch.float16
+    w = [int.from_bytes(lane_bytes[4 * u: 4 * u + 4], "little") for u in range(4)]
+    f = [[None] * 4 for _ in range(4)]
+    for h in range(2):
+        for s2 in range(2):
+            o = e2m1_bits8(w[2 * h + s2], bf16)
+            for jj in range(4):
+                s = 2 * s2 + jj // 2
+                scale = s_rows[h][s2] if fmt == "mx" else s_rows[h][s]
+                pair = tuple(v * unit * scale for v in halves(o[jj], dt))
+                if jj % 2 == 0:
+                    f[s][h] = pair
+                else:
+                    f[s][h + 2] = pair
+    return f
+
+
+@pytest.mark.parametrize("fmt", ["mx", "nv"])
+def test_packed_atom_decodes_to_the_a_and_b_fragments(fmt):
+    # Every lane's decode_atom of every atom, assembled through the mma.m16n8k16 fragment semantics, must give
+    # the dequantized weight: as the A operand (16 rows x 16 k of k-step s: decode and wgmma kernels) and, read
+    # as (f[s][h], f[s][h + 2]), as the B operand of row half h (8 features x 16 k: the mma.sync kernel).
+    import fpquant_ext as fq
+
+    gen = torch.Generator().manual_seed(3)
+    N, K = 32, 128
+    w = torch.randint(-6, 7, (N, K), generator=gen).float() * 0.5
+    if fmt == "mx":
+        codes, scales = ref.quantize_mxfp4(w)
+        wd = ref.dequantize_mxfp4(codes, scales).double()
+        decode_scale, per_row = ref.e8m0_decode, 2
+    else:
+        codes, scales = ref.quantize_nvfp4(w, torch.tensor([1.0]))
+        wd = ref.dequantize_nvfp4(codes, scales, torch.tensor([1.0])).double()
+        decode_scale, per_row = ref.e4m3_decode, 4
+    packed, pscales = fq.pack_w4a16(codes, scales, "mxfp4" if fmt == "mx" else "nvfp4")
+    sv = decode_scale(pscales.view(torch.uint8).reshape(-1)).double().tolist()
+    for t in range(N // 16):
+        for a in range(K // 64):
+            atom = packed[t, a].numpy().tobytes()
+            srow = lambda r: sv[(t * (K // 64) + a) * 16 * per_row + r * per_row:][:per_row]  # noqa: E731
+            frags = [decode_atom(atom[16 * l: 16 * l + 16], (srow(l // 4), srow(l // 4 + 8)), fmt) for l in range(32)]
+            for s in range(4):
+                A, _ = mma_fragments_to_matrices([frags[l][s] for l in range(32)], [((0, 0), (0, 0))] * 32)
+                tile = wd[16 * t: 16 * t + 16, 64 * a + 16 * s: 64 * a + 16 * s + 16].numpy()
+                np.testing.assert_array_equal(A, tile)
+                for h in range(2):
+                    _, B = mma_fragments_to_matrices([((0, 0),) * 4] * 32,
+                                                     [(frags[l][s][h], frags[l][s][h + 2]) for l in range(32)])
+                    np.testing.assert_array_equal(B.T, tile[8 * h: 8 * h + 8])
+
+
+def ldmatrix_x4(buf: np.ndarray, addr) -> list:
+    """ldmatrix.m8n8.x4 (b16) over a [rows][values] buffer: lane 8m + r gives (row, first value) of row r of
+    matrix m; thread (g, q) receives, for each m, the pair (2q, 2q + 1) of row g of matrix m."""
+    out = []
     for lane in range(32):
         g, q = lane // 4, lane % 4
-        assert tuple(acc[lane]) == (want[g, 2 * q], want[g, 2 * q + 1], want[g + 8, 2 * q], want[g + 8, 2 * q + 1])
+        regs = []
+        for m in range(4):
+            row, col = addr(8 * m + g)
+            regs.append((buf[row, col + 2 * q], buf[row, col + 2 * q + 1]))
+        out.append(regs)
+    return out
 
 
-def test_w4a16_scale_indices_cover_their_codes():
-    # MXFP4: the 32 codes a lane loads (k in [32q, 32q+32) of a chunk) are exactly one group; NVFP4: k-steps
-    # 0-3 are group 2q and 4-7 group 2q+1 of the chunk.
-    for q in range(4):
-        ks = [32 * q + 4 * s + t for s in range(8) for t in range(4)]
-        assert {k // 32 for k in ks} == {q}
-        assert {k // 16 for k in ks if (k - 32 * q) // 4 < 4} == {2 * q}
-        assert {k // 16 for k in ks if (k - 32 * q) // 4 >= 4} == {2 * q + 1}
+def test_w4a16_activation_fragment_indices():
+    # x's operand in the natural k order of the packed weight. Decode kernel: lane (g, q) stores its 32 values
+    # (row g, k [32q, 32q + 32)) into the warp's buffer, and ldmatrix i, lane l addressing row l % 8 at value
+    # 8 (l / 8) + 32 i, gives b0b1, b2b3 of k-steps 2 (i % 2) and + 1 of atom i / 2. mma.sync kernel: the A
+    # fragment is pairs 8s + {0, 4} (+ q) of the atom, rows g and g + 8. Both must be the mma fragments of
+    # x[:, 64a + 16s ... + 16].
+    x = np.arange(16 * 128, dtype=np.float64).reshape(16, 128)
+    buf = np.zeros((8, 128))
+    for lane in range(32):
+        g, q = lane // 4, lane % 4
+        buf[g, 32 * q: 32 * q + 32] = x[g, 32 * q: 32 * q + 32]
+    xc = {}
+    for i in range(4):
+        r = ldmatrix_x4(buf, lambda l: (l % 8, 8 * (l // 8) + 32 * i))  # noqa: B023
+        a, s0 = i // 2, 2 * (i % 2)
+        for lane in range(32):
+            xc[lane, a, s0] = (r[lane][0], r[lane][1])
+            xc[lane, a, s0 + 1] = (r[lane][2], r[lane][3])
+    pair = lambda r, p: (x[r, 2 * p], x[r, 2 * p + 1])  # noqa: E731
+    for a in range(2):
+        for s in range(4):
+            k0 = 64 * a + 16 * s
+            _, B = mma_fragments_to_matrices([((0, 0),) * 4] * 32, [xc[lane, a, s] for lane in range(32)])
+            np.testing.assert_array_equal(B.T, x[:8, k0: k0 + 16])
+            col = (64 * a) // 2
+            fa = [(pair(l // 4, col + 8 * s + l % 4), pair(l // 4 + 8, col + 8 * s + l % 4),
+                   pair(l // 4, col + 8 * s + 4 + l % 4), pair(l // 4 + 8, col + 8 * s + 4 + l % 4)) for l in range(32)]
+            A, _ = mma_fragments_to_matrices(fa, [((0, 0), (0, 0))] * 32)
+            np.testing.assert_array_equal(A, x[:, k0: k0 + 16])
 
 
-# ---- w4a16_wgmma.cu (register-A decode) ----------------------------------------------------------------
-
-
-def e2m1_byte_bits(b: int, bf16: bool) -> int:
-    """w4a16_common.cuh e2m1_byte_bits: byte b -> (low nibble, high nibble) as 16-bit patterns worth
-    code * 2^-126 (bf16) or code * 2^-14 (fp16)."""
-    if bf16:
-        return ((((b * 0x1001) & 0x000F000F) * 0x1040) & 0xFFFFFFFF) & 0x81C081C0
-    t = ((b * 0x200200) & 0xFFFFFFFF) & 0x1E001E00
-    return (t + (t & 0x10001000) * 7) & 0xFFFFFFFF
-
-
-@pytest.mark.parametrize("dtype,unit", [(torch.bfloat16, 2.0**126), (torch.float16, 2.0**14)])
-def test_e2m1_byte_bits_every_byte(dtype, unit):
-    for b in range(256):
-        lo, hi = halves(e2m1_byte_bits(b, dtype == torch.bfloat16), dtype)
-        for got, code in ((lo * unit, b & 0xF), (hi * unit, b >> 4)):
-            want = ref.E2M1_VALUES[code].item()
-            assert got == want and np.signbit(got) == np.signbit(want), (b, code, got, want)
-
-
-def test_w4a16_wgmma_register_a_bytes_and_scales():
-    # decode_chunk: lane (g, q) of warp w gives a[s][h + 2j] = byte 8s + q + 4j of code row 16w + g + 8h of
-    # the 32-byte chunk row (picked by prmt(word 2s + j, 0, 0x4440 | q)); that must be the wgmma A fragment
-    # element pair (row 16w + g + 8h, k 16s + 2q + 8j, + 1) of the PTX ISA, i.e. canonical byte k / 2. The
-    # scale: MXFP4 group (16s) // 32 = s // 2 of the chunk, NVFP4 group s.
-    for s_ in range(4):
-        for q in range(4):
-            for j in range(2):
-                byte = 8 * s_ + q + 4 * j
-                word, pos = 2 * s_ + j, q
-                assert (word * 4 + pos) == byte
-                k = 16 * s_ + 2 * q + 8 * j
-                assert byte == k // 2 and k % 2 == 0
-                assert prmt(0x33221100 + 0x44444444 * word, 0, 0x4440 | q) == ((0x33221100 + 0x44444444 * word) >> (8 * q)) & 0xFF
-                assert k // 32 == s_ // 2 and (k + 1) // 32 == s_ // 2  # MXFP4 group within the chunk
-                assert k // 16 == s_ and (k + 1) // 16 == s_  # NVFP4 group within the chunk
-
-
-def code_offset(r: int, h: int) -> int:
-    """w4a16_wgmma.cu code_offset: 16-byte half h of code row r under the TMA 32-byte swizzle."""
-    return r * 32 + ((h ^ (r >> 2)) & 1) * 16
-
-
-def test_w4a16_wgmma_code_reads_are_conflict_free():
-    # TMA's 32-byte swizzle XORs address bit 4 with bit 7; a warp's 16-byte reads of one half of its 8 rows
-    # (16w + g, or + 8) must cover 32 distinct banks, and the mapping must be the swizzle itself.
-    for r in range(256):
-        for h in range(2):
-            linear = r * 32 + 16 * h
-            assert code_offset(r, h) == linear ^ (((linear >> 7) & 1) << 4)
-    for w in range(4):
-        for base in (16 * w, 16 * w + 8):
-            for h in range(2):
-                banks = [(code_offset(base + g, h) // 4 + i) % 32 for g in range(8) for i in range(4)]
-                assert sorted(banks) == list(range(32))
+def test_w4a16_decode_x_buffer_reads_are_conflict_free():
+    # ldmatrix phases (8 rows x 16 bytes of one 8-k block) on rows of 272 bytes cover 32 distinct banks.
+    row = 128 * 2 + 16
+    for i in range(4):
+        for m in range(4):
+            banks = [((r * row + 16 * (m + 4 * i)) // 4 + w) % 32 for r in range(8) for w in range(4)]
+            assert sorted(banks) == list(range(32))
 
 
 # ---- rotate_quantize_split.cu (float32 input; NVFP4 r = 16 with K % 32 != 0) ------------------------------
@@ -579,113 +620,6 @@ def test_fast_rotate_quantize_matches_cpu_on_exact_data(r, fmt, method, kind):
         R[0] = 1.0
     layout = "blocked" if r == 32 else "linear"
     assert_emulation_matches_cpu(emulate_fast_rotate_quantize, x, R, fmt, method, layout)
-
-
-# ---- w4a16_gemm.cu end to end on exact data ---------------------------------------------------------------
-
-
-def _bf16_value(bits16: int) -> float:
-    return float(torch.tensor([bits16], dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float())
-
-
-def emulate_w4a16(x, codes, scales, fmt, g, splits, MT, WARPS):
-    """Python transcription of w4a16_kernel + splitk_reduce_kernel: CTA/warp/lane loops, per-word decode
-    (prmt tables) times the group scale, fragment assembly fed through the mma semantics, the epilogue's
-    stores and the split-K reduction. Float64 results before the final cast (exact for the test data)."""
-    M, K = x.shape
-    N = codes.shape[0]
-    G = 32 if fmt == "mx" else 16
-    SPC = 32 // G
-    chunks = K // 128
-    xb = x.to(torch.bfloat16).view(torch.int16).numpy().astype(np.int64) & 0xFFFF
-    cw, sw = codes.numpy(), scales.view(torch.uint8).numpy()
-    decode_scale = ref.e8m0_decode if fmt == "mx" else ref.e4m3_decode
-    out = np.full((M, N), np.nan)
-    work = np.full((splits, M, N), np.nan)
-    for bx in range(-(-M // (16 * MT))):
-        for by in range(-(-N // (32 * WARPS))):
-            for bz in range(splits):
-                c_begin, c_end = chunks * bz // splits, chunks * (bz + 1) // splits
-                for warp in range(WARPS):
-                    nw, m0 = (by * WARPS + warp) * 32, bx * 16 * MT
-                    if nw >= N:
-                        continue
-                    acc = np.zeros((MT, 4, 32, 4))
-                    for c in range(c_begin, c_end):
-                        for w in range(4):
-                            # b[j][lane] = 4 decoded+scaled words (k-steps 2w: words 0,1; 2w+1: words 2,3)
-                            b = [[None] * 32 for _ in range(4)]
-                            for lane in range(32):
-                                gl, q = lane // 4, lane % 4
-                                for j in range(4):
-                                    n = nw + 8 * j + gl
-                                    seg = cw[n, c * 64 + 16 * q + 4 * w: c * 64 + 16 * q + 4 * w + 4]
-                                    word = int.from_bytes(bytes(seg.tolist()), "little")
-                                    t = 0 if (SPC == 1 or w < 2) else SPC - 1
-                                    code = int(sw[n, c * (128 // G) + SPC * q + t])
-                                    sv = float(decode_scale(torch.tensor([code], dtype=torch.uint8))[0])
-                                    b[j][lane] = [(_bf16_value(d & 0xFFFF) * sv, _bf16_value(d >> 16) * sv)
-                                                  for d in decode8(word, BF16_TABLE)]
-                            for mi in range(MT):
-                                a = []
-                                for lane in range(32):
-                                    gl, q = lane // 4, lane % 4
-                                    col = c * 128 + 32 * q + 8 * w
-                                    rows = (m0 + 16 * mi + gl, m0 + 16 * mi + gl + 8)
-                                    vals = [[_bf16_value(int(xb[r, col + e])) if r < M else 0.0 for e in range(8)]
-                                            for r in rows]
-                                    pair = lambda v, e: (v[e], v[e + 1])  # noqa: E731
-                                    # fa = {a0.x, a1.x, a0.y, a1.y}, fb = {a0.z, a1.z, a0.w, a1.w}
-                                    a.append(((pair(vals[0], 0), pair(vals[1], 0), pair(vals[0], 2), pair(vals[1], 2)),
-                                              (pair(vals[0], 4), pair(vals[1], 4), pair(vals[0], 6), pair(vals[1], 6))))
-                                for j in range(4):
-                                    for hs in range(2):  # k-steps 2w and 2w+1
-                                        A, B = mma_fragments_to_matrices(
-                                            [a[lane][hs] for lane in range(32)],
-                                            [(b[j][lane][2 * hs], b[j][lane][2 * hs + 1]) for lane in range(32)])
-                                        C = A @ B
-                                        for lane in range(32):
-                                            acc[mi, j, lane] += c_fragment(C, lane)
-                    for lane in range(32):
-                        gl, q = lane // 4, lane % 4
-                        for mi in range(MT):
-                            for h in range(2):
-                                m = m0 + 16 * mi + gl + 8 * h
-                                if m >= M:
-                                    continue
-                                for j in range(4):
-                                    for t in range(2):
-                                        n = nw + 8 * j + 2 * q + t
-                                        v = acc[mi, j, lane, 2 * h + t]
-                                        if splits > 1:
-                                            work[bz, m, n] = v
-                                        else:
-                                            out[m, n] = v / g if fmt == "nv" else v
-    if splits > 1:
-        out = work.sum(axis=0)
-        if fmt == "nv":
-            out = out / g
-    return out
-
-
-@pytest.mark.parametrize("fmt", ["mx", "nv"])
-@pytest.mark.parametrize("M,MT,WARPS,splits", [(3, 1, 4, 1), (20, 2, 4, 2), (40, 4, 8, 1)])
-def test_w4a16_emulation_matches_reference(fmt, M, MT, WARPS, splits):
-    gen = torch.Generator().manual_seed(M)
-    N, K = 64, 256
-    x = torch.randint(-4, 5, (M, K), generator=gen).float()
-    w = torch.randint(-6, 7, (N, K), generator=gen).float() * 0.5
-    if fmt == "mx":
-        codes, scales = ref.quantize_mxfp4(w)
-        wd, g = ref.dequantize_mxfp4(codes, scales).double(), None
-    else:
-        g = 3.0
-        codes, scales = ref.quantize_nvfp4(w, torch.tensor([g]))
-        # the kernel multiplies by code * scale (exact) and divides by g at the end
-        wd = ref.dequantize_nvfp4(codes, scales, torch.tensor([1.0])).double() / g
-    want = x.double() @ wd.T
-    got = emulate_w4a16(x, codes, scales, fmt, g, splits, MT, WARPS)
-    np.testing.assert_allclose(got, want.numpy(), rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("method", ["floor", "ceil"])

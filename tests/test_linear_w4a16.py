@@ -71,7 +71,8 @@ def test_bad_input():
         (lambda: lin(x, codes, scales, gs, torch.zeros(63, dtype=torch.bfloat16), "nvfp4"), ValueError, "bias must have shape [64]"),
         (lambda: lin(x, codes, scales, gs, torch.zeros(64), "nvfp4"), TypeError, "bias must have x's dtype"),
         (lambda: lin(x, codes, scales, gs, None, "mxfp4"), TypeError, "scales must be Float8_e8m0fnu"),
-        (lambda: lin(x, codes.unsqueeze(0), scales, gs, None, "nvfp4"), ValueError, "w_codes must be 2-D"),
+        (lambda: lin(x, codes.unsqueeze(0), scales, gs, None, "nvfp4"), ValueError, "packed w_codes must have shape"),
+        (lambda: lin(x, codes[None, None], scales, gs, None, "nvfp4"), ValueError, "w_codes must be 2-D"),
         (lambda: lin(x[:0], codes, scales, gs, None, "nvfp4"), ValueError, "x is empty"),
     ]
     for fn, exc, msg in cases:
@@ -90,6 +91,7 @@ BENCH_M = [1, 4, 16, 64, 128, 512, 2048, 8192]
 @pytest.mark.parametrize("N,K", BENCH_NK)
 def test_cuda_every_benchmarked_shape(fmt, N, K, seed):
     codes, scales, gs, w = make_weight(N, K, fmt, seed, "cuda")
+    codes, scales = fq.pack_w4a16(codes, scales, fmt)  # as the benchmark runs it
     w = w.cuda()
     for M in BENCH_M:
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
@@ -115,9 +117,12 @@ def test_cuda_odd_m_bias_and_dtypes(fmt, dtype, seed):
 
 
 @cuda
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("M", [8, 128])  # mma.sync decode kernel; wgmma kernel with split-K
-def test_cuda_compile_graph_and_opcheck(M):
+def test_cuda_compile_graph_and_opcheck(M, packed):
     codes, scales, gs, _ = make_weight(512, 1024, "nvfp4", 0, "cuda")
+    if packed:
+        codes, scales = fq.pack_w4a16(codes, scales, "nvfp4")
     x = torch.randn(M, 1024, device="cuda", dtype=torch.bfloat16)
     f = lambda t: torch.ops.fpquant.linear_w4a16(t, codes, scales, gs, None, "nvfp4")  # noqa: E731
     eager = f(x)
@@ -126,6 +131,29 @@ def test_cuda_compile_graph_and_opcheck(M):
     replayed, eager_new = replay_matches(f, x)
     assert torch.equal(replayed, eager_new)
     opcheck(torch.ops.fpquant.linear_w4a16.default, (x, codes, scales, gs, None, "nvfp4"))
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_packed_equals_canonical(fmt, seed):
+    # Every path (decode, mma.sync, wgmma, slab) on a weight packed once gives the canonical call's bits.
+    codes, scales, gs, _ = make_weight(256, 1024, fmt, seed, "cuda")
+    pc, ps = fq.pack_w4a16(codes, scales, fmt)
+    for M in (1, 16, 40, 128, 1100, 2100):
+        x = torch.randn(M, 1024, device="cuda", dtype=torch.bfloat16)
+        bias = torch.randn(256, device="cuda", dtype=torch.bfloat16)
+        assert torch.equal(fq.linear_w4a16(x, pc, ps, gs, bias, fmt), fq.linear_w4a16(x, codes, scales, gs, bias, fmt))
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_slab_exact_on_every_code_and_scale(fmt, dtype, monkeypatch):
+    # The slab path (w4a16_dequantize_rows + cuBLAS), forced: the dequantized slab must round every weight as
+    # dequantize_mxfp4 / dequantize_nvfp4 do, so one-hot rows read it back bit for bit.
+    monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "0")
+    for M in (65, 100):
+        _check_exact(fmt, dtype, M, 7 * M, wgmma=True)
 
 
 @cuda
@@ -182,6 +210,23 @@ def test_cuda_exact_on_every_code_and_scale(fmt, dtype, M):
 
 @cuda
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_mma_sync_kernel_exact_and_bias(fmt, dtype, monkeypatch, seed):
+    # The mma.sync kernel for 17-64 rows (the path on GPUs without wgmma; forced here, since sm_90 takes the
+    # wgmma kernel from 17 rows), with its split-K.
+    monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "0")
+    for M in (17, 40, 64):
+        _check_exact(fmt, dtype, M, seed + M)
+    codes, scales, gs, w = make_weight(256, 1024, fmt, seed, "cuda")
+    x = torch.randn(33, 1024, device="cuda", dtype=dtype)
+    bias = torch.randn(256, device="cuda", dtype=dtype)
+    out = fq.linear_w4a16(x, codes, scales, gs, bias, format=fmt)
+    ref = x.double() @ w.cuda().T + bias.double()
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("config", [0, 1, 2])
 @pytest.mark.parametrize("splits", [1, 2, 5])
 def test_cuda_every_decode_config_and_split(fmt, config, splits, monkeypatch, seed):
@@ -207,8 +252,7 @@ def test_cuda_every_decode_config_and_split(fmt, config, splits, monkeypatch, se
 def test_cuda_wgmma_exact_on_every_code_and_scale(fmt, dtype, splits, tile, monkeypatch):
     # The Hopper wgmma kernel (default from 65 rows), forced for every M and each tile configuration: partial
     # row tiles (17, 65, 200 rows of 128- or 256-row tiles), a partial feature tile (96 of 128 or 256), 24
-    # chunks of 64 k split unevenly (5 splits start inside a scale box: chunks 0, 4, 9, 14, 19). K = 1536 meets
-    # the kernel's 16-byte scale rows.
+    # chunks of 64 k split unevenly (5 splits: chunks 0, 4, 9, 14, 19).
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernel runs on compute capability 9.0 only")
     monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "1")
@@ -250,7 +294,7 @@ def test_cuda_wgmma_bias_fp16_and_partial_tiles(fmt, splits, monkeypatch, seed):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M", [4, 100])
 def test_cuda_nan_scale_poisons_its_features_only(dtype, M):
-    N, K = 64, 512  # K % 512 == 0: M = 100 takes the wgmma kernel on sm_90
+    N, K = 64, 512  # M = 100 takes the wgmma kernel on sm_90
     codes, scales, gs, w = make_weight(N, K, "mxfp4", 3)
     scales = scales.clone()
     scales.view(torch.uint8)[5, 3] = 0xFF  # E8M0 NaN: feature 5

@@ -54,7 +54,7 @@ if [[ " $stages " == *" sanitizer "* ]]; then
     echo "rc=$? ($tool, quantize)"
   done
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_linear_w4a16.py -q -x \
-    -p no:cacheprovider -k "odd_m or tile or exact or decode_config or nan or wgmma" 2>&1 | tee "$OUT/sanitizer_w4a16_memcheck.log" | tail -4
+    -p no:cacheprovider -k "odd_m or tile or exact or decode_config or nan or wgmma or packed or mma_sync" 2>&1 | tee "$OUT/sanitizer_w4a16_memcheck.log" | tail -4
 fi
 if [[ " $stages " == *" profile "* ]]; then
   echo "== Nsight Compute: quantize kernels (tools/profile_quantize.py)"

@@ -19,7 +19,8 @@ def main() -> None:
     N = K = 8192
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02
     g = fq.nvfp4_global_scale(w)
-    weights = {"mxfp4": (*fq.quantize_mxfp4(w), None), "nvfp4": (*fq.quantize_nvfp4(w, g), g)}
+    weights = {"mxfp4": (*fq.pack_w4a16(*fq.quantize_mxfp4(w), "mxfp4"), None),
+               "nvfp4": (*fq.pack_w4a16(*fq.quantize_nvfp4(w, g), "nvfp4"), g)}
     for M in ms:
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
         for fmt, (c, s, gs) in weights.items():

@@ -5,12 +5,14 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "checks.h"
 #include "outputs.h"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
+#include "w4a16_pack.h"
 
 namespace fpquant {
 namespace {
@@ -190,14 +192,16 @@ at::Tensor dequantize_nvfp4_cpu(const at::Tensor& codes, const at::Tensor& scale
 at::Tensor linear_w4a16_cpu(const at::Tensor& x, const at::Tensor& w_codes, const at::Tensor& w_scales,
                             const c10::optional<at::Tensor>& w_global_scale, const c10::optional<at::Tensor>& bias,
                             c10::string_view format) {
-  const WeightFormat f = check_linear_w4a16(x, w_codes, w_scales, w_global_scale, bias, std::string(format));
+  const LinearW4A16Args args = check_linear_w4a16(x, w_codes, w_scales, w_global_scale, bias, std::string(format));
+  at::Tensor codes = w_codes, scales = w_scales;
+  if (args.w.packed) std::tie(codes, scales) = unpack_w4a16(w_codes, w_scales, format);
   at::Tensor w;
-  if (f == WeightFormat::kMxFp4) {
-    w = dequantize_cpu(w_codes, w_scales, kMxGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
+  if (args.format == WeightFormat::kMxFp4) {
+    w = dequantize_cpu(codes, scales, kMxGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
                        [](uint8_t sc) { return core::mx_block_multiplier(sc); });
   } else {
     const float g = w_global_scale->item<float>();
-    w = dequantize_cpu(w_codes, w_scales, kNvGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
+    w = dequantize_cpu(codes, scales, kNvGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
                        [g](uint8_t sc) { return core::nv_block_multiplier(sc, g); });
   }
   at::Tensor out = at::matmul(x.to(at::kFloat), w.t());

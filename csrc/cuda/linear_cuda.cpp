@@ -10,26 +10,31 @@
 #include "cuda/quantize.h"
 #include "cuda/torch_glue.h"
 #include "cuda/w4a16.h"
+#include "w4a16_pack.h"
 
 #include <algorithm>
 #include <cstdlib>
+#include <tuple>
 
 namespace fpquant {
 namespace {
 
-// Paths by M (the fused kernels read the weight once per tile and never hold a bf16 copy of it):
-// - M <= 64: the mma.sync kernels of w4a16_gemm (decode kernel up to 16 rows);
-// - 65 <= M <= wgmma_max_m (MXFP4 2048, NVFP4 1024) on an H100-class GPU (compute capability 9.0,
+// Paths by M (the fused kernels read the packed weight once per tile and never hold a bf16 copy of it):
+// - M <= 16: the decode kernel (w4a16_decode.cu);
+// - 17 <= M <= 2048 on an H100-class GPU (compute capability 9.0,
 //   w4a16_wgmma_applies): the wgmma kernel (w4a16_wgmma.cu);
+// - elsewhere up to 64 rows: the mma.sync kernel of w4a16_gemm.cu;
 // - otherwise: the weight is dequantized in slabs of rows (at most ~32 MiB of bf16 at a time, never the
-//   whole weight) by the dequantize kernel and multiplied by cuBLAS straight into the output columns.
-// The wgmma bound is measured (benchmarks/NOTES.md, session 8): at M = 2048 the kernel beats the slab path
-// for MXFP4 (0.96x of bf16 against 0.85x on the large layers) but not for NVFP4, whose per-16 E4M3 scales
-// cost the decode more (0.79-0.83x against 0.89x); at M = 8192 the slab path wins for both.
+//   whole weight) by w4a16_dequantize_rows and multiplied by cuBLAS straight into the output columns.
+// The bounds are measured (benchmarks/NOTES.md, sessions 8 and 10): on the packed layout the wgmma kernel
+// takes 64 rows in about the time of 128 (8192^2: ~35 us, where the mma.sync kernel, bound by its 32-bit
+// activation loads, takes ~115); at M = 2048 it beats the slab path for both formats (NVFP4, 8192^2: 438 us
+// against 465 us; 8192 x 28672: 1507 against 1947), at M = 8192 the slab path wins.
 // FPQUANT_W4A16_WGMMA (read per call, for measurements and tests): "0" never takes the wgmma kernel, "1"
 // takes it for every M where it applies.
+constexpr int64_t kWgmmaMinM = 17;
 constexpr int64_t kSlabMinM = 65;
-int64_t wgmma_max_m(cuda::Format f) { return f == cuda::Format::kMxFp4 ? 2048 : 1024; }
+constexpr int64_t kWgmmaMaxM = 2048;
 constexpr int64_t kSlabBytes = 32LL << 20;
 
 // Tuning knobs for measurements and tests (benchmarks/NOTES.md), read per call: the environment variable
@@ -41,27 +46,17 @@ void env_override(const char* name, int lo, int hi, int& value) {
   }
 }
 
-at::Tensor linear_by_slabs(const at::Tensor& x2d, const at::Tensor& codes, const at::Tensor& scales,
-                           const at::Tensor* global_scale, const c10::optional<at::Tensor>& bias, cuda::Format format,
+// The slab path: rows of the packed weight dequantized (w4a16_dequantize_rows) into a buffer of at most
+// kSlabBytes, each slab multiplied by cuBLAS straight into its output columns.
+at::Tensor linear_by_slabs(const at::Tensor& x2d, const cuda::W4A16Params& p, const c10::optional<at::Tensor>& bias,
                            at::Tensor out2d) {
-  const int64_t N = codes.size(0), K = x2d.size(1);
-  const int64_t G = cuda::group_size(format);
+  const int64_t N = p.N, K = p.K;
   const int64_t rows = std::min<int64_t>(N, std::max<int64_t>(256, kSlabBytes / (K * 2) / 32 * 32));
   at::Tensor wbuf = at::empty({rows, K}, x2d.options());
-  const uint8_t* c = reinterpret_cast<const uint8_t*>(codes.data_ptr());
-  const uint8_t* s = reinterpret_cast<const uint8_t*>(scales.data_ptr());
   for (int64_t n0 = 0; n0 < N; n0 += rows) {
     const int64_t ns = std::min(rows, N - n0);
-    cuda::DequantizeParams p;
-    p.codes = c + n0 * (K / 2);
-    p.scales = s + n0 * (K / G);
-    p.format = format;
-    p.global_scale = global_scale ? global_scale->data_ptr<float>() : nullptr;
-    p.rows = ns;
-    p.K = K;
-    p.out = wbuf.data_ptr();
-    p.out_dtype = dtype_of(x2d.scalar_type());
-    check_cuda("fpquant.linear_w4a16", cuda::dequantize(p, c10::cuda::getCurrentCUDAStream().stream()));
+    check_cuda("fpquant.linear_w4a16",
+               cuda::w4a16_dequantize_rows(p, n0, ns, wbuf.data_ptr(), c10::cuda::getCurrentCUDAStream().stream()));
     at::Tensor dst = out2d.narrow(1, n0, ns);
     const at::Tensor w = wbuf.narrow(0, 0, ns).t();
     if (bias.has_value()) {
@@ -77,14 +72,18 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
                              const c10::optional<at::Tensor>& w_global_scale, const c10::optional<at::Tensor>& bias,
                              c10::string_view format) {
   constexpr const char* op = "fpquant.linear_w4a16";
-  const WeightFormat f = check_linear_w4a16(x, w_codes, w_scales, w_global_scale, bias, std::string(format));
-  const int64_t K = x.size(-1), N = w_codes.size(0), M = x.numel() / K;
+  const LinearW4A16Args args = check_linear_w4a16(x, w_codes, w_scales, w_global_scale, bias, std::string(format));
+  const int64_t K = x.size(-1), N = args.w.N, M = x.numel() / K;
   TORCH_CHECK_VALUE(N % cuda::kW4A16TileN == 0 && K % cuda::kW4A16ChunkK == 0, op,
                     ": the CUDA kernel needs N a multiple of ", cuda::kW4A16TileN, " and K a multiple of ",
                     cuda::kW4A16ChunkK, ", got N=", N, ", K=", K);
   check_device_and_alignment(op, x, "x");
-  check_device_and_alignment(op, w_codes, "w_codes");
   const c10::cuda::CUDAGuard guard(x.device());
+  // The kernels read the packed layout; a canonical weight is packed here, on every call.
+  at::Tensor codes = w_codes, scales = w_scales;
+  if (!args.w.packed) std::tie(codes, scales) = pack_w4a16(w_codes, w_scales, format);
+  check_device_and_alignment(op, codes, "w_codes");
+  check_device_and_alignment(op, scales, "w_scales");
   auto shape = x.sizes().vec();
   shape.back() = N;
   at::Tensor out = at::empty(shape, x.options());
@@ -94,9 +93,9 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
   p.M = M;
   p.N = N;
   p.K = K;
-  p.codes = reinterpret_cast<const uint8_t*>(w_codes.data_ptr());
-  p.scales = reinterpret_cast<const uint8_t*>(w_scales.data_ptr());
-  p.format = f == WeightFormat::kMxFp4 ? cuda::Format::kMxFp4 : cuda::Format::kNvFp4;
+  p.codes = reinterpret_cast<const uint8_t*>(codes.data_ptr());
+  p.scales = reinterpret_cast<const uint8_t*>(scales.data_ptr());
+  p.format = args.format == WeightFormat::kMxFp4 ? cuda::Format::kMxFp4 : cuda::Format::kNvFp4;
   at::Tensor g;
   if (w_global_scale.has_value()) {
     g = w_global_scale->contiguous();
@@ -110,11 +109,10 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
   p.out = out.data_ptr();
   const char* wgmma_env = std::getenv("FPQUANT_W4A16_WGMMA");
   const int wgmma_mode = wgmma_env == nullptr || wgmma_env[0] == '\0' ? -1 : (std::atoi(wgmma_env) != 0 ? 1 : 0);
-  const bool wgmma = wgmma_mode != 0 && (wgmma_mode == 1 || (M >= kSlabMinM && M <= wgmma_max_m(p.format))) &&
+  const bool wgmma = wgmma_mode != 0 && (wgmma_mode == 1 || (M >= kWgmmaMinM && M <= kWgmmaMaxM)) &&
                      cuda::w4a16_wgmma_applies(p);
   if (M >= kSlabMinM && !wgmma) {
-    linear_by_slabs(x.view({M, K}), w_codes, w_scales, w_global_scale ? &g : nullptr, bias, p.format,
-                    out.view({M, N}));
+    linear_by_slabs(x.view({M, K}), p, bias, out.view({M, N}));
     return out;
   }
   if (wgmma) {

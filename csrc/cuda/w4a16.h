@@ -1,6 +1,7 @@
 // Framework-agnostic entry point of the weight-only FP4 GEMM (W4A16): out[M, N] = x[M, K] @ W^T (+ bias),
-// W [N, K] given as E2M1 codes [N, K/2] with MXFP4 (E8M0, per 32) or NVFP4 (E4M3, per 16, plus a float32
-// global scale) scales in the linear layout. The weight is dequantized in registers inside the kernel.
+// W [N, K] given as E2M1 codes and MXFP4 (E8M0, per 32) or NVFP4 (E4M3, per 16, plus a float32 global
+// scale) scales in the packed layout of core/w4a16_layout.h. The weight is dequantized in registers inside
+// the kernels.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -15,8 +16,8 @@ struct W4A16Params {
   const void* x = nullptr;  // [M, K] bfloat16 or float16, 16-byte aligned rows (K % 128 == 0)
   DType dtype = DType::kBF16;
   int64_t M = 0, N = 0, K = 0;  // N % 32 == 0, K % 128 == 0
-  const uint8_t* codes = nullptr;
-  const uint8_t* scales = nullptr;
+  const uint8_t* codes = nullptr;   // packed: [N/16][K/64][512], 16-byte aligned
+  const uint8_t* scales = nullptr;  // packed: [N/16][K/64][16 * 64/G]
   Format format = Format::kMxFp4;
   const float* global_scale = nullptr;  // NVFP4
   const void* bias = nullptr;           // [N] of dtype, optional
@@ -55,5 +56,9 @@ int w4a16_wgmma_tiles();                       // number of tile configurations
 int w4a16_wgmma_tile(int64_t M, int64_t N, Format format);  // the configuration for a problem (heuristic)
 int w4a16_wgmma_splits(int64_t M, int64_t N, int64_t K, int tile);
 cudaError_t w4a16_wgmma(const W4A16Params& p, cudaStream_t stream);
+
+// Rows [n0, n0 + rows) of the packed weight dequantized into out ([rows, K] of p.dtype), rounded as
+// dequantize_mxfp4 / dequantize_nvfp4 round them (w4a16_slab.cu); n0 and rows multiples of 16.
+cudaError_t w4a16_dequantize_rows(const W4A16Params& p, int64_t n0, int64_t rows, void* out, cudaStream_t stream);
 
 }  // namespace fpquant::cuda

@@ -1,6 +1,6 @@
-// Pieces shared by the W4A16 kernels (w4a16_decode.cu, w4a16_gemm.cu, w4a16_wgmma.cu): byte permutes, the
-// E2M1 table and arithmetic decodes with their group-scale multipliers, 16-bit pair arithmetic in the
-// tensor-core type, group scales and the split-K reduction.
+// Pieces shared by the W4A16 kernels (w4a16_decode.cu, w4a16_gemm.cu, w4a16_wgmma.cu): the arithmetic E2M1
+// decode of a packed atom (core/w4a16_layout.h) with its group-scale multipliers, 16-bit pair arithmetic in
+// the tensor-core type, and the split-K reduction.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -45,36 +45,6 @@ __device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
   }
 }
 
-// Byte tables of the E2M1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6} in the 16-bit type: low bytes (entries 0-3,
-// 4-7) and high bytes.
-template <typename AT> struct E2M1Table;
-template <> struct E2M1Table<__nv_bfloat16> {  // 0000 3F00 3F80 3FC0 4000 4040 4080 40C0
-  static constexpr uint32_t lo0 = 0xC0800000u, lo1 = 0xC0804000u, hi0 = 0x3F3F3F00u, hi1 = 0x40404040u;
-};
-template <> struct E2M1Table<__half> {  // 0000 3800 3C00 3E00 4000 4200 4400 4600
-  static constexpr uint32_t lo0 = 0u, lo1 = 0u, hi0 = 0x3E3C3800u, hi1 = 0x46444240u;
-};
-
-// 8 E2M1 codes (one 32-bit word, code i in nibble i) -> 4 words of two 16-bit values (code 2i low half).
-template <typename AT>
-__device__ __forceinline__ void decode8(uint32_t w, uint32_t* o) {
-  using T = E2M1Table<AT>;
-  const uint32_t sa = w & 0x7777u, sb = (w >> 16) & 0x7777u;
-  const uint32_t la = prmt(T::lo0, T::lo1, sa), ha = prmt(T::hi0, T::hi1, sa);
-  const uint32_t lb = prmt(T::lo0, T::lo1, sb), hb = prmt(T::hi0, T::hi1, sb);
-  // Sign bytes: msb of byte k of (w << 4) is the sign of code 2k, msb of byte k of w the sign of code 2k+1.
-  const uint32_t v = w << 4;
-  o[0] = prmt(la, ha, 0x5140u) | (prmt(v, w, 0xC080u) & 0x80008000u);
-  o[1] = prmt(la, ha, 0x7362u) | (prmt(v, w, 0xD090u) & 0x80008000u);
-  o[2] = prmt(lb, hb, 0x5140u) | (prmt(v, w, 0xE0A0u) & 0x80008000u);
-  o[3] = prmt(lb, hb, 0x7362u) | (prmt(v, w, 0xF0B0u) & 0x80008000u);
-}
-
-template <Format F>
-__device__ __forceinline__ float group_scale(uint8_t code) {
-  return F == Format::kMxFp4 ? core::e8m0_decode(code) : core::e4m3_decode(code);
-}
-
 // Two E4M3 codes (low byte first) -> two fp16 values, exactly (every E4M3 value, NaN included, is an fp16
 // value), by the hardware conversion (sm_89+).
 __device__ __forceinline__ __half2 e4m3x2_to_half2(uint16_t pair) {
@@ -107,21 +77,7 @@ __device__ __forceinline__ void e2m1_bits8(uint32_t w, uint32_t (&o)[4]) {
   }
 }
 
-// The same for the two codes of one byte b (b < 256; code 2i low nibble, code 2i + 1 high nibble) -> (low
-// nibble, high nibble) as one pair: b * 0x1001 puts the high nibble 12 bits above the low one without carry,
-// so one mask leaves them 16 bits apart, as e2m1_bits8 needs them. This is the wgmma kernel's decode: its
-// register A operand pairs k = 2i, 2i + 1, the two codes of canonical byte i.
-template <typename AT>
-__device__ __forceinline__ uint32_t e2m1_byte_bits(uint32_t b) {
-  if constexpr (kBf16<AT>) {
-    return (((b * 0x1001u) & 0x000F000Fu) * 0x1040u) & 0x81C081C0u;
-  } else {
-    const uint32_t t = (b * 0x200200u) & 0x1E001E00u;  // the nibbles at bits 9-12 of each half
-    return t + (t & 0x10001000u) * 7u;
-  }
-}
-
-// The factor between a code and its e2m1_bits8 / e2m1_byte_bits pattern.
+// The factor between a code and its e2m1_bits8 pattern.
 template <typename AT>
 constexpr float kCodeUnit = kBf16<AT> ? 0x1p126f : 0x1p14f;
 
@@ -132,8 +88,8 @@ constexpr float kCodeUnit = kBf16<AT> ? 0x1p126f : 0x1p14f;
 // scale * 2^118, i.e. code * scale * 2^-8, which the epilogue undoes (kNvUnscale). Larger MXFP4 scales (and
 // NaN) take two: kCodeUnit, then the scale; a warp takes the two-multiply path for a whole chunk when any of
 // its lanes needs it, with (one-multiply value, 1) for the others. NVFP4 on fp16 always takes two (code *
-// scale * 2^-8 could fall below fp16's normal range). MXFP4: one code per row (sc[0]); NVFP4: two, for
-// words 0-1 and 2-3.
+// scale * 2^-8 could fall below fp16's normal range). MXFP4: one code (sc[0]); NVFP4: two, for
+// two neighbouring groups (row_multipliers: the two k-steps of a packed word).
 template <typename AT, Format F>
 constexpr bool kAlwaysTwo = F == Format::kNvFp4 && !kBf16<AT>;
 
@@ -168,6 +124,63 @@ template <typename AT, bool TWO>
 __device__ __forceinline__ uint32_t apply_scale(uint32_t bits, uint32_t m1, uint32_t m2) {
   const uint32_t r = hmul2<AT>(bits, m1);
   return TWO ? hmul2<AT>(r, m2) : r;
+}
+
+// Multipliers of one row of a packed atom (core/w4a16_layout.h), whose 64/G scale bytes are `bytes` (byte i:
+// group i): m1[s2], m2[s2] for word s2 of the row, k-steps 2 s2 and 2 s2 + 1 (index [i] for k-step 2 s2 + i;
+// MXFP4 covers both with its group s2, NVFP4 has groups 2 s2 and 2 s2 + 1).
+template <typename AT, Format F, bool TWO>
+__device__ __forceinline__ void row_multipliers(uint32_t bytes, uint32_t (&m1)[2][2], uint32_t (&m2)[2][2]) {
+#pragma unroll
+  for (int s2 = 0; s2 < 2; ++s2) {
+    uint8_t sc[2];
+    if constexpr (F == Format::kMxFp4) {
+      sc[0] = sc[1] = static_cast<uint8_t>(bytes >> (8 * s2));
+    } else {
+      sc[0] = static_cast<uint8_t>(bytes >> (16 * s2));
+      sc[1] = static_cast<uint8_t>(bytes >> (16 * s2 + 8));
+    }
+    multipliers<AT, F, TWO>(sc, m1[s2], m2[s2]);
+    if constexpr (F == Format::kMxFp4) {
+      m1[s2][1] = m1[s2][0];
+      m2[s2][1] = m2[s2][0];
+    }
+  }
+}
+
+// True where a packed atom row's MXFP4 scales (2 bytes) need the two-multiply path (E8M0 > 128, NaN).
+__device__ __forceinline__ bool mx_needs_two(uint32_t bytes) { return (bytes & 0xFFu) > 128u || ((bytes >> 8) & 0xFFu) > 128u; }
+
+// A lane's 16 bytes of a packed atom -> its scaled fragment registers for the atom's 4 k-steps: f[s][0..3] is
+// the mma.m16n8k16 / wgmma A fragment (a0a1, a2a3, a4a5, a6a7: rows g, g + 8 at k 16s + 2q, then at 16s + 2q
+// + 8) and, read as (f[s][h], f[s][h + 2]), the m16n8k16 B fragment (b0b1, b2b3) of column g of row half h.
+// s_lo / s_hi: the scale bytes of rows g and g + 8.
+template <typename AT, Format F, bool TWO>
+__device__ __forceinline__ void decode_atom(const uint4& c, uint32_t s_lo, uint32_t s_hi, uint32_t (&f)[4][4]) {
+  const uint32_t w[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    uint32_t m1[2][2], m2[2][2] = {};
+    row_multipliers<AT, F, TWO>(h ? s_hi : s_lo, m1, m2);
+#pragma unroll
+    for (int s2 = 0; s2 < 2; ++s2) {
+      uint32_t o[4];
+      e2m1_bits8<AT>(w[2 * h + s2], o);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) o[j] = apply_scale<AT, TWO>(o[j], m1[s2][j / 2], m2[s2][j / 2]);
+      f[2 * s2][h] = o[0];
+      f[2 * s2][h + 2] = o[1];
+      f[2 * s2 + 1][h] = o[2];
+      f[2 * s2 + 1][h + 2] = o[3];
+    }
+  }
+}
+
+// The scale bytes of row r of a packed atom whose scales start at `atom` (16 rows x 64/G bytes).
+template <Format F>
+__device__ __forceinline__ uint32_t atom_row_scales(const unsigned char* atom, int r) {
+  if constexpr (F == Format::kMxFp4) return *reinterpret_cast<const uint16_t*>(atom + 2 * r);
+  else return *reinterpret_cast<const uint32_t*>(atom + 4 * r);
 }
 
 template <typename AT, Format F>

@@ -7,33 +7,36 @@
 // - The weight is the A operand (16 features x 16 k per mma), x the B operand (8 rows: one B tile for
 //   M <= 8, two for M <= 16), so each mma consumes 256 weights and the activation fragments are shared by
 //   every weight tile of the warp.
-// - E2M1 -> 16-bit by integer arithmetic, 3 operations per pair of values: the nibble, copied twice by one
-//   multiply, keeps its magnitude bits as the low exponent bits and top mantissa bit and its sign bit as
-//   the sign. The result is code * 2^-126 (bf16) or code * 2^-14 (fp16), the 0.5 code a subnormal; the
+// - The weight comes packed (core/w4a16_layout.h): a lane's 16 bytes of a 16-feature x 64-k atom are its A
+//   fragments of the atom's 4 k-steps, in natural k order, and the atoms of a feature tile are contiguous
+//   along K, so a warp's copy of one atom is 512 contiguous bytes and the CTA's warps, taking neighbouring
+//   chunks, read 4 KiB pieces of each tile (the canonical layout gave 32 rows x 64 bytes, 4 KiB apart:
+//   benchmarks/NOTES.md, sessions 6 and 10).
+// - E2M1 -> 16-bit by integer arithmetic, 3 operations per pair of values (e2m1_bits8): the nibble, copied
+//   twice by one multiply, keeps its magnitude bits as the low exponent bits and top mantissa bit and its sign
+//   bit as the sign. The result is code * 2^-126 (bf16) or code * 2^-14 (fp16), the 0.5 code a subnormal; the
 //   group-scale multiply that every weight needs anyway also removes that factor (see multipliers).
 // - Each thread copies its own weight codes into private shared-memory slots with cp.async, kStages chunks
-//   ahead, and one scale row for its warp, so the main loop needs only a __syncwarp and no registers hold
+//   ahead, and a share of its warp's scales, so the main loop needs only a __syncwarp and no registers hold
 //   weight data in flight.
 // - Several warps of a CTA share one group of 32 features and take turns along K (Cfg), so that a layer
-//   fills the GPU with one launch and no split-K reduction, and the warps of a CTA read neighbouring
-//   64-byte pieces of each weight row together (the copies ask the L2 for the whole 256 bytes). Their sums
-//   meet in shared memory at the end.
+//   fills the GPU with one launch and no split-K reduction. Their sums meet in shared memory at the end.
 // - Launched with programmatic dependent launch (sm_90+): the CTAs start while the previous kernel in the
 //   stream finishes and wait (griddepcontrol.wait) before their first global read, which hides the launch
 //   gap (H100: ~0.7 -> ~0.45 us between back-to-back calls, benchmarks/NOTES.md session 9).
 //
-// Operand layout (mma k may be permuted when A and B agree). Thread (g = lane/4, q = lane%4) of a warp owns
-// weight rows g and g+8 of each 16-feature tile and, in every chunk of 128 k, the 32 codes k in
-// [32q, 32q+32): word w (w = 0..3) of its 16 bytes holds k = 32q + 8w + i in nibble i. Decoding word w gives
-// four pairs (nibble j, nibble j+4), j = 0..3: pairs 0 and 1 are the a0/a2 (row g) or a1/a3 (row g+8)
-// registers of k-step 2w, pairs 2 and 3 those of k-step 2w+1. The B fragment of x row g is built to match:
-// b0/b1 of k-step 2w + t are (x[8w+2t], x[8w+2t+4]) and (x[8w+2t+1], x[8w+2t+5]) (offsets from 32q).
-// One MXFP4 scale covers a thread's 32 codes of a row; NVFP4 has two (words 0-1 and 2-3).
+// Operands: a warp owns two 16-feature tiles t; a chunk of 128 k is two atoms a of each. The x row of B
+// column g supplies, for k-step s of atom a, b0b1 = x[k0 + 2q, + 1] and b2b3 = x[k0 + 2q + 8, + 9] (k0 =
+// 128 c + 64 a + 16 s): pair q of every 8-k block, which is what ldmatrix hands lane (g, q) from 8 rows of
+// 8-k blocks. So x goes global -> registers (16-byte loads of contiguous row pieces, one chunk ahead) ->
+// a per-warp shared-memory buffer -> ldmatrix. (32-bit loads straight from global memory touch 8 rows, 8 L1
+// wavefronts, per instruction, 256 per chunk at 16 rows: that bounded the kernel at M = 16.)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <type_traits>
 
+#include "core/w4a16_layout.h"
 #include "cuda/async_copy.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/w4a16_common.cuh"
@@ -42,10 +45,9 @@ namespace fpquant::cuda {
 namespace {
 using namespace w4a16;
 
-constexpr int kTiles = kW4A16TileN / 16;  // 16-feature tiles per warp
-constexpr int kRows = 2 * kTiles;         // weight rows per thread: tile t, rows g (2t) and g + 8 (2t + 1)
-constexpr int kChunkCodeBytes = kW4A16ChunkK / 2;
-static_assert(kRows == 4, "a thread copies the scales of row q of its kRows rows");
+constexpr int kTiles = kW4A16TileN / 16;           // 16-feature tiles per warp
+constexpr int kAtomsK = kW4A16ChunkK / core::kPackK;  // atoms per tile and chunk
+constexpr int kAtoms = kTiles * kAtomsK;             // atoms per warp and chunk: slot r = kAtomsK t + a
 
 // Configuration I of kW4A16DecodeShapes (w4a16.h): a CTA of `warps` warps, of which `group_warps` share 32
 // features and take the CTA's chunks of K in turn, so that the warps of a CTA read neighbouring 64-byte
@@ -59,51 +61,45 @@ struct Cfg {
   static constexpr int kFeatures = kShape.features();  // features per CTA
 };
 
-template <Format F, typename C>
-struct Slots {  // one stage: codes [row][thread] (a warp's 16-byte reads are conflict-free), then scales
-  static constexpr int kScaleBytes = kW4A16ChunkK / group_size(F);  // a row's scales for one chunk (4 or 8)
+// A row of x's chunk in the per-warp buffer: 128 16-bit values and 16 bytes of padding, so that ldmatrix's 8
+// row addresses of a phase fall in distinct banks.
+constexpr int kXRow = kW4A16ChunkK * 2 + 16;
+
+template <Format F, typename C, int NB>
+struct Slots {  // stages: codes [atom r][thread] (a warp's 16-byte reads are conflict-free), then scales
+  static constexpr int kAtomScales = core::pack_scale_bytes(group_size(F));  // 32 (MXFP4) or 64 (NVFP4)
+  static constexpr int kWarpScales = kAtoms * kAtomScales;                   // [tile][atom][row][group]
+  static constexpr int kScalePieces = kWarpScales / 16;                      // 16-byte copies per warp
+  static_assert(kScalePieces <= 32, "one scale copy per lane at most");
   static constexpr int kCodes = 0;
-  static constexpr int kScales = kRows * C::kThreads * 16;
-  static constexpr int kStage = kScales + C::kWarps * 32 * kScaleBytes;  // scales [warp][row r][g][bytes]
-  static constexpr int kBytes = C::kStages * kStage;
+  static constexpr int kScales = kAtoms * C::kThreads * 16;
+  static constexpr int kStage = kScales + C::kWarps * kWarpScales;
+  static constexpr int kX = C::kStages * kStage;  // then one x buffer per warp: [8 NB rows][kXRow bytes]
+  static constexpr int kXWarp = 8 * NB * kXRow;
+  static constexpr int kBytes = kX + C::kWarps * kXWarp;
 };
 
+// One chunk: per tile and atom, decode this lane's fragments and multiply them by every B tile of x.
 template <typename AT, Format F, int NB, bool TWO>
-__device__ __forceinline__ void chunk_mma(const uint4 (&wq)[kRows], const uint8_t (&sc)[kRows][2],
-                                          const uint32_t (&bf)[NB][4][4], float (&acc)[kTiles][NB][4]) {
-  constexpr int H = F == Format::kNvFp4 ? 2 : 1;  // scales per row and chunk
-  uint32_t m1[kRows][2] = {}, m2[kRows][2] = {};
+__device__ __forceinline__ void chunk_mma(const uint4 (&wq)[kAtoms], const uint32_t (&sc)[kAtoms][2],
+                                          const uint32_t (&xb)[NB][kAtomsK][4][2], float (&acc)[kTiles][NB][4]) {
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) multipliers<AT, F, TWO>(sc[r], m1[r], m2[r]);
-#pragma unroll
-  for (int w = 0; w < 4; ++w) {
+  for (int a = 0; a < kAtomsK; ++a)
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
-      uint32_t lo[4], hi[4];  // rows g and g + 8
-      const uint4& a = wq[2 * t];
-      const uint4& b = wq[2 * t + 1];
-      e2m1_bits8<AT>(w == 0 ? a.x : (w == 1 ? a.y : (w == 2 ? a.z : a.w)), lo);
-      e2m1_bits8<AT>(w == 0 ? b.x : (w == 1 ? b.y : (w == 2 ? b.z : b.w)), hi);
-      const int h = H == 2 ? w / 2 : 0;
+      const int r = kAtomsK * t + a;
+      uint32_t f[4][4];
+      decode_atom<AT, F, TWO>(wq[r], sc[r][0], sc[r][1], f);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        lo[j] = apply_scale<AT, TWO>(lo[j], m1[2 * t][h], m2[2 * t][h]);
-        hi[j] = apply_scale<AT, TWO>(hi[j], m1[2 * t + 1][h], m2[2 * t + 1][h]);
-      }
-      const uint32_t s0[4] = {lo[0], hi[0], lo[1], hi[1]};  // k-step 2w
-      const uint32_t s1[4] = {lo[2], hi[2], lo[3], hi[3]};  // k-step 2w + 1
+      for (int s = 0; s < 4; ++s)
 #pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        mma16816<AT>(acc[t][nb], s0, bf[nb][w][0], bf[nb][w][1]);
-        mma16816<AT>(acc[t][nb], s1, bf[nb][w][2], bf[nb][w][3]);
-      }
+        for (int nb = 0; nb < NB; ++nb) mma16816<AT>(acc[t][nb], f[s], xb[nb][a][s][0], xb[nb][a][s][1]);
     }
-  }
 }
 
 template <typename AT, Format F, int NB, typename C>
 __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p) {
-  using S = Slots<F, C>;
+  using S = Slots<F, C, NB>;
   constexpr int WS = C::kSplit, kStages = C::kStages, kThreads = C::kThreads;
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
@@ -118,23 +114,27 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
   // This warp's t-th chunk is c_begin + WS * t + kw; it has T of them.
   const int T = active && kw < n_chunks ? (n_chunks - kw + WS - 1) / WS : 0;
 
-  const uint8_t* wsrc[kRows];
+  // Atoms of this warp's chunk t (chunk c = c_begin + kw + WS t of the row tiles nw / 16 + tile).
+  const int64_t atoms_k = p.K / core::kPackK;
+  const uint8_t* wsrc[kAtoms];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t n = nw + 16 * (r / 2) + g + 8 * (r % 2);
-    wsrc[r] = p.codes + n * (p.K / 2) + (c_begin + kw) * kChunkCodeBytes + 16 * q;
-  }
-  // Scales: thread (g, q) copies those of its row r = q for the whole warp (the warp syncs before reading).
-  const int64_t srow = nw + 16 * (q / 2) + g + 8 * (q % 2);
-  const uint8_t* ssrc = p.scales + srow * (p.K / group_size(F)) + (c_begin + kw) * S::kScaleBytes;
-  const int sslot = (warp * 32 + q * 8 + g) * S::kScaleBytes;
+  for (int r = 0; r < kAtoms; ++r)
+    wsrc[r] = p.codes + core::packed_atom(nw / 16 + r / kAtomsK, kAtomsK * (c_begin + kw) + r % kAtomsK, p.K) + 16 * lane;
+  // Scales: lane l < kScalePieces copies the l-th 16 bytes of the warp's [tile][atom][row][group] block (the
+  // two atoms of a tile are neighbours in memory); the warp syncs before reading them.
+  constexpr int kTilePieces = S::kScalePieces / kTiles;
+  const bool scale_lane = lane < S::kScalePieces;
+  const uint8_t* ssrc = p.scales +
+                        ((nw / 16 + lane / kTilePieces) * atoms_k + kAtomsK * (c_begin + kw)) * S::kAtomScales +
+                        16 * (lane % kTilePieces);
+  const int sslot = warp * S::kWarpScales + 16 * lane;
   auto issue = [&](int t) {  // chunk t into slot t % kStages
     unsigned char* st = smem + (t % kStages) * S::kStage;
     const int64_t c = static_cast<int64_t>(t) * WS;
 #pragma unroll
-    for (int r = 0; r < kRows; ++r)
-      cp_async16_prefetch256(st + S::kCodes + (r * kThreads + tid) * 16, wsrc[r] + c * kChunkCodeBytes);
-    cp_async_small<S::kScaleBytes>(st + S::kScales + sslot, ssrc + c * S::kScaleBytes);
+    for (int r = 0; r < kAtoms; ++r)
+      cp_async16_prefetch256(st + S::kCodes + (r * kThreads + tid) * 16, wsrc[r] + c * kAtomsK * core::kPackAtomBytes);
+    if (scale_lane) cp_async16(st + S::kScales + sslot, ssrc + c * kAtomsK * S::kAtomScales, true);
   };
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) {
@@ -142,17 +142,15 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
     cp_async_commit();
   }
 
-  // Activations: row g (and g + 8), this thread's 32 values of each chunk, one chunk ahead in registers
-  // (every warp of the grid reads the same few KiB: L1/L2 hits). The next chunk's values are loaded into
-  // the same registers as soon as this chunk's have been permuted into mma fragments.
-  const AT* x = static_cast<const AT*>(p.x);
+  // Activations: lane (g, q) loads x row g + 8 nb, k [32q, 32q + 32) of the chunk, one chunk ahead in
+  // registers (every warp of the grid reads the same few KiB: L1/L2 hits); zeros for rows past M.
   const AT* xsrc[NB];
   bool xvalid[NB];
 #pragma unroll
   for (int nb = 0; nb < NB; ++nb) {
     const int64_t m = g + 8 * nb;
     xvalid[nb] = m < p.M;
-    xsrc[nb] = x + (xvalid[nb] ? m : 0) * p.K + (c_begin + kw) * kW4A16ChunkK + 32 * q;
+    xsrc[nb] = static_cast<const AT*>(p.x) + (xvalid[nb] ? m : 0) * p.K + (c_begin + kw) * kW4A16ChunkK + 32 * q;
   }
   uint4 xr[NB][4];
   auto load_x = [&](int t) {
@@ -160,10 +158,13 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-      for (int u = 0; u < 4; ++u)
-        xr[nb][u] = xvalid[nb] ? ldg16(xsrc[nb] + off + 8 * u) : make_uint4(0, 0, 0, 0);
+      for (int u = 0; u < 4; ++u) xr[nb][u] = xvalid[nb] ? ldg16(xsrc[nb] + off + 8 * u) : make_uint4(0, 0, 0, 0);
   };
   if (T > 0) load_x(0);
+  unsigned char* xw = smem + S::kX + warp * S::kXWarp;  // this warp's x buffer
+  unsigned char* xstore = xw + g * kXRow + 64 * q;     // where this lane's 64 bytes of row g (+ 8 nb) go
+  // ldmatrix: lane l addresses row l % 8 (+ 8 nb) of 8-k block l / 8 (+ 4i) of the chunk.
+  const unsigned char* xread = xw + (lane % 8) * kXRow + 16 * (lane / 8);
 
   float acc[kTiles][NB][4] = {};
   for (int t = 0; t < T; ++t) {
@@ -173,39 +174,42 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
     if (t + kStages - 1 < T) issue(t + kStages - 1);
     cp_async_commit();
 
-    uint32_t bf[NB][4][4];
+    // x of chunk t: registers -> the warp's buffer (its previous contents were read by the ldmatrix of
+    // chunk t - 1, before the __syncwarp above) -> B fragments. ldmatrix i (blocks 4i .. 4i + 3) gives
+    // k-steps 2(i % 2) and + 1 of atom i / 2, b0b1 then b2b3.
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        const uint4 v = xr[nb][w];  // x[8w + 0..7] as pairs (0,1) (2,3) (4,5) (6,7)
-        bf[nb][w][0] = prmt(v.x, v.z, 0x5410u);  // (0, 4)
-        bf[nb][w][1] = prmt(v.x, v.z, 0x7632u);  // (1, 5)
-        bf[nb][w][2] = prmt(v.y, v.w, 0x5410u);  // (2, 6)
-        bf[nb][w][3] = prmt(v.y, v.w, 0x7632u);  // (3, 7)
-      }
+      for (int u = 0; u < 4; ++u) *reinterpret_cast<uint4*>(xstore + nb * 8 * kXRow + 16 * u) = xr[nb][u];
+    __syncwarp();
     if (t + 1 < T) load_x(t + 1);
+    uint32_t xc[NB][kAtomsK][4][2];
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int i = 0; i < 2 * kAtomsK; ++i) {
+        uint32_t r[4];
+        ldmatrix_x4(r, xread + nb * 8 * kXRow + 64 * i);
+        const int a = i / 2, s0 = 2 * (i % 2);
+        xc[nb][a][s0][0] = r[0], xc[nb][a][s0][1] = r[1], xc[nb][a][s0 + 1][0] = r[2], xc[nb][a][s0 + 1][1] = r[3];
+      }
 
     const unsigned char* st = smem + (t % kStages) * S::kStage;
-    uint4 wq[kRows];
-    uint8_t sc[kRows][2];
+    uint4 wq[kAtoms];
+    uint32_t sc[kAtoms][2];
     bool big = false;
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < kAtoms; ++r) {
       wq[r] = *reinterpret_cast<const uint4*>(st + S::kCodes + (r * kThreads + tid) * 16);
-      const uint8_t* sp = st + S::kScales + (warp * 32 + r * 8 + g) * S::kScaleBytes;
-      if constexpr (F == Format::kMxFp4) {
-        sc[r][0] = sc[r][1] = sp[q];  // group q of the chunk: this thread's 32 codes
-        big |= sc[r][0] > 128;
-      } else {
-        sc[r][0] = sp[2 * q];      // words 0-1
-        sc[r][1] = sp[2 * q + 1];  // words 2-3
-      }
+      const unsigned char* sa = st + S::kScales + warp * S::kWarpScales + r * S::kAtomScales;
+      sc[r][0] = atom_row_scales<F>(sa, g);
+      sc[r][1] = atom_row_scales<F>(sa, g + 8);
+      if constexpr (F == Format::kMxFp4) big |= mx_needs_two(sc[r][0]) || mx_needs_two(sc[r][1]);
     }
     if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, big))) {
-      chunk_mma<AT, F, NB, true>(wq, sc, bf, acc);
+      chunk_mma<AT, F, NB, true>(wq, sc, xc, acc);
     } else {
-      chunk_mma<AT, F, NB, false>(wq, sc, bf, acc);
+      chunk_mma<AT, F, NB, false>(wq, sc, xc, acc);
     }
   }
   cp_async_wait<0>();  // no copy may still be writing shared memory when the warp exits or reuses it
@@ -264,7 +268,7 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
 template <typename AT, Format F, int NB, typename C>
 cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
   auto kernel = w4a16_decode_kernel<AT, F, NB, C>;
-  constexpr int bytes = Slots<F, C>::kBytes;
+  constexpr int bytes = Slots<F, C, NB>::kBytes;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>((p.N + C::kFeatures - 1) / C::kFeatures), static_cast<unsigned>(p.splits));
@@ -290,14 +294,14 @@ cudaError_t launch_dtype(const W4A16Params& p, cudaStream_t stream) {
 
 }  // namespace
 
-// Configuration heuristic, from the H100 sweep of benchmarks/NOTES.md (M = 1 and 16, N = 4096 ... 28672). The
-// best grids are a single launch whose CTAs run the whole K: with up to about two CTAs per SM of feature
-// groups (N / 32 <= 2 * SMs), 4-warp CTAs with all four warps on one group; with more groups, one CTA per
-// group of 8 warps for M <= 8 (more warps in flight per SM and fewer tail CTAs), but for M > 8, whose
-// doubled registers allow fewer warps per SM, 4-warp CTAs of 4 groups, each warp running all of K.
+// Configuration heuristic, from the H100 sweeps of benchmarks/NOTES.md (M = 1 ... 16, N = 4096 ... 28672). The
+// best grids are a single launch whose CTAs run the whole K: 4-warp CTAs with all four warps on one group
+// of 32 features while there are up to about two CTAs per SM of groups (N / 32 <= 2 * SMs), and for M > 8
+// (session 10, packed weights: 28672 x 8192 NVFP4 M = 16, 78.9 us against 88.3 for 4 groups per CTA); with
+// more groups and M <= 8, one CTA per group of 8 warps (more warps in flight per SM, fewer tail CTAs).
 int w4a16_decode_config(int64_t M, int64_t N) {
-  if (N / kW4A16TileN <= 2LL * num_sms()) return 1;
-  return M <= 8 ? 2 : 0;
+  if (N / kW4A16TileN <= 2LL * num_sms() || M > 8) return 1;
+  return 2;
 }
 
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream) {

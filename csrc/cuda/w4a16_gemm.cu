@@ -7,20 +7,21 @@
 // that share a weight tile run together and the weight comes from HBM about once. Split-K partials
 // (splits > 1) go to a float32 workspace that a second kernel adds in a fixed order (deterministic).
 //
-// Operand layout: the mma k index may be permuted as long as A and B agree. Thread (g = lane/4, q = lane%4)
-// loads, for weight row n = 8j + g, the 16 bytes at k in [32q, 32q+32) of the chunk (32 codes = 16 pairs):
-// pair 2s is the b0 register and pair 2s+1 the b1 register of k-step s (s = 0..7). The activation fragments
-// use the same k: a0 = x[g][32q + 4s + {0,1}], a2 = x[g][32q + 4s + {2,3}] (a1, a3: row g+8). One MXFP4
-// scale covers exactly those 32 codes; NVFP4 needs two (k-steps 0-3 and 4-7).
+// Operand layout: the weight is the B operand (features as mma n), read packed (core/w4a16_layout.h). A warp's
+// 32 features are two 16-feature tiles, i.e. four n-tiles of 8 (n-tile 2t + h: row half h of tile t); a
+// chunk of 128 k is two atoms per tile. A lane's 16 bytes of an atom are, decoded (decode_atom), its B
+// fragments (b0b1, b2b3) of both row halves for the atom's 4 k-steps in natural k order, so the activation
+// A fragments are plain 32-bit loads: x[r][k0 + 2q, + 1] and x[r][k0 + 2q + 8, + 9] of rows g and g + 8.
 //
-// Dequantization: E2M1 -> bf16/fp16 by byte-permute table lookups (exact), times the group scale in the
-// tensor-core type (exact: power of two for MXFP4; code x E4M3 has <= 5 significant bits for NVFP4). The
-// NVFP4 global scale divides the float32 result in the epilogue.
+// Dequantization: E2M1 -> bf16/fp16 by integer arithmetic, times the group scale in the tensor-core type,
+// with the multipliers of w4a16_common.cuh (exact; NVFP4 on bf16 carries a factor 2^-8 that the epilogue
+// removes with the global scale).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <type_traits>
 
+#include "core/w4a16_layout.h"
 #include "cuda/mma.cuh"
 #include "cuda/w4a16_common.cuh"
 
@@ -28,89 +29,113 @@ namespace fpquant::cuda {
 namespace {
 using namespace w4a16;
 
-constexpr int kNT = kW4A16TileN / 8;  // n-tiles per CTA
+constexpr int kNT = kW4A16TileN / 8;                 // n-tiles per warp
+constexpr int kTiles = kW4A16TileN / core::kPackRows;  // 16-feature tiles per warp
+constexpr int kAtomsK = kW4A16ChunkK / core::kPackK;   // atoms per tile and chunk
 
 template <typename AT, Format F, int MT, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
-  constexpr int G = group_size(F);
-  constexpr int SPC = 32 / G;  // scales per lane per chunk
+  constexpr int SB = core::pack_scale_bytes(group_size(F));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, q = lane % 4;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * 16 * MT;
   const int64_t nw = (static_cast<int64_t>(blockIdx.y) * WARPS + warp) * 32;  // this warp's first feature
   if (nw >= p.N) return;  // no block-level synchronization below
-  const int64_t chunks = p.K / kW4A16ChunkK;
+  const int64_t chunks = p.K / kW4A16ChunkK, atoms_k = p.K / core::kPackK;
   const int64_t c_begin = chunks * blockIdx.z / p.splits, c_end = chunks * (blockIdx.z + 1) / p.splits;
   const AT* x = static_cast<const AT*>(p.x);
-  const uint8_t* wrow[kNT];
-  const uint8_t* srow[kNT];
+  // Atom (t, a) of chunk c: codes at wsrc[t] + c * kAtomsK * 512 + a * 512, scales likewise from ssrc[t].
+  const uint8_t* wsrc[kTiles];
+  const uint8_t* ssrc[kTiles];
 #pragma unroll
-  for (int j = 0; j < kNT; ++j) {
-    const int64_t n = nw + 8 * j + g;
-    wrow[j] = p.codes + n * (p.K / 2) + 16 * q;
-    srow[j] = p.scales + n * (p.K / G) + SPC * q;
+  for (int t = 0; t < kTiles; ++t) {
+    const int64_t tile = nw / core::kPackRows + t;
+    wsrc[t] = p.codes + core::packed_atom(tile, 0, p.K) + 16 * lane;
+    ssrc[t] = p.scales + tile * atoms_k * SB;
   }
 
   float acc[MT][kNT][4] = {};
 
-  // Two-stage register pipeline: the next chunk's weight codes and scales are in flight while this one
-  // is decoded and multiplied.
-  uint4 wq[kNT];
-  uint8_t sc[kNT][SPC];
-  auto load_w = [&](int64_t c, uint4 (&w)[kNT], uint8_t (&s)[kNT][SPC]) {
+  // Two-stage register pipeline: the next chunk's codes and scales are in flight while this one is decoded
+  // and multiplied. w[t][a], s[t][a][h]: atom a of tile t, scales of rows g (h = 0) and g + 8.
+  uint4 wq[kTiles][kAtomsK];
+  uint32_t sc[kTiles][kAtomsK][2];
+  auto load_w = [&](int64_t c, uint4 (&w)[kTiles][kAtomsK], uint32_t (&s)[kTiles][kAtomsK][2]) {
 #pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      w[j] = ldg16(wrow[j] + c * (kW4A16ChunkK / 2));
+    for (int t = 0; t < kTiles; ++t)
 #pragma unroll
-      for (int t = 0; t < SPC; ++t) s[j][t] = __ldg(srow[j] + c * (kW4A16ChunkK / G) + t);
-    }
+      for (int a = 0; a < kAtomsK; ++a) {
+        const int64_t atom = kAtomsK * c + a;
+        w[t][a] = ldg16(wsrc[t] + atom * core::kPackAtomBytes);
+        const uint8_t* sp = ssrc[t] + atom * SB;
+        if constexpr (F == Format::kMxFp4) {
+          s[t][a][0] = __ldg(reinterpret_cast<const uint16_t*>(sp) + g);
+          s[t][a][1] = __ldg(reinterpret_cast<const uint16_t*>(sp) + g + 8);
+        } else {
+          s[t][a][0] = __ldg(reinterpret_cast<const uint32_t*>(sp) + g);
+          s[t][a][1] = __ldg(reinterpret_cast<const uint32_t*>(sp) + g + 8);
+        }
+      }
   };
   if (c_begin < c_end) load_w(c_begin, wq, sc);
   for (int64_t c = c_begin; c < c_end; ++c) {
-    uint4 wn[kNT];
-    uint8_t sn[kNT][SPC];
+    uint4 wn[kTiles][kAtomsK];
+    uint32_t sn[kTiles][kAtomsK][2];
     if (c + 1 < c_end) load_w(c + 1, wn, sn);
 
-    // One 32-bit word of codes per n-tile covers k-steps 2w and 2w+1; decode it, then feed every m-tile.
-    uint32_t s2[kNT][SPC];
-#pragma unroll
-    for (int j = 0; j < kNT; ++j)
-#pragma unroll
-      for (int t = 0; t < SPC; ++t) s2[j][t] = splat<AT>(group_scale<F>(sc[j][t]));
+    // Per atom column: decode both tiles' fragments (always with the exact two-multiply path where MXFP4
+    // needs it: the warp votes), then feed every m-tile.
 #pragma unroll 1  // bounds register pressure: the compiler would otherwise hoist every m-tile's loads
-    for (int w = 0; w < 4; ++w) {
-      uint32_t b[kNT][4];
+    for (int a = 0; a < kAtomsK; ++a) {
+      // Selected by value, not indexed by the loop variable (which would put the arrays in local memory).
+      uint4 wa[kTiles];
+      uint32_t sa[kTiles][2];
+      bool big = false;
 #pragma unroll
-      for (int j = 0; j < kNT; ++j) {
-        const uint32_t word = w == 0 ? wq[j].x : (w == 1 ? wq[j].y : (w == 2 ? wq[j].z : wq[j].w));
-        decode8<AT>(word, b[j]);
-        const uint32_t scale = (SPC == 1 || w < 2) ? s2[j][0] : s2[j][SPC - 1];  // NVFP4: words 2-3 scale 1
+      for (int t = 0; t < kTiles; ++t) {
+        wa[t] = a == 0 ? wq[t][0] : wq[t][1];
+        sa[t][0] = a == 0 ? sc[t][0][0] : sc[t][1][0];
+        sa[t][1] = a == 0 ? sc[t][0][1] : sc[t][1][1];
+        if constexpr (F == Format::kMxFp4) big |= mx_needs_two(sa[t][0]) || mx_needs_two(sa[t][1]);
+      }
+      uint32_t f[kTiles][4][4];
+      if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, big))) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) b[j][i] = hmul2<AT>(b[j][i], scale);
+        for (int t = 0; t < kTiles; ++t) decode_atom<AT, F, true>(wa[t], sa[t][0], sa[t][1], f[t]);
+      } else {
+#pragma unroll
+        for (int t = 0; t < kTiles; ++t) decode_atom<AT, F, false>(wa[t], sa[t][0], sa[t][1], f[t]);
       }
 #pragma unroll
       for (int mi = 0; mi < MT; ++mi) {
         const int64_t r0 = m0 + 16 * mi + g, r1 = r0 + 8;
-        const int64_t col = c * kW4A16ChunkK + 32 * q + 8 * w;
-        const uint4 a0 = r0 < p.M ? ldg16(x + r0 * p.K + col) : make_uint4(0, 0, 0, 0);
-        const uint4 a1 = r1 < p.M ? ldg16(x + r1 * p.K + col) : make_uint4(0, 0, 0, 0);
-        const uint32_t fa[4] = {a0.x, a1.x, a0.y, a1.y};  // k-step 2w
-        const uint32_t fb[4] = {a0.z, a1.z, a0.w, a1.w};  // k-step 2w + 1
+        const uint32_t* x0 = reinterpret_cast<const uint32_t*>(x + (r0 < p.M ? r0 : 0) * p.K);
+        const uint32_t* x1 = reinterpret_cast<const uint32_t*>(x + (r1 < p.M ? r1 : 0) * p.K);
+        const int64_t col = (c * kW4A16ChunkK + a * core::kPackK) / 2 + q;  // in pairs
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          mma16816<AT>(acc[mi][j], fa, b[j][0], b[j][1]);
-          mma16816<AT>(acc[mi][j], fb, b[j][2], b[j][3]);
+        for (int s = 0; s < 4; ++s) {
+          const int64_t k = col + 8 * s;
+          const uint32_t fa[4] = {r0 < p.M ? __ldg(x0 + k) : 0u, r1 < p.M ? __ldg(x1 + k) : 0u,
+                                  r0 < p.M ? __ldg(x0 + k + 4) : 0u, r1 < p.M ? __ldg(x1 + k + 4) : 0u};
+#pragma unroll
+          for (int t = 0; t < kTiles; ++t)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) mma16816<AT>(acc[mi][2 * t + h], fa, f[t][s][h], f[t][s][h + 2]);
         }
       }
     }
 #pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      wq[j] = wn[j];
+    for (int t = 0; t < kTiles; ++t)
 #pragma unroll
-      for (int t = 0; t < SPC; ++t) sc[j][t] = sn[j][t];
-    }
+      for (int a = 0; a < kAtomsK; ++a) {
+        wq[t][a] = wn[t][a];
+        sc[t][a][0] = sn[t][a][0];
+        sc[t][a][1] = sn[t][a][1];
+      }
   }
 
-  // Epilogue: lane (g, q) holds rows g and g+8 of each m-tile, features 8j + 2q and 8j + 2q + 1.
+  // Epilogue: lane (g, q) holds rows g and g+8 of each m-tile, features 8j + 2q and 8j + 2q + 1 (n-tile j =
+  // 2t + h is row half h of tile t: features 16t + 8h + ...).
+  const float unscale = kNvUnscale<AT, F>;
   const float inv_g = F == Format::kNvFp4 ? 1.0f / __ldg(p.global_scale) : 1.0f;
 #pragma unroll
   for (int mi = 0; mi < MT; ++mi) {
@@ -121,7 +146,7 @@ __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
 #pragma unroll
       for (int j = 0; j < kNT; ++j) {
         const int64_t n = nw + 8 * j + 2 * q;
-        store_pair<AT, F>(p, m, n, acc[mi][j][2 * h], acc[mi][j][2 * h + 1], inv_g);
+        store_pair<AT, F>(p, m, n, acc[mi][j][2 * h] * unscale, acc[mi][j][2 * h + 1] * unscale, inv_g);
       }
     }
   }

@@ -8,14 +8,13 @@
 //   rows of x (the wgmma N, 128 or 256); 64 k per stage.
 // - Copies are TMA, issued by a producer warpgroup (one lane; its registers go to the consumers) into STAGES
 //   stages on full/empty mbarrier pairs, so the consumer warps never wait for each other: x tiles [BR][64]
-//   in the 128-byte swizzle (the B descriptor's layout), codes [128 MT][32 bytes] in the 32-byte swizzle
-//   (conflict-free 16-byte reads of 8 rows), and 16-byte boxes of scales that cover several chunks.
-// - Register A needs, per thread, byte q of every 4-byte word of a row's codes (k = 2q, 2q + 1 and 2q + 8,
-//   2q + 9 of each 16): each thread reads the 32 bytes of its two rows (the four lanes of a quad read the
-//   same bytes) and picks its byte with one PRMT; e2m1_byte_bits turns the byte into the pair in 4 integer
-//   operations, one HMUL2 applies the group scale (w4a16_common.cuh; exact). Per decoded pair: 6 operations
-//   and no shared-memory store, against ~11 for decoding into shared memory for a shared-memory A (the
-//   previous design, benchmarks/NOTES.md session 7).
+//   in the 128-byte swizzle (the B descriptor's layout), and the stage's packed weight atoms
+//   (core/w4a16_layout.h; one 16-feature x 64-k atom per warp and m-tile, codes 512 bytes, scales 32 or 64).
+// - Register A: a lane's 16 bytes of its atom are its A fragments of the stage's 4 k-steps in natural k
+//   order (one conflict-free 16-byte shared-memory read); e2m1_bits8 turns a word into 4 pairs in 3 integer
+//   operations per pair and one HMUL2 applies the group scale (w4a16_common.cuh; exact). Per decoded pair: 4
+//   operations and no shared-memory store (the canonical layout needed a byte pick per pair, 6 operations;
+//   decoding into shared memory for a shared-memory A, ~11: benchmarks/NOTES.md sessions 7, 8 and 10).
 // - Two sets of A registers: chunk c + 1 is decoded while the wgmmas of chunk c run; each consumer warp
 //   releases chunk c - 1's stage once those wgmmas completed.
 // - grid.x walks the row tiles of x fastest, so the CTAs that share a weight tile run together and the
@@ -28,6 +27,7 @@
 
 #include <type_traits>
 
+#include "core/w4a16_layout.h"
 #include "cuda/mma.cuh"
 #include "cuda/tma.cuh"
 #include "cuda/w4a16_common.cuh"
@@ -38,9 +38,6 @@ namespace {
 using namespace w4a16;
 
 constexpr int kBK = 64;  // k per stage: one 128-byte swizzle row of 16-bit x values
-
-template <Format F>
-constexpr int kScaleChunks = 16 * group_size(F) / kBK;  // chunks covered by one 16-byte scale box (8 or 4)
 
 template <int BR, int WG, int MT, int STAGES, Format F>
 struct WCfg {
@@ -58,90 +55,52 @@ struct WCfg {
   static constexpr int kConsumerRegs = (kPooledRegs > 240 ? 240 : kPooledRegs) / 8 * 8;
   static_assert(kConsumers * (kConsumerRegs - kLaunchRegs) <= 128 * (kLaunchRegs - kProducerRegs),
                 "the consumers' registers come from the producer's");
-  static constexpr int kXBytes = BR * 128;            // a stage of x: [BR][64] 16-bit, 128-byte swizzle
-  static constexpr int kCodeBytes = kFeatures * 32;   // a stage of codes: [features][32 bytes], 32-byte swizzle
-  static constexpr int kScaleBytes = kFeatures * 16;  // a scale slot: [features][16 bytes], kScaleChunks chunks
-  static constexpr int kX = 0;                        // offsets from the 1024-byte aligned base
+  static constexpr int kAtoms = kFeatures / core::kPackRows;  // weight atoms per stage
+  static constexpr int kAtomScales = core::pack_scale_bytes(group_size(F));
+  static constexpr int kXBytes = BR * 128;                               // x: [BR][64] 16-bit, 128-byte swizzle
+  static constexpr int kCodeBytes = kAtoms * core::kPackAtomBytes;        // codes: [atom][512 bytes]
+  static constexpr int kScaleBytes = kAtoms * kAtomScales;                // scales: [atom][32 or 64 bytes]
+  static constexpr int kX = 0;                                           // offsets from the 1024-byte aligned base
   static constexpr int kCodes = kX + STAGES * kXBytes;
   static constexpr int kScales = kCodes + STAGES * kCodeBytes;
-  // Scale boxes in flight: the producer may be STAGES - 1 chunks ahead of the slowest consumer warp.
-  static constexpr int kScaleSlots = (STAGES - 1 + kScaleChunks<F> - 1) / kScaleChunks<F> + 1;
-  static constexpr int kBars = kScales + kScaleSlots * kScaleBytes;  // full[STAGES], then empty[STAGES]
+  static constexpr int kBars = kScales + STAGES * kScaleBytes;  // full[STAGES], then empty[STAGES]
   static constexpr int kSmem = kBars + 16 * STAGES + 1024;           // + the alignment slack
   static_assert(kSmem <= 227 * 1024, "fits the opt-in shared memory of an sm_90 CTA");
 };
 
-// Tensor maps of the three inputs (built on the host by make_maps): x [M][K] in BR x 64 boxes with the
-// 128-byte swizzle; codes [N][K/2] in (128 MT) x 32-byte boxes with the 32-byte swizzle; scales [N][K/G]
-// in (128 MT) x 16-byte boxes.
+// Tensor maps of the three inputs (built on the host by launch_tile): x [M][K] in BR x 64 boxes with the
+// 128-byte swizzle; the packed codes as [N/16][K/64 atoms x 64 uint64] in boxes of one atom column
+// (kFeatures/16 atoms); the packed scales as [N/16][K/64 x 16 * 64/G bytes] likewise.
 struct Maps {
   CUtensorMap x, codes, scales;
 };
-
-// Byte offset of the 16-byte half `h` of code row r in a stage: the 32-byte swizzle swaps the halves of rows
-// 4-7 of every 8 (address bit 4 ^= bit 7), so a warp's 8 rows x 16 bytes hit 32 distinct banks.
-__device__ __forceinline__ int code_offset(int r, int h) { return r * 32 + ((h ^ (r >> 2)) & 1) * 16; }
 
 // A fragments of one chunk for MT m-tiles: a[mt][s] is k-step s (16 k) of m-tile mt.
 template <int MT>
 using AFrag = uint32_t[MT][kBK / 16][4];
 
-// Decodes this thread's A fragments of one chunk. Row slot h (rows g and g + 8 of the warp's 16) of m-tile
-// mt is the stage's code row `row[mt][h]`; its byte 8s + q + 4j (k 16s + 2q + 8j, + 1) is a[mt][s][h + 2j].
-// MXFP4: k-steps 0-1 use group 2c of the row, 2-3 group 2c + 1; NVFP4: k-step s uses group 4c + s.
+// Decodes this thread's A fragments of one chunk: m-tile mt is the stage's atom atom[mt].
 template <typename AT, Format F, int MT, bool TWO>
 __device__ __forceinline__ void decode_chunk(const unsigned char* codes, const unsigned char* scales,
-                                             const int (&row)[MT][2], int sbyte, uint32_t sel, AFrag<MT>& a) {
+                                             const int (&atom)[MT], int g, int lane, AFrag<MT>& a) {
+  constexpr int SB = core::pack_scale_bytes(group_size(F));
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = row[mt][h];
-      const uint4 lo = *reinterpret_cast<const uint4*>(codes + code_offset(r, 0));
-      const uint4 hi = *reinterpret_cast<const uint4*>(codes + code_offset(r, 1));
-      const uint32_t w[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-      uint32_t m1[4], m2[4];
-      if constexpr (F == Format::kMxFp4) {
-        const uint32_t two = *reinterpret_cast<const uint16_t*>(scales + 16 * r + sbyte);
-        const uint8_t s0[2] = {static_cast<uint8_t>(two), 0}, s1[2] = {static_cast<uint8_t>(two >> 8), 0};
-        uint32_t t1[2], t2[2] = {}, u1[2], u2[2] = {};
-        multipliers<AT, F, TWO>(s0, t1, t2);
-        multipliers<AT, F, TWO>(s1, u1, u2);
-        m1[0] = m1[1] = t1[0];
-        m1[2] = m1[3] = u1[0];
-        m2[0] = m2[1] = t2[0];
-        m2[2] = m2[3] = u2[0];
-      } else {
-        const uint32_t four = *reinterpret_cast<const uint32_t*>(scales + 16 * r + sbyte);
-        const uint8_t s0[2] = {static_cast<uint8_t>(four), static_cast<uint8_t>(four >> 8)};
-        const uint8_t s1[2] = {static_cast<uint8_t>(four >> 16), static_cast<uint8_t>(four >> 24)};
-        uint32_t t1[2], t2[2] = {}, u1[2], u2[2] = {};
-        multipliers<AT, F, TWO>(s0, t1, t2);
-        multipliers<AT, F, TWO>(s1, u1, u2);
-        m1[0] = t1[0], m1[1] = t1[1], m1[2] = u1[0], m1[3] = u1[1];
-        m2[0] = t2[0], m2[1] = t2[1], m2[2] = u2[0], m2[3] = u2[1];
-      }
-#pragma unroll
-      for (int s = 0; s < kBK / 16; ++s)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-          a[mt][s][h + 2 * j] = apply_scale<AT, TWO>(e2m1_byte_bits<AT>(prmt(w[2 * s + j], 0, sel)), m1[s], m2[s]);
-    }
+    const uint4 c = *reinterpret_cast<const uint4*>(codes + atom[mt] * core::kPackAtomBytes + 16 * lane);
+    const unsigned char* s = scales + atom[mt] * SB;
+    decode_atom<AT, F, TWO>(c, atom_row_scales<F>(s, g), atom_row_scales<F>(s, g + 8), a[mt]);
   }
 }
-
 // True where a thread's MXFP4 scales of this chunk need the two-multiply path (E8M0 > 128, NaN).
 template <Format F, int MT>
-__device__ __forceinline__ bool needs_two(const unsigned char* scales, const int (&row)[MT][2], int sbyte) {
+__device__ __forceinline__ bool needs_two(const unsigned char* scales, const int (&atom)[MT], int g) {
   bool big = false;
   if constexpr (F == Format::kMxFp4) {
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const uint32_t two = *reinterpret_cast<const uint16_t*>(scales + 16 * row[mt][h] + sbyte);
-        big |= (two & 0xFFu) > 128u || (two >> 8) > 128u;
-      }
+    for (int mt = 0; mt < MT; ++mt) {
+      const unsigned char* s = scales + atom[mt] * core::pack_scale_bytes(group_size(F));
+      big |= mx_needs_two(atom_row_scales<F>(s, g)) || mx_needs_two(atom_row_scales<F>(s, g + 8));
+    }
   }
   return big;
 }
@@ -150,7 +109,6 @@ template <typename AT, Format F, int BR, int WG, int MT, int STAGES>
 __global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Params p, const __grid_constant__ Maps maps) {
 #if FPQUANT_WGMMA
   using C = WCfg<BR, WG, MT, STAGES, F>;
-  constexpr int kSC = kScaleChunks<F>;
   constexpr int kSteps = kBK / 16;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
@@ -178,33 +136,33 @@ __global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Par
 
   if (tid >= C::kConsumers) {
     setmaxnreg_dec<C::kProducerRegs>();
-    // Producer (one lane): chunk c's x and codes into stage (c - c_begin) % STAGES once the consumers freed
-    // it, and the 16-byte scale box holding chunk c's scales into slot (c / kSC) % kScaleSlots when c starts
-    // a box (or the range).
+    // Producer (one lane): chunk c's x, code atoms and scales into stage (c - c_begin) % STAGES once the
+    // consumers freed it.
     if (tid != C::kConsumers) return;
+    const int atom_row = n0 / core::kPackRows;
     for (int i = 0; i < n_local; ++i) {
       const int stage = i % STAGES, c = c_begin + i;
       if (i >= STAGES) mbar_wait(empty + 8 * stage, ((i / STAGES) - 1) & 1);
-      const bool scales = c % kSC == 0 || i == 0;
       const uint32_t bar = full + 8 * stage;
-      mbar_arrive_expect_tx(bar, C::kXBytes + C::kCodeBytes + (scales ? C::kScaleBytes : 0));
+      mbar_arrive_expect_tx(bar, C::kXBytes + C::kCodeBytes + C::kScaleBytes);
       tma_load_2d(smem_addr + C::kX + stage * C::kXBytes, &maps.x, c * kBK, m0, bar);
-      tma_load_2d(smem_addr + C::kCodes + stage * C::kCodeBytes, &maps.codes, c * (kBK / 2), n0, bar);
-      if (scales)
-        tma_load_2d(smem_addr + C::kScales + (c / kSC) % C::kScaleSlots * C::kScaleBytes, &maps.scales,
-                    c / kSC * 16, n0, bar);
+      tma_load_2d(smem_addr + C::kCodes + stage * C::kCodeBytes, &maps.codes, c * (core::kPackAtomBytes / 8),
+                  atom_row, bar);
+      tma_load_2d(smem_addr + C::kScales + stage * C::kScaleBytes, &maps.scales, c * C::kAtomScales, atom_row, bar);
     }
     return;
   }
   setmaxnreg_inc<C::kConsumerRegs>();
 
-  // Code rows of this thread: m-tile mt of warpgroup wg covers features 64 (MT wg + mt) .. + 63 of the CTA.
-  int row[MT][2];
+  // Atoms of this warp: m-tile mt of warpgroup wg covers features 64 (MT wg + mt) .. + 63 of the CTA, the
+  // warp's 16 of them are the stage's atom atom[mt]; the thread's accumulator rows are g and g + 8 of it.
+  int atom[MT], row[MT][2];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+  for (int mt = 0; mt < MT; ++mt) {
+    atom[mt] = 4 * (MT * wg + mt) + warp;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) row[mt][h] = 64 * (MT * wg + mt) + 16 * warp + g + 8 * h;
-  const uint32_t sel = 0x4440u | static_cast<uint32_t>(q);  // prmt: byte q alone
+    for (int h = 0; h < 2; ++h) row[mt][h] = 16 * atom[mt] + g + 8 * h;
+  }
 
   float acc[MT][BR / 2];
 #pragma unroll
@@ -215,15 +173,14 @@ __global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Par
   // Chunk `it`: wait for its copies, decode into register set a, issue its wgmmas, wait for those of chunk
   // it - 1 (whose register set `prev` is then free) and release chunk it - 1's stage to the producer.
   auto step = [&](int it, AFrag<MT>& a, AFrag<MT>& prev) {
-    const int stage = it % STAGES, c = c_begin + it;
+    const int stage = it % STAGES;
     mbar_wait(full + 8 * stage, (it / STAGES) & 1);
     const unsigned char* codes = smem + C::kCodes + stage * C::kCodeBytes;
-    const unsigned char* scales = smem + C::kScales + (c / kSC) % C::kScaleSlots * C::kScaleBytes;
-    const int sbyte = F == Format::kMxFp4 ? 2 * (c % kSC) : 4 * (c % kSC);
-    if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, needs_two<F, MT>(scales, row, sbyte)))) {
-      decode_chunk<AT, F, MT, true>(codes, scales, row, sbyte, sel, a);
+    const unsigned char* scales = smem + C::kScales + stage * C::kScaleBytes;
+    if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, needs_two<F, MT>(scales, atom, g)))) {
+      decode_chunk<AT, F, MT, true>(codes, scales, atom, g, lane, a);
     } else {
-      decode_chunk<AT, F, MT, false>(codes, scales, row, sbyte, sel, a);
+      decode_chunk<AT, F, MT, false>(codes, scales, atom, g, lane, a);
     }
     const uint32_t xs = smem_addr + C::kX + stage * C::kXBytes;
 #pragma unroll
@@ -331,14 +288,15 @@ bool make_map(CUtensorMap* map, CUtensorMapDataType type, const void* base, uint
 template <typename AT, Format F, int BR, int WG, int MT, int STAGES>
 cudaError_t launch_tile(const W4A16Params& p, cudaStream_t stream) {
   using C = WCfg<BR, WG, MT, STAGES, F>;
-  constexpr int G = group_size(F);
   Maps maps;
   const CUtensorMapDataType xt = std::is_same_v<AT, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  const uint64_t atoms_k = p.K / core::kPackK, tiles = p.N / core::kPackRows;
+  const uint64_t code_row = atoms_k * core::kPackAtomBytes, scale_row = atoms_k * C::kAtomScales;  // bytes
   if (!make_map(&maps.x, xt, p.x, p.K, p.M, p.K * 2, kBK, BR, CU_TENSOR_MAP_SWIZZLE_128B) ||
-      !make_map(&maps.codes, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.codes, p.K / 2, p.N, p.K / 2, kBK / 2, C::kFeatures,
-                CU_TENSOR_MAP_SWIZZLE_32B) ||
-      !make_map(&maps.scales, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.scales, p.K / G, p.N, p.K / G, 16, C::kFeatures,
-                CU_TENSOR_MAP_SWIZZLE_NONE))
+      !make_map(&maps.codes, CU_TENSOR_MAP_DATA_TYPE_UINT64, p.codes, code_row / 8, tiles, code_row,
+                core::kPackAtomBytes / 8, C::kAtoms, CU_TENSOR_MAP_SWIZZLE_NONE) ||
+      !make_map(&maps.scales, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.scales, scale_row, tiles, scale_row, C::kAtomScales,
+                C::kAtoms, CU_TENSOR_MAP_SWIZZLE_NONE))
     return cudaErrorInvalidValue;
   auto kernel = w4a16_wgmma_kernel<AT, F, BR, WG, MT, STAGES>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
@@ -366,10 +324,9 @@ int64_t tile_ctas(int64_t M, int64_t N, int tile) {
 }  // namespace
 
 bool w4a16_wgmma_applies(const W4A16Params& p) {
-  // The tensor maps need 16-byte aligned bases and row strides (scales: K / G bytes per row, K % 512 for
-  // MXFP4, K % 256 for NVFP4), and row/column coordinates that fit an int.
-  const int64_t scale_row = p.K / group_size(p.format);
-  return p.K % kW4A16ChunkK == 0 && scale_row % 16 == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 &&
+  // The tensor maps need 16-byte aligned bases and row strides (K % 128 gives them for the packed weight),
+  // and row/column coordinates that fit an int.
+  return p.K % kW4A16ChunkK == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 &&
          reinterpret_cast<uintptr_t>(p.codes) % 16 == 0 && reinterpret_cast<uintptr_t>(p.scales) % 16 == 0 &&
          p.M < (1LL << 31) && p.N < (1LL << 31) && p.K < (1LL << 31) && is_sm90();
 }

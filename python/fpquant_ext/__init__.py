@@ -16,9 +16,11 @@ from .ops import (  # noqa: F401
     dequantize_nvfp4,
     linear_w4a16,
     nvfp4_global_scale,
+    pack_w4a16,
     quantize_mxfp4,
     quantize_nvfp4,
     swizzle_scales,
+    unpack_w4a16,
     unswizzle_scales,
 )
 

@@ -24,6 +24,8 @@ __all__ = [
     "unswizzle_scales",
     "as_float4",
     "linear_w4a16",
+    "pack_w4a16",
+    "unpack_w4a16",
 ]
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
@@ -130,15 +132,42 @@ def _nvfp4_global_scale_fake(x, rotation=None):
     return x.new_empty((1,), dtype=torch.float32)
 
 
+def _w4a16_group(op: str, format: str) -> int:
+    torch._check(format in ("mxfp4", "nvfp4"), lambda: f"{op}: format must be 'mxfp4' or 'nvfp4', got '{format}'")
+    return MX_GROUP if format == "mxfp4" else NV_GROUP
+
+
 @torch.library.register_fake("fpquant::linear_w4a16")
 def _linear_w4a16_fake(x, w_codes, w_scales, w_global_scale=None, bias=None, format="mxfp4"):
     op = "fpquant.linear_w4a16"
-    torch._check(format in ("mxfp4", "nvfp4"), lambda: f"{op}: format must be 'mxfp4' or 'nvfp4', got '{format}'")
+    _w4a16_group(op, format)
     torch._check(x.dtype in (torch.bfloat16, torch.float16), lambda: f"{op}: x must be bfloat16 or float16, got {x.dtype}")
-    torch._check(w_codes.dim() == 2, lambda: f"{op}: w_codes must be 2-D [N, K/2], got shape {list(w_codes.shape)}")
-    torch._check(2 * w_codes.shape[1] == x.shape[-1],
-                 lambda: f"{op}: w_codes has {2 * w_codes.shape[1]} elements per row but x has K={x.shape[-1]}")
-    return x.new_empty((*x.shape[:-1], w_codes.shape[0]))
+    if w_codes.dim() == 3:  # packed [N/16, K/64, 512]
+        torch._check(w_codes.shape[2] == 512, lambda: f"{op}: packed w_codes must be [N/16, K/64, 512]")
+        N, K = 16 * w_codes.shape[0], 64 * w_codes.shape[1]
+    else:
+        torch._check(w_codes.dim() == 2, lambda: f"{op}: w_codes must be 2-D [N, K/2] or packed 3-D [N/16, K/64, 512]")
+        N, K = w_codes.shape[0], 2 * w_codes.shape[1]
+    torch._check(K == x.shape[-1], lambda: f"{op}: w_codes has {K} elements per row but x has K={x.shape[-1]}")
+    return x.new_empty((*x.shape[:-1], N))
+
+
+@torch.library.register_fake("fpquant::pack_w4a16")
+def _pack_w4a16_fake(w_codes, w_scales, format="mxfp4"):
+    group = _w4a16_group("fpquant.pack_w4a16", format)
+    torch._check(w_codes.dim() == 2, lambda: "fpquant.pack_w4a16: w_codes must be the canonical 2-D [N, K/2]")
+    N, K = w_codes.shape[0], 2 * w_codes.shape[1]
+    torch._check(N % 16 == 0 and K % 64 == 0, lambda: "fpquant.pack_w4a16: N must be a multiple of 16 and K of 64")
+    return (w_codes.new_empty((N // 16, K // 64, 512), dtype=torch.uint8),
+            w_scales.new_empty((N // 16, K // 64, 16 * (64 // group))))
+
+
+@torch.library.register_fake("fpquant::unpack_w4a16")
+def _unpack_w4a16_fake(w_codes, w_scales, format="mxfp4"):
+    group = _w4a16_group("fpquant.unpack_w4a16", format)
+    torch._check(w_codes.dim() == 3, lambda: "fpquant.unpack_w4a16: w_codes must be the packed 3-D [N/16, K/64, 512]")
+    N, K = 16 * w_codes.shape[0], 64 * w_codes.shape[1]
+    return w_codes.new_empty((N, K // 2)), w_scales.new_empty((N, K // group))
 
 
 @torch.library.register_fake("fpquant::swizzle_scales")
@@ -253,18 +282,37 @@ def linear_w4a16(
 
     Args:
         x: [..., K] bfloat16 or float16 activations.
-        w_codes, w_scales: the weight [N, K] as returned by :func:`quantize_mxfp4` / :func:`quantize_nvfp4`
-            with ``scale_layout="linear"`` (codes [N, K/2], scales [N, K/group]).
+        w_codes, w_scales: the weight [N, K], either as returned by :func:`quantize_mxfp4` /
+            :func:`quantize_nvfp4` with ``scale_layout="linear"`` (codes [N, K/2], scales [N, K/group]) or,
+            for speed, packed once by :func:`pack_w4a16` (codes [N/16, K/64, 512]). On CUDA a canonical
+            weight is packed on every call (an extra pass over the weight): pack it once, at load.
         w_global_scale: the NVFP4 global scale (required for ``format="nvfp4"``).
         bias: optional [N] in x's dtype.
 
-    On CUDA, for up to 64 rows of x the weight is dequantized in registers inside the GEMM kernel (no bf16
-    copy of the weight; up to 16 rows a dedicated decode kernel); from 65 rows on it is dequantized in slabs
-    of at most 32 MiB and multiplied by cuBLAS. N must be a multiple of 32 and K of 128 there. With float16 activations
-    the dequantized weights must lie in float16's range. The CPU implementation is the reference:
-    dequantize to float32, then matmul.
+    On CUDA the weight is dequantized in registers inside the GEMM kernels (no bf16 copy of the weight): up to
+    16 rows of x a decode kernel, up to 64 an mma.sync kernel, on Hopper (sm_90) up to 2048 rows (MXFP4) /
+    1024 (NVFP4) a wgmma kernel; above that it is dequantized in slabs of at most 32 MiB and multiplied by
+    cuBLAS. N must be a multiple of 32 and K of 128 there. With float16 activations the dequantized weights
+    must lie in float16's range. The CPU implementation is the reference: dequantize to float32, then matmul.
     """
-    return torch.ops.fpquant.linear_w4a16(x, _as_uint8(w_codes), w_scales, w_global_scale, bias, format)
+    codes = w_codes if w_codes.dim() == 3 else _as_uint8(w_codes)
+    return torch.ops.fpquant.linear_w4a16(x, codes, w_scales, w_global_scale, bias, format)
+
+
+def pack_w4a16(
+    w_codes: torch.Tensor, w_scales: torch.Tensor, format: str = "mxfp4"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical W4A16 weight (codes [N, K/2], linear scales [N, K/group]) -> the packed layout that the CUDA
+    kernels read (codes uint8 [N/16, K/64, 512], scales [N/16, K/64, 16 * 64/group]; csrc/core/w4a16_layout.h).
+    N must be a multiple of 16 and K of 64. Exact: :func:`unpack_w4a16` gives the input back."""
+    return torch.ops.fpquant.pack_w4a16(_as_uint8(w_codes), w_scales, format)
+
+
+def unpack_w4a16(
+    w_codes: torch.Tensor, w_scales: torch.Tensor, format: str = "mxfp4"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed W4A16 weight -> canonical codes [N, K/2] (uint8) and linear scales [N, K/group]."""
+    return torch.ops.fpquant.unpack_w4a16(w_codes, w_scales, format)
 
 
 def as_float4(codes: torch.Tensor) -> torch.Tensor:
