@@ -79,14 +79,20 @@ inline void check_codes(const char* op, const at::Tensor& codes, int64_t group) 
   TORCH_CHECK_VALUE(codes.is_contiguous(), op, ": codes must be contiguous");
 }
 
-// scales: the given dtype, on the codes' device, contiguous, shaped for `layout`.
-inline void check_scales(const char* op, const at::Tensor& scales, const at::Tensor& codes, int64_t group,
-                         at::ScalarType dtype, ScaleLayout layout) {
+// scales: the given dtype, on the codes' device, contiguous (the layout-independent part of check_scales).
+inline void check_scale_tensor(const char* op, const at::Tensor& scales, const at::Tensor& codes,
+                               at::ScalarType dtype) {
   TORCH_CHECK_TYPE(scales.scalar_type() == dtype, op, ": scales must be ", dtype, ", got ",
                    scales.scalar_type());
   TORCH_CHECK_VALUE(scales.device() == codes.device(), op, ": scales is on ", scales.device(),
                     " but codes is on ", codes.device());
   TORCH_CHECK_VALUE(scales.is_contiguous(), op, ": scales must be contiguous");
+}
+
+// scales: check_scale_tensor, and shaped for `layout`.
+inline void check_scales(const char* op, const at::Tensor& scales, const at::Tensor& codes, int64_t group,
+                         at::ScalarType dtype, ScaleLayout layout) {
+  check_scale_tensor(op, scales, codes, dtype);
   const int64_t groups = 2 * codes.size(-1) / group;
   const int64_t rows = codes.numel() / codes.size(-1);
   if (layout == ScaleLayout::kLinear) {
@@ -195,10 +201,7 @@ inline W4A16Weight check_w4a16_weight(const char* op, const at::Tensor& codes, c
   TORCH_CHECK_VALUE(codes.numel() > 0 && codes.size(2) == core::kPackAtomBytes, op,
                     ": packed w_codes must have shape [N/16, K/64, 512], got ", codes.sizes());
   TORCH_CHECK_VALUE(codes.is_contiguous(), op, ": w_codes must be contiguous");
-  TORCH_CHECK_TYPE(scales.scalar_type() == sdt, op, ": scales must be ", sdt, ", got ", scales.scalar_type());
-  TORCH_CHECK_VALUE(scales.device() == codes.device(), op, ": scales is on ", scales.device(), " but codes is on ",
-                    codes.device());
-  TORCH_CHECK_VALUE(scales.is_contiguous(), op, ": scales must be contiguous");
+  check_scale_tensor(op, scales, codes, sdt);
   const int64_t sb = core::pack_scale_bytes(static_cast<int>(group));
   TORCH_CHECK_VALUE(scales.dim() == 3 && scales.size(0) == codes.size(0) && scales.size(1) == codes.size(1) &&
                         scales.size(2) == sb,

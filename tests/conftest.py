@@ -4,11 +4,11 @@ import random
 import pytest
 import torch
 
-import fpquant_ext  # noqa: F401  (registers torch.ops.fpquant)
+import fpquant_ext as fq  # registers torch.ops.fpquant
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available() and fpquant_ext.backend_info()["cuda_device"] is not None:
+    if torch.cuda.is_available() and fq.backend_info()["cuda_device"] is not None:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU and a CUDA build of fpquant_ext")
     for item in items:
@@ -77,3 +77,20 @@ def replay_matches(fn, x):
     graph.replay()
     torch.cuda.synchronize()
     return out, fn(new)
+
+
+def make_weight(N, K, fmt, seed, device="cpu"):
+    """A random [N, K] weight (std 0.02) quantized to `fmt`: (codes, scales, global scale or None, the
+    dequantized weight in float64 on the CPU), the first three on `device`."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(N, K, generator=g) * 0.02
+    if fmt == "mxfp4":
+        codes, scales = fq.quantize_mxfp4(w)
+        gs = None
+        w_deq = fq.dequantize_mxfp4(codes, scales)
+    else:
+        gs = fq.nvfp4_global_scale(w)
+        codes, scales = fq.quantize_nvfp4(w, gs)
+        w_deq = fq.dequantize_nvfp4(codes, scales, gs)
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return move(codes), move(scales), move(gs), w_deq.double()

@@ -5,25 +5,10 @@ import torch
 
 import fpquant_ext as fq
 
-from conftest import opcheck, replay_matches
+from conftest import make_weight, opcheck, replay_matches
 
 cuda = pytest.mark.cuda
 FORMATS = ["mxfp4", "nvfp4"]
-
-
-def make_weight(N, K, fmt, seed, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(N, K, generator=g) * 0.02
-    if fmt == "mxfp4":
-        codes, scales = fq.quantize_mxfp4(w)
-        gs = None
-        w_deq = fq.dequantize_mxfp4(codes, scales)
-    else:
-        gs = fq.nvfp4_global_scale(w)
-        codes, scales = fq.quantize_nvfp4(w, gs)
-        w_deq = fq.dequantize_nvfp4(codes, scales, gs)
-    move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return move(codes), move(scales), move(gs), w_deq.double()
 
 
 def rel_err(out, ref):

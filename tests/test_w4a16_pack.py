@@ -6,7 +6,7 @@ import torch
 
 import fpquant_ext as fq
 
-from conftest import opcheck
+from conftest import make_weight, opcheck
 
 FORMATS = ["mxfp4", "nvfp4"]
 
@@ -50,14 +50,8 @@ def test_opcheck_cpu(fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("M", [1, 33])
 def test_linear_cpu_packed_equals_canonical(fmt, M, seed):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(64, 256, generator=g) * 0.02
-    if fmt == "mxfp4":
-        codes, scales = fq.quantize_mxfp4(w)
-        gs = None
-    else:
-        gs = fq.nvfp4_global_scale(w)
-        codes, scales = fq.quantize_nvfp4(w, gs)
+    codes, scales, gs, _ = make_weight(64, 256, fmt, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     pc, ps = fq.pack_w4a16(codes, scales, fmt)
     x = torch.randn(M, 256, generator=g).to(torch.bfloat16)
     bias = torch.randn(64, generator=g).to(torch.bfloat16)

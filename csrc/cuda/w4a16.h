@@ -49,8 +49,8 @@ cudaError_t w4a16_gemm(const W4A16Params& p, cudaStream_t stream);
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream);
 
 // The Hopper wgmma kernel for larger batches (w4a16_wgmma.cu): any M, N % 32 == 0, K % 128 == 0, on a
-// compute capability 9.0 device with 16-byte scale rows and aligned inputs (w4a16_wgmma_applies). Its own tile
-// and split-K heuristics.
+// compute capability 9.0 device with 16-byte aligned inputs (w4a16_wgmma_applies). Its own tile and split-K
+// heuristics.
 bool w4a16_wgmma_applies(const W4A16Params& p);
 int w4a16_wgmma_tiles();                       // number of tile configurations
 int w4a16_wgmma_tile(int64_t M, int64_t N, Format format);  // the configuration for a problem (heuristic)

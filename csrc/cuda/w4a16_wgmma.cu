@@ -79,30 +79,28 @@ struct Maps {
 template <int MT>
 using AFrag = uint32_t[MT][kBK / 16][4];
 
+// This thread's scale bytes of one chunk: sc[mt] = rows g and g + 8 of the stage's atom atom[mt]. Read once
+// per chunk, for the MXFP4 vote and for decode_chunk.
+template <Format F, int MT>
+__device__ __forceinline__ void chunk_scales(const unsigned char* scales, const int (&atom)[MT], int g,
+                                             uint32_t (&sc)[MT][2]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const unsigned char* s = scales + atom[mt] * core::pack_scale_bytes(group_size(F));
+    sc[mt][0] = atom_row_scales<F>(s, g);
+    sc[mt][1] = atom_row_scales<F>(s, g + 8);
+  }
+}
+
 // Decodes this thread's A fragments of one chunk: m-tile mt is the stage's atom atom[mt].
 template <typename AT, Format F, int MT, bool TWO>
-__device__ __forceinline__ void decode_chunk(const unsigned char* codes, const unsigned char* scales,
-                                             const int (&atom)[MT], int g, int lane, AFrag<MT>& a) {
-  constexpr int SB = core::pack_scale_bytes(group_size(F));
+__device__ __forceinline__ void decode_chunk(const unsigned char* codes, const uint32_t (&sc)[MT][2],
+                                             const int (&atom)[MT], int lane, AFrag<MT>& a) {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     const uint4 c = *reinterpret_cast<const uint4*>(codes + atom[mt] * core::kPackAtomBytes + 16 * lane);
-    const unsigned char* s = scales + atom[mt] * SB;
-    decode_atom<AT, F, TWO>(c, atom_row_scales<F>(s, g), atom_row_scales<F>(s, g + 8), a[mt]);
+    decode_atom<AT, F, TWO>(c, sc[mt][0], sc[mt][1], a[mt]);
   }
-}
-// True where a thread's MXFP4 scales of this chunk need the two-multiply path (E8M0 > 128, NaN).
-template <Format F, int MT>
-__device__ __forceinline__ bool needs_two(const unsigned char* scales, const int (&atom)[MT], int g) {
-  bool big = false;
-  if constexpr (F == Format::kMxFp4) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const unsigned char* s = scales + atom[mt] * core::pack_scale_bytes(group_size(F));
-      big |= mx_needs_two(atom_row_scales<F>(s, g)) || mx_needs_two(atom_row_scales<F>(s, g + 8));
-    }
-  }
-  return big;
 }
 
 template <typename AT, Format F, int BR, int WG, int MT, int STAGES>
@@ -176,11 +174,17 @@ __global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Par
     const int stage = it % STAGES;
     mbar_wait(full + 8 * stage, (it / STAGES) & 1);
     const unsigned char* codes = smem + C::kCodes + stage * C::kCodeBytes;
-    const unsigned char* scales = smem + C::kScales + stage * C::kScaleBytes;
-    if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, needs_two<F, MT>(scales, atom, g)))) {
-      decode_chunk<AT, F, MT, true>(codes, scales, atom, g, lane, a);
+    uint32_t sc[MT][2];
+    chunk_scales<F, MT>(smem + C::kScales + stage * C::kScaleBytes, atom, g, sc);
+    bool big = false;  // an MXFP4 scale of this thread's needs the two-multiply path (E8M0 > 128, NaN)
+    if constexpr (F == Format::kMxFp4) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) big |= mx_needs_two(sc[mt][0]) || mx_needs_two(sc[mt][1]);
+    }
+    if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, big))) {
+      decode_chunk<AT, F, MT, true>(codes, sc, atom, lane, a);
     } else {
-      decode_chunk<AT, F, MT, false>(codes, scales, atom, g, lane, a);
+      decode_chunk<AT, F, MT, false>(codes, sc, atom, lane, a);
     }
     const uint32_t xs = smem_addr + C::kX + stage * C::kXBytes;
 #pragma unroll
