@@ -2,7 +2,9 @@
 
     ncu --profile-from-start off -k regex:w4a16 python3 tools/profile_w4a16.py [M ...]
 
-Configurations: (8192, 8192) MXFP4 and NVFP4 with bf16 activations, for each M given (default 1 and 16).
+Configurations: (8192, 8192) MXFP4 and NVFP4 with bf16 activations, for each M given (default 1 and 16),
+each followed by the same product in bf16 through torch.matmul (cuBLAS), the baseline; add "-k regex:gemv" or
+widen the kernel filter to profile it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ def main() -> None:
             fq.linear_w4a16(x, c, s, gs, format=fmt)
             torch.cuda.synchronize()
             torch.cuda.cudart().cudaProfilerStop()
+        torch.matmul(x, w.t())  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStart()
+        torch.matmul(x, w.t())
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStop()
 
 
 if __name__ == "__main__":

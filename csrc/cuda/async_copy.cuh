@@ -19,12 +19,10 @@ __device__ __forceinline__ void cp_async16_prefetch256(void* smem, const void* g
   asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
 
-// Copies 4 or 8 bytes (cp.async.ca: the .cg form copies 16 bytes only).
-template <int BYTES>
-__device__ __forceinline__ void cp_async_small(void* smem, const void* gmem) {
-  static_assert(BYTES == 4 || BYTES == 8, "cp.async.ca copies 4, 8 or 16 bytes");
+// Copies 16 bytes and keeps them in the L1 (cp.async.ca): for data that other CTAs on the SM read soon too.
+__device__ __forceinline__ void cp_async16_ca(void* smem, const void* gmem) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(s), "l"(gmem), "n"(BYTES));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }

@@ -148,8 +148,15 @@ __device__ __forceinline__ void row_multipliers(uint32_t bytes, uint32_t (&m1)[2
   }
 }
 
-// True where a packed atom row's MXFP4 scales (2 bytes) need the two-multiply path (E8M0 > 128, NaN).
-__device__ __forceinline__ bool mx_needs_two(uint32_t bytes) { return (bytes & 0xFFu) > 128u || ((bytes >> 8) & 0xFFu) > 128u; }
+// MXFP4 scales that need the two-multiply path (E8M0 > 128, NaN), bytewise: bit 7 of each byte of the result
+// is set for such a byte of w (its low 7 bits plus 0x7F reach bit 7 exactly when they are not all zero, no
+// carry leaving the byte, and bit 7 of the byte itself is set).
+__device__ __forceinline__ uint32_t mx_big_bytes(uint32_t w) { return ((w & 0x7F7F7F7Fu) + 0x7F7F7F7Fu) & w & 0x80808080u; }
+// For a packed atom row's 2 scale bytes, and for 16 scale bytes at once.
+__device__ __forceinline__ bool mx_needs_two(uint32_t bytes) { return mx_big_bytes(bytes & 0xFFFFu) != 0; }
+__device__ __forceinline__ bool mx_any_big(const uint4& v) {
+  return (mx_big_bytes(v.x) | mx_big_bytes(v.y) | mx_big_bytes(v.z) | mx_big_bytes(v.w)) != 0;
+}
 
 // A lane's 16 bytes of a packed atom -> its scaled fragment registers for the atom's 4 k-steps: f[s][0..3] is
 // the mma.m16n8k16 / wgmma A fragment (a0a1, a2a3, a4a5, a6a7: rows g, g + 8 at k 16s + 2q, then at 16s + 2q

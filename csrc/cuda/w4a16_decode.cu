@@ -16,9 +16,11 @@
 //   twice by one multiply, keeps its magnitude bits as the low exponent bits and top mantissa bit and its sign
 //   bit as the sign. The result is code * 2^-126 (bf16) or code * 2^-14 (fp16), the 0.5 code a subnormal; the
 //   group-scale multiply that every weight needs anyway also removes that factor (see multipliers).
-// - Each thread copies its own weight codes into private shared-memory slots with cp.async, kStages chunks
-//   ahead, and a share of its warp's scales, so the main loop needs only a __syncwarp and no registers hold
-//   weight data in flight.
+// - Each thread copies its own weight codes into private shared-memory slots with cp.async, kStages - 1
+//   chunks ahead, and a share of its warp's scales and rows of x, so the main loop needs only a __syncwarp
+//   and no registers hold data in flight. Three stages, not four or eight: with more bytes in flight per SM
+//   the kernel got slower (H100, 8192^2, M = 1: 17.8 us at 4 stages, 17.0 at 3, 20.5 at 8; session 11 of
+//   benchmarks/NOTES.md), the memory system already queueing at ~2.4 TB/s for this access pattern.
 // - Several warps of a CTA share one group of 32 features and take turns along K (Cfg), so that a layer
 //   fills the GPU with one launch and no split-K reduction. Their sums meet in shared memory at the end.
 // - Launched with programmatic dependent launch (sm_90+): the CTAs start while the previous kernel in the
@@ -28,9 +30,11 @@
 // Operands: a warp owns two 16-feature tiles t; a chunk of 128 k is two atoms a of each. The x row of B
 // column g supplies, for k-step s of atom a, b0b1 = x[k0 + 2q, + 1] and b2b3 = x[k0 + 2q + 8, + 9] (k0 =
 // 128 c + 64 a + 16 s): pair q of every 8-k block, which is what ldmatrix hands lane (g, q) from 8 rows of
-// 8-k blocks. So x goes global -> registers (16-byte loads of contiguous row pieces, one chunk ahead) ->
-// a per-warp shared-memory buffer -> ldmatrix. (32-bit loads straight from global memory touch 8 rows, 8 L1
-// wavefronts, per instruction, 256 per chunk at 16 rows: that bounded the kernel at M = 16.)
+// 8-k blocks. So x rides in the weight stages (cp.async of whole 256-byte row pieces into a per-warp buffer,
+// through the L1, where the other CTAs on the SM find the same x) and reaches the B registers by ldmatrix.
+// (Session 10 loaded it into registers one chunk ahead and stored it to the buffer: at M = 1 that exposed
+// the load latency, 17.8 -> 15.9 us at 8192^2; a cp.async.cg copy that skips the L1 doubled the L2 traffic
+// at M = 16, 29.1 us against 21.4 through the L1.)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -56,7 +60,7 @@ constexpr int kAtoms = kTiles * kAtomsK;             // atoms per warp and chunk
 template <int I>
 struct Cfg {
   static constexpr W4A16DecodeShape kShape = kW4A16DecodeShapes[I];
-  static constexpr int kWarps = kShape.warps, kSplit = kShape.group_warps, kStages = 4;
+  static constexpr int kWarps = kShape.warps, kSplit = kShape.group_warps, kStages = 3;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kFeatures = kShape.features();  // features per CTA
 };
@@ -66,17 +70,17 @@ struct Cfg {
 constexpr int kXRow = kW4A16ChunkK * 2 + 16;
 
 template <Format F, typename C, int NB>
-struct Slots {  // stages: codes [atom r][thread] (a warp's 16-byte reads are conflict-free), then scales
+struct Slots {  // stages: codes [atom r][thread] (a warp's 16-byte reads are conflict-free), scales, x
   static constexpr int kAtomScales = core::pack_scale_bytes(group_size(F));  // 32 (MXFP4) or 64 (NVFP4)
   static constexpr int kWarpScales = kAtoms * kAtomScales;                   // [tile][atom][row][group]
   static constexpr int kScalePieces = kWarpScales / 16;                      // 16-byte copies per warp
   static_assert(kScalePieces <= 32, "one scale copy per lane at most");
+  static constexpr int kXWarp = 8 * NB * kXRow;  // a warp's x rows of the chunk: [8 NB rows][kXRow bytes]
   static constexpr int kCodes = 0;
   static constexpr int kScales = kAtoms * C::kThreads * 16;
-  static constexpr int kStage = kScales + C::kWarps * kWarpScales;
-  static constexpr int kX = C::kStages * kStage;  // then one x buffer per warp: [8 NB rows][kXRow bytes]
-  static constexpr int kXWarp = 8 * NB * kXRow;
-  static constexpr int kBytes = kX + C::kWarps * kXWarp;
+  static constexpr int kX = kScales + C::kWarps * kWarpScales;
+  static constexpr int kStage = kX + C::kWarps * kXWarp;
+  static constexpr int kBytes = C::kStages * kStage;
 };
 
 // One chunk: per tile and atom, decode this lane's fragments and multiply them by every B tile of x.
@@ -114,12 +118,13 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
   // This warp's t-th chunk is c_begin + WS * t + kw; it has T of them.
   const int T = active && kw < n_chunks ? (n_chunks - kw + WS - 1) / WS : 0;
 
-  // Atoms of this warp's chunk t (chunk c = c_begin + kw + WS t of the row tiles nw / 16 + tile).
+  // Sources of this warp's chunk t = 0 (chunk c_begin + kw of the row tiles nw / 16 + tile), advanced by WS
+  // chunks per copy. Codes: the atoms of a tile are neighbours (kPackAtomBytes apart).
   const int64_t atoms_k = p.K / core::kPackK;
-  const uint8_t* wsrc[kAtoms];
+  const uint8_t* wsrc[kTiles];
 #pragma unroll
-  for (int r = 0; r < kAtoms; ++r)
-    wsrc[r] = p.codes + core::packed_atom(nw / 16 + r / kAtomsK, kAtomsK * (c_begin + kw) + r % kAtomsK, p.K) + 16 * lane;
+  for (int tl = 0; tl < kTiles; ++tl)
+    wsrc[tl] = p.codes + core::packed_atom(nw / 16 + tl, kAtomsK * (c_begin + kw), p.K) + 16 * lane;
   // Scales: lane l < kScalePieces copies the l-th 16 bytes of the warp's [tile][atom][row][group] block (the
   // two atoms of a tile are neighbours in memory); the warp syncs before reading them.
   constexpr int kTilePieces = S::kScalePieces / kTiles;
@@ -128,73 +133,71 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
                         ((nw / 16 + lane / kTilePieces) * atoms_k + kAtomsK * (c_begin + kw)) * S::kAtomScales +
                         16 * (lane % kTilePieces);
   const int sslot = warp * S::kWarpScales + 16 * lane;
-  auto issue = [&](int t) {  // chunk t into slot t % kStages
-    unsigned char* st = smem + (t % kStages) * S::kStage;
-    const int64_t c = static_cast<int64_t>(t) * WS;
+  // Activations ride in the same stages: the warp's rows of x for its chunk (M rows, at most 8 NB, of 256
+  // bytes = 16 pieces), piece lane % 16 of row lane / 16 + 2 j by this lane, so that each copy instruction
+  // reads two whole row pieces; through the L1 (cp.async.ca: the other CTAs on the SM read the same x). Rows
+  // past M are never copied: ldmatrix reads row M - 1 in their place (the B columns past M only feed outputs
+  // that are not stored).
+  constexpr int kXPieces = NB * 4;
+  const int xrows = p.M < 8 * NB ? static_cast<int>(p.M) : 8 * NB;
+  const AT* xsrc = static_cast<const AT*>(p.x) + (lane / 16 < xrows ? lane / 16 : 0) * p.K +
+                   (c_begin + kw) * kW4A16ChunkK + 8 * (lane % 16);
+  const int64_t xrow2 = 2 * p.K;  // piece j: two rows further
+  const int xslot = S::kX + warp * S::kXWarp + (lane / 16) * kXRow + 16 * (lane % 16);
+  constexpr int64_t kCodeStep = WS * kAtomsK * core::kPackAtomBytes, kScaleStep = WS * kAtomsK * S::kAtomScales;
+  constexpr int kXStep = WS * kW4A16ChunkK;
+  unsigned char* wslot = smem;  // the stage the next copy fills
+  auto issue = [&] {
 #pragma unroll
-    for (int r = 0; r < kAtoms; ++r)
-      cp_async16_prefetch256(st + S::kCodes + (r * kThreads + tid) * 16, wsrc[r] + c * kAtomsK * core::kPackAtomBytes);
-    if (scale_lane) cp_async16(st + S::kScales + sslot, ssrc + c * kAtomsK * S::kAtomScales, true);
+    for (int tl = 0; tl < kTiles; ++tl) {
+#pragma unroll
+      for (int a = 0; a < kAtomsK; ++a)
+        cp_async16_prefetch256(wslot + S::kCodes + ((kAtomsK * tl + a) * kThreads + tid) * 16,
+                               wsrc[tl] + a * core::kPackAtomBytes);
+      wsrc[tl] += kCodeStep;
+    }
+    if (scale_lane) cp_async16_prefetch256(wslot + S::kScales + sslot, ssrc);
+    ssrc += kScaleStep;
+#pragma unroll
+    for (int j = 0; j < kXPieces; ++j)
+      if (2 * j < xrows && lane / 16 + 2 * j < xrows) cp_async16_ca(wslot + xslot + 2 * j * kXRow, xsrc + j * xrow2);
+    xsrc += kXStep;
+    wslot = wslot == smem + (kStages - 1) * S::kStage ? smem : wslot + S::kStage;
   };
 #pragma unroll
   for (int t = 0; t < kStages - 1; ++t) {
-    if (t < T) issue(t);
+    if (t < T) issue();
     cp_async_commit();
   }
 
-  // Activations: lane (g, q) loads x row g + 8 nb, k [32q, 32q + 32) of the chunk, one chunk ahead in
-  // registers (every warp of the grid reads the same few KiB: L1/L2 hits); zeros for rows past M.
-  const AT* xsrc[NB];
-  bool xvalid[NB];
+  // ldmatrix: lane l addresses row l % 8 (+ 8 nb, at most M - 1) of 8-k block l / 8 (+ 4i) of the chunk.
+  int xread[NB];
 #pragma unroll
-  for (int nb = 0; nb < NB; ++nb) {
-    const int64_t m = g + 8 * nb;
-    xvalid[nb] = m < p.M;
-    xsrc[nb] = static_cast<const AT*>(p.x) + (xvalid[nb] ? m : 0) * p.K + (c_begin + kw) * kW4A16ChunkK + 32 * q;
-  }
-  uint4 xr[NB][4];
-  auto load_x = [&](int t) {
-    const int64_t off = static_cast<int64_t>(t) * WS * kW4A16ChunkK;
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) xr[nb][u] = xvalid[nb] ? ldg16(xsrc[nb] + off + 8 * u) : make_uint4(0, 0, 0, 0);
-  };
-  if (T > 0) load_x(0);
-  unsigned char* xw = smem + S::kX + warp * S::kXWarp;  // this warp's x buffer
-  unsigned char* xstore = xw + g * kXRow + 64 * q;     // where this lane's 64 bytes of row g (+ 8 nb) go
-  // ldmatrix: lane l addresses row l % 8 (+ 8 nb) of 8-k block l / 8 (+ 4i) of the chunk.
-  const unsigned char* xread = xw + (lane % 8) * kXRow + 16 * (lane / 8);
+  for (int nb = 0; nb < NB; ++nb)
+    xread[nb] = S::kX + warp * S::kXWarp + min(lane % 8 + 8 * nb, xrows - 1) * kXRow + 16 * (lane / 8);
 
   float acc[kTiles][NB][4] = {};
+  const unsigned char* st = smem;  // the stage of chunk t
   for (int t = 0; t < T; ++t) {
     cp_async_wait<kStages - 2>();  // this thread's copies of chunk t have landed
-    __syncwarp();                  // ... and every lane's (scales are copied for the warp)
-    // The slot refilled here held chunk t - 1, which the warp finished reading before the __syncwarp.
-    if (t + kStages - 1 < T) issue(t + kStages - 1);
+    __syncwarp();                  // ... and every lane's (scales and x are copied for the warp)
+    // The stage refilled here held chunk t - 1, which the warp finished reading before the __syncwarp.
+    if (t + kStages - 1 < T) issue();
     cp_async_commit();
 
-    // x of chunk t: registers -> the warp's buffer (its previous contents were read by the ldmatrix of
-    // chunk t - 1, before the __syncwarp above) -> B fragments. ldmatrix i (blocks 4i .. 4i + 3) gives
-    // k-steps 2(i % 2) and + 1 of atom i / 2, b0b1 then b2b3.
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int u = 0; u < 4; ++u) *reinterpret_cast<uint4*>(xstore + nb * 8 * kXRow + 16 * u) = xr[nb][u];
-    __syncwarp();
-    if (t + 1 < T) load_x(t + 1);
+    // B fragments of x: ldmatrix i (blocks 4i .. 4i + 3) gives k-steps 2(i % 2) and + 1 of atom i / 2, b0b1
+    // then b2b3.
     uint32_t xc[NB][kAtomsK][4][2];
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
       for (int i = 0; i < 2 * kAtomsK; ++i) {
         uint32_t r[4];
-        ldmatrix_x4(r, xread + nb * 8 * kXRow + 64 * i);
+        ldmatrix_x4(r, st + xread[nb] + 64 * i);
         const int a = i / 2, s0 = 2 * (i % 2);
         xc[nb][a][s0][0] = r[0], xc[nb][a][s0][1] = r[1], xc[nb][a][s0 + 1][0] = r[2], xc[nb][a][s0 + 1][1] = r[3];
       }
 
-    const unsigned char* st = smem + (t % kStages) * S::kStage;
     uint4 wq[kAtoms];
     uint32_t sc[kAtoms][2];
     bool big = false;
@@ -204,13 +207,18 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
       const unsigned char* sa = st + S::kScales + warp * S::kWarpScales + r * S::kAtomScales;
       sc[r][0] = atom_row_scales<F>(sa, g);
       sc[r][1] = atom_row_scales<F>(sa, g + 8);
-      if constexpr (F == Format::kMxFp4) big |= mx_needs_two(sc[r][0]) || mx_needs_two(sc[r][1]);
+    }
+    // MXFP4: the warp's whole scale block of the chunk (the rows of every lane) is checked by the lanes that
+    // copied it.
+    if constexpr (F == Format::kMxFp4) {
+      if (scale_lane) big = mx_any_big(*reinterpret_cast<const uint4*>(st + S::kScales + sslot));
     }
     if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, big))) {
       chunk_mma<AT, F, NB, true>(wq, sc, xc, acc);
     } else {
       chunk_mma<AT, F, NB, false>(wq, sc, xc, acc);
     }
+    st = st == smem + (kStages - 1) * S::kStage ? smem : st + S::kStage;
   }
   cp_async_wait<0>();  // no copy may still be writing shared memory when the warp exits or reuses it
 
@@ -294,15 +302,12 @@ cudaError_t launch_dtype(const W4A16Params& p, cudaStream_t stream) {
 
 }  // namespace
 
-// Configuration heuristic, from the H100 sweeps of benchmarks/NOTES.md (M = 1 ... 16, N = 4096 ... 28672). The
-// best grids are a single launch whose CTAs run the whole K: 4-warp CTAs with all four warps on one group
-// of 32 features while there are up to about two CTAs per SM of groups (N / 32 <= 2 * SMs), and for M > 8
-// (session 10, packed weights: 28672 x 8192 NVFP4 M = 16, 78.9 us against 88.3 for 4 groups per CTA); with
-// more groups and M <= 8, one CTA per group of 8 warps (more warps in flight per SM, fewer tail CTAs).
-int w4a16_decode_config(int64_t M, int64_t N) {
-  if (N / kW4A16TileN <= 2LL * num_sms() || M > 8) return 1;
-  return 2;
-}
+// Configuration heuristic, from the H100 sweeps of benchmarks/NOTES.md (M = 1 ... 16, N = 4096 ... 28672): a
+// single launch whose 4-warp CTAs put all four warps on one group of 32 features, taking turns along K. Since
+// x rides in the stages (session 11) this is best or within the run-to-run spread everywhere: 8192^2 M = 16,
+// 18.6 us against 22.2 for 8 warps per group; 28672 x 8192 M = 1, 49.0 / 53.8 us (MXFP4 / NVFP4) against
+// 51.6 / 51.3. The other shapes stay reachable through FPQUANT_W4A16_DECODE_CONFIG for measurements.
+int w4a16_decode_config(int64_t /*M*/, int64_t /*N*/) { return 1; }
 
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream) {
   return p.dtype == DType::kBF16 ? launch_dtype<__nv_bfloat16>(p, stream) : launch_dtype<__half>(p, stream);
