@@ -93,6 +93,23 @@ constexpr float kCodeUnit = kBf16<AT> ? 0x1p126f : 0x1p14f;
 template <typename AT, Format F>
 constexpr bool kAlwaysTwo = F == Format::kNvFp4 && !kBf16<AT>;
 
+// NVFP4: the group-dependent multipliers of two E4M3 scale codes (low byte first): on bf16, scale * 2^118
+// (the first and only multiply, see multipliers); on fp16, the scale (the second multiply, after the code
+// unit).
+template <typename AT>
+__device__ __forceinline__ void nv_pair_multipliers(uint16_t pair, uint32_t (&m)[2]) {
+  const __half2 h = e4m3x2_to_half2(pair);
+  if constexpr (kBf16<AT>) {
+    const float2 f = __half22float2(h);
+    m[0] = splat<AT>(f.x * 0x1p118f);
+    m[1] = splat<AT>(f.y * 0x1p118f);
+  } else {
+    const uint32_t hv = *reinterpret_cast<const uint32_t*>(&h);
+    m[0] = prmt(hv, 0, 0x1010u);
+    m[1] = prmt(hv, 0, 0x3232u);
+  }
+}
+
 template <typename AT, Format F, bool TWO>
 __device__ __forceinline__ void multipliers(const uint8_t (&sc)[2], uint32_t (&m1)[2], uint32_t (&m2)[2]) {
   if constexpr (F == Format::kMxFp4) {
@@ -106,16 +123,15 @@ __device__ __forceinline__ void multipliers(const uint8_t (&sc)[2], uint32_t (&m
       m1[0] = one;
     }
   } else {
-    const __half2 h = e4m3x2_to_half2(static_cast<uint16_t>(sc[0] | (sc[1] << 8)));
+    uint32_t m[2];
+    nv_pair_multipliers<AT>(static_cast<uint16_t>(sc[0] | (sc[1] << 8)), m);
     if constexpr (kBf16<AT>) {
-      const float2 f = __half22float2(h);
-      m1[0] = splat<AT>(f.x * 0x1p118f);
-      m1[1] = splat<AT>(f.y * 0x1p118f);
+      m1[0] = m[0];
+      m1[1] = m[1];
     } else {
-      const uint32_t hv = *reinterpret_cast<const uint32_t*>(&h);
       m1[0] = m1[1] = splat<AT>(kCodeUnit<AT>);
-      m2[0] = prmt(hv, 0, 0x1010u);
-      m2[1] = prmt(hv, 0, 0x3232u);
+      m2[0] = m[0];
+      m2[1] = m[1];
     }
   }
 }
@@ -161,26 +177,34 @@ __device__ __forceinline__ bool mx_any_big(const uint4& v) {
 // A lane's 16 bytes of a packed atom -> its scaled fragment registers for the atom's 4 k-steps: f[s][0..3] is
 // the mma.m16n8k16 / wgmma A fragment (a0a1, a2a3, a4a5, a6a7: rows g, g + 8 at k 16s + 2q, then at 16s + 2q
 // + 8) and, read as (f[s][h], f[s][h + 2]), the m16n8k16 B fragment (b0b1, b2b3) of column g of row half h.
-// s_lo / s_hi: the scale bytes of rows g and g + 8.
-template <typename AT, Format F, bool TWO>
-__device__ __forceinline__ void decode_atom(const uint4& c, uint32_t s_lo, uint32_t s_hi, uint32_t (&f)[4][4]) {
+// m1, m2: the multipliers (see multipliers) of rows g (h = 0) and g + 8 (h = 1), [h][s2][i] for k-step
+// 2 s2 + i.
+template <typename AT, bool TWO>
+__device__ __forceinline__ void decode_atom_scaled(const uint4& c, const uint32_t (&m1)[2][2][2],
+                                                   const uint32_t (&m2)[2][2][2], uint32_t (&f)[4][4]) {
   const uint32_t w[4] = {c.x, c.y, c.z, c.w};
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    uint32_t m1[2][2], m2[2][2] = {};
-    row_multipliers<AT, F, TWO>(h ? s_hi : s_lo, m1, m2);
+  for (int h = 0; h < 2; ++h)
 #pragma unroll
     for (int s2 = 0; s2 < 2; ++s2) {
       uint32_t o[4];
       e2m1_bits8<AT>(w[2 * h + s2], o);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) o[j] = apply_scale<AT, TWO>(o[j], m1[s2][j / 2], m2[s2][j / 2]);
+      for (int j = 0; j < 4; ++j) o[j] = apply_scale<AT, TWO>(o[j], m1[h][s2][j / 2], m2[h][s2][j / 2]);
       f[2 * s2][h] = o[0];
       f[2 * s2][h + 2] = o[1];
       f[2 * s2 + 1][h] = o[2];
       f[2 * s2 + 1][h + 2] = o[3];
     }
-  }
+}
+
+// decode_atom_scaled with the multipliers computed from the scale bytes s_lo, s_hi of rows g and g + 8.
+template <typename AT, Format F, bool TWO>
+__device__ __forceinline__ void decode_atom(const uint4& c, uint32_t s_lo, uint32_t s_hi, uint32_t (&f)[4][4]) {
+  uint32_t m1[2][2][2], m2[2][2][2] = {};
+  row_multipliers<AT, F, TWO>(s_lo, m1[0], m2[0]);
+  row_multipliers<AT, F, TWO>(s_hi, m1[1], m2[1]);
+  decode_atom_scaled<AT, TWO>(c, m1, m2, f);
 }
 
 // The scale bytes of row r of a packed atom whose scales start at `atom` (16 rows x 64/G bytes).

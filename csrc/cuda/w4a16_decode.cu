@@ -83,23 +83,94 @@ struct Slots {  // stages: codes [atom r][thread] (a warp's 16-byte reads are co
   static constexpr int kBytes = C::kStages * kStage;
 };
 
-// One chunk: per tile and atom, decode this lane's fragments and multiply them by every B tile of x.
-template <typename AT, Format F, int NB, bool TWO>
-__device__ __forceinline__ void chunk_mma(const uint4 (&wq)[kAtoms], const uint32_t (&sc)[kAtoms][2],
+// One chunk: per tile and atom, decode this lane's fragments with the multipliers that mults(r, m1, m2) gives
+// for atom r (see decode_atom_scaled) and multiply them by every B tile of x.
+template <typename AT, int NB, bool TWO, typename Mults>
+__device__ __forceinline__ void chunk_mma(const uint4 (&wq)[kAtoms], const Mults& mults,
                                           const uint32_t (&xb)[NB][kAtomsK][4][2], float (&acc)[kTiles][NB][4]) {
 #pragma unroll
   for (int a = 0; a < kAtomsK; ++a)
 #pragma unroll
     for (int t = 0; t < kTiles; ++t) {
       const int r = kAtomsK * t + a;
-      uint32_t f[4][4];
-      decode_atom<AT, F, TWO>(wq[r], sc[r][0], sc[r][1], f);
+      uint32_t m1[2][2][2], m2[2][2][2] = {}, f[4][4];
+      mults(r, m1, m2);
+      decode_atom_scaled<AT, TWO>(wq[r], m1, m2, f);
 #pragma unroll
       for (int s = 0; s < 4; ++s)
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb) mma16816<AT>(acc[t][nb], f[s], xb[nb][a][s][0], xb[nb][a][s][1]);
     }
 }
+
+// The multiplier table of a chunk (MXFP4's one-multiply path, every NVFP4 chunk): each scale is needed by the
+// 4 lanes of a quad, so the warp converts each one once. Lane l converts rows 2 (l % 8) and + 1 of atom l / 8;
+// an atom's table, at table + atom * STRIDE, is [row][group] x the 4-byte multiplier (the one that varies by
+// group: m1 where one multiply suffices, m2 for NVFP4 on fp16), kRow bytes per row, which a lane reads whole.
+template <typename AT, Format F>
+struct ScaleTable {
+  static constexpr int kGroups = core::kPackK / group_size(F);  // per atom row: 2 (MXFP4) or 4 (NVFP4)
+  static constexpr int kRow = 4 * kGroups;
+  static constexpr int kAtom = 16 * kRow;
+
+  template <int STRIDE>
+  static __device__ __forceinline__ void build(const unsigned char* scales, unsigned char* table, int lane) {
+    const int r = lane / 8, row = 2 * (lane % 8);
+    const unsigned char* src = scales + r * core::pack_scale_bytes(group_size(F)) + row * kGroups;
+    uint32_t m[2 * kGroups];
+    if constexpr (F == Format::kMxFp4) {
+      const uint32_t b = *reinterpret_cast<const uint16_t*>(src) | *reinterpret_cast<const uint16_t*>(src + 2) << 16;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint8_t sc[2] = {static_cast<uint8_t>(b >> (8 * i)), 0};
+        uint32_t m1[2], m2[2];
+        multipliers<AT, F, false>(sc, m1, m2);
+        m[i] = m1[0];
+      }
+    } else {
+      const uint2 b = *reinterpret_cast<const uint2*>(src);
+      const uint32_t w[2] = {b.x, b.y};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        uint32_t pair[2];
+        nv_pair_multipliers<AT>(static_cast<uint16_t>(w[i / 2] >> (16 * (i % 2))), pair);
+        m[2 * i] = pair[0];
+        m[2 * i + 1] = pair[1];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 2 * kGroups; i += 4)
+      *reinterpret_cast<uint4*>(table + r * STRIDE + row * kRow + 4 * i) = make_uint4(m[i], m[i + 1], m[i + 2], m[i + 3]);
+  }
+
+  // m1 / m2 [h][s2][i] of rows g and g + 8 of atom r (k-step 2 s2 + i: MXFP4 group s2, NVFP4 group 2 s2 + i).
+  template <int STRIDE, bool TWO>
+  static __device__ __forceinline__ void read(const unsigned char* table, int r, int g, uint32_t (&m1)[2][2][2],
+                                              uint32_t (&m2)[2][2][2]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const unsigned char* p = table + r * STRIDE + (g + 8 * h) * kRow;
+      uint32_t mg[kGroups];
+      if constexpr (F == Format::kMxFp4) {
+        const uint2 v = *reinterpret_cast<const uint2*>(p);
+        mg[0] = v.x, mg[1] = v.y;
+      } else {
+        const uint4 v = *reinterpret_cast<const uint4*>(p);
+        mg[0] = v.x, mg[1] = v.y, mg[2] = v.z, mg[3] = v.w;
+      }
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        const uint32_t v = mg[F == Format::kMxFp4 ? s / 2 : s];
+        if constexpr (TWO) {
+          m1[h][s / 2][s % 2] = splat<AT>(kCodeUnit<AT>);
+          m2[h][s / 2][s % 2] = v;
+        } else {
+          m1[h][s / 2][s % 2] = v;
+        }
+      }
+    }
+  }
+};
 
 template <typename AT, Format F, int NB, typename C>
 __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p) {
@@ -177,7 +248,7 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
     xread[nb] = S::kX + warp * S::kXWarp + min(lane % 8 + 8 * nb, xrows - 1) * kXRow + 16 * (lane / 8);
 
   float acc[kTiles][NB][4] = {};
-  const unsigned char* st = smem;  // the stage of chunk t
+  unsigned char* st = smem;  // the stage of chunk t
   for (int t = 0; t < T; ++t) {
     cp_async_wait<kStages - 2>();  // this thread's copies of chunk t have landed
     __syncwarp();                  // ... and every lane's (scales and x are copied for the warp)
@@ -199,24 +270,40 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
       }
 
     uint4 wq[kAtoms];
-    uint32_t sc[kAtoms][2];
-    bool big = false;
 #pragma unroll
-    for (int r = 0; r < kAtoms; ++r) {
-      wq[r] = *reinterpret_cast<const uint4*>(st + S::kCodes + (r * kThreads + tid) * 16);
-      const unsigned char* sa = st + S::kScales + warp * S::kWarpScales + r * S::kAtomScales;
-      sc[r][0] = atom_row_scales<F>(sa, g);
-      sc[r][1] = atom_row_scales<F>(sa, g + 8);
-    }
+    for (int r = 0; r < kAtoms; ++r) wq[r] = *reinterpret_cast<const uint4*>(st + S::kCodes + (r * kThreads + tid) * 16);
+    const unsigned char* scales = st + S::kScales + warp * S::kWarpScales;
     // MXFP4: the warp's whole scale block of the chunk (the rows of every lane) is checked by the lanes that
-    // copied it.
+    // copied it; chunks with a scale above 2^1 (or NaN) take the two-multiply path, multipliers from each
+    // lane's own scale bytes.
+    bool big = false;
     if constexpr (F == Format::kMxFp4) {
       if (scale_lane) big = mx_any_big(*reinterpret_cast<const uint4*>(st + S::kScales + sslot));
+      big = __any_sync(0xffffffffu, big);
     }
-    if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, big))) {
-      chunk_mma<AT, F, NB, true>(wq, sc, xc, acc);
+    if (F == Format::kMxFp4 && big) {
+      auto mults = [&](int r, uint32_t (&m1)[2][2][2], uint32_t (&m2)[2][2][2]) {
+        const unsigned char* sa = scales + r * S::kAtomScales;
+        row_multipliers<AT, F, true>(atom_row_scales<F>(sa, g), m1[0], m2[0]);
+        row_multipliers<AT, F, true>(atom_row_scales<F>(sa, g + 8), m1[1], m2[1]);
+      };
+      chunk_mma<AT, NB, true>(wq, mults, xc, acc);
     } else {
-      chunk_mma<AT, F, NB, false>(wq, sc, xc, acc);
+      // The table goes where the warp's codes of this stage were (each atom's 512 bytes hold its table), once
+      // every lane holds its codes; the stage is refilled only after the next iteration's first __syncwarp,
+      // when every lane has read the table.
+      using Table = ScaleTable<AT, F>;
+      constexpr int kStride = kThreads * 16;
+      static_assert(Table::kAtom <= 32 * 16, "an atom's table fits the warp's codes of the atom");
+      unsigned char* table = st + S::kCodes + warp * 32 * 16;
+      __syncwarp();
+      Table::template build<kStride>(scales, table, lane);
+      __syncwarp();
+      constexpr bool kTwo = kAlwaysTwo<AT, F>;
+      auto mults = [&](int r, uint32_t (&m1)[2][2][2], uint32_t (&m2)[2][2][2]) {
+        Table::template read<kStride, kTwo>(table, r, g, m1, m2);
+      };
+      chunk_mma<AT, NB, kTwo>(wq, mults, xc, acc);
     }
     st = st == smem + (kStages - 1) * S::kStage ? smem : st + S::kStage;
   }
