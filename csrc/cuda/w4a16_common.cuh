@@ -198,12 +198,19 @@ __device__ __forceinline__ void decode_atom_scaled(const uint4& c, const uint32_
     }
 }
 
+// The multipliers of decode_atom_scaled from the scale bytes s_lo, s_hi of rows g and g + 8.
+template <typename AT, Format F, bool TWO>
+__device__ __forceinline__ void atom_multipliers(uint32_t s_lo, uint32_t s_hi, uint32_t (&m1)[2][2][2],
+                                                 uint32_t (&m2)[2][2][2]) {
+  row_multipliers<AT, F, TWO>(s_lo, m1[0], m2[0]);
+  row_multipliers<AT, F, TWO>(s_hi, m1[1], m2[1]);
+}
+
 // decode_atom_scaled with the multipliers computed from the scale bytes s_lo, s_hi of rows g and g + 8.
 template <typename AT, Format F, bool TWO>
 __device__ __forceinline__ void decode_atom(const uint4& c, uint32_t s_lo, uint32_t s_hi, uint32_t (&f)[4][4]) {
   uint32_t m1[2][2][2], m2[2][2][2] = {};
-  row_multipliers<AT, F, TWO>(s_lo, m1[0], m2[0]);
-  row_multipliers<AT, F, TWO>(s_hi, m1[1], m2[1]);
+  atom_multipliers<AT, F, TWO>(s_lo, s_hi, m1, m2);
   decode_atom_scaled<AT, TWO>(c, m1, m2, f);
 }
 

@@ -119,7 +119,7 @@ struct ScaleTable {
     const unsigned char* src = scales + r * core::pack_scale_bytes(group_size(F)) + row * kGroups;
     uint32_t m[2 * kGroups];
     if constexpr (F == Format::kMxFp4) {
-      const uint32_t b = *reinterpret_cast<const uint16_t*>(src) | *reinterpret_cast<const uint16_t*>(src + 2) << 16;
+      const uint32_t b = *reinterpret_cast<const uint32_t*>(src);  // rows row and row + 1, 2 groups each
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const uint8_t sc[2] = {static_cast<uint8_t>(b >> (8 * i)), 0};
@@ -284,8 +284,7 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
     if (F == Format::kMxFp4 && big) {
       auto mults = [&](int r, uint32_t (&m1)[2][2][2], uint32_t (&m2)[2][2][2]) {
         const unsigned char* sa = scales + r * S::kAtomScales;
-        row_multipliers<AT, F, true>(atom_row_scales<F>(sa, g), m1[0], m2[0]);
-        row_multipliers<AT, F, true>(atom_row_scales<F>(sa, g + 8), m1[1], m2[1]);
+        atom_multipliers<AT, F, true>(atom_row_scales<F>(sa, g), atom_row_scales<F>(sa, g + 8), m1, m2);
       };
       chunk_mma<AT, NB, true>(wq, mults, xc, acc);
     } else {
