@@ -160,6 +160,16 @@ def _random_scales(fmt, dtype, shape, g, fp16_min_e8m0=96):
     return s.view(torch.float8_e4m3fn)
 
 
+def _check_close(fmt, dtype, M, N, K, seed, bias=True):
+    # Random weight, activations (and bias) against the float64 reference of the dequantized weight.
+    codes, scales, gs, w = make_weight(N, K, fmt, seed, "cuda")
+    x = torch.randn(M, K, device="cuda", dtype=dtype)
+    b = torch.randn(N, device="cuda", dtype=dtype) if bias else None
+    out = fq.linear_w4a16(x, codes, scales, gs, b, format=fmt)
+    ref = x.double() @ w.cuda().T + (b.double() if bias else 0)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
 def _check_exact(fmt, dtype, M, seed, wgmma=False, N=96, K=640):
     # One-hot activation rows read single dequantized weights back through the kernel: every E2M1 code (the
     # subnormal 0.5 and -0 included) under scales across the whole range must come out as the reference's
@@ -202,17 +212,12 @@ def test_cuda_mma_sync_kernel_exact_and_bias(fmt, dtype, monkeypatch, seed):
     monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "0")
     for M in (17, 40, 64):
         _check_exact(fmt, dtype, M, seed + M)
-    codes, scales, gs, w = make_weight(256, 1024, fmt, seed, "cuda")
-    x = torch.randn(33, 1024, device="cuda", dtype=dtype)
-    bias = torch.randn(256, device="cuda", dtype=dtype)
-    out = fq.linear_w4a16(x, codes, scales, gs, bias, format=fmt)
-    ref = x.double() @ w.cuda().T + bias.double()
-    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+    _check_close(fmt, dtype, 33, 256, 1024, seed)
 
 
 @cuda
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("config", [0, 1, 2])
+@pytest.mark.parametrize("config", [0, 1, 2, 3])
 @pytest.mark.parametrize("splits", [1, 2, 5])
 def test_cuda_every_decode_config_and_split(fmt, config, splits, monkeypatch, seed):
     # The heuristic picks one decode configuration per shape; the tuning overrides reach the others (4 or 8
@@ -221,12 +226,25 @@ def test_cuda_every_decode_config_and_split(fmt, config, splits, monkeypatch, se
     monkeypatch.setenv("FPQUANT_W4A16_SPLITS", str(splits))
     for M in (1, 9, 16):
         _check_exact(fmt, torch.bfloat16, M, seed + M)
-    codes, scales, gs, w = make_weight(256, 1024, fmt, seed, "cuda")
-    x = torch.randn(3, 1024, device="cuda", dtype=torch.float16)
-    bias = torch.randn(256, device="cuda", dtype=torch.float16)
-    out = fq.linear_w4a16(x, codes, scales, gs, bias, format=fmt)
-    ref = x.double() @ w.cuda().T + bias.double()
-    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+    _check_close(fmt, torch.float16, 3, 256, 1024, seed)
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_decode_cluster_splits_beyond_a_cluster_are_capped(fmt, monkeypatch, seed):
+    # The cluster decode configuration sums split-K partials inside a thread block cluster (at most 8 CTAs): a
+    # larger override is capped, and the result stays right (16 chunks of 128 k).
+    monkeypatch.setenv("FPQUANT_W4A16_SPLITS", "12")
+    monkeypatch.setenv("FPQUANT_W4A16_DECODE_CONFIG", "3")
+    _check_close(fmt, torch.bfloat16, 13, 160, 2048, seed)
+
+
+@cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_decode_cluster_config_by_default_on_wide_layers(fmt, seed):
+    # Above 8 rows, layers with at least one 128-feature CTA per SM take the cluster configuration by default.
+    n = 128 * (torch.cuda.get_device_properties(0).multi_processor_count + 4)
+    _check_close(fmt, torch.bfloat16, 16, n, 512, seed, bias=False)
 
 
 @cuda

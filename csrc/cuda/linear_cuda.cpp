@@ -125,8 +125,12 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
     p.splits = cuda::w4a16_splits(M, N, K, p.decode_config);
   }
   env_override("FPQUANT_W4A16_SPLITS", 1, static_cast<int>(K / cuda::kW4A16ChunkK), p.splits);
+  // A cluster decode configuration sums its splits in distributed shared memory, at most a cluster's worth;
+  // the other paths through a float32 workspace and a second kernel.
+  const bool cluster = !wgmma && cuda::w4a16_m_tiles(M) == 1 && cuda::kW4A16DecodeShapes[p.decode_config].cluster;
+  if (cluster) p.splits = std::min(p.splits, cuda::kW4A16MaxClusterSplits);
   at::Tensor workspace;
-  if (p.splits > 1) {
+  if (p.splits > 1 && !cluster) {
     workspace = at::empty({p.splits, M, N}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }

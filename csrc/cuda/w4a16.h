@@ -32,13 +32,18 @@ constexpr int kW4A16TileN = 32;   // output features per warp (N must be a multi
 constexpr int kW4A16ChunkK = 128; // K per pipeline step
 
 // The decode kernel's CTA shapes: `warps` warps, of which `group_warps` share 32 output features and take
-// turns along K. w4a16_decode_config picks one for (M, N) (documented heuristic, see w4a16_decode.cu).
+// turns along K; with group_warps 1 the CTA's warps walk the same chunks and share one copy of x. With
+// `cluster` (sm_90+, group_warps 1), split-K is a cluster of up to kW4A16MaxClusterSplits CTAs along K whose
+// sums meet in distributed shared memory (no workspace, no second kernel). w4a16_decode_config picks one for
+// (M, N) (documented heuristic, see w4a16_decode.cu).
 struct W4A16DecodeShape {
   int warps, group_warps;
+  bool cluster = false;
   constexpr int features() const { return warps / group_warps * kW4A16TileN; }
 };
-constexpr W4A16DecodeShape kW4A16DecodeShapes[] = {{4, 1}, {4, 4}, {8, 8}};
-constexpr int kW4A16DecodeConfigs = 3;
+constexpr W4A16DecodeShape kW4A16DecodeShapes[] = {{4, 1}, {4, 4}, {8, 8}, {4, 1, true}};
+constexpr int kW4A16DecodeConfigs = 4;
+constexpr int kW4A16MaxClusterSplits = 8;  // the portable cluster size
 int w4a16_decode_config(int64_t M, int64_t N);
 
 // Tile and split-K choice for a problem (documented heuristic, see w4a16_gemm.cu).

@@ -30,8 +30,9 @@
 // Operands: a warp owns two 16-feature tiles t; a chunk of 128 k is two atoms a of each. The x row of B
 // column g supplies, for k-step s of atom a, b0b1 = x[k0 + 2q, + 1] and b2b3 = x[k0 + 2q + 8, + 9] (k0 =
 // 128 c + 64 a + 16 s): pair q of every 8-k block, which is what ldmatrix hands lane (g, q) from 8 rows of
-// 8-k blocks. So x rides in the weight stages (cp.async of whole 256-byte row pieces into a per-warp buffer,
-// through the L1, where the other CTAs on the SM find the same x) and reaches the B registers by ldmatrix.
+// 8-k blocks. So x rides in the weight stages (cp.async of whole 256-byte row pieces into a per-warp buffer, or
+// one per CTA where its warps walk the same chunks; through the L1, where the other CTAs on the SM find the
+// same x) and reaches the B registers by ldmatrix.
 // (Session 10 loaded it into registers one chunk ahead and stored it to the buffer: at M = 1 that exposed
 // the load latency, 17.8 -> 15.9 us at 8192^2; a cp.async.cg copy that skips the L1 doubled the L2 traffic
 // at M = 16, 29.1 us against 21.4 through the L1.)
@@ -57,12 +58,19 @@ constexpr int kAtoms = kTiles * kAtomsK;             // atoms per warp and chunk
 // features and take the CTA's chunks of K in turn, so that the warps of a CTA read neighbouring 64-byte
 // pieces of each weight row at about the same time, and a layer with few features still has enough warps in
 // flight without a split-K reduction kernel.
+// Where each warp has its own feature group (kSplit 1), the CTA's warps walk the same chunks and share one copy
+// of x per stage. With kCluster, the splits of K are the CTAs of a cluster.
 template <int I>
 struct Cfg {
   static constexpr W4A16DecodeShape kShape = kW4A16DecodeShapes[I];
   static constexpr int kWarps = kShape.warps, kSplit = kShape.group_warps, kStages = 3;
+  static constexpr int kGroups = kWarps / kSplit;
+  static_assert(kGroups == 1 || kSplit == 1, "x is shared by the whole CTA or by none of its warps");
+  static constexpr bool kCluster = kShape.cluster;
+  static_assert(!kCluster || kSplit == 1, "a cluster configuration's CTAs each take one turn");
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kFeatures = kShape.features();  // features per CTA
+  static constexpr int kXThreads = 32 * kGroups;         // threads that copy (and share) one buffer of x
 };
 
 // A row of x's chunk in the per-warp buffer: 128 16-bit values and 16 bytes of padding, so that ldmatrix's 8
@@ -75,11 +83,12 @@ struct Slots {  // stages: codes [atom r][thread] (a warp's 16-byte reads are co
   static constexpr int kWarpScales = kAtoms * kAtomScales;                   // [tile][atom][row][group]
   static constexpr int kScalePieces = kWarpScales / 16;                      // 16-byte copies per warp
   static_assert(kScalePieces <= 32, "one scale copy per lane at most");
-  static constexpr int kXWarp = 8 * NB * kXRow;  // a warp's x rows of the chunk: [8 NB rows][kXRow bytes]
+  static constexpr int kXWarp = 8 * NB * kXRow;  // a buffer of x rows of the chunk: [8 NB rows][kXRow bytes]
+  static constexpr int kXBuffers = C::kSplit;  // one per turn
   static constexpr int kCodes = 0;
   static constexpr int kScales = kAtoms * C::kThreads * 16;
   static constexpr int kX = kScales + C::kWarps * kWarpScales;
-  static constexpr int kStage = kX + C::kWarps * kXWarp;
+  static constexpr int kStage = kX + kXBuffers * kXWarp;
   static constexpr int kBytes = C::kStages * kStage;
 };
 
@@ -181,13 +190,16 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
   grid_dependency_wait();  // every input may come from the previous kernel
   const int kw = warp % WS;  // this warp's turn in the CTA's walk along K
   const int64_t nw = static_cast<int64_t>(blockIdx.x) * C::kFeatures + (warp / WS) * kW4A16TileN;
-  // N % 32 == 0: a warp's features are all valid or all not. Warps past N still reach the block barriers.
+  // N % 32 == 0: a warp's features are all valid or all not. Warps past N still reach the block barriers; where
+  // warps share x they also walk the chunks (the sharers sync on every one), reading the CTA's first features.
+  constexpr bool kShareX = C::kGroups > 1;
   const bool active = nw < p.N;
+  const int64_t nr = active || !kShareX ? nw : static_cast<int64_t>(blockIdx.x) * C::kFeatures;
   const int64_t chunks = p.K / kW4A16ChunkK;
   const int64_t c_begin = chunks * blockIdx.y / p.splits;
   const int n_chunks = static_cast<int>(chunks * (blockIdx.y + 1) / p.splits - c_begin);
   // This warp's t-th chunk is c_begin + WS * t + kw; it has T of them.
-  const int T = active && kw < n_chunks ? (n_chunks - kw + WS - 1) / WS : 0;
+  const int T = (active || kShareX) && kw < n_chunks ? (n_chunks - kw + WS - 1) / WS : 0;
 
   // Sources of this warp's chunk t = 0 (chunk c_begin + kw of the row tiles nw / 16 + tile), advanced by WS
   // chunks per copy. Codes: the atoms of a tile are neighbours (kPackAtomBytes apart).
@@ -195,26 +207,30 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
   const uint8_t* wsrc[kTiles];
 #pragma unroll
   for (int tl = 0; tl < kTiles; ++tl)
-    wsrc[tl] = p.codes + core::packed_atom(nw / 16 + tl, kAtomsK * (c_begin + kw), p.K) + 16 * lane;
+    wsrc[tl] = p.codes + core::packed_atom(nr / 16 + tl, kAtomsK * (c_begin + kw), p.K) + 16 * lane;
   // Scales: lane l < kScalePieces copies the l-th 16 bytes of the warp's [tile][atom][row][group] block (the
   // two atoms of a tile are neighbours in memory); the warp syncs before reading them.
   constexpr int kTilePieces = S::kScalePieces / kTiles;
   const bool scale_lane = lane < S::kScalePieces;
   const uint8_t* ssrc = p.scales +
-                        ((nw / 16 + lane / kTilePieces) * atoms_k + kAtomsK * (c_begin + kw)) * S::kAtomScales +
+                        ((nr / 16 + lane / kTilePieces) * atoms_k + kAtomsK * (c_begin + kw)) * S::kAtomScales +
                         16 * (lane % kTilePieces);
   const int sslot = warp * S::kWarpScales + 16 * lane;
-  // Activations ride in the same stages: the warp's rows of x for its chunk (M rows, at most 8 NB, of 256
-  // bytes = 16 pieces), piece lane % 16 of row lane / 16 + 2 j by this lane, so that each copy instruction
-  // reads two whole row pieces; through the L1 (cp.async.ca: the other CTAs on the SM read the same x). Rows
-  // past M are never copied: ldmatrix reads row M - 1 in their place (the B columns past M only feed outputs
-  // that are not stored).
-  constexpr int kXPieces = NB * 4;
+  // Activations ride in the same stages: the rows of x for the chunk (M rows, at most 8 NB, of 256 bytes = 16
+  // pieces) in the buffer of the warp's turn, copied by the warps that share it; copier i takes piece i % 16
+  // of row i / 16 + R j (R = copiers / 16), so that each copy instruction of a warp reads two whole row
+  // pieces; through the L1 (cp.async.ca: the other CTAs on the SM read the same x). Rows past M are never
+  // copied: ldmatrix reads row M - 1 in their place (the B columns past M only feed outputs that are not
+  // stored).
+  constexpr int kXRowsPerCopy = C::kXThreads / 16, kXPieces = 8 * NB / kXRowsPerCopy;
+  static_assert(8 * NB % kXRowsPerCopy == 0, "the sharers copy whole rows");
+  const int xi = (warp / WS) * 32 + lane, xrow0 = xi / 16;
+  const int xbuf = S::kX + kw * S::kXWarp;
   const int xrows = p.M < 8 * NB ? static_cast<int>(p.M) : 8 * NB;
-  const AT* xsrc = static_cast<const AT*>(p.x) + (lane / 16 < xrows ? lane / 16 : 0) * p.K +
-                   (c_begin + kw) * kW4A16ChunkK + 8 * (lane % 16);
-  const int64_t xrow2 = 2 * p.K;  // piece j: two rows further
-  const int xslot = S::kX + warp * S::kXWarp + (lane / 16) * kXRow + 16 * (lane % 16);
+  const AT* xsrc = static_cast<const AT*>(p.x) + (xrow0 < xrows ? xrow0 : 0) * p.K + (c_begin + kw) * kW4A16ChunkK +
+                   8 * (xi % 16);
+  const int64_t xrow_step = kXRowsPerCopy * p.K;  // piece j: R rows further
+  const int xslot = xbuf + xrow0 * kXRow + 16 * (xi % 16);
   constexpr int64_t kCodeStep = WS * kAtomsK * core::kPackAtomBytes, kScaleStep = WS * kAtomsK * S::kAtomScales;
   constexpr int kXStep = WS * kW4A16ChunkK;
   unsigned char* wslot = smem;  // the stage the next copy fills
@@ -231,7 +247,8 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
     ssrc += kScaleStep;
 #pragma unroll
     for (int j = 0; j < kXPieces; ++j)
-      if (2 * j < xrows && lane / 16 + 2 * j < xrows) cp_async16_ca(wslot + xslot + 2 * j * kXRow, xsrc + j * xrow2);
+      if (kXRowsPerCopy * j < xrows && xrow0 + kXRowsPerCopy * j < xrows)
+        cp_async16_ca(wslot + xslot + kXRowsPerCopy * j * kXRow, xsrc + j * xrow_step);
     xsrc += kXStep;
     wslot = wslot == smem + (kStages - 1) * S::kStage ? smem : wslot + S::kStage;
   };
@@ -245,14 +262,19 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
   int xread[NB];
 #pragma unroll
   for (int nb = 0; nb < NB; ++nb)
-    xread[nb] = S::kX + warp * S::kXWarp + min(lane % 8 + 8 * nb, xrows - 1) * kXRow + 16 * (lane / 8);
+    xread[nb] = xbuf + min(lane % 8 + 8 * nb, xrows - 1) * kXRow + 16 * (lane / 8);
 
   float acc[kTiles][NB][4] = {};
   unsigned char* st = smem;  // the stage of chunk t
   for (int t = 0; t < T; ++t) {
     cp_async_wait<kStages - 2>();  // this thread's copies of chunk t have landed
-    __syncwarp();                  // ... and every lane's (scales and x are copied for the warp)
-    // The stage refilled here held chunk t - 1, which the warp finished reading before the __syncwarp.
+    // ... and every lane's (scales are copied for the warp, x for the warps that share it)
+    if constexpr (kShareX) {
+      __syncthreads();
+    } else {
+      __syncwarp();
+    }
+    // The stage refilled here held chunk t - 1, which every reader finished before this barrier.
     if (t + kStages - 1 < T) issue();
     cp_async_commit();
 
@@ -335,11 +357,39 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
           for (int c = 0; c < 4; ++c) acc[t][nb][c] += src[((t * NB + nb) * 4 + c) * 32];
     }
   }
-  if (!active) return;
-
   // acc[t][nb]: c0, c1 = feature g of tile t, x rows 8nb + 2q + {0, 1}; c2, c3 = feature g + 8.
   const float unscale = kNvUnscale<AT, F>;
   const float scale = F == Format::kNvFp4 ? unscale / __ldg(p.global_scale) : 1.0f;
+  auto store = [&](int t, int nb, int c, float v) {
+    const int64_t m = 8 * nb + 2 * q + (c & 1);
+    const int64_t n = nw + 16 * t + g + 8 * (c >> 1);
+    if (m >= p.M) return;
+    v *= scale;
+    if (p.bias) v += to_float(static_cast<const AT*>(p.bias)[n]);
+    store_float(static_cast<AT*>(p.out) + m * p.N + n, v);
+  };
+  if constexpr (C::kCluster) {
+    if (p.splits > 1) {  // the cluster's CTAs (blockIdx.y = rank) each sum every split's share of value i
+      constexpr int kAcc = kTiles * NB * 4;
+      static_assert(kAcc * kThreads * 4 <= S::kBytes, "the partial sums fit the stage buffers");
+      float* red = reinterpret_cast<float*>(smem);
+      __syncthreads();  // every thread's copies have landed and the stage buffers are free
+#pragma unroll
+      for (int i = 0; i < kAcc; ++i) red[i * kThreads + tid] = acc[i / (4 * NB)][i / 4 % NB][i % 4];
+      cluster_sync();
+      const int rank = static_cast<int>(blockIdx.y);
+#pragma unroll
+      for (int i = 0; i < kAcc; ++i) {
+        if (i % p.splits != rank) continue;
+        float v = 0.0f;
+        for (int r = 0; r < p.splits; ++r) v += cluster_load(red + i * kThreads + tid, r);  // split order
+        if (active) store(i / (4 * NB), i / 4 % NB, i % 4, v);
+      }
+      cluster_sync();  // no CTA leaves while the others read its shared memory
+      return;
+    }
+  }
+  if (!active) return;
 #pragma unroll
   for (int t = 0; t < kTiles; ++t)
 #pragma unroll
@@ -352,9 +402,7 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
         if (p.splits > 1) {
           p.workspace[(static_cast<int64_t>(blockIdx.y) * p.M + m) * p.N + n] = acc[t][nb][c] * unscale;
         } else {
-          float v = acc[t][nb][c] * scale;
-          if (p.bias) v += to_float(static_cast<const AT*>(p.bias)[n]);
-          store_float(static_cast<AT*>(p.out) + m * p.N + n, v);
+          store(t, nb, c, acc[t][nb][c]);
         }
       }
 }
@@ -366,8 +414,9 @@ cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>((p.N + C::kFeatures - 1) / C::kFeatures), static_cast<unsigned>(p.splits));
-  err = launch_dependent(kernel, grid, dim3(C::kThreads), bytes, stream, p);
-  return err != cudaSuccess ? err : reduce_splits<AT, F>(p, stream);
+  const dim3 cluster(1, C::kCluster ? static_cast<unsigned>(p.splits) : 1u, 1);
+  err = launch_dependent(kernel, grid, dim3(C::kThreads), bytes, stream, cluster, p);
+  return err != cudaSuccess || C::kCluster ? err : reduce_splits<AT, F>(p, stream);
 }
 
 template <typename AT, Format F, int NB, int I = 0>
@@ -389,11 +438,17 @@ cudaError_t launch_dtype(const W4A16Params& p, cudaStream_t stream) {
 }  // namespace
 
 // Configuration heuristic, from the H100 sweeps of benchmarks/NOTES.md (M = 1 ... 16, N = 4096 ... 28672): a
-// single launch whose 4-warp CTAs put all four warps on one group of 32 features, taking turns along K. Since
-// x rides in the stages (session 11) this is best or within the run-to-run spread everywhere: 8192^2 M = 16,
-// 18.6 us against 22.2 for 8 warps per group; 28672 x 8192 M = 1, 49.0 / 53.8 us (MXFP4 / NVFP4) against
-// 51.6 / 51.3. The other shapes stay reachable through FPQUANT_W4A16_DECODE_CONFIG for measurements.
-int w4a16_decode_config(int64_t /*M*/, int64_t /*N*/) { return 1; }
+// single launch whose 4-warp CTAs put all four warps on one group of 32 features, taking turns along K
+// (config 1): since x rides in the stages (session 11) this is best or within the run-to-run spread for M <= 8
+// and for layers with few features. Above 8 rows, x (16 rows: twice the weight's bytes per chunk) costs
+// config 1 a second copy per warp; where the layer has enough features for one 128-feature CTA per SM, the
+// cluster configuration (config 3: the CTA's 4 warps share one copy of x, splits summed in the cluster)
+// is faster: 28672 x 8192, M = 16, 58.8 / 60.4 us (MXFP4 / NVFP4) against 69.5 / 70.1 (session 12). With
+// fewer features it needs 4-8 splits and loses (8192^2: 27.5 against 20.2). The other shapes stay reachable
+// through FPQUANT_W4A16_DECODE_CONFIG for measurements.
+int w4a16_decode_config(int64_t M, int64_t N) {
+  return M > 8 && N / kW4A16DecodeShapes[3].features() >= num_sms() ? 3 : 1;
+}
 
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream) {
   return p.dtype == DType::kBF16 ? launch_dtype<__nv_bfloat16>(p, stream) : launch_dtype<__half>(p, stream);

@@ -19,6 +19,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "core/w4a16_layout.h"
@@ -182,12 +183,16 @@ int w4a16_m_tiles(int64_t M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
 // already split K between the warps of a feature group, and the H100 measurements (benchmarks/NOTES.md)
 // favour a single launch even when the grid is a bit short of the SMs (4096 x 4096: 128 CTAs, 6.4 us
 // unsplit vs 7.9 us with 2 splits), so K is split only while the grid would cover fewer than half the SMs.
+// The cluster configuration (splits summed inside the kernel) splits while the grid stays within about four
+// CTAs per SM, at most a cluster (28672 x 8192, M = 16: 2 splits, 58.3 us against 61.1 unsplit and 62.0 with 4).
 // 17 <= M <= 64 (w4a16_kernel): K is split until there are about sixteen CTAs per SM.
 int w4a16_splits(int64_t M, int64_t N, int64_t K, int decode_config) {
   const int mt = w4a16_m_tiles(M);
   if (mt == 1) {
     const W4A16DecodeShape shape = kW4A16DecodeShapes[decode_config];
     const int64_t ctas = (N + shape.features() - 1) / shape.features();
+    if (shape.cluster)
+      return w4a16::split_k(ctas, 4LL * num_sms(), std::min<int64_t>(kW4A16MaxClusterSplits, K / (kW4A16ChunkK * 2)));
     return w4a16::split_k(ctas, num_sms(), K / (kW4A16ChunkK * 2 * shape.group_warps));
   }
   const int64_t features = mt == 2 ? 128 : 256;
