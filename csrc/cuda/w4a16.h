@@ -44,6 +44,8 @@ struct W4A16DecodeShape {
 constexpr W4A16DecodeShape kW4A16DecodeShapes[] = {{4, 1}, {4, 4}, {8, 8}, {4, 1, true}};
 constexpr int kW4A16DecodeConfigs = 4;
 constexpr int kW4A16MaxClusterSplits = 8;  // the portable cluster size
+constexpr int kW4A16ClusterDecodeConfig = 3;  // the one the heuristic takes for M > 8 on wide layers
+static_assert(kW4A16DecodeShapes[kW4A16ClusterDecodeConfig].cluster, "kW4A16ClusterDecodeConfig is a cluster shape");
 int w4a16_decode_config(int64_t M, int64_t N);
 
 // Tile and split-K choice for a problem (documented heuristic, see w4a16_gemm.cu).

@@ -214,6 +214,25 @@ __device__ __forceinline__ void decode_atom(const uint4& c, uint32_t s_lo, uint3
   decode_atom_scaled<AT, TWO>(c, m1, m2, f);
 }
 
+// decode_atom for N atoms of a warp's chunk (codes c[i], scale bytes sc[i] of rows g and g + 8): the
+// one-multiply path, or the two-multiply path where kAlwaysTwo or where an MXFP4 scale of any lane of the
+// warp needs it (a warp vote, so that the warp stays converged).
+template <typename AT, Format F, int N>
+__device__ __forceinline__ void decode_atoms(const uint4 (&c)[N], const uint32_t (&sc)[N][2], uint32_t (&f)[N][4][4]) {
+  bool big = false;
+  if constexpr (F == Format::kMxFp4) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) big |= mx_needs_two(sc[i][0]) || mx_needs_two(sc[i][1]);
+  }
+  if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, big))) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) decode_atom<AT, F, true>(c[i], sc[i][0], sc[i][1], f[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) decode_atom<AT, F, false>(c[i], sc[i][0], sc[i][1], f[i]);
+  }
+}
+
 // The scale bytes of row r of a packed atom whose scales start at `atom` (16 rows x 64/G bytes).
 template <Format F>
 __device__ __forceinline__ uint32_t atom_row_scales(const unsigned char* atom, int r) {

@@ -55,9 +55,9 @@ constexpr int kAtomsK = kW4A16ChunkK / core::kPackK;  // atoms per tile and chun
 constexpr int kAtoms = kTiles * kAtomsK;             // atoms per warp and chunk: slot r = kAtomsK t + a
 
 // Configuration I of kW4A16DecodeShapes (w4a16.h): a CTA of `warps` warps, of which `group_warps` share 32
-// features and take the CTA's chunks of K in turn, so that the warps of a CTA read neighbouring 64-byte
-// pieces of each weight row at about the same time, and a layer with few features still has enough warps in
-// flight without a split-K reduction kernel.
+// features and take the CTA's chunks of K in turn, so that the warps of a CTA read neighbouring atoms of
+// their feature tiles (4 KiB pieces) at about the same time, and a layer with few features still has enough
+// warps in flight without a split-K reduction kernel.
 // Where each warp has its own feature group (kSplit 1), the CTA's warps walk the same chunks and share one copy
 // of x per stage. With kCluster, the splits of K are the CTAs of a cluster.
 template <int I>
@@ -447,7 +447,8 @@ cudaError_t launch_dtype(const W4A16Params& p, cudaStream_t stream) {
 // fewer features it needs 4-8 splits and loses (8192^2: 27.5 against 20.2). The other shapes stay reachable
 // through FPQUANT_W4A16_DECODE_CONFIG for measurements.
 int w4a16_decode_config(int64_t M, int64_t N) {
-  return M > 8 && N / kW4A16DecodeShapes[3].features() >= num_sms() ? 3 : 1;
+  constexpr int kCluster = kW4A16ClusterDecodeConfig;
+  return M > 8 && N / kW4A16DecodeShapes[kCluster].features() >= num_sms() ? kCluster : 1;
 }
 
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream) {

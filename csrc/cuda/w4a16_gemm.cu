@@ -83,29 +83,21 @@ __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
     uint32_t sn[kTiles][kAtomsK][2];
     if (c + 1 < c_end) load_w(c + 1, wn, sn);
 
-    // Per atom column: decode both tiles' fragments (always with the exact two-multiply path where MXFP4
-    // needs it: the warp votes), then feed every m-tile.
+    // Per atom column: decode both tiles' fragments (decode_atoms: the exact two-multiply path where MXFP4
+    // needs it, by warp vote), then feed every m-tile.
 #pragma unroll 1  // bounds register pressure: the compiler would otherwise hoist every m-tile's loads
     for (int a = 0; a < kAtomsK; ++a) {
       // Selected by value, not indexed by the loop variable (which would put the arrays in local memory).
       uint4 wa[kTiles];
       uint32_t sa[kTiles][2];
-      bool big = false;
 #pragma unroll
       for (int t = 0; t < kTiles; ++t) {
         wa[t] = a == 0 ? wq[t][0] : wq[t][1];
         sa[t][0] = a == 0 ? sc[t][0][0] : sc[t][1][0];
         sa[t][1] = a == 0 ? sc[t][0][1] : sc[t][1][1];
-        if constexpr (F == Format::kMxFp4) big |= mx_needs_two(sa[t][0]) || mx_needs_two(sa[t][1]);
       }
       uint32_t f[kTiles][4][4];
-      if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, big))) {
-#pragma unroll
-        for (int t = 0; t < kTiles; ++t) decode_atom<AT, F, true>(wa[t], sa[t][0], sa[t][1], f[t]);
-      } else {
-#pragma unroll
-        for (int t = 0; t < kTiles; ++t) decode_atom<AT, F, false>(wa[t], sa[t][0], sa[t][1], f[t]);
-      }
+      decode_atoms<AT, F, kTiles>(wa, sa, f);
 #pragma unroll
       for (int mi = 0; mi < MT; ++mi) {
         const int64_t r0 = m0 + 16 * mi + g, r1 = r0 + 8;

@@ -79,27 +79,17 @@ struct Maps {
 template <int MT>
 using AFrag = uint32_t[MT][kBK / 16][4];
 
-// This thread's scale bytes of one chunk: sc[mt] = rows g and g + 8 of the stage's atom atom[mt]. Read once
-// per chunk, for the MXFP4 vote and for decode_chunk.
+// This thread's code bytes and scale bytes of one chunk: atom atom[mt] of the stage for m-tile mt (its 16
+// bytes; rows g and g + 8 of its scales).
 template <Format F, int MT>
-__device__ __forceinline__ void chunk_scales(const unsigned char* scales, const int (&atom)[MT], int g,
-                                             uint32_t (&sc)[MT][2]) {
+__device__ __forceinline__ void chunk_atoms(const unsigned char* codes, const unsigned char* scales,
+                                            const int (&atom)[MT], int lane, uint4 (&c)[MT], uint32_t (&sc)[MT][2]) {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
+    c[mt] = *reinterpret_cast<const uint4*>(codes + atom[mt] * core::kPackAtomBytes + 16 * lane);
     const unsigned char* s = scales + atom[mt] * core::pack_scale_bytes(group_size(F));
-    sc[mt][0] = atom_row_scales<F>(s, g);
-    sc[mt][1] = atom_row_scales<F>(s, g + 8);
-  }
-}
-
-// Decodes this thread's A fragments of one chunk: m-tile mt is the stage's atom atom[mt].
-template <typename AT, Format F, int MT, bool TWO>
-__device__ __forceinline__ void decode_chunk(const unsigned char* codes, const uint32_t (&sc)[MT][2],
-                                             const int (&atom)[MT], int lane, AFrag<MT>& a) {
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    const uint4 c = *reinterpret_cast<const uint4*>(codes + atom[mt] * core::kPackAtomBytes + 16 * lane);
-    decode_atom<AT, F, TWO>(c, sc[mt][0], sc[mt][1], a[mt]);
+    sc[mt][0] = atom_row_scales<F>(s, lane / 4);
+    sc[mt][1] = atom_row_scales<F>(s, lane / 4 + 8);
   }
 }
 
@@ -173,19 +163,11 @@ __global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Par
   auto step = [&](int it, AFrag<MT>& a, AFrag<MT>& prev) {
     const int stage = it % STAGES;
     mbar_wait(full + 8 * stage, (it / STAGES) & 1);
-    const unsigned char* codes = smem + C::kCodes + stage * C::kCodeBytes;
+    uint4 c[MT];
     uint32_t sc[MT][2];
-    chunk_scales<F, MT>(smem + C::kScales + stage * C::kScaleBytes, atom, g, sc);
-    bool big = false;  // an MXFP4 scale of this thread's needs the two-multiply path (E8M0 > 128, NaN)
-    if constexpr (F == Format::kMxFp4) {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) big |= mx_needs_two(sc[mt][0]) || mx_needs_two(sc[mt][1]);
-    }
-    if (kAlwaysTwo<AT, F> || (F == Format::kMxFp4 && __any_sync(0xffffffffu, big))) {
-      decode_chunk<AT, F, MT, true>(codes, sc, atom, lane, a);
-    } else {
-      decode_chunk<AT, F, MT, false>(codes, sc, atom, lane, a);
-    }
+    chunk_atoms<F, MT>(smem + C::kCodes + stage * C::kCodeBytes, smem + C::kScales + stage * C::kScaleBytes, atom,
+                       lane, c, sc);
+    decode_atoms<AT, F, MT>(c, sc, a);
     const uint32_t xs = smem_addr + C::kX + stage * C::kXBytes;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)

@@ -291,8 +291,9 @@ def linear_w4a16(
 
     On CUDA the weight is dequantized in registers inside the GEMM kernels (no bf16 copy of the weight): up to
     16 rows of x a decode kernel; from 17 to 2048 rows a wgmma kernel on Hopper (sm_90), elsewhere an mma.sync
-    kernel up to 64 rows; above that it is dequantized in slabs of at most 32 MiB and multiplied by cuBLAS. N must be a multiple of 32 and K of 128 there. With float16 activations the dequantized weights
-    must lie in float16's range. The CPU implementation is the reference: dequantize to float32, then matmul.
+    kernel up to 64 rows; above that it is dequantized in slabs of at most 32 MiB and multiplied by cuBLAS.
+    N must be a multiple of 32 and K of 128 there. With float16 activations the dequantized weights must lie
+    in float16's range. The CPU implementation is the reference: dequantize to float32, then matmul.
     """
     codes = w_codes if w_codes.dim() == 3 else _as_uint8(w_codes)
     return torch.ops.fpquant.linear_w4a16(x, codes, w_scales, w_global_scale, bias, format)
