@@ -437,18 +437,24 @@ cudaError_t launch_dtype(const W4A16Params& p, cudaStream_t stream) {
 
 }  // namespace
 
-// Configuration heuristic, from the H100 sweeps of benchmarks/NOTES.md (M = 1 ... 16, N = 4096 ... 28672): a
-// single launch whose 4-warp CTAs put all four warps on one group of 32 features, taking turns along K
-// (config 1): since x rides in the stages (session 11) this is best or within the run-to-run spread for M <= 8
-// and for layers with few features. Above 8 rows, x (16 rows: twice the weight's bytes per chunk) costs
-// config 1 a second copy per warp; where the layer has enough features for one 128-feature CTA per SM, the
-// cluster configuration (config 3: the CTA's 4 warps share one copy of x, splits summed in the cluster)
-// is faster: 28672 x 8192, M = 16, 58.8 / 60.4 us (MXFP4 / NVFP4) against 69.5 / 70.1 (session 12). With
-// fewer features it needs 4-8 splits and loses (8192^2: 27.5 against 20.2). The other shapes stay reachable
-// through FPQUANT_W4A16_DECODE_CONFIG for measurements.
+// Configuration heuristic, from the H100 sweeps of benchmarks/NOTES.md (sessions 11, 12) and the H200 sweeps of
+// session 13 (M = 1 ... 16, N = 4096 ... 28672). Config 1 (a 4-warp CTA whose warps take turns along K on one
+// group of 32 features) is the default. Where the layer has few feature groups, twice the warps per group
+// (config 2) keeps more loads in flight per SM: with at most one group per SM at every M <= 16 (4096^2 on
+// H200: M = 1 6.3 -> 5.5 us, M = 16 8.4 -> 7.8), with at most two at M <= 4, where x costs the extra warps
+// nothing (8192^2 M = 1 15.3 -> 14.1 MXFP4; 8192 x 28672 41.8 -> 38.5 NVFP4); wider layers already have
+// enough warps and lose (28672 x 8192 M = 1 39.4 -> 42.2), as does 8192^2 at M = 8 and 16 (x per warp).
+// Above 8 rows, x (16 rows: twice the weight's bytes per chunk) costs config 1 a second copy per warp; where
+// the layer has enough features for one 128-feature CTA per SM, the cluster configuration (config 3: the
+// CTA's 4 warps share one copy of x, splits summed in the cluster) is faster: 28672 x 8192, M = 16, 58.8 /
+// 60.4 us (MXFP4 / NVFP4) against 69.5 / 70.1 on H100 (session 12). With fewer features it needs 4-8 splits
+// and loses. Config 0 stays reachable through FPQUANT_W4A16_DECODE_CONFIG for measurements.
 int w4a16_decode_config(int64_t M, int64_t N) {
-  constexpr int kCluster = kW4A16ClusterDecodeConfig;
-  return M > 8 && N / kW4A16DecodeShapes[kCluster].features() >= num_sms() ? kCluster : 1;
+  constexpr int kCluster = kW4A16ClusterDecodeConfig, kWide = 2;
+  const int64_t sms = num_sms(), groups = N / kW4A16TileN;
+  if (M > 8 && N / kW4A16DecodeShapes[kCluster].features() >= sms) return kCluster;
+  if (groups <= sms || (M <= 4 && groups <= 2 * sms)) return kWide;
+  return 1;
 }
 
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream) {
