@@ -83,7 +83,7 @@ def test_e2m1_bits8_every_code_in_every_nibble(dtype, unit):
 
 
 def packed_position(n: int, k: int, K: int) -> tuple:
-    """core/w4a16_layout.h packed_code_position, restated: (byte offset, high nibble)."""
+    """Where the code of (row n, column k) lives in the layout of core/w4a16_layout.h: (byte offset, high nibble)."""
     t, a, r, kk = n // 16, k // 64, n % 16, k % 64
     h, g, s, j, q, e = r // 8, r % 8, kk // 16, (kk // 8) % 2, (kk // 2) % 4, kk % 2
     p = 4 * e + 2 * (s % 2) + j

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fpquant_ext as fq
+from fpquant_ext.tuning import plan_override, plan_w4a16
 
 from conftest import make_weight, opcheck, replay_matches
 
@@ -133,12 +134,12 @@ def test_cuda_packed_equals_canonical(fmt, seed):
 @cuda
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cuda_slab_exact_on_every_code_and_scale(fmt, dtype, monkeypatch):
+def test_cuda_slab_exact_on_every_code_and_scale(fmt, dtype):
     # The slab path (w4a16_dequantize_rows + cuBLAS), forced: the dequantized slab must round every weight as
     # dequantize_mxfp4 / dequantize_nvfp4 do, so one-hot rows read it back bit for bit.
-    monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "0")
-    for M in (65, 100):
-        _check_exact(fmt, dtype, M, 7 * M, wgmma=True)
+    with plan_override(w4a16_path="slab"):
+        for M in (1, 65, 100):
+            _check_exact(fmt, dtype, M, 7 * M, wgmma=True)
 
 
 @cuda
@@ -206,37 +207,36 @@ def test_cuda_exact_on_every_code_and_scale(fmt, dtype, M):
 @cuda
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_cuda_mma_sync_kernel_exact_and_bias(fmt, dtype, monkeypatch, seed):
+def test_cuda_mma_sync_kernel_exact_and_bias(fmt, dtype, seed):
     # The mma.sync kernel for 17-64 rows (the path on GPUs without wgmma; forced here, since sm_90 takes the
     # wgmma kernel from 17 rows), with its split-K.
-    monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "0")
-    for M in (17, 40, 64):
-        _check_exact(fmt, dtype, M, seed + M)
-    _check_close(fmt, dtype, 33, 256, 1024, seed)
+    with plan_override(w4a16_path="mma"):
+        for M in (17, 40, 64):
+            _check_exact(fmt, dtype, M, seed + M)
+        _check_close(fmt, dtype, 33, 256, 1024, seed)
 
 
 @cuda
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("config", [0, 1, 2, 3])
+@pytest.mark.parametrize("config", [0, 1, 2])
 @pytest.mark.parametrize("splits", [1, 2, 5])
-def test_cuda_every_decode_config_and_split(fmt, config, splits, monkeypatch, seed):
-    # The heuristic picks one decode configuration per shape; the tuning overrides reach the others (4 or 8
-    # warps per CTA, 1, 4 or 8 warps taking turns along K, warps left without chunks) under split-K.
-    monkeypatch.setenv("FPQUANT_W4A16_DECODE_CONFIG", str(config))
-    monkeypatch.setenv("FPQUANT_W4A16_SPLITS", str(splits))
-    for M in (1, 9, 16):
-        _check_exact(fmt, torch.bfloat16, M, seed + M)
-    _check_close(fmt, torch.float16, 3, 256, 1024, seed)
+def test_cuda_every_decode_config_and_split(fmt, config, splits, seed):
+    # The plan picks one decode shape per problem; the override reaches the others (4 or 8 warps per CTA, 1,
+    # 4 or 8 warps taking turns along K, warps left without chunks, the cluster shape) under split-K.
+    with plan_override(w4a16_path="decode", w4a16_config=config, w4a16_splits=splits):
+        for M in (1, 9, 16):
+            _check_exact(fmt, torch.bfloat16, M, seed + M)
+        _check_close(fmt, torch.float16, 3, 256, 1024, seed)
 
 
 @cuda
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_cuda_decode_cluster_splits_beyond_a_cluster_are_capped(fmt, monkeypatch, seed):
+def test_cuda_decode_cluster_splits_beyond_a_cluster_are_capped(fmt, seed):
     # The cluster decode configuration sums split-K partials inside a thread block cluster (at most 8 CTAs): a
     # larger override is capped, and the result stays right (16 chunks of 128 k).
-    monkeypatch.setenv("FPQUANT_W4A16_SPLITS", "12")
-    monkeypatch.setenv("FPQUANT_W4A16_DECODE_CONFIG", "3")
-    _check_close(fmt, torch.bfloat16, 13, 160, 2048, seed)
+    with plan_override(w4a16_config=2, w4a16_splits=12):
+        assert plan_w4a16(13, 160, 2048, fmt).splits == 8
+        _check_close(fmt, torch.bfloat16, 13, 160, 2048, seed)
 
 
 @cuda
@@ -244,6 +244,7 @@ def test_cuda_decode_cluster_splits_beyond_a_cluster_are_capped(fmt, monkeypatch
 def test_cuda_decode_cluster_config_by_default_on_wide_layers(fmt, seed):
     # Above 8 rows, layers with at least one 128-feature CTA per SM take the cluster configuration by default.
     n = 128 * (torch.cuda.get_device_properties(0).multi_processor_count + 4)
+    assert plan_w4a16(16, n, 512, fmt).cluster
     _check_close(fmt, torch.bfloat16, 16, n, 512, seed, bias=False)
 
 
@@ -252,44 +253,42 @@ def test_cuda_decode_cluster_config_by_default_on_wide_layers(fmt, seed):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("splits", [1, 5])
 @pytest.mark.parametrize("tile", [0, 1, 2, 3])
-def test_cuda_wgmma_exact_on_every_code_and_scale(fmt, dtype, splits, tile, monkeypatch):
+def test_cuda_wgmma_exact_on_every_code_and_scale(fmt, dtype, splits, tile):
     # The Hopper wgmma kernel (default from 65 rows), forced for every M and each tile configuration: partial
     # row tiles (17, 65, 200 rows of 128- or 256-row tiles), a partial feature tile (96 of 128 or 256), 24
     # chunks of 64 k split unevenly (5 splits: chunks 0, 4, 9, 14, 19).
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernel runs on compute capability 9.0 only")
-    monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "1")
-    monkeypatch.setenv("FPQUANT_W4A16_SPLITS", str(splits))
-    monkeypatch.setenv("FPQUANT_W4A16_WGMMA_TILE", str(tile))
-    for M in (17, 65, 200):
-        _check_exact(fmt, dtype, M, 5 * M + splits + 100 * tile, wgmma=True, K=1536)
+    with plan_override(w4a16_path="wgmma", w4a16_config=tile, w4a16_splits=splits):
+        for M in (17, 65, 200):
+            _check_exact(fmt, dtype, M, 5 * M + splits + 100 * tile, wgmma=True, K=1536)
 
 
 @cuda
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("splits", [0, 1, 2, 5])
-def test_cuda_wgmma_bias_fp16_and_partial_tiles(fmt, splits, monkeypatch, seed):
+def test_cuda_wgmma_bias_fp16_and_partial_tiles(fmt, splits, seed):
     # The default path from 65 rows on sm_90 (splits 0: the heuristic's choice), with bias, both dtypes, N not a
     # multiple of the 128-feature tile and M not a multiple of the 128-row tile.
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernel runs on compute capability 9.0 only")
-    if splits:
-        monkeypatch.setenv("FPQUANT_W4A16_SPLITS", str(splits))
     codes, scales, gs, w = make_weight(416, 1536, fmt, seed, "cuda")
-    for dtype in (torch.bfloat16, torch.float16):
-        for M in (65, 129, 300):
-            x = torch.randn(M, 1536, device="cuda", dtype=dtype)
-            bias = torch.randn(416, device="cuda", dtype=dtype)
-            torch.full((16 << 20,), 0x7F, dtype=torch.uint8, device="cuda")  # poison what the allocator hands out
-            out = fq.linear_w4a16(x, codes, scales, gs, bias, format=fmt)
-            ref = x.double() @ w.cuda().T + bias.double()
-            assert torch.isfinite(out).all()
-            assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2, (dtype, M)
-    # "0" turns the kernel off: the slab path gives the same result to rounding.
+    with plan_override(w4a16_splits=splits or None):
+        for dtype in (torch.bfloat16, torch.float16):
+            for M in (65, 129, 300):
+                assert plan_w4a16(M, 416, 1536, fmt).path == "wgmma"
+                x = torch.randn(M, 1536, device="cuda", dtype=dtype)
+                bias = torch.randn(416, device="cuda", dtype=dtype)
+                torch.full((16 << 20,), 0x7F, dtype=torch.uint8, device="cuda")  # poison what the allocator hands out
+                out = fq.linear_w4a16(x, codes, scales, gs, bias, format=fmt)
+                ref = x.double() @ w.cuda().T + bias.double()
+                assert torch.isfinite(out).all()
+                assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2, (dtype, M)
+    # The slab path gives the same result to rounding.
     x = torch.randn(130, 1536, device="cuda", dtype=torch.bfloat16)
     fast = fq.linear_w4a16(x, codes, scales, gs, format=fmt)
-    monkeypatch.setenv("FPQUANT_W4A16_WGMMA", "0")
-    slab = fq.linear_w4a16(x, codes, scales, gs, format=fmt)
+    with plan_override(w4a16_path="slab"):
+        slab = fq.linear_w4a16(x, codes, scales, gs, format=fmt)
     assert ((fast.double() - slab.double()).norm() / slab.double().norm()).item() < 1e-2
 
 

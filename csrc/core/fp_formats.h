@@ -11,6 +11,8 @@
 #include <cstring>
 #include <cmath>
 
+#include "types.h"
+
 #if defined(__CUDACC__)
 #define FPQ_HD __host__ __device__ __forceinline__
 #define FPQ_UNROLL _Pragma("unroll")
@@ -21,8 +23,6 @@
 
 namespace fpquant::core {
 
-constexpr int kMxGroup = 32;     // MXFP4: elements per E8M0 scale
-constexpr int kNvGroup = 16;     // NVFP4: elements per E4M3 scale
 constexpr float kE2M1Max = 6.0f;
 constexpr float kE4M3Max = 448.0f;
 constexpr uint8_t kE8M0Nan = 0xFF;

@@ -20,8 +20,8 @@ FPQ_HD int64_t blocked_offset(int64_t row, int64_t col, int64_t cols) {
 }
 
 // Byte offset of the scale of group `flat` (row-major index: row * cols + col) in either layout.
-FPQ_HD int64_t scale_offset(int64_t flat, int64_t cols, bool blocked) {
-  return blocked ? blocked_offset(flat / cols, flat % cols, cols) : flat;
+FPQ_HD int64_t scale_offset(int64_t flat, int64_t cols, ScaleLayout layout) {
+  return layout == ScaleLayout::kBlocked ? blocked_offset(flat / cols, flat % cols, cols) : flat;
 }
 
 }  // namespace fpquant::core

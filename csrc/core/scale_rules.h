@@ -10,8 +10,6 @@
 
 namespace fpquant::core {
 
-enum class MxRule : int { kFloor = 0, kCeil = 1, kQuest = 2 };
-
 FPQ_HD int clamp_exp(int e) { return e < -127 ? -127 : (e > 127 ? 127 : e); }
 
 // floor: OCP MX v1.0, e = floor(log2 amax) - 2 (2 = exponent of 6, the largest E2M1 value).

@@ -29,18 +29,4 @@ FPQ_HD constexpr int pack_scale_bytes(int group) { return kPackRows * (kPackK / 
 // Byte offset of atom (row tile t, k tile a) in the packed codes of a weight with K columns.
 FPQ_HD int64_t packed_atom(int64_t t, int64_t a, int64_t K) { return (t * (K / kPackK) + a) * kPackAtomBytes; }
 
-// Where the code of (row n, column k) lives: byte offset in the packed codes and nibble (0 low, 1 high).
-struct PackedNibble {
-  int64_t byte;
-  int high;
-};
-FPQ_HD PackedNibble packed_code_position(int64_t n, int64_t k, int64_t K) {
-  const int64_t t = n / kPackRows, a = k / kPackK;
-  const int r = static_cast<int>(n % kPackRows), kk = static_cast<int>(k % kPackK);
-  const int h = r / 8, g = r % 8;
-  const int s = kk / 16, j = (kk / 8) % 2, q = (kk / 2) % 4, e = kk % 2;
-  const int lane = 4 * g + q, word = 2 * h + s / 2, p = 4 * e + 2 * (s % 2) + j;
-  return {packed_atom(t, a, K) + 16 * lane + 4 * word + p / 2, p % 2};
-}
-
 }  // namespace fpquant::core

@@ -1,50 +1,25 @@
-// CUDA glue of linear_w4a16: shared checks, the kernel's tile requirements, output and split-K workspace
-// through torch's allocator, the current stream.
+// CUDA glue of linear_w4a16: shared checks, the kernel's tile requirements, the kernel chosen by plan_w4a16
+// (cuda/w4a16/w4a16_plan.h), output and split-K workspace through torch's allocator, the current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "ops/checks.h"
 #include "core/scale_rules.h"
-#include "cuda/quantize.h"
-#include "cuda/torch_glue.h"
-#include "cuda/w4a16.h"
-#include "w4a16_pack.h"
+#include "cuda/quantize/quantize.h"
+#include "ops/cuda_glue.h"
+#include "cuda/w4a16/w4a16.h"
+#include "ops/tuning.h"
+#include "ops/w4a16_pack.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <tuple>
 
 namespace fpquant {
 namespace {
 
-// Paths by M (the fused kernels read the packed weight once per tile and never hold a bf16 copy of it):
-// - M <= 16: the decode kernel (w4a16_decode.cu);
-// - 17 <= M <= 2048 on an H100-class GPU (compute capability 9.0,
-//   w4a16_wgmma_applies): the wgmma kernel (w4a16_wgmma.cu);
-// - elsewhere up to 64 rows: the mma.sync kernel of w4a16_gemm.cu;
-// - otherwise: the weight is dequantized in slabs of rows (at most ~32 MiB of bf16 at a time, never the
-//   whole weight) by w4a16_dequantize_rows and multiplied by cuBLAS straight into the output columns.
-// The bounds are measured (benchmarks/NOTES.md, sessions 8 and 10): on the packed layout the wgmma kernel
-// takes 64 rows in about the time of 128 (8192^2: ~35 us, where the mma.sync kernel, bound by its 32-bit
-// activation loads, takes ~115); at M = 2048 it beats the slab path for both formats (NVFP4, 8192^2: 438 us
-// against 465 us; 8192 x 28672: 1507 against 1947), at M = 8192 the slab path wins.
-// FPQUANT_W4A16_WGMMA (read per call, for measurements and tests): "0" never takes the wgmma kernel, "1"
-// takes it for every M where it applies.
-constexpr int64_t kWgmmaMinM = 17;
-constexpr int64_t kSlabMinM = 65;
-constexpr int64_t kWgmmaMaxM = 2048;
 constexpr int64_t kSlabBytes = 32LL << 20;
-
-// Tuning knobs for measurements and tests (benchmarks/NOTES.md), read per call: the environment variable
-// `name`, when set to an integer in [lo, hi], replaces `value`.
-void env_override(const char* name, int lo, int hi, int& value) {
-  if (const char* env = std::getenv(name)) {
-    const int v = std::atoi(env);
-    if (v >= lo && v <= hi) value = v;
-  }
-}
 
 // The slab path: rows of the packed weight dequantized (w4a16_dequantize_rows) into a buffer of at most
 // kSlabBytes, each slab multiplied by cuBLAS straight into its output columns.
@@ -95,7 +70,7 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
   p.K = K;
   p.codes = reinterpret_cast<const uint8_t*>(codes.data_ptr());
   p.scales = reinterpret_cast<const uint8_t*>(scales.data_ptr());
-  p.format = args.format == WeightFormat::kMxFp4 ? cuda::Format::kMxFp4 : cuda::Format::kNvFp4;
+  p.format = args.format;
   at::Tensor g;
   if (w_global_scale.has_value()) {
     g = w_global_scale->contiguous();
@@ -107,35 +82,32 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
     p.bias = b.data_ptr();
   }
   p.out = out.data_ptr();
-  const char* wgmma_env = std::getenv("FPQUANT_W4A16_WGMMA");
-  const int wgmma_mode = wgmma_env == nullptr || wgmma_env[0] == '\0' ? -1 : (std::atoi(wgmma_env) != 0 ? 1 : 0);
-  const bool wgmma = wgmma_mode != 0 && (wgmma_mode == 1 || (M >= kWgmmaMinM && M <= kWgmmaMaxM)) &&
-                     cuda::w4a16_wgmma_applies(p);
-  if (M >= kSlabMinM && !wgmma) {
+  const cuda::W4A16Plan plan = cuda::plan_w4a16(M, N, K, p.format, gpu_info(x.get_device()), w4a16_override());
+  TORCH_CHECK_VALUE(plan.invalid == nullptr, op, ": plan override: ", plan.invalid);
+  if (plan.path == cuda::W4A16Path::kSlab) {
     linear_by_slabs(x.view({M, K}), p, bias, out.view({M, N}));
     return out;
   }
-  if (wgmma) {
-    p.wgmma_tile = cuda::w4a16_wgmma_tile(M, N, p.format);
-    env_override("FPQUANT_W4A16_WGMMA_TILE", 0, cuda::w4a16_wgmma_tiles() - 1, p.wgmma_tile);
-    p.splits = cuda::w4a16_wgmma_splits(M, N, K, p.wgmma_tile);
-  } else {
-    p.decode_config = cuda::w4a16_decode_config(M, N);
-    env_override("FPQUANT_W4A16_DECODE_CONFIG", 0, cuda::kW4A16DecodeConfigs - 1, p.decode_config);  // M <= 16
-    p.splits = cuda::w4a16_splits(M, N, K, p.decode_config);
-  }
-  env_override("FPQUANT_W4A16_SPLITS", 1, static_cast<int>(K / cuda::kW4A16ChunkK), p.splits);
-  // A cluster decode configuration sums its splits in distributed shared memory, at most a cluster's worth;
-  // the other paths through a float32 workspace and a second kernel.
-  const bool cluster = !wgmma && cuda::w4a16_m_tiles(M) == 1 && cuda::kW4A16DecodeShapes[p.decode_config].cluster;
-  if (cluster) p.splits = std::min(p.splits, cuda::kW4A16MaxClusterSplits);
+  p.config = plan.config;
+  p.splits = plan.splits;
   at::Tensor workspace;
-  if (p.splits > 1 && !cluster) {
+  if (p.splits > 1 && !plan.cluster) {
     workspace = at::empty({p.splits, M, N}, x.options().dtype(at::kFloat));
     p.workspace = workspace.data_ptr<float>();
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  check_cuda(op, wgmma ? cuda::w4a16_wgmma(p, stream) : cuda::w4a16_gemm(p, stream));
+  cudaError_t err = cudaErrorInvalidValue;
+  switch (plan.path) {
+    case cuda::W4A16Path::kDecode: err = cuda::w4a16_decode(p, stream); break;
+    case cuda::W4A16Path::kMma: err = cuda::w4a16_mma(p, stream); break;
+    case cuda::W4A16Path::kWgmma:
+#if FPQUANT_SM90_KERNELS
+      err = cuda::w4a16_wgmma(p, stream);
+#endif
+      break;
+    case cuda::W4A16Path::kSlab: break;
+  }
+  check_cuda(op, err);
   return out;
 }
 

@@ -5,8 +5,8 @@
 // (16-byte vector loads and stores, a grid-stride loop).
 #include <type_traits>
 
-#include "cuda/device_utils.cuh"
-#include "cuda/encode.cuh"
+#include "cuda/common/device_utils.cuh"
+#include "cuda/common/encode.cuh"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
 
@@ -28,7 +28,7 @@ __device__ __forceinline__ void store_words(uint8_t* dst, const uint32_t (&w)[NW
 template <typename T, Format F, core::MxRule RULE>
 __global__ void __launch_bounds__(kThreads) quantize_groups_kernel(const T* __restrict__ x, int64_t n_groups,
                                                                    int64_t groups_per_row,
-                                                                   const float* __restrict__ gs, bool blocked,
+                                                                   const float* __restrict__ gs, ScaleLayout layout,
                                                                    uint8_t* __restrict__ codes,
                                                                    uint8_t* __restrict__ scales) {
   constexpr int G = group_size(F);
@@ -46,14 +46,14 @@ __global__ void __launch_bounds__(kThreads) quantize_groups_kernel(const T* __re
       s = nv_group(RegValues<G>{v, 0}, ng, w);
     }
     store_words(codes + i * (G / 2), w);
-    scales[core::scale_offset(i, groups_per_row, blocked)] = s;
+    scales[core::scale_offset(i, groups_per_row, layout)] = s;
   }
 }
 
 template <typename O, Format F>
 __global__ void __launch_bounds__(kThreads) dequantize_groups_kernel(const uint8_t* __restrict__ codes,
                                                                      const uint8_t* __restrict__ scales,
-                                                                     const float* __restrict__ gs, bool blocked,
+                                                                     const float* __restrict__ gs, ScaleLayout layout,
                                                                      int64_t n_groups, int64_t groups_per_row,
                                                                      O* __restrict__ out) {
   constexpr int G = group_size(F);
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kThreads) dequantize_groups_kernel(const uint8
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_groups;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const uint8_t sc =
-        scales[core::scale_offset(i, groups_per_row, blocked)];
+        scales[core::scale_offset(i, groups_per_row, layout)];
     const float m = F == Format::kMxFp4 ? core::mx_block_multiplier(sc) : core::nv_block_multiplier(sc, g);
     uint32_t w[G / 8];
     if constexpr (G == 32) {
@@ -138,7 +138,7 @@ cudaError_t with_dtype(DType d, Fn&& fn) {
 
 }  // namespace
 
-cudaError_t quantize_rowwise(const QuantizeParams& p, cudaStream_t stream) {
+cudaError_t quantize_groups(const QuantizeParams& p, cudaStream_t stream) {
   const int G = group_size(p.format);
   const int64_t n_groups = p.rows * (p.K / G);
   const unsigned grid = grid_for(n_groups, kThreads);
@@ -146,14 +146,10 @@ cudaError_t quantize_rowwise(const QuantizeParams& p, cudaStream_t stream) {
     using T = decltype(t);
     return with_format_rule(p.format, p.rule, [&](auto f, auto rule) {
       quantize_groups_kernel<T, decltype(f)::value, decltype(rule)::value><<<grid, kThreads, 0, stream>>>(
-          static_cast<const T*>(p.x), n_groups, p.K / G, p.global_scale, p.blocked, p.codes, p.scales);
+          static_cast<const T*>(p.x), n_groups, p.K / G, p.global_scale, p.layout, p.codes, p.scales);
       return cudaGetLastError();
     });
   });
-}
-
-cudaError_t quantize(const QuantizeParams& p, cudaStream_t stream) {
-  return p.r == 0 ? quantize_rowwise(p, stream) : quantize_rotated(p, stream);
 }
 
 cudaError_t dequantize(const DequantizeParams& p, cudaStream_t stream) {
@@ -164,7 +160,7 @@ cudaError_t dequantize(const DequantizeParams& p, cudaStream_t stream) {
     using O = decltype(t);
     return with_format(p.format, [&](auto f) {
       dequantize_groups_kernel<O, decltype(f)::value><<<grid, kThreads, 0, stream>>>(
-          p.codes, p.scales, p.global_scale, p.blocked, n_groups, p.K / G, static_cast<O*>(p.out));
+          p.codes, p.scales, p.global_scale, p.layout, n_groups, p.K / G, static_cast<O*>(p.out));
       return cudaGetLastError();
     });
   });

@@ -17,8 +17,8 @@
 
 #include <type_traits>
 
-#include "cuda/device_utils.cuh"
-#include "cuda/mma.cuh"
+#include "cuda/common/device_utils.cuh"
+#include "cuda/common/mma.cuh"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
 
@@ -64,9 +64,9 @@ __device__ __forceinline__ float quad_max(float v) {
 
 template <typename T, typename MT, int R, int MT_TILES, Format F>
 __global__ void __launch_bounds__(kThreads, 2)
-    rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const MT* __restrict__ rot_hi,
+    rotate_quantize_split_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const MT* __restrict__ rot_hi,
                            const MT* __restrict__ rot_lo, core::MxRule rule, const float* __restrict__ gs,
-                           bool blocked, uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
+                           ScaleLayout layout, uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
   constexpr int G = group_size(F);
   constexpr int kStride = R + 8;  // padded smem rows: conflict-free ldmatrix
   constexpr int E = R / 4;        // elements per thread per row
@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, 2)
           }
           if (q == 0 && chunk < n_chunks) {
             const int64_t flat = chunk * (R / G) + j;  // linear scale index (K is a multiple of R)
-            scales[core::scale_offset(flat, groups_per_row, blocked)] = sc;
+            scales[core::scale_offset(flat, groups_per_row, layout)] = sc;
           }
         }
       }
@@ -235,7 +235,7 @@ cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
   // SM: the first H100 run (two m-tiles, 1 CTA/SM) was latency-bound at 17-26% of copy bandwidth.
   constexpr int MT_TILES = R >= 64 ? 1 : 2;
   constexpr int ROWS = 16 * MT_TILES;
-  auto kernel = rotate_quantize_kernel<T, MT, R, MT_TILES, F>;
+  auto kernel = rotate_quantize_split_kernel<T, MT, R, MT_TILES, F>;
   const size_t smem = 2 * R * (R + 8) * sizeof(MT) + kWarps * ROWS * (R / 2);
   // Set on every launch: cheap, not a stream operation, and correct for whichever device is current.
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -245,7 +245,7 @@ cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
   const unsigned grid = grid_for(tiles, kWarps, resident_blocks(kernel, kThreads, smem));
   kernel<<<grid, kThreads, smem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K,
                                            static_cast<const MT*>(p.rot_hi), static_cast<const MT*>(p.rot_lo),
-                                           p.rule, p.global_scale, p.blocked, p.codes, p.scales);
+                                           p.rule, p.global_scale, p.layout, p.codes, p.scales);
   return cudaGetLastError();
 }
 
@@ -253,7 +253,7 @@ template <typename T, typename MT, Format F>
 cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
   switch (p.r) {
     case 16:
-      if constexpr (F == Format::kMxFp4) return cudaErrorInvalidValue;  // widened to 32 by the caller
+      if constexpr (F == Format::kMxFp4) return cudaErrorInvalidValue;  // widened to 32 by the plan
       else return launch<T, MT, 16, F>(p, stream);
     case 32: return launch<T, MT, 32, F>(p, stream);
     case 64: return launch<T, MT, 64, F>(p, stream);

@@ -10,9 +10,9 @@
 #include <type_traits>
 
 #include "core/fp_formats.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/mma.cuh"
-#include "cuda/w4a16.h"
+#include "cuda/common/device_utils.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/w4a16/w4a16.h"
 
 namespace fpquant::cuda::w4a16 {
 
@@ -264,14 +264,6 @@ __device__ __forceinline__ void store_pair(const W4A16Params& p, int64_t m, int6
     v1 += to_float(static_cast<const AT*>(p.bias)[n + 1]);
   }
   *reinterpret_cast<uint32_t*>(static_cast<AT*>(p.out) + m * p.N + n) = pack2<AT>(v0, v1);
-}
-
-// Split-K factor shared by the kernels' heuristics: doubled while the grid (ctas x splits) stays within
-// `target` CTAs and the factor at most `max_splits` (each kernel's bound on how little K a split may get).
-inline int split_k(int64_t ctas, int64_t target, int64_t max_splits) {
-  int s = 1;
-  while (ctas * s * 2 <= target && s * 2 <= max_splits) s *= 2;
-  return s;
 }
 
 // Split-K: partials [splits, M, N] (float32, already free of any kernel-internal scaling) summed in split

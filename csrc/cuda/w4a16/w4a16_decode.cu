@@ -42,9 +42,9 @@
 #include <type_traits>
 
 #include "core/w4a16_layout.h"
-#include "cuda/async_copy.cuh"
-#include "cuda/mma.cuh"
-#include "cuda/w4a16_common.cuh"
+#include "cuda/common/async_copy.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/w4a16/w4a16_common.cuh"
 
 namespace fpquant::cuda {
 namespace {
@@ -54,7 +54,7 @@ constexpr int kTiles = kW4A16TileN / 16;           // 16-feature tiles per warp
 constexpr int kAtomsK = kW4A16ChunkK / core::kPackK;  // atoms per tile and chunk
 constexpr int kAtoms = kTiles * kAtomsK;             // atoms per warp and chunk: slot r = kAtomsK t + a
 
-// Configuration I of kW4A16DecodeShapes (w4a16.h): a CTA of `warps` warps, of which `group_warps` share 32
+// Configuration I of kW4A16DecodeShapes (w4a16_plan.h): a CTA of `warps` warps, of which `group_warps` share 32
 // features and take the CTA's chunks of K in turn, so that the warps of a CTA read neighbouring atoms of
 // their feature tiles (4 KiB pieces) at about the same time, and a layer with few features still has enough
 // warps in flight without a split-K reduction kernel.
@@ -422,7 +422,7 @@ cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
 template <typename AT, Format F, int NB, int I = 0>
 cudaError_t launch_config(const W4A16Params& p, cudaStream_t stream) {
   if constexpr (I + 1 < kW4A16DecodeConfigs) {
-    if (p.decode_config != I) return launch_config<AT, F, NB, I + 1>(p, stream);
+    if (p.config != I) return launch_config<AT, F, NB, I + 1>(p, stream);
   }
   return launch<AT, F, NB, Cfg<I>>(p, stream);
 }
@@ -436,26 +436,6 @@ cudaError_t launch_dtype(const W4A16Params& p, cudaStream_t stream) {
 }
 
 }  // namespace
-
-// Configuration heuristic, from the H100 sweeps of benchmarks/NOTES.md (sessions 11, 12) and the H200 sweeps of
-// session 13 (M = 1 ... 16, N = 4096 ... 28672). Config 1 (a 4-warp CTA whose warps take turns along K on one
-// group of 32 features) is the default. Where the layer has few feature groups, twice the warps per group
-// (config 2) keeps more loads in flight per SM: with at most one group per SM at every M <= 16 (4096^2 on
-// H200: M = 1 6.3 -> 5.5 us, M = 16 8.4 -> 7.8), with at most two at M <= 4, where x costs the extra warps
-// nothing (8192^2 M = 1 15.3 -> 14.1 MXFP4; 8192 x 28672 41.8 -> 38.5 NVFP4); wider layers already have
-// enough warps and lose (28672 x 8192 M = 1 39.4 -> 42.2), as does 8192^2 at M = 8 and 16 (x per warp).
-// Above 8 rows, x (16 rows: twice the weight's bytes per chunk) costs config 1 a second copy per warp; where
-// the layer has enough features for one 128-feature CTA per SM, the cluster configuration (config 3: the
-// CTA's 4 warps share one copy of x, splits summed in the cluster) is faster: 28672 x 8192, M = 16, 58.8 /
-// 60.4 us (MXFP4 / NVFP4) against 69.5 / 70.1 on H100 (session 12). With fewer features it needs 4-8 splits
-// and loses. Config 0 stays reachable through FPQUANT_W4A16_DECODE_CONFIG for measurements.
-int w4a16_decode_config(int64_t M, int64_t N) {
-  constexpr int kCluster = kW4A16ClusterDecodeConfig, kWide = 2;
-  const int64_t sms = num_sms(), groups = N / kW4A16TileN;
-  if (M > 8 && N / kW4A16DecodeShapes[kCluster].features() >= sms) return kCluster;
-  if (groups <= sms || (M <= 4 && groups <= 2 * sms)) return kWide;
-  return 1;
-}
 
 cudaError_t w4a16_decode(const W4A16Params& p, cudaStream_t stream) {
   return p.dtype == DType::kBF16 ? launch_dtype<__nv_bfloat16>(p, stream) : launch_dtype<__half>(p, stream);

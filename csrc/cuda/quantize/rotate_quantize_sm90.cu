@@ -21,22 +21,22 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cstdlib>
 #include <type_traits>
 
-#include "cuda/async_copy.cuh"
-#include "cuda/device_utils.cuh"
-#include "cuda/encode.cuh"
-#include "cuda/mma.cuh"
-#include "cuda/wgmma.cuh"
+#include "cuda/common/async_copy.cuh"
+#include "cuda/common/device_utils.cuh"
+#include "cuda/common/encode.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/common/wgmma.cuh"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
+#include "cuda/quantize/quantize_plan.h"
 
 namespace fpquant::cuda {
 namespace {
 
-constexpr int kN = 128;                         // chunk width = wgmma N = K of the rotation
-constexpr int kTileRows = 64;                   // chunks per warpgroup tile (wgmma M)
+constexpr int kN = kRotateSm90Chunk;             // chunk width = wgmma N = K of the rotation
+constexpr int kTileRows = kRotateSm90TileChunks;  // chunks per warpgroup tile (wgmma M)
 constexpr int kTileBytes = kTileRows * kN * 2;  // 16 KiB
 constexpr int kBBytes = kN * kN * 2;            // 32 KiB per B operand (hi, lo)
 constexpr int kColStride = 36;                  // c_j stored [group][36]: float4 reads of 4 groups hit distinct banks
@@ -58,12 +58,12 @@ struct WCfg {
 // Codes (16 bytes) and scales of one thread's output columns 32q .. 32q+31 of chunk `chunk`.
 template <Format F>
 __device__ __forceinline__ void store_row(uint8_t* codes, uint8_t* scales, int64_t chunk, int q, uint4 w,
-                                          const uint8_t* sc, int64_t groups_per_row, bool blocked) {
+                                          const uint8_t* sc, int64_t groups_per_row, ScaleLayout layout) {
   constexpr int kGroups = 32 / group_size(F);
   *reinterpret_cast<uint4*>(codes + chunk * (kN / 2) + 16 * q) = w;
 #pragma unroll
   for (int j = 0; j < kGroups; ++j)
-    scales[core::scale_offset(chunk * (4 * kGroups) + kGroups * q + j, groups_per_row, blocked)] = sc[j];
+    scales[core::scale_offset(chunk * (4 * kGroups) + kGroups * q + j, groups_per_row, layout)] = sc[j];
 }
 
 // Row `row` of a tile, output columns 32q .. 32q+31, recomputed from its own rotation block only (each output
@@ -73,7 +73,7 @@ __device__ __forceinline__ void store_row(uint8_t* codes, uint8_t* scales, int64
 template <typename T, int RIN, Format F, core::MxRule RULE>
 static __device__ __noinline__ void repair_row(const unsigned char* xt, int row, const unsigned char* bhi,
                                                const unsigned char* blo, const float* colc, int q, float g,
-                                               bool blocked, int64_t chunk, int64_t groups_per_row, uint8_t* codes,
+                                               ScaleLayout layout, int64_t chunk, int64_t groups_per_row, uint8_t* codes,
                                                uint8_t* scales) {
   float y[32];
   for (int jj = 0; jj < 32; ++jj) {
@@ -97,13 +97,13 @@ static __device__ __noinline__ void repair_row(const unsigned char* xt, int row,
     sc[0] = core::nv_quantize_block(y, g, cb);
     sc[1] = core::nv_quantize_block(y + 16, g, cb + 8);
   }
-  store_row<F>(codes, scales, chunk, q, c, sc, groups_per_row, blocked);
+  store_row<F>(codes, scales, chunk, q, c, sc, groups_per_row, layout);
 }
 
 template <typename T, int RIN, Format F, core::MxRule RULE, int WG, int STAGES>
 __global__ void __launch_bounds__(128 * WG, 1)
-    rotate_quantize_wgmma_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot,
-                                 const float* __restrict__ gs, bool blocked, uint8_t* __restrict__ codes,
+    rotate_quantize_sm90_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot,
+                                 const float* __restrict__ gs, ScaleLayout layout, uint8_t* __restrict__ codes,
                                  uint8_t* __restrict__ scales) {
 #if FPQUANT_WGMMA
   using C = WCfg<WG, STAGES>;
@@ -310,20 +310,20 @@ __global__ void __launch_bounds__(128 * WG, 1)
             nan_group = nan_group | (F == Format::kMxFp4 ? sc[h][j] == core::kE8M0Nan : (ng.ok && (sc[h][j] & 0x7F) == 0x7F));
           if (nan_group) {
             repair_row<T, RIN, F, RULE>(smem + stage0 + static_cast<int>(it % STAGES) * kTileBytes, row, smem + C::kBHi,
-                                        decltype(with_lo)::value ? smem + C::kBLo : nullptr, colc, q, ng.g, blocked,
+                                        decltype(with_lo)::value ? smem + C::kBLo : nullptr, colc, q, ng.g, layout,
                                         chunk, groups_per_row, codes, scales);
             continue;
           }
         }
         store_row<F>(codes, scales, chunk, q, make_uint4(w[h][0], w[h][1], w[h][2], w[h][3]), sc[h], groups_per_row,
-                     blocked);
+                     layout);
       }
     }
   };
   if (needs_lo) run(std::true_type{});
   else run(std::false_type{});
 #else
-  // Not an sm_90a target: never launched (quantize_rotated_wgmma_applies checks the device).
+  // Not an sm_90a target (this file is compiled for sm_90a alone; the guard keeps a stray build honest).
   static_assert(WCfg<WG, STAGES>::kBLo == WCfg<WG, STAGES>::kBHi + kBBytes, "B operands side by side");
 #endif
 }
@@ -332,20 +332,20 @@ __global__ void __launch_bounds__(128 * WG, 1)
 // scheduler, each with long dependent per-group chains), so warps matter more than stages: a warpgroup spends
 // microseconds on a tile and one tile in flight covers the load latency. Measured on the H100 (NOTES.md):
 // 4 x 2 (up to 128 registers) beat 3 x 3 (up to 168) by 5-10% of copy bandwidth.
-constexpr int kWG = 4;
+constexpr int kWG = kRotateSm90Warpgroups;
 constexpr int kStages = 2;
 
 template <typename T, int RIN, Format F, core::MxRule RULE, int WG, int STAGES>
 cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
   using C = WCfg<WG, STAGES>;
-  auto kernel = rotate_quantize_wgmma_kernel<T, RIN, F, RULE, WG, STAGES>;
+  auto kernel = rotate_quantize_sm90_kernel<T, RIN, F, RULE, WG, STAGES>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const int64_t n_chunks = p.rows * p.K / kN;
   const int64_t tiles = (n_chunks + kTileRows - 1) / kTileRows;
   const unsigned grid = grid_for(tiles, WG, 1);  // one CTA per SM
   kernel<<<grid, C::kThreads, C::kSmem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K, p.rot,
-                                                  p.global_scale, p.blocked, p.codes, p.scales);
+                                                  p.global_scale, p.layout, p.codes, p.scales);
   return cudaGetLastError();
 }
 
@@ -367,23 +367,7 @@ cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-// FPQUANT_ROT_WGMMA: unset = the default policy (below), "0" = never (mma.sync kernel), anything else = always
-// where it applies. For A/B measurements and tests; both kernels meet the same rotation tolerance.
-bool quantize_rotated_wgmma_applies(const QuantizeParams& p) {
-  static const int mode = [] {
-    const char* e = std::getenv("FPQUANT_ROT_WGMMA");
-    if (e == nullptr || e[0] == '\0') return -1;
-    return e[0] == '0' && e[1] == '\0' ? 0 : 1;
-  }();
-  // r < 128 multiplies by a block-diagonal 128 x 128 matrix and pays a fixed setup per CTA: the mma.sync
-  // kernel is quicker for small inputs, this one for large (fewer than one tile per warpgroup: small).
-  const int64_t tiles = (p.rows * p.K / kN + kTileRows - 1) / kTileRows;
-  const bool wanted = mode == 1 || (mode == -1 && (p.r == 128 || tiles >= static_cast<int64_t>(kWG) * num_sms()));
-  return wanted && p.rot != nullptr && p.rot_hi == nullptr && p.dtype != DType::kF32 && (p.rows * p.K) % kN == 0 &&
-         is_sm90();
-}
-
-cudaError_t quantize_rotated_wgmma(const QuantizeParams& p, cudaStream_t stream) {
+cudaError_t quantize_rotated_sm90(const QuantizeParams& p, cudaStream_t stream) {
   return with_format_rule(p.format, p.rule, [&](auto f, auto rule) {
     constexpr Format F = decltype(f)::value;
     constexpr core::MxRule RULE = decltype(rule)::value;

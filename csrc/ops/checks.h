@@ -9,11 +9,13 @@
 
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
+#include "core/types.h"
 #include "core/w4a16_layout.h"
 
 namespace fpquant {
 
-enum class ScaleLayout { kLinear, kBlocked };
+using core::Format;
+using core::ScaleLayout;
 
 inline ScaleLayout parse_layout(const char* op, const std::string& s) {
   if (s == "linear") return ScaleLayout::kLinear;
@@ -169,12 +171,10 @@ inline DequantizeArgs check_dequantize_nvfp4(const at::Tensor& codes, const at::
                           &global_scale, rotation, layout, out_dtype);
 }
 
-enum class WeightFormat { kMxFp4, kNvFp4 };
-
-inline WeightFormat parse_weight_format(const char* op, const std::string& format) {
+inline Format parse_format(const char* op, const std::string& format) {
   TORCH_CHECK_VALUE(format == "mxfp4" || format == "nvfp4", op, ": format must be 'mxfp4' or 'nvfp4', got '",
                     format, "'");
-  return format == "mxfp4" ? WeightFormat::kMxFp4 : WeightFormat::kNvFp4;
+  return format == "mxfp4" ? Format::kMxFp4 : Format::kNvFp4;
 }
 
 // A W4A16 weight in either layout: canonical (codes [N, K/2], linear scales [N, K/G]) or packed
@@ -185,9 +185,9 @@ struct W4A16Weight {
   int64_t N, K;
 };
 inline W4A16Weight check_w4a16_weight(const char* op, const at::Tensor& codes, const at::Tensor& scales,
-                                      WeightFormat f) {
-  const bool mx = f == WeightFormat::kMxFp4;
-  const int64_t group = mx ? core::kMxGroup : core::kNvGroup;
+                                      Format f) {
+  const bool mx = f == Format::kMxFp4;
+  const int64_t group = core::group_size(f);
   const at::ScalarType sdt = mx ? at::kFloat8_e8m0fnu : at::kFloat8_e4m3fn;
   if (codes.dim() == 2) {
     check_codes(op, codes, group);
@@ -213,15 +213,15 @@ inline W4A16Weight check_w4a16_weight(const char* op, const at::Tensor& codes, c
 // linear_w4a16: x [..., K] bfloat16/float16; the weight in either layout (check_w4a16_weight);
 // w_global_scale required for NVFP4 and rejected for MXFP4; bias [N] of x's dtype.
 struct LinearW4A16Args {
-  WeightFormat format;
+  Format format;
   W4A16Weight w;
 };
 inline LinearW4A16Args check_linear_w4a16(const at::Tensor& x, const at::Tensor& codes, const at::Tensor& scales,
                                           const c10::optional<at::Tensor>& global_scale,
                                           const c10::optional<at::Tensor>& bias, const std::string& format) {
   constexpr const char* op = "fpquant.linear_w4a16";
-  const WeightFormat f = parse_weight_format(op, format);
-  const bool mx = f == WeightFormat::kMxFp4;
+  const Format f = parse_format(op, format);
+  const bool mx = f == Format::kMxFp4;
   TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, op,
                    ": x must be bfloat16 or float16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.dim() >= 1 && x.numel() > 0, op, ": x is empty (shape ", x.sizes(), ")");

@@ -23,10 +23,10 @@
 #include <cstdlib>
 #include <type_traits>
 
-#include "cuda/async_copy.cuh"
-#include "cuda/device_utils.cuh"
-#include "cuda/encode.cuh"
-#include "cuda/mma.cuh"
+#include "cuda/common/async_copy.cuh"
+#include "cuda/common/device_utils.cuh"
+#include "cuda/common/encode.cuh"
+#include "cuda/common/mma.cuh"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
 
@@ -35,8 +35,12 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
+// Two CTAs per SM at <= 128 registers: r = 128 holds 64 registers of rotation fragments per thread and a
+// few loop-invariant values spill, yet one CTA with 255 registers and deeper staging measured slower
+// (docs/perf/quantize.md, "Tried and dropped").
+constexpr int kCtasPerSm = 2;
 
-template <int R, int kMinBlocks>
+template <int R>
 struct Cfg {
   static constexpr int kColGroups = R / 32;              // warps side by side over the r output columns
   static constexpr int kRowGroups = kWarps / kColGroups;  // warps stacked over rows
@@ -44,8 +48,8 @@ struct Cfg {
   static constexpr int kRows = kRowGroups * kWarpRows;    // X rows per tile
   static constexpr int kChunks = R / 8;                   // 16-byte chunks per X row
   static constexpr int kTileBytes = kRows * R * 2;        // 16 KiB
-  // Two CTAs per SM must fit in shared memory; with one CTA (kMinBlocks = 1, up to 255 registers) deeper.
-  static constexpr int kStages = kMinBlocks == 1 ? 6 : (R == 128 ? 3 : 4);
+  // Two CTAs per SM must fit in shared memory.
+  static constexpr int kStages = R == 128 ? 3 : 4;
   static constexpr int kStageArea = kStages * kTileBytes;
   static constexpr int kYBytes = kWarps * kWarpRows * 32 * 4;  // rotated values, float32, per warp
   static constexpr int kLoBytes = R * R * 2;              // remainder fragments, [col group][k-step][n-tile][lane]
@@ -80,11 +84,11 @@ __device__ __forceinline__ float unit_scaled(float v, float c, float rcp) {
   return fabsf(v) == c ? copysignf(1.0f, v) : __fmul_rn(v, rcp);
 }
 
-template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE, int kMinBlocks>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    rotate_quantize_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot, const float* __restrict__ gs, bool blocked,
+template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
+__global__ void __launch_bounds__(kThreads, kCtasPerSm)
+    rotate_quantize_mma_kernel(const T* __restrict__ x, int64_t n_chunks, int64_t K, const float* __restrict__ rot, const float* __restrict__ gs, ScaleLayout layout,
                            uint8_t* __restrict__ codes, uint8_t* __restrict__ scales) {
-  using C = Cfg<R, kMinBlocks>;
+  using C = Cfg<R>;
   constexpr int G = group_size(F);
   extern __shared__ __align__(128) unsigned char smem[];
   uint2* lo_frag = reinterpret_cast<uint2*>(smem + C::kStageArea + C::kYBytes);
@@ -277,46 +281,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 #pragma unroll
       for (int j = 0; j < kGroups; ++j) {
         const int64_t flat = chunk * (R / G) + kGroups * cg + j;
-        scales[core::scale_offset(flat, groups_per_row, blocked)] =
+        scales[core::scale_offset(flat, groups_per_row, layout)] =
             sc[j];
       }
     }
   }
 }
 
-template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE, int kMinBlocks>
-cudaError_t launch_variant(const QuantizeParams& p, cudaStream_t stream) {
-  using C = Cfg<R, kMinBlocks>;
-  auto kernel = rotate_quantize_kernel<T, R, kDiag16, F, RULE, kMinBlocks>;
+template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
+cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
+  using C = Cfg<R>;
+  auto kernel = rotate_quantize_mma_kernel<T, R, kDiag16, F, RULE>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const int64_t n_chunks = p.rows * p.K / R;
   const int64_t tiles = (n_chunks + C::kRows - 1) / C::kRows;
   const unsigned grid = grid_for(tiles, 1, resident_blocks(kernel, kThreads, C::kSmem));
   kernel<<<grid, kThreads, C::kSmem, stream>>>(static_cast<const T*>(p.x), n_chunks, p.K, p.rot,
-                                               p.global_scale, p.blocked, p.codes, p.scales);
+                                               p.global_scale, p.layout, p.codes, p.scales);
   return cudaGetLastError();
-}
-
-// CTAs per SM, a register / latency-hiding trade-off. r = 128 holds 64 registers of rotation fragments per
-// thread: two CTAs per SM at <= 128 registers (the default; a few loop-invariant values spill) or one CTA with
-// up to 255 registers and deeper staging. Measured on the H100: benchmarks/NOTES.md (for r = 32, three CTAs
-// of two stages at <= 80 registers were slower than two of four: the kernel is issue-bound, not latency-bound).
-// FPQUANT_ROT_CTAS_PER_SM=1 selects the one-CTA r = 128 variant for tuning sweeps.
-inline int rot_ctas_per_sm_override() {
-  static const int v = [] {
-    const char* e = std::getenv("FPQUANT_ROT_CTAS_PER_SM");
-    return e != nullptr && e[0] == '1' && e[1] == '\0' ? 1 : 0;
-  }();
-  return v;
-}
-
-template <typename T, int R, bool kDiag16, Format F, core::MxRule RULE>
-cudaError_t launch(const QuantizeParams& p, cudaStream_t stream) {
-  if constexpr (R == 128) {
-    if (rot_ctas_per_sm_override() == 1) return launch_variant<T, R, kDiag16, F, RULE, 1>(p, stream);
-  }
-  return launch_variant<T, R, kDiag16, F, RULE, 2>(p, stream);
 }
 
 template <typename T, Format F, core::MxRule RULE>
@@ -332,10 +315,8 @@ cudaError_t by_size(const QuantizeParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-cudaError_t quantize_rotated(const QuantizeParams& p, cudaStream_t stream) {
-  if (p.rot_hi != nullptr) return quantize_rotated_split(p, stream);
-  if (p.dtype == DType::kF32) return cudaErrorInvalidValue;  // float32 input goes to the split kernel
-  if (quantize_rotated_wgmma_applies(p)) return quantize_rotated_wgmma(p, stream);
+cudaError_t quantize_rotated_mma(const QuantizeParams& p, cudaStream_t stream) {
+  if (p.dtype == DType::kF32 || p.rot == nullptr) return cudaErrorInvalidValue;  // the split kernel's inputs
   return with_format_rule(p.format, p.rule, [&](auto f, auto rule) {
     constexpr Format F = decltype(f)::value;
     constexpr core::MxRule RULE = decltype(rule)::value;

@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-#include "checks.h"
+#include "ops/checks.h"
 #include "core/scale_layout.h"
 
 namespace fpquant {

@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "cuda/wgmma.cuh"  // FPQUANT_WGMMA: the sm_90a feature guard
+#include "cuda/common/wgmma.cuh"  // FPQUANT_WGMMA: the sm_90a feature guard
 
 namespace fpquant::cuda {
 

@@ -1,5 +1,6 @@
-// CUDA implementations of the fpquant operators: validation (csrc/checks.h, shared with the CPU), output
-// allocation through torch, the current stream, then the framework-free launchers in quantize.h.
+// CUDA implementations of the quantize family: validation (ops/checks.h, shared with the CPU), output
+// allocation through torch, the kernel chosen by plan_quantize (cuda/quantize/quantize_plan.h), the current
+// stream, then the framework-free launchers of cuda/quantize/quantize.h.
 // Only c10/cuda headers (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS/cuSPARSE headers): the CI check
 // compiles this file with a bare nvcc toolkit.
 #include <ATen/ATen.h>
@@ -7,26 +8,24 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "ops/checks.h"
 #include "core/scale_layout.h"
-#include "cuda/quantize.h"
-#include "cuda/torch_glue.h"
-#include "outputs.h"
+#include "cuda/quantize/quantize.h"
+#include "ops/cuda_glue.h"
+#include "ops/outputs.h"
+#include "ops/tuning.h"
 
 namespace fpquant {
 namespace {
 
-using cuda::Format;
 
 // The rotation for the split-precision kernel: R (y = x_block @ R) split into hi + lo of bfloat16 (float16
-// when x is float16). Small r x r device ops: no host synchronization, capturable. (The fast 16-bit path
-// takes R in float32 and derives its operands in the kernel.)
-// An MXFP4 group (32) must fit in one rotation block, so r = 16 is applied as the equivalent block-diagonal
-// 32 x 32 matrix diag(R, R) (the zero blocks add exact zeros).
-std::pair<at::Tensor, at::Tensor> split_rotation(const at::Tensor& R, at::ScalarType x_dtype, int64_t min_size) {
+// when x is float16), as the block-diagonal diag(R, R) where the plan's kernel size is twice r (the zero
+// blocks add exact zeros). Small r x r device ops: no host synchronization, capturable.
+std::pair<at::Tensor, at::Tensor> split_rotation(const at::Tensor& R, at::ScalarType x_dtype, int kernel_r) {
   const at::ScalarType mt = x_dtype == at::kHalf ? at::kHalf : at::kBFloat16;
   at::Tensor r32 = R.to(at::kFloat).contiguous();
-  if (r32.size(0) < min_size) r32 = at::block_diag({r32, r32});
+  if (r32.size(0) < kernel_r) r32 = at::block_diag({r32, r32});
   at::Tensor hi = r32.to(mt);
   at::Tensor lo = (r32 - hi.to(at::kFloat)).to(mt);
   return {hi.contiguous(), lo.contiguous()};
@@ -37,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const char* op, Format format, 
                                                  const at::Tensor* global_scale, ScaleLayout layout) {
   check_device_and_alignment(op, x, "x");
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t G = group_size(format);
+  const int64_t G = core::group_size(format);
   const int64_t K = x.size(-1), rows = x.numel() / K;
   at::Tensor codes = make_codes(x);
   at::Tensor scales =
@@ -50,25 +49,38 @@ std::tuple<at::Tensor, at::Tensor> quantize_cuda(const char* op, Format format, 
   p.format = format;
   p.rule = rule;
   p.global_scale = global_scale ? global_scale->data_ptr<float>() : nullptr;
-  p.blocked = layout == ScaleLayout::kBlocked;
+  p.layout = layout;
   p.codes = codes.data_ptr<uint8_t>();
   p.scales = reinterpret_cast<uint8_t*>(scales.data_ptr());
+  const int r = rotation.has_value() ? static_cast<int>(rotation->size(0)) : 0;
+  const cuda::QuantizePlan plan =
+      cuda::plan_quantize(rows, K, format, p.dtype, r, gpu_info(x.get_device()), quantize_override());
+  TORCH_CHECK_VALUE(plan.invalid == nullptr, op, ": plan override: ", plan.invalid);
   at::Tensor hi, lo, rot;
-  if (rotation.has_value()) {
-    const int64_t r = rotation->size(0);
-    if (x.scalar_type() == at::kFloat || (r == 16 && K % 32 != 0)) {
-      std::tie(hi, lo) = split_rotation(*rotation, x.scalar_type(), G);
-      p.rot_hi = hi.data_ptr();
-      p.rot_lo = lo.data_ptr();
-      p.r = static_cast<int>(hi.size(0));
-    } else {
-      rot = rotation->to(at::kFloat).contiguous();  // no copy when it already is (the usual case)
-      if (reinterpret_cast<uintptr_t>(rot.data_ptr()) % 16 != 0) rot = rot.clone();  // cp.async needs 16 B
-      p.rot = rot.data_ptr<float>();
-      p.r = static_cast<int>(r);
-    }
+  if (plan.path == cuda::QuantizePath::kRotateSplit) {
+    std::tie(hi, lo) = split_rotation(*rotation, x.scalar_type(), plan.kernel_r);
+    p.rot_hi = hi.data_ptr();
+    p.rot_lo = lo.data_ptr();
+    p.r = plan.kernel_r;
+  } else if (r != 0) {
+    rot = rotation->to(at::kFloat).contiguous();  // no copy when it already is (the usual case)
+    if (reinterpret_cast<uintptr_t>(rot.data_ptr()) % 16 != 0) rot = rot.clone();  // cp.async needs 16 B
+    p.rot = rot.data_ptr<float>();
+    p.r = r;  // the kernels expand r = 16 themselves
   }
-  check_cuda(op, cuda::quantize(p, c10::cuda::getCurrentCUDAStream().stream()));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  cudaError_t err = cudaErrorInvalidValue;
+  switch (plan.path) {
+    case cuda::QuantizePath::kGroups: err = cuda::quantize_groups(p, stream); break;
+    case cuda::QuantizePath::kRotateMma: err = cuda::quantize_rotated_mma(p, stream); break;
+    case cuda::QuantizePath::kRotateSplit: err = cuda::quantize_rotated_split(p, stream); break;
+    case cuda::QuantizePath::kRotateSm90:
+#if FPQUANT_SM90_KERNELS
+      err = cuda::quantize_rotated_sm90(p, stream);
+#endif
+      break;
+  }
+  check_cuda(op, err);
   return {codes, scales};
 }
 
@@ -124,7 +136,7 @@ at::Tensor dequantize_cuda(const char* op, Format format, const at::Tensor& code
   p.scales = reinterpret_cast<const uint8_t*>(scales.data_ptr());
   p.format = format;
   p.global_scale = global_scale ? global_scale->data_ptr<float>() : nullptr;
-  p.blocked = layout == ScaleLayout::kBlocked;
+  p.layout = layout;
   p.rows = rows;
   p.K = K;
   p.out = out.data_ptr();

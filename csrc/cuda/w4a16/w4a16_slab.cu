@@ -7,9 +7,9 @@
 
 #include "core/scale_rules.h"
 #include "core/w4a16_layout.h"
-#include "cuda/device_utils.cuh"
-#include "cuda/mma.cuh"
-#include "cuda/w4a16.h"
+#include "cuda/common/device_utils.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/w4a16/w4a16.h"
 
 namespace fpquant::cuda {
 namespace {

@@ -1,17 +1,20 @@
-// The one place where every fpquant operator's schema is declared. Backends (csrc/cpu, csrc/cuda) only
-// register implementations; fake (meta) implementations live in python/fpquant_ext/ops.py.
+// The one place where every fpquant operator's schema is declared. Backends (csrc/ops/*_cpu.cpp,
+// *_cuda.cpp) only register implementations; fake (meta) implementations live in python/fpquant_ext/_fake.py.
 #include <Python.h>
 #include <torch/library.h>
+
+#include "ops/tuning.h"
 
 #ifndef FPQUANT_CUDA_ARCHS
 #define FPQUANT_CUDA_ARCHS ""
 #endif
 
 extern "C" {
-// `import fpquant_ext._C` loads this library, which runs the registrations below. The module itself is
-// empty: every entry point is reached through torch.ops.fpquant.
+// `import fpquant_ext._C` loads this library, which runs the registrations below. The module itself only
+// holds build facts and the tuning functions (csrc/ops/tuning.cpp); every operator is reached through
+// torch.ops.fpquant.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fpquant::tuning_methods()};
   PyObject* m = PyModule_Create(&module_def);
   // Build facts for fpquant_ext.backend_info(): the CUDA architectures compiled in ("" for a CPU build).
   if (m != nullptr) PyModule_AddStringConstant(m, "cuda_archs", FPQUANT_CUDA_ARCHS);

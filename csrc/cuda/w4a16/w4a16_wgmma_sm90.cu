@@ -28,10 +28,10 @@
 #include <type_traits>
 
 #include "core/w4a16_layout.h"
-#include "cuda/mma.cuh"
-#include "cuda/tma.cuh"
-#include "cuda/w4a16_common.cuh"
-#include "cuda/wgmma.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/common/tma.cuh"
+#include "cuda/w4a16/w4a16_common.cuh"
+#include "cuda/common/wgmma.cuh"
 
 namespace fpquant::cuda {
 namespace {
@@ -232,15 +232,6 @@ __global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Par
 #endif
 }
 
-// Tile configurations (BR rows of x, WG consumer warpgroups, MT m64 tiles per warpgroup, stages), chosen by
-// w4a16_wgmma_tile.
-struct Tile {
-  int rows, wg, mt, stages;
-  constexpr int features() const { return 64 * wg * mt; }
-};
-constexpr Tile kTiles[] = {{128, 2, 1, 8}, {128, 4, 1, 6}, {256, 2, 1, 4}, {128, 2, 2, 4}};
-constexpr int kNumTiles = 4;
-
 // cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
 using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
                                  const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
@@ -296,46 +287,17 @@ cudaError_t launch_tile(const W4A16Params& p, cudaStream_t stream) {
 
 template <typename AT, Format F, int I = 0>
 cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
-  if constexpr (I + 1 < kNumTiles) {
-    if (p.wgmma_tile != I) return launch<AT, F, I + 1>(p, stream);
+  if constexpr (I + 1 < kW4A16WgmmaTileCount) {
+    if (p.config != I) return launch<AT, F, I + 1>(p, stream);
   }
-  return launch_tile<AT, F, kTiles[I].rows, kTiles[I].wg, kTiles[I].mt, kTiles[I].stages>(p, stream);
-}
-
-int64_t tile_ctas(int64_t M, int64_t N, int tile) {
-  const Tile t = kTiles[tile];
-  return ((M + t.rows - 1) / t.rows) * ((N + t.features() - 1) / t.features());
+  constexpr W4A16WgmmaTile t = kW4A16WgmmaTiles[I];
+  return launch_tile<AT, F, t.rows, t.wg, t.mt, t.stages>(p, stream);
 }
 
 }  // namespace
 
-bool w4a16_wgmma_applies(const W4A16Params& p) {
-  // The tensor maps need 16-byte aligned bases and row strides (K % 128 gives them for the packed weight),
-  // and row/column coordinates that fit an int.
-  return p.K % kW4A16ChunkK == 0 && reinterpret_cast<uintptr_t>(p.x) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(p.codes) % 16 == 0 && reinterpret_cast<uintptr_t>(p.scales) % 16 == 0 &&
-         p.M < (1LL << 31) && p.N < (1LL << 31) && p.K < (1LL << 31) && is_sm90();
-}
-
-int w4a16_wgmma_tiles() { return kNumTiles; }
-
-// Tile heuristic, from the H100 sweeps of benchmarks/NOTES.md (session 8): above 128 rows, 256-row tiles
-// (half the decode per multiply-add); up to 128 rows, 128 x 128 tiles with 8 stages, except NVFP4 layers
-// with at least 32 tiles of 256 features, where four consumer warpgroups (256 features, 4 warps per
-// scheduler) hide NVFP4's longer scale decode better.
-int w4a16_wgmma_tile(int64_t M, int64_t N, Format format) {
-  if (M > 128) return 2;
-  return format == Format::kNvFp4 && tile_ctas(M, N, 1) >= 32 ? 1 : 0;
-}
-
-// Split-K only while the tiles cover at most half the SMs (one CTA per SM), keeping at least 8 chunks of 64
-// per split.
-int w4a16_wgmma_splits(int64_t M, int64_t N, int64_t K, int tile) {
-  return w4a16::split_k(tile_ctas(M, N, tile), num_sms(), K / (kBK * 8));
-}
-
 cudaError_t w4a16_wgmma(const W4A16Params& p, cudaStream_t stream) {
-  if (p.wgmma_tile < 0 || p.wgmma_tile >= kNumTiles) return cudaErrorInvalidValue;
+  if (p.config < 0 || p.config >= kW4A16WgmmaTileCount) return cudaErrorInvalidValue;
   const bool bf16 = p.dtype == DType::kBF16;
   if (p.format == Format::kMxFp4)
     return bf16 ? launch<__nv_bfloat16, Format::kMxFp4>(p, stream) : launch<__half, Format::kMxFp4>(p, stream);

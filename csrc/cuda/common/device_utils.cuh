@@ -9,14 +9,9 @@
 #include <type_traits>
 #include <utility>
 
-#include "cuda/quantize.h"
+#include "cuda/quantize/quantize.h"
 
 namespace fpquant::cuda {
-
-template <DType D> struct Elem;
-template <> struct Elem<DType::kF32> { using type = float; };
-template <> struct Elem<DType::kBF16> { using type = __nv_bfloat16; };
-template <> struct Elem<DType::kF16> { using type = __half; };
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -63,16 +58,6 @@ inline int num_sms() {
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
     return 132;
   return sms;
-}
-
-// The kernels built with wgmma (wgmma.cuh) run on compute capability 9.0 only (sm_90a code is not forward
-// compatible); their dispatchers check this before choosing them.
-inline bool is_sm90() {
-  int dev = 0, major = 0, minor = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
-  return major == 9 && minor == 0;
 }
 
 // Launch-time dispatch to compile-time template arguments, shared by the kernel launchers:

@@ -8,11 +8,11 @@
 #include <tuple>
 #include <vector>
 
-#include "checks.h"
-#include "outputs.h"
+#include "ops/checks.h"
+#include "ops/outputs.h"
 #include "core/scale_layout.h"
 #include "core/scale_rules.h"
-#include "w4a16_pack.h"
+#include "ops/w4a16_pack.h"
 
 namespace fpquant {
 namespace {
@@ -196,7 +196,7 @@ at::Tensor linear_w4a16_cpu(const at::Tensor& x, const at::Tensor& w_codes, cons
   at::Tensor codes = w_codes, scales = w_scales;
   if (args.w.packed) std::tie(codes, scales) = unpack_w4a16(w_codes, w_scales, format);
   at::Tensor w;
-  if (args.format == WeightFormat::kMxFp4) {
+  if (args.format == Format::kMxFp4) {
     w = dequantize_cpu(codes, scales, kMxGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
                        [](uint8_t sc) { return core::mx_block_multiplier(sc); });
   } else {

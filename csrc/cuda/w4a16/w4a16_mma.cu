@@ -23,8 +23,8 @@
 #include <type_traits>
 
 #include "core/w4a16_layout.h"
-#include "cuda/mma.cuh"
-#include "cuda/w4a16_common.cuh"
+#include "cuda/common/mma.cuh"
+#include "cuda/w4a16/w4a16_common.cuh"
 
 namespace fpquant::cuda {
 namespace {
@@ -156,43 +156,16 @@ cudaError_t launch_tiles(const W4A16Params& p, cudaStream_t stream) {
 
 template <typename AT, Format F>
 cudaError_t launch(const W4A16Params& p, cudaStream_t stream) {
-  switch (w4a16_m_tiles(p.M)) {
-    case 1: return w4a16_decode(p, stream);
+  switch (p.config) {
     case 2: return launch_tiles<AT, F, 2, 4>(p, stream);
-    default: return launch_tiles<AT, F, 4, 8>(p, stream);
+    case 4: return launch_tiles<AT, F, 4, 8>(p, stream);
+    default: return cudaErrorInvalidValue;
   }
 }
 
 }  // namespace
 
-// Tile heuristic (documented in docs/DESIGN.md): up to 16 rows the decode kernel (w4a16_decode.cu); above,
-// MT m-tiles of 16 rows per CTA, 2 up to 32 rows and 4 up to 64 (larger M takes the wgmma kernel or the
-// slab path in linear_cuda.cpp), with 4 warps (128 features) per CTA for MT = 2 and 8 warps (256 features)
-// for MT = 4, so that wider CTAs share activation reads as M grows.
-int w4a16_m_tiles(int64_t M) { return M <= 16 ? 1 : (M <= 32 ? 2 : 4); }
-
-// Split-K (partials reduced by a second kernel, in split order). M <= 16 (the decode kernel): the CTAs
-// already split K between the warps of a feature group, and the H100 measurements (benchmarks/NOTES.md)
-// favour a single launch even when the grid is a bit short of the SMs (4096 x 4096: 128 CTAs, 6.4 us
-// unsplit vs 7.9 us with 2 splits), so K is split only while the grid would cover fewer than half the SMs.
-// The cluster configuration (splits summed inside the kernel) splits while the grid stays within about four
-// CTAs per SM, at most a cluster (28672 x 8192, M = 16: 2 splits, 58.3 us against 61.1 unsplit and 62.0 with 4).
-// 17 <= M <= 64 (w4a16_kernel): K is split until there are about sixteen CTAs per SM.
-int w4a16_splits(int64_t M, int64_t N, int64_t K, int decode_config) {
-  const int mt = w4a16_m_tiles(M);
-  if (mt == 1) {
-    const W4A16DecodeShape shape = kW4A16DecodeShapes[decode_config];
-    const int64_t ctas = (N + shape.features() - 1) / shape.features();
-    if (shape.cluster)
-      return w4a16::split_k(ctas, 4LL * num_sms(), std::min<int64_t>(kW4A16MaxClusterSplits, K / (kW4A16ChunkK * 2)));
-    return w4a16::split_k(ctas, num_sms(), K / (kW4A16ChunkK * 2 * shape.group_warps));
-  }
-  const int64_t features = mt == 2 ? 128 : 256;
-  const int64_t ctas = ((N + features - 1) / features) * ((M + 16 * mt - 1) / (16 * mt));
-  return w4a16::split_k(ctas, 16LL * num_sms(), K / (kW4A16ChunkK * 4));
-}
-
-cudaError_t w4a16_gemm(const W4A16Params& p, cudaStream_t stream) {
+cudaError_t w4a16_mma(const W4A16Params& p, cudaStream_t stream) {
   const bool bf16 = p.dtype == DType::kBF16;
   if (p.format == Format::kMxFp4)
     return bf16 ? launch<__nv_bfloat16, Format::kMxFp4>(p, stream) : launch<__half, Format::kMxFp4>(p, stream);

@@ -6,10 +6,10 @@
 
 #include <string>
 
-#include "checks.h"
+#include "ops/checks.h"
 #include "core/scale_layout.h"
 #include "core/w4a16_layout.h"
-#include "w4a16_pack.h"
+#include "ops/w4a16_pack.h"
 
 namespace fpquant {
 namespace {
@@ -65,7 +65,7 @@ at::Tensor bytes_of(const at::Tensor& nib) {  // [..., 2B] -> [..., B]
 std::tuple<at::Tensor, at::Tensor> pack_w4a16(const at::Tensor& codes, const at::Tensor& scales,
                                               c10::string_view format) {
   constexpr const char* op = "fpquant.pack_w4a16";
-  const WeightFormat f = parse_weight_format(op, std::string(format));
+  const Format f = parse_format(op, std::string(format));
   TORCH_CHECK_VALUE(codes.dim() == 2, op, ": w_codes must be the canonical 2-D [N, K/2], got shape ", codes.sizes());
   const W4A16Weight w = check_w4a16_weight(op, codes, scales, f);
   const int64_t N = w.N, K = w.K, T = N / core::kPackRows, A = K / core::kPackK;
@@ -73,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> pack_w4a16(const at::Tensor& codes, const at:
                     core::kPackRows, " and K a multiple of ", core::kPackK, ", got N=", N, ", K=", K);
   const at::Tensor nib = nibbles(codes.view(at::kByte)).view({T, 2, 8, A, 2, 2, 2, 4, 2});
   const at::Tensor packed = bytes_of(nib.permute(kCanonicalDims).contiguous()).view({T, A, core::kPackAtomBytes});
-  const int64_t per_row = core::kPackK / (f == WeightFormat::kMxFp4 ? core::kMxGroup : core::kNvGroup);
+  const int64_t per_row = core::kPackK / core::group_size(f);
   const at::Tensor s = scales.view(at::kByte).view({T, core::kPackRows, A, per_row}).permute({0, 2, 1, 3});
   return {packed, s.contiguous().view({T, A, core::kPackRows * per_row}).view(scales.scalar_type())};
 }
@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor> pack_w4a16(const at::Tensor& codes, const at:
 std::tuple<at::Tensor, at::Tensor> unpack_w4a16(const at::Tensor& codes, const at::Tensor& scales,
                                                 c10::string_view format) {
   constexpr const char* op = "fpquant.unpack_w4a16";
-  const WeightFormat f = parse_weight_format(op, std::string(format));
+  const Format f = parse_format(op, std::string(format));
   TORCH_CHECK_VALUE(codes.dim() == 3, op, ": w_codes must be the packed 3-D [N/16, K/64, 512], got shape ",
                     codes.sizes());
   const W4A16Weight w = check_w4a16_weight(op, codes, scales, f);

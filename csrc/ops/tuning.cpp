@@ -1,0 +1,102 @@
+// fpquant_ext._C's tuning functions: set the plan overrides, and evaluate the plans for a described GPU so
+// that tests and docs can show which kernel a problem gets without running it.
+#include "ops/tuning.h"
+
+#include <atomic>
+
+namespace fpquant {
+namespace {
+
+std::atomic<int> g_w4a16_path{-1}, g_w4a16_config{-1}, g_w4a16_splits{0}, g_quantize_path{-1};
+
+core::Format format_of(const char* name, bool* ok) {
+  const std::string s(name);
+  *ok = s == "mxfp4" || s == "nvfp4";
+  return s == "nvfp4" ? core::Format::kNvFp4 : core::Format::kMxFp4;
+}
+
+// _set_plan_override(w4a16_path, w4a16_config, w4a16_splits, quantize_path): -1 (0 for splits) = the plan's
+// own choice. Validity against a problem is judged per call by the plan (an override that cannot apply
+// raises there).
+PyObject* set_plan_override(PyObject*, PyObject* args) {
+  int wp, wc, ws, qp;
+  if (!PyArg_ParseTuple(args, "iiii", &wp, &wc, &ws, &qp)) return nullptr;
+  g_w4a16_path = wp;
+  g_w4a16_config = wc;
+  g_w4a16_splits = ws;
+  g_quantize_path = qp;
+  Py_RETURN_NONE;
+}
+
+PyObject* get_plan_override(PyObject*, PyObject*) {
+  return Py_BuildValue("(iiii)", g_w4a16_path.load(), g_w4a16_config.load(), g_w4a16_splits.load(),
+                       g_quantize_path.load());
+}
+
+// _plan_w4a16(M, N, K, format, cc_major, cc_minor, num_sms, sm90_kernels) -> (path, config, splits, cluster),
+// under the current override; ValueError if the override cannot apply.
+PyObject* plan_w4a16_py(PyObject*, PyObject* args) {
+  long long M, N, K;
+  const char* fmt;
+  cuda::GpuInfo gpu;
+  int sm90;
+  if (!PyArg_ParseTuple(args, "LLLsiiip", &M, &N, &K, &fmt, &gpu.cc_major, &gpu.cc_minor, &gpu.num_sms, &sm90))
+    return nullptr;
+  bool ok;
+  const core::Format f = format_of(fmt, &ok);
+  if (!ok) return PyErr_Format(PyExc_ValueError, "format must be 'mxfp4' or 'nvfp4', got '%s'", fmt);
+  gpu.sm90_kernels = sm90 != 0;
+  const cuda::W4A16Plan plan = cuda::plan_w4a16(M, N, K, f, gpu, w4a16_override());
+  if (plan.invalid != nullptr) return PyErr_Format(PyExc_ValueError, "plan override: %s", plan.invalid);
+  return Py_BuildValue("(iiiO)", static_cast<int>(plan.path), plan.config, plan.splits,
+                       plan.cluster ? Py_True : Py_False);
+}
+
+// _plan_quantize(rows, K, format, dtype, r, cc_major, cc_minor, num_sms, sm90_kernels) -> (path, kernel_r);
+// dtype 0 float32, 1 bfloat16, 2 float16.
+PyObject* plan_quantize_py(PyObject*, PyObject* args) {
+  long long rows, K;
+  const char* fmt;
+  int dtype, r, sm90;
+  cuda::GpuInfo gpu;
+  if (!PyArg_ParseTuple(args, "LLsiiiiip", &rows, &K, &fmt, &dtype, &r, &gpu.cc_major, &gpu.cc_minor, &gpu.num_sms,
+                        &sm90))
+    return nullptr;
+  bool ok;
+  const core::Format f = format_of(fmt, &ok);
+  if (!ok) return PyErr_Format(PyExc_ValueError, "format must be 'mxfp4' or 'nvfp4', got '%s'", fmt);
+  if (dtype < 0 || dtype > 2) return PyErr_Format(PyExc_ValueError, "dtype must be 0, 1 or 2");
+  gpu.sm90_kernels = sm90 != 0;
+  const cuda::QuantizePlan plan =
+      cuda::plan_quantize(rows, K, f, static_cast<core::DType>(dtype), r, gpu, quantize_override());
+  if (plan.invalid != nullptr) return PyErr_Format(PyExc_ValueError, "plan override: %s", plan.invalid);
+  return Py_BuildValue("(ii)", static_cast<int>(plan.path), plan.kernel_r);
+}
+
+PyMethodDef kMethods[] = {
+    {"_set_plan_override", set_plan_override, METH_VARARGS, "Set the plan overrides (fpquant_ext.tuning)."},
+    {"_get_plan_override", get_plan_override, METH_NOARGS, "The current plan overrides."},
+    {"_plan_w4a16", plan_w4a16_py, METH_VARARGS, "Evaluate the W4A16 plan for a described GPU."},
+    {"_plan_quantize", plan_quantize_py, METH_VARARGS, "Evaluate the quantize plan for a described GPU."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
+cuda::W4A16Override w4a16_override() {
+  cuda::W4A16Override ov;
+  ov.path = g_w4a16_path;
+  ov.config = g_w4a16_config;
+  ov.splits = g_w4a16_splits;
+  return ov;
+}
+
+cuda::QuantizeOverride quantize_override() {
+  cuda::QuantizeOverride ov;
+  ov.path = g_quantize_path;
+  return ov;
+}
+
+PyMethodDef* tuning_methods() { return kMethods; }
+
+}  // namespace fpquant

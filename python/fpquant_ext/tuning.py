@@ -1,0 +1,110 @@
+"""Which kernel runs, and how to force another one for measurements and tests.
+
+Each CUDA op family has one plan function in C++ that picks the kernel, its tile configuration and its
+split of K (``csrc/cuda/w4a16/w4a16_plan.cpp``, ``csrc/cuda/quantize/quantize_plan.cpp``; the reasoning and
+the measurements behind every threshold: ``docs/perf/w4a16.md`` and ``docs/perf/quantize.md``). The plans are
+plain functions of the problem and the GPU, so :func:`plan_w4a16` and :func:`plan_quantize` evaluate them
+here for any GPU description, with or without a GPU.
+
+:func:`plan_override` forces a path, configuration or split count while its ``with`` block runs: the way
+tests reach every kernel and sweeps compare configurations. Nothing reads environment variables. The
+override is process-wide (every thread, every call inside the block); an override that cannot apply to a
+call's problem or GPU makes that call raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from . import _C
+
+__all__ = ["W4A16_PATHS", "QUANTIZE_PATHS", "GpuSpec", "W4A16Plan", "QuantizePlan", "plan_w4a16", "plan_quantize",
+           "plan_override"]
+
+#: W4A16 paths, in the plan's numbering (w4a16_plan.h, W4A16Path).
+W4A16_PATHS = ("decode", "mma", "wgmma", "slab")
+#: Quantize paths (quantize_plan.h, QuantizePath).
+QUANTIZE_PATHS = ("groups", "rotate_mma", "rotate_split", "rotate_sm90")
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """What the plans know of a GPU. ``sm90_kernels``: the build compiled the sm_90a kernels."""
+
+    cc: tuple[int, int] = (9, 0)
+    num_sms: int = 132
+    sm90_kernels: bool = True
+
+    @staticmethod
+    def current(device: Optional[torch.device] = None) -> "GpuSpec":
+        """The GPU torch would use (and whether this build has its sm_90a kernels)."""
+        props = torch.cuda.get_device_properties(device)
+        return GpuSpec((props.major, props.minor), props.multi_processor_count, "90a" in _C.cuda_archs.split(","))
+
+
+@dataclass(frozen=True)
+class W4A16Plan:
+    path: str  # one of W4A16_PATHS
+    config: int  # decode shape, mma m-tiles or wgmma tile (w4a16_plan.h)
+    splits: int
+    cluster: bool  # splits summed in a thread block cluster
+
+
+@dataclass(frozen=True)
+class QuantizePlan:
+    path: str  # one of QUANTIZE_PATHS
+    kernel_r: int  # rotation size the kernel is built for (16 may run as diag(R, R) of 32)
+
+
+def plan_w4a16(M: int, N: int, K: int, format: str = "mxfp4", gpu: Optional[GpuSpec] = None) -> W4A16Plan:
+    """The kernel ``linear_w4a16`` runs for x [M, K] times a weight [N, K] (under any active override)."""
+    g = gpu if gpu is not None else GpuSpec.current()
+    path, config, splits, cluster = _C._plan_w4a16(M, N, K, format, g.cc[0], g.cc[1], g.num_sms, g.sm90_kernels)
+    return W4A16Plan(W4A16_PATHS[path], config, splits, cluster)
+
+
+def plan_quantize(rows: int, K: int, format: str = "mxfp4", dtype: torch.dtype = torch.bfloat16, r: int = 0,
+                  gpu: Optional[GpuSpec] = None) -> QuantizePlan:
+    """The kernel ``quantize_*`` runs for ``rows`` x ``K`` values of ``dtype`` with a rotation of size ``r``."""
+    g = gpu if gpu is not None else GpuSpec.current()
+    path, kernel_r = _C._plan_quantize(rows, K, format, _DTYPES[dtype], r, g.cc[0], g.cc[1], g.num_sms,
+                                       g.sm90_kernels)
+    return QuantizePlan(QUANTIZE_PATHS[path], kernel_r)
+
+
+def _index(name: Optional[str], names: tuple, what: str) -> int:
+    if name is None:
+        return -1
+    if name not in names:
+        raise ValueError(f"{what} must be one of {names}, got {name!r}")
+    return names.index(name)
+
+
+@contextlib.contextmanager
+def plan_override(*, w4a16_path: Optional[str] = None, w4a16_config: Optional[int] = None,
+                  w4a16_splits: Optional[int] = None, quantize_path: Optional[str] = None) -> Iterator[None]:
+    """Force plan choices inside the ``with`` block; ``None`` keeps the plan's own choice.
+
+    Args:
+        w4a16_path: one of :data:`W4A16_PATHS`.
+        w4a16_config: the decode shape (0-2) or wgmma tile (0-3) of the chosen path.
+        w4a16_splits: splits of K (capped at K / 128, and at 8 for the cluster decode shape).
+        quantize_path: one of :data:`QUANTIZE_PATHS` (rotation paths only apply with a rotation).
+    """
+    if w4a16_config is not None and w4a16_config < 0:
+        raise ValueError(f"w4a16_config must be >= 0, got {w4a16_config}")
+    if w4a16_splits is not None and w4a16_splits < 1:
+        raise ValueError(f"w4a16_splits must be >= 1, got {w4a16_splits}")
+    new = (_index(w4a16_path, W4A16_PATHS, "w4a16_path"), -1 if w4a16_config is None else w4a16_config,
+           0 if w4a16_splits is None else w4a16_splits, _index(quantize_path, QUANTIZE_PATHS, "quantize_path"))
+    old = _C._get_plan_override()
+    _C._set_plan_override(*new)
+    try:
+        yield
+    finally:
+        _C._set_plan_override(*old)
