@@ -9,5 +9,6 @@ build=build/cuda-check
 cmake -S . -B "$build" -G Ninja -DFPQUANT_CUDA_CHECK_ONLY=ON "-DFPQUANT_CUDA_ARCHS=${archs}" \
       -DPython_EXECUTABLE="$(command -v python)" -DCMAKE_BUILD_TYPE=Release > "$build.log" 2>&1 \
   || { cat "$build.log"; exit 1; }
+grep "fpquant_ext: csrc/" "$build.log"  # each kernel source and the targets it is compiled for
 cmake --build "$build" -j "$(nproc)"
 echo "check_cuda_build: CUDA sources compiled for ${archs}"
