@@ -3,6 +3,7 @@
 #include "ops/tuning.h"
 
 #include <atomic>
+#include <string>
 
 namespace fpquant {
 namespace {
