@@ -1,4 +1,4 @@
-"""Read-bandwidth floor for the W4A16 decode kernel (benchmarks/NOTES.md, session 11): how long the GPU takes
+"""Read-bandwidth floor for the W4A16 decode kernel (docs/perf/w4a16.md, "Current numbers"): how long the GPU takes
 to stream a buffer the size of a packed FP4 weight (34 MiB: 8192 x 8192 codes and scales; 128 MiB: the bf16
 weight) through simple Triton read kernels of three access patterns, next to a device copy.
 

@@ -2,8 +2,9 @@
 # One device call: build the CUDA variant for the local GPU, then the chosen stages. Logs and results go to
 # $OUT (or ./out). Usage on the GPU machine, from the repository root, with .whl/ carried (README):
 #   bash tools/device_check.sh [build] [tests] [bench] [sanitizer] [profile]   (default: the first four)
-# Extra pytest arguments for the tests stage can be given in PYTEST_ARGS (FPQUANT_ROT_WGMMA=all in the
-# environment routes every rotation size through the Hopper wgmma kernel); BENCHES picks the benchmarks
+# Extra pytest arguments for the tests stage can be given in PYTEST_ARGS (no environment variable selects a
+# kernel: tests force one with fpquant_ext.tuning.plan_override, e.g. quantize_path="rotate_sm90" for the
+# Hopper rotation kernel at every size); BENCHES picks the benchmarks
 # ("quantize w4a16" by default); CPU_TESTS=0 skips the CPU suite there (CI runs it).
 set -uo pipefail
 OUT="${OUT:-$PWD/out}"

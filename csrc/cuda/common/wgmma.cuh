@@ -1,7 +1,7 @@
 // Hopper warpgroup MMA (wgmma, sm_90a only) building blocks: shared-memory matrix descriptors for K-major
 // operands in the 128-byte swizzle, the m64n128k16 and m64n256k16 instructions with fp32 accumulation (A
 // from shared memory or from registers), and the fences that order them against ordinary loads, stores and
-// cp.async. Used by rotate_quantize_wgmma.cu and w4a16_wgmma.cu.
+// cp.async. Used by rotate_quantize_sm90.cu and w4a16_wgmma_sm90.cu.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -10,7 +10,8 @@
 #include <cstdint>
 #include <type_traits>
 
-// wgmma exists only in the arch-specific sm_90a target; other targets compile the callers as empty kernels.
+// wgmma exists only in the arch-specific sm_90a target; the callers (`*_sm90.cu`, compiled for sm_90a alone)
+// compile their bodies only where FPQUANT_WGMMA is 1, i.e. not in the host pass.
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define FPQUANT_WGMMA 1
 #else

@@ -24,7 +24,7 @@ __device__ __forceinline__ void store_words(uint8_t* dst, const uint32_t (&w)[NW
   }
 }
 
-// The group math is cuda/encode.cuh's mx_group / nv_group: csrc/core's rules and bits, cheaper instructions.
+// The group math is cuda/common/encode.cuh's mx_group / nv_group: csrc/core's rules and bits, cheaper instructions.
 template <typename T, Format F, core::MxRule RULE>
 __global__ void __launch_bounds__(kThreads) quantize_groups_kernel(const T* __restrict__ x, int64_t n_groups,
                                                                    int64_t groups_per_row,

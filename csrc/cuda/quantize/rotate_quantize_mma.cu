@@ -12,10 +12,10 @@
 // matrix), its remainder S - hi(S) is kept in shared memory and a second MMA adds it (~16 significant bits,
 // the fp32-input kernel's precision). The choice is made per warp on the device: no host synchronization.
 //
-// Fragment layouts (cuda/mma.cuh): output columns are permuted inside the warp's 32 so that thread q of a
+// Fragment layouts (cuda/common/mma.cuh): output columns are permuted inside the warp's 32 so that thread q of a
 // quad holds the 8 consecutive columns 8q..8q+7 of a row. The warp writes its 32 rows x 32 rotated values to
 // shared memory and each lane then encodes one row's 32 values (one MXFP4 group, or two NVFP4 groups) with
-// the same per-group code as the unrotated kernel (cuda/encode.cuh): per-group work is done once per group,
+// the same per-group code as the unrotated kernel (cuda/common/encode.cuh): per-group work is done once per group,
 // not once per lane holding a piece of it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

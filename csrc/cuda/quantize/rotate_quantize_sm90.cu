@@ -1,11 +1,11 @@
-// Rotation fused with quantization on Hopper warpgroup MMAs (sm_90a): the semantics of rotate_quantize.cu
+// Rotation fused with quantization on Hopper warpgroup MMAs (sm_90a): the semantics of rotate_quantize_mma.cu
 // (column scales c_j, the rotation's hi/lo split when it is not exact in the 16-bit type, one rounding of
 // c_j * acc, the shared group encoders; fp32 accumulation, so codes may differ from the float64 reference
 // as that kernel's do), with the rotation held in shared memory instead of registers.
 //
 // Why a second kernel: with mma.sync, r = 128 costs 64 registers of rotation fragments per thread and 40
-// instructions per 512 outputs (MMAs + ldmatrix), and the kernel was latency-bound at ~50% of copy bandwidth
-// (benchmarks/NOTES.md). wgmma reads both operands from shared memory asynchronously: a warpgroup computes a
+// instructions per 512 outputs (MMAs + ldmatrix), and the kernel was latency-bound at 50-57% of copy bandwidth
+// (H100; this kernel: 81-93%, docs/perf/quantize.md, section "Plan"). wgmma reads both operands from shared memory asynchronously: a warpgroup computes a
 // 64-chunk x 128-column tile with 8 instructions, and the accumulators arrive in registers laid out so that
 // each thread holds whole groups (below), which it encodes without shuffles or a shared-memory round trip.
 //
@@ -330,8 +330,8 @@ __global__ void __launch_bounds__(128 * WG, 1)
 
 // Warpgroups per CTA x stages per warpgroup, one CTA per SM. The kernel is latency-bound (few warps per
 // scheduler, each with long dependent per-group chains), so warps matter more than stages: a warpgroup spends
-// microseconds on a tile and one tile in flight covers the load latency. Measured on the H100 (NOTES.md):
-// 4 x 2 (up to 128 registers) beat 3 x 3 (up to 168) by 5-10% of copy bandwidth.
+// microseconds on a tile and one tile in flight covers the load latency. Measured on the H100: 4 x 2 (up to
+// 128 registers) beat 3 x 3 (up to 168) by 5-10% of copy bandwidth (docs/perf/quantize.md, "Tried and dropped").
 constexpr int kWG = kRotateSm90Warpgroups;
 constexpr int kStages = 2;
 

@@ -1,5 +1,5 @@
 // Rotation fused with quantization, split-precision variant: used for float32 input (x split into hi + lo as
-// well) and for NVFP4 with r = 16 on rows whose length is not a multiple of 32; rotate_quantize.cu is the fast
+// well) and for NVFP4 with r = 16 on rows whose length is not a multiple of 32; rotate_quantize_mma.cu is the fast
 // path for 16-bit input. y = x_block @ R on tensor cores (mma.sync m16n8k16, fp32 accumulation), then the
 // scale rule and E2M1 encoding on the accumulators, in one pass over x.
 //
@@ -9,7 +9,7 @@
 // the same way (three MMAs), so products carry ~16 bits and the sums are fp32: results differ from the
 // float64 reference only by fp32 rounding (tests bound the code mismatches).
 //
-// Register layouts: see cuda/mma.cuh.
+// Register layouts: see cuda/common/mma.cuh.
 // The reduction index k may be permuted freely if A and B agree, so thread q loads its memory columns
 // [q*E, (q+1)*E) (E = r/4, contiguous: wide loads) and B's rows are permuted to match (perm_k).
 #include <cuda_bf16.h>

@@ -1,4 +1,4 @@
-// Pieces shared by the W4A16 kernels (w4a16_decode.cu, w4a16_gemm.cu, w4a16_wgmma.cu): the arithmetic E2M1
+// Pieces shared by the W4A16 kernels (w4a16_decode.cu, w4a16_mma.cu, w4a16_wgmma_sm90.cu): the arithmetic E2M1
 // decode of a packed atom (core/w4a16_layout.h) with its group-scale multipliers, 16-bit pair arithmetic in
 // the tensor-core type, and the split-K reduction.
 #pragma once

@@ -1,17 +1,16 @@
 // Weight-only FP4 GEMM for decode sizes (M <= 16 rows of x) on mma.sync tensor cores (sm_80+).
 //
-// At these sizes the layer is a stream of weight bytes, and the GPU's issue slots, not the memory, were what
-// bounded the first kernel (w4a16_gemm.cu at MT = 1: ~37 SASS instructions per 8 weights per thread, 0.5
-// issued per scheduler cycle, ~1.1 TB/s; benchmarks/NOTES.md). This kernel spends ~25 (18 of them decode,
-// scale and mma):
+// At these sizes the layer is a stream of weight bytes, and the GPU's issue slots, not the memory, bound a
+// kernel that spends ~37 SASS instructions per 8 weights per thread (0.5 issued per scheduler cycle, ~1.1
+// TB/s on the H100). This kernel spends ~25 (18 of them decode, scale and mma):
 // - The weight is the A operand (16 features x 16 k per mma), x the B operand (8 rows: one B tile for
 //   M <= 8, two for M <= 16), so each mma consumes 256 weights and the activation fragments are shared by
 //   every weight tile of the warp.
 // - The weight comes packed (core/w4a16_layout.h): a lane's 16 bytes of a 16-feature x 64-k atom are its A
 //   fragments of the atom's 4 k-steps, in natural k order, and the atoms of a feature tile are contiguous
 //   along K, so a warp's copy of one atom is 512 contiguous bytes and the CTA's warps, taking neighbouring
-//   chunks, read 4 KiB pieces of each tile (the canonical layout gave 32 rows x 64 bytes, 4 KiB apart:
-//   benchmarks/NOTES.md, sessions 6 and 10).
+//   chunks, read 4 KiB pieces of each tile (the canonical layout gave 32 rows x 64 bytes, 4 KiB apart;
+//   contiguous blocks measured ~10% faster at decode on the H100).
 // - E2M1 -> 16-bit by integer arithmetic, 3 operations per pair of values (e2m1_bits8): the nibble, copied
 //   twice by one multiply, keeps its magnitude bits as the low exponent bits and top mantissa bit and its sign
 //   bit as the sign. The result is code * 2^-126 (bf16) or code * 2^-14 (fp16), the 0.5 code a subnormal; the
@@ -19,13 +18,13 @@
 // - Each thread copies its own weight codes into private shared-memory slots with cp.async, kStages - 1
 //   chunks ahead, and a share of its warp's scales and rows of x, so the main loop needs only a __syncwarp
 //   and no registers hold data in flight. Three stages, not four or eight: with more bytes in flight per SM
-//   the kernel got slower (H100, 8192^2, M = 1: 17.8 us at 4 stages, 17.0 at 3, 20.5 at 8; session 11 of
-//   benchmarks/NOTES.md), the memory system already queueing at ~2.4 TB/s for this access pattern.
+//   the kernel got slower (H100, 8192^2, M = 1: 17.8 us at 4 stages, 17.0 at 3, 20.5 at 8; docs/perf/w4a16.md,
+//   "Tried and dropped"), the memory system already queueing at ~2.4 TB/s for this access pattern.
 // - Several warps of a CTA share one group of 32 features and take turns along K (Cfg), so that a layer
 //   fills the GPU with one launch and no split-K reduction. Their sums meet in shared memory at the end.
 // - Launched with programmatic dependent launch (sm_90+): the CTAs start while the previous kernel in the
 //   stream finishes and wait (griddepcontrol.wait) before their first global read, which hides the launch
-//   gap (H100: ~0.7 -> ~0.45 us between back-to-back calls, benchmarks/NOTES.md session 9).
+//   gap (H100: ~0.7 -> ~0.45 us between back-to-back calls; docs/perf/w4a16.md, "Tried and dropped").
 //
 // Operands: a warp owns two 16-feature tiles t; a chunk of 128 k is two atoms a of each. The x row of B
 // column g supplies, for k-step s of atom a, b0b1 = x[k0 + 2q, + 1] and b2b3 = x[k0 + 2q + 8, + 9] (k0 =
@@ -33,9 +32,9 @@
 // 8-k blocks. So x rides in the weight stages (cp.async of whole 256-byte row pieces into a per-warp buffer, or
 // one per CTA where its warps walk the same chunks; through the L1, where the other CTAs on the SM find the
 // same x) and reaches the B registers by ldmatrix.
-// (Session 10 loaded it into registers one chunk ahead and stored it to the buffer: at M = 1 that exposed
-// the load latency, 17.8 -> 15.9 us at 8192^2; a cp.async.cg copy that skips the L1 doubled the L2 traffic
-// at M = 16, 29.1 us against 21.4 through the L1.)
+// (x loaded into registers one chunk ahead and stored to the buffer exposed the load latency at M = 1: 17.8
+// us against 15.9 at 8192^2; a cp.async.cg copy that skips the L1 doubled the L2 traffic at M = 16: 27.8 us
+// against 21.4 through the L1. H100; docs/perf/w4a16.md, "Tried and dropped".)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

@@ -1,7 +1,7 @@
 // Weight-only FP4 GEMM on Hopper warpgroup MMA (wgmma, sm_90a) for batches above the mma.sync kernels' sizes.
 //
-// From about a hundred rows of x on, each weight is used many times, and the mma.sync kernels
-// (w4a16_gemm.cu), which decode the weight for every 16 rows, lose to a bf16 cuBLAS GEMM. Here the problem
+// From a few dozen rows of x on, each weight is used many times, and the mma.sync kernel (w4a16_mma.cu),
+// which decodes the weight per chunk for at most 4 m-tiles of 16 rows, loses to a bf16 cuBLAS GEMM. Here the problem
 // is computed transposed, out^T = W x^T: the weight is wgmma's A operand, decoded by each thread straight
 // into its register fragment, and x (rows of x as the wgmma N) is the B operand read from shared memory.
 // - CTA: WG consumer warpgroups (2 or 4), each with MT m64 tiles of features (CTA: 64 WG MT features) x BR
@@ -14,13 +14,14 @@
 //   order (one conflict-free 16-byte shared-memory read); e2m1_bits8 turns a word into 4 pairs in 3 integer
 //   operations per pair and one HMUL2 applies the group scale (w4a16_common.cuh; exact). Per decoded pair: 4
 //   operations and no shared-memory store (the canonical layout needed a byte pick per pair, 6 operations;
-//   decoding into shared memory for a shared-memory A, ~11: benchmarks/NOTES.md sessions 7, 8 and 10).
+//   decoding into shared memory for a shared-memory A, ~11: docs/perf/w4a16.md, "Tried and dropped").
 // - Two sets of A registers: chunk c + 1 is decoded while the wgmmas of chunk c run; each consumer warp
 //   releases chunk c - 1's stage once those wgmmas completed.
 // - grid.x walks the row tiles of x fastest, so the CTAs that share a weight tile run together and the
 //   weight comes from HBM about once; split-K (grid.z) when the tiles alone cover too few SMs, with partials
 //   reduced in split order by w4a16_common.cuh (deterministic).
-// Only sm_90a has wgmma and TMA: other targets compile an empty kernel that w4a16_wgmma_applies never selects.
+// Only sm_90a has wgmma and TMA: CMake compiles this file for sm_90a alone (`*_sm90.cu`), FPQUANT_WGMMA keeps
+// the body out of the host pass, and plan_w4a16 picks the kernel only where GpuInfo::runs_sm90().
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
