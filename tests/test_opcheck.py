@@ -6,7 +6,7 @@ import torch
 import fpquant_ext as fq
 from fpquant_ext import rotations
 
-from conftest import diverse_tensor, opcheck
+from conftest import diverse_tensor, make_weight, opcheck
 
 ops = torch.ops.fpquant
 
@@ -43,6 +43,30 @@ def _nv_args(device="cpu"):
 
 @pytest.mark.parametrize("op,args", _mx_args() + _nv_args())
 def test_opcheck_cpu(op, args):
+    opcheck(op, args)
+
+
+def _grad_args():
+    # Inputs that require grad: opcheck then also checks the autograd registrations (fpquant_ext._autograd).
+    x = torch.randn(4, 128)
+    r = rotations.hadamard(64)
+    codes, scales = fq.quantize_mxfp4(x, r)
+    g = fq.nvfp4_global_scale(x, r)
+    nc, ns = fq.quantize_nvfp4(x, g, r, "blocked")
+    wc, ws, wg, _ = make_weight(32, 128, "nvfp4", 2)
+    a = torch.randn(3, 128, dtype=torch.bfloat16)
+    bias = torch.randn(32, dtype=torch.bfloat16)
+    grad = lambda t: t.clone().requires_grad_()  # noqa: E731
+    return [
+        (ops.dequantize_mxfp4.default, (codes, scales, grad(r), "linear", None)),
+        (ops.dequantize_nvfp4.default, (nc, ns, grad(g), grad(r), "blocked", torch.bfloat16)),
+        (ops.linear_w4a16.default, (grad(a), wc, ws, wg, grad(bias), "nvfp4")),
+        (ops.linear_w4a16.default, (grad(a), *fq.pack_w4a16(wc, ws, "nvfp4"), wg, None, "nvfp4")),
+    ]
+
+
+@pytest.mark.parametrize("op,args", _grad_args())
+def test_opcheck_cpu_requires_grad(op, args):
     opcheck(op, args)
 
 

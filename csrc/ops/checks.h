@@ -11,6 +11,7 @@
 #include "core/scale_rules.h"
 #include "core/types.h"
 #include "core/w4a16_layout.h"
+#include "ops/rotation_check.h"
 
 namespace fpquant {
 
@@ -42,7 +43,8 @@ inline void check_activation(const char* op, const at::Tensor& x, int64_t group)
   TORCH_CHECK_VALUE(x.is_contiguous(), op, ": x must be contiguous");
 }
 
-// rotation: square r x r with r in {16, 32, 64, 128}, floating, contiguous, on x's device, r divides K.
+// rotation: square r x r with r in {16, 32, 64, 128}, floating, contiguous, on x's device, r divides K,
+// orthogonal (ops/rotation_check.h; the one check that reads values, so it comes last).
 inline void check_rotation(const char* op, const c10::optional<at::Tensor>& rot, const at::Tensor& ref,
                            int64_t K) {
   if (!rot.has_value()) return;
@@ -60,6 +62,7 @@ inline void check_rotation(const char* op, const c10::optional<at::Tensor>& rot,
   TORCH_CHECK_VALUE(R.is_contiguous(), op, ": rotation must be contiguous");
   TORCH_CHECK_VALUE(K % r == 0, op, ": the last dimension (", K, ") must be a multiple of the rotation size ",
                     r);
+  check_rotation_orthogonal(op, R);
 }
 
 // global_scale: float32 with exactly one element (shape [] or [1]), on x's device.

@@ -1,6 +1,7 @@
 """fpquant_ext: MXFP4 / NVFP4 quantization for PyTorch.
 
-Operators live in ``torch.ops.fpquant`` (schemas: csrc/schema.cpp); :mod:`fpquant_ext.ops` wraps them,
+Operators live in ``torch.ops.fpquant`` (schemas: csrc/ops/schema.cpp; fake implementations and autograd
+formulas: ``_fake`` and ``_autograd``, registered on import); :mod:`fpquant_ext.ops` wraps them,
 :mod:`fpquant_ext.formats` is the pure-PyTorch reference that defines their exact results, and
 :mod:`fpquant_ext.rotations` builds the rotation matrices.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _C, formats, rotations  # noqa: F401  (_C registers the operators)
+from . import _C, _autograd, _fake, formats, rotations  # noqa: F401  (_C registers the operators)
 from .ops import (  # noqa: F401
     as_float4,
     dequantize_mxfp4,
