@@ -8,6 +8,7 @@ import torch
 import fpquant_ext as fq
 from fpquant_ext import formats as ref
 from fpquant_ext import rotations
+from fpquant_ext.tuning import plan_override
 
 from conftest import diverse_tensor, opcheck, replay_matches
 
@@ -155,9 +156,32 @@ def test_rotation_general_orthogonal_matrix(seed, r, dtype, fmt):
     check_rotated_against_float64(x, R, fmt)
 
 
+def forced_path(path):
+    """plan_override for one quantize path (None: the plan's choice); skips where the path cannot run."""
+    if path == "rotate_sm90" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the sm_90 rotation kernel runs on compute capability 9.0 only")
+    return plan_override(quantize_path=path)
+
+
+ROTATION_PATHS = [None, "rotate_mma", "rotate_split", "rotate_sm90"]
+
+
+@pytest.mark.parametrize("path", ROTATION_PATHS)
+@pytest.mark.parametrize("r", [16, 32, 64, 128])
+@pytest.mark.parametrize("fmt", ["floor", "nvfp4"])
+def test_rotation_every_path_and_size(seed, path, r, fmt):
+    # The plan sends small inputs with r < 128 to the mma kernel and r = 128 or large inputs to the sm_90
+    # kernel: forced here, every kernel meets the same tolerance at every size, r = 16 included.
+    g_ = torch.Generator().manual_seed(seed)
+    x = (torch.randn(96, 1024, generator=g_) * 3).to(torch.bfloat16)
+    with forced_path(path):
+        check_rotated_against_float64(x, rotations.random_hadamard(r, seed=seed), fmt)
+
+
+@pytest.mark.parametrize("path", ROTATION_PATHS)
 @pytest.mark.parametrize("r", [32, 128])
 @pytest.mark.parametrize("fmt", ["floor", "quest", "nvfp4"])
-def test_rotation_partial_tiles_specials_and_blocked_layout(seed, r, fmt):
+def test_rotation_partial_tiles_specials_and_blocked_layout(seed, path, r, fmt):
     # 203 x 384 is 609 chunks of 128: the last tiles of both kernels are partial. Magnitudes over 2^+-30,
     # rows with an infinity, a NaN, +inf and -inf in one block (NaN after the rotation) and all zeros. Blocked
     # scales must be the linear ones rearranged, bit for bit.
@@ -177,14 +201,15 @@ def test_rotation_partial_tiles_specials_and_blocked_layout(seed, r, fmt):
         run = lambda t, rot, layout: fq.quantize_mxfp4(t, rot, method=fmt, scale_layout=layout)  # noqa: E731
         group, mult = 32, ref.e8m0_decode
         is_nan = lambda t: t == 0xFF  # noqa: E731  E8M0 NaN
-    c, s = run(x.cuda(), R.cuda(), "linear")
+    with forced_path(path):
+        c, s = run(x.cuda(), R.cuda(), "linear")
+        cb, sb = run(x.cuda(), R.cuda(), "blocked")
     rc, rs = run(xr, None, "linear")
     code_step_check(c, s, rc, rs, group, mult)
     # non-finite groups are exactly the reference's (NaN scale, zero codes), and there are some
     su, rsu = s.cpu().view(torch.uint8), rs.view(torch.uint8)
     assert is_nan(su).sum() > 0
     assert torch.equal(is_nan(su), is_nan(rsu))
-    cb, sb = run(x.cuda(), R.cuda(), "blocked")
     assert same_bits(cb, c)
     assert same_bits(ref.unswizzle_scales(sb.cpu(), 203, 384 // group), s)
 
