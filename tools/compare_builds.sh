@@ -37,12 +37,14 @@ if [[ " $stages " == *" sanitizer "* ]]; then
   echo "memcheck rc=${PIPESTATUS[0]}"
 fi
 if [[ " $stages " == *" bench "* ]]; then
-  echo "== benchmarks, before and after alternating"
-  for round in 1 2; do
+  echo "== benchmarks, before and after alternating, ${ROUNDS:-3} rounds"
+  raw=/tmp/bench_raw
+  rm -rf "$raw" && mkdir -p "$raw"
+  for round in $(seq "${ROUNDS:-3}"); do
     for side in before after; do
-      (cd benchmarks && PYTHONPATH=/tmp/$side python3 bench_quantize.py --json "$OUT/quantize_${side}_$round.json" > /dev/null)
-      (cd benchmarks && PYTHONPATH=/tmp/$side python3 bench_w4a16.py --json "$OUT/w4a16_${side}_$round.json" > /dev/null)
+      (cd benchmarks && PYTHONPATH=/tmp/$side python3 bench_quantize.py --json "$raw/quantize_${side}_$round.json" > /dev/null)
+      (cd benchmarks && PYTHONPATH=/tmp/$side python3 bench_w4a16.py --json "$raw/w4a16_${side}_$round.json" > /dev/null)
     done
   done
-  python3 tools/compare_results.py "$OUT" | tee "$OUT/compare.md"
+  python3 tools/compare_results.py "$raw" "$OUT/compare.json" | tee "$OUT/compare.md"
 fi
