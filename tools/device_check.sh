@@ -49,12 +49,12 @@ fi
 if [[ " $stages " == *" sanitizer "* ]]; then
   echo "== compute-sanitizer"
   for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/test_cuda_quantize.py -q -x \
+    compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/quantize/test_cuda_quantize.py -q -x \
       -p no:cacheprovider -k "edge or bad_input or quotients or partial or (rotation_close and dtype0 and (32 or 128)) or (orthogonal and 128 and dtype0)" 2>&1 \
       | tee "$OUT/sanitizer_quantize_$tool.log" | tail -4
     echo "rc=$? ($tool, quantize)"
   done
-  compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_linear_w4a16.py -q -x \
+  compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/w4a16/test_linear_w4a16.py -q -x \
     -p no:cacheprovider -k "odd_m or tile or exact or decode_config or nan or wgmma or packed or mma_sync" 2>&1 | tee "$OUT/sanitizer_w4a16_memcheck.log" | tail -4
 fi
 if [[ " $stages " == *" profile "* ]]; then

@@ -4,7 +4,7 @@ They let FakeTensor tracing and torch.compile (fullgraph) reason about shapes wi
 they reject bad input exactly as the C++ backends do (csrc/ops/checks.h, csrc/ops/layout.cpp): the same
 checks in the same order, the same exception type (TypeError for a dtype, ValueError for anything else) and
 the same message, so an error is the same whether it surfaces at trace time or at run time. Keep the two in
-step; tests/test_bad_input.py runs every bad-input case against both.
+step; tests/api/test_bad_input.py runs every bad-input case against both.
 
 torch._check_type / torch._check_value accept symbolic conditions, so dynamic shapes become guards rather
 than errors. The one check that reads values, the orthogonality of a rotation, has no counterpart here.

@@ -23,7 +23,7 @@ namespace fpquant::cuda {
 // Byte offset of 16-bit element (i, k) of a [rows][128] K-major operand in the layout a 128-byte swizzle
 // descriptor reads: two 64-element K halves stored one after the other, each [rows][128 B] with the 16-byte
 // chunk index XORed by the row index mod 8 (bank-conflict-free for the tensor cores and for row-wise fills).
-// Each half must start at a 1024-byte aligned address. Checked on the host by tests/test_kernel_layouts.py.
+// Each half must start at a 1024-byte aligned address. Checked on the host by tests/kernels/test_kernel_layouts.py.
 __host__ __device__ constexpr int sw128_offset(int i, int k, int rows) {
   return (k / 64) * rows * 128 + i * 128 + ((((k % 64) / 8) ^ (i % 8)) * 16) + (k % 8) * 2;
 }

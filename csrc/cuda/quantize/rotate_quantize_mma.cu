@@ -59,7 +59,7 @@ struct Cfg {
 
 // 16-byte chunk c of row i sits at chunk swz(i, c) of the row: the 8 rows an ldmatrix reads at one column
 // chunk then fall into 8 different 16-byte bank groups (rows of 64 bytes for r = 32 pair up in a 128-byte
-// line, hence the row/2). Checked by tests/test_kernel_layouts.py.
+// line, hence the row/2). Checked by tests/kernels/test_kernel_layouts.py.
 template <int R>
 __device__ __forceinline__ int swz(int i, int c) {
   if constexpr (R >= 64) return c ^ (i & 7);
