@@ -83,6 +83,18 @@ int wgmma_splits(int64_t M, int64_t N, int64_t K, int tile, int sms) {
 // The tensor maps of the wgmma kernel take int coordinates.
 bool wgmma_fits(int64_t M, int64_t N, int64_t K) { return M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31); }
 
+// An override of the path's configuration, when given, replaces the heuristic's if it names one of the
+// path's `count` configurations; otherwise the plan is marked invalid and false returned.
+bool take_override(int config, int count, const char* invalid, W4A16Plan& plan) {
+  if (config < 0) return true;
+  if (config >= count) {
+    plan.invalid = invalid;
+    return false;
+  }
+  plan.config = config;
+  return true;
+}
+
 }  // namespace
 
 W4A16Plan plan_w4a16(int64_t M, int64_t N, int64_t K, core::Format f, const GpuInfo& gpu, const W4A16Override& ov) {
@@ -112,13 +124,7 @@ W4A16Plan plan_w4a16(int64_t M, int64_t N, int64_t K, core::Format f, const GpuI
   switch (plan.path) {
     case W4A16Path::kDecode:
       plan.config = decode_config(M, N, sms);
-      if (ov.config >= 0) {
-        if (ov.config >= kW4A16DecodeConfigs) {
-          plan.invalid = "the decode config must be 0, 1 or 2";
-          return plan;
-        }
-        plan.config = ov.config;
-      }
+      if (!take_override(ov.config, kW4A16DecodeConfigs, "the decode config must be 0, 1 or 2", plan)) return plan;
       plan.cluster = kW4A16DecodeShapes[plan.config].cluster;
       plan.splits = decode_splits(N, K, plan.config, sms);
       break;
@@ -128,13 +134,7 @@ W4A16Plan plan_w4a16(int64_t M, int64_t N, int64_t K, core::Format f, const GpuI
       break;
     case W4A16Path::kWgmma:
       plan.config = wgmma_tile(M, N, f);
-      if (ov.config >= 0) {
-        if (ov.config >= kW4A16WgmmaTileCount) {
-          plan.invalid = "the wgmma tile must be 0, 1, 2 or 3";
-          return plan;
-        }
-        plan.config = ov.config;
-      }
+      if (!take_override(ov.config, kW4A16WgmmaTileCount, "the wgmma tile must be 0, 1, 2 or 3", plan)) return plan;
       plan.splits = wgmma_splits(M, N, K, plan.config, sms);
       break;
     case W4A16Path::kSlab:
