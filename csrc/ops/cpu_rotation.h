@@ -4,7 +4,9 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -52,11 +54,15 @@ FPQ_ROT_TARGET inline Vec vsplat(double v) { return _mm512_set1_pd(v); }
 
 using RotateRowsFn = void (*)(const double*, int64_t, int64_t, int64_t, const double*, int, float*, int64_t);
 
+// The widest kernel the CPU runs. FPQUANT_CPU_ISA=generic or avx2 caps the choice, so that tests can
+// check the narrower kernels on a machine that has more.
 inline RotateRowsFn select_rotate_rows() {
 #ifdef FPQ_ROT_X86
+  const char* cap = std::getenv("FPQUANT_CPU_ISA");
+  const std::string limit = cap ? cap : "";
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return rot_avx512::rotate_rows;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return rot_avx2::rotate_rows;
+  if ((limit.empty() || limit == "avx512") && __builtin_cpu_supports("avx512f")) return rot_avx512::rotate_rows;
+  if (limit != "generic" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return rot_avx2::rotate_rows;
 #endif
   return rot_generic::rotate_rows;
 }

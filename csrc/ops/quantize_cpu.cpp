@@ -165,8 +165,29 @@ at::Tensor nvfp4_global_scale_cpu(const at::Tensor& x, const c10::optional<at::T
   return out;
 }
 
-// Stores a float32 tile into out; bf16 / fp16 by one round-to-nearest-even conversion, as the reference's
-// final .to(out_dtype) does.
+// Decodes a tile's codes as T: value = e2m1(code) * multiplier(scale) in float32, then one conversion to T
+// (round to nearest even for bf16 / fp16, as the reference's final .to(out_dtype)). The 16 values of each
+// group are tabulated once, so an element costs one lookup.
+template <typename T, typename Multiplier>
+void decode_tile(const uint8_t* codes, const uint8_t* scales, int64_t K, int64_t group, ScaleLayout layout,
+                 const Tile& t, const Multiplier& multiplier, T* dst, int64_t ld_dst) {
+  const int64_t groups = K / group;
+  for (int64_t i = 0; i < t.rows; ++i) {
+    const int64_t row = t.row0 + i;
+    const uint8_t* cr = codes + row * (K / 2) + t.col0 / 2;
+    T* d = dst + i * ld_dst;
+    for (int64_t k = 0; k < t.cols; k += group) {
+      const float m = multiplier(scales[scale_index(layout, row, (t.col0 + k) / group, groups)]);
+      T table[16];
+      for (int c = 0; c < 16; ++c) table[c] = static_cast<T>(core::mul_rn(core::e2m1_decode(c), m));
+      for (int64_t e = k; e < k + group; e += 2) {
+        d[e] = table[cr[e / 2] & 0xF];
+        d[e + 1] = table[cr[e / 2] >> 4];
+      }
+    }
+  }
+}
+
 template <typename T>
 void store_rows(const float* v, int64_t rows, int64_t cols, T* dst, int64_t ld_dst) {
   for (int64_t i = 0; i < rows; ++i)
@@ -174,43 +195,40 @@ void store_rows(const float* v, int64_t rows, int64_t cols, T* dst, int64_t ld_d
 }
 
 // Shared dequantization: value = e2m1(code) * multiplier(scale), then the inverse rotation, then out_dtype,
-// tile by tile.
+// tile by tile. Without a rotation the codes decode straight into the output.
+template <typename T, typename Multiplier>
+void dequantize_into(const uint8_t* c, const uint8_t* s, int64_t rows, int64_t K, int64_t group,
+                     const Rotation& rot, ScaleLayout layout, const Multiplier& multiplier, T* out) {
+  for_each_tile(rows, K, bool(rot), [&](const Tile& t, Scratch& scratch) {
+    T* dst = out + t.row0 * K + t.col0;
+    if (!rot) return decode_tile(c, s, K, group, layout, t, multiplier, dst, K);
+    float* v = scratch.f.data();
+    decode_tile(c, s, K, group, layout, t, multiplier, v, t.cols);
+    std::copy(v, v + t.rows * t.cols, scratch.d.data());
+    rot.apply(scratch.d.data(), t.cols, t.rows, t.cols, v, t.cols);
+    store_rows(v, t.rows, t.cols, dst, K);
+  });
+}
+
 template <typename Multiplier>
 at::Tensor dequantize_cpu(const at::Tensor& codes, const at::Tensor& scales, int64_t group,
                           const c10::optional<at::Tensor>& rotation, ScaleLayout layout,
                           at::ScalarType out_dtype, Multiplier&& multiplier) {
-  const int64_t Kb = codes.size(-1), K = 2 * Kb, rows = codes.numel() / Kb, groups = K / group;
+  const int64_t Kb = codes.size(-1), K = 2 * Kb, rows = codes.numel() / Kb;
   auto shape = codes.sizes().vec();
   shape.back() = K;
   at::Tensor out = at::empty(shape, codes.options().dtype(out_dtype));
   const uint8_t* c = reinterpret_cast<const uint8_t*>(codes.const_data_ptr());
   const uint8_t* s = reinterpret_cast<const uint8_t*>(scales.const_data_ptr());
   const Rotation rot = Rotation::make(rotation, true);
-  for_each_tile(rows, K, bool(rot), [&](const Tile& t, Scratch& scratch) {
-    float* v = scratch.f.data();
-    for (int64_t i = 0; i < t.rows; ++i) {
-      const int64_t row = t.row0 + i;
-      const uint8_t* cr = c + row * Kb + t.col0 / 2;
-      for (int64_t k = 0; k < t.cols; k += group) {
-        const float m = multiplier(s[scale_index(layout, row, (t.col0 + k) / group, groups)]);
-        for (int64_t e = k; e < k + group; e += 2) {
-          v[i * t.cols + e] = core::mul_rn(core::e2m1_decode(cr[e / 2] & 0xF), m);
-          v[i * t.cols + e + 1] = core::mul_rn(core::e2m1_decode(cr[e / 2] >> 4), m);
-        }
-      }
-    }
-    if (rot) {
-      std::copy(v, v + t.rows * t.cols, scratch.d.data());
-      rot.apply(scratch.d.data(), t.cols, t.rows, t.cols, v, t.cols);
-    }
-    const int64_t offset = t.row0 * K + t.col0;
-    switch (out_dtype) {
-      case at::kFloat: return store_rows(v, t.rows, t.cols, out.data_ptr<float>() + offset, K);
-      case at::kBFloat16: return store_rows(v, t.rows, t.cols, out.data_ptr<at::BFloat16>() + offset, K);
-      case at::kHalf: return store_rows(v, t.rows, t.cols, out.data_ptr<at::Half>() + offset, K);
-      default: TORCH_CHECK(false, "fpquant: unsupported out_dtype ", out_dtype);
-    }
-  });
+  switch (out_dtype) {
+    case at::kFloat: dequantize_into(c, s, rows, K, group, rot, layout, multiplier, out.data_ptr<float>()); break;
+    case at::kBFloat16:
+      dequantize_into(c, s, rows, K, group, rot, layout, multiplier, out.data_ptr<at::BFloat16>());
+      break;
+    case at::kHalf: dequantize_into(c, s, rows, K, group, rot, layout, multiplier, out.data_ptr<at::Half>()); break;
+    default: TORCH_CHECK(false, "fpquant: unsupported out_dtype ", out_dtype);
+  }
   return out;
 }
 
