@@ -41,20 +41,22 @@ struct Scratch {
   Scratch(int64_t cols, bool rotated) : f(kTileRows * cols), d(rotated ? kTileRows * cols : 0) {}
 };
 
-// Runs fn(tile, scratch) over the tiles of a [rows, K] matrix, in parallel.
+int64_t tile_count(int64_t rows, int64_t K) {
+  return (rows + kTileRows - 1) / kTileRows * ((K + kTileCols - 1) / kTileCols);
+}
+
+// Runs fn(tile, scratch) over the tiles of a [rows, K] matrix (row-tile major), in parallel.
 template <typename Fn>
-int64_t for_each_tile(int64_t rows, int64_t K, bool rotated, const Fn& fn) {
+void for_each_tile(int64_t rows, int64_t K, bool rotated, const Fn& fn) {
   const int64_t cols = std::min(K, kTileCols), col_tiles = (K + cols - 1) / cols;
-  const int64_t tiles = (rows + kTileRows - 1) / kTileRows * col_tiles;
   const int64_t grain = std::max<int64_t>(1, kMinTaskElements / (std::min(rows, kTileRows) * cols));
-  cpu::parallel_ranges(tiles, grain, [&](int64_t begin, int64_t end) {
+  cpu::parallel_ranges(tile_count(rows, K), grain, [&](int64_t begin, int64_t end) {
     Scratch scratch(cols, rotated);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t row0 = t / col_tiles * kTileRows, col0 = t % col_tiles * cols;
       fn(Tile{t, row0, std::min(kTileRows, rows - row0), col0, std::min(cols, K - col0)}, scratch);
     }
   });
-  return tiles;
 }
 
 template <typename T, typename D>
@@ -104,8 +106,10 @@ void quantize_cpu(const at::Tensor& x, const Rotation& rot, int64_t group, Scale
     const auto [v, ld] = rotated_tile(x, rot, t, scratch);
     for (int64_t i = 0; i < t.rows; ++i) {
       const int64_t row = t.row0 + i;
-      for (int64_t k = 0; k < t.cols; k += group)
-        s[scale_index(layout, row, (t.col0 + k) / group, groups)] = block(v + i * ld + k, c + row * (K / 2) + (t.col0 + k) / 2);
+      for (int64_t k = 0; k < t.cols; k += group) {
+        const int64_t col = t.col0 + k;
+        s[scale_index(layout, row, col / group, groups)] = block(v + i * ld + k, c + row * (K / 2) + col / 2);
+      }
     }
   });
 }
@@ -139,7 +143,7 @@ at::Tensor nvfp4_global_scale_cpu(const at::Tensor& x, const c10::optional<at::T
   const int64_t K = x.size(-1), rows = x.numel() / K;
   const Rotation rot = Rotation::make(rotation, false);
   // One slot per tile keeps the parallel reduction free of races; max is order-independent anyway.
-  const int64_t tiles = (rows + kTileRows - 1) / kTileRows * ((K + kTileCols - 1) / kTileCols);
+  const int64_t tiles = tile_count(rows, K);
   std::vector<float> tile_amax(tiles, 0.0f);
   std::vector<uint8_t> tile_finite(tiles, 1);
   for_each_tile(rows, K, bool(rot), [&](const Tile& t, Scratch& scratch) {
