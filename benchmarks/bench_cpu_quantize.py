@@ -77,15 +77,14 @@ def cpu_model() -> str:
 
 def rotation_kernel() -> str:
     """The rotation kernel the extension picks here (cpu_rotation.h: AVX-512, else AVX2+FMA, else generic)."""
-    cap = os.environ.get("FPQUANT_CPU_ISA", "")
     try:
         with open("/proc/cpuinfo") as f:
             flags = set(re.search(r"^flags\s*:\s*(.*)$", f.read(), re.M).group(1).split())
     except (OSError, AttributeError):
         return "unknown"
-    if cap in ("", "avx512") and "avx512f" in flags:
+    if "avx512f" in flags:
         return "avx512"
-    if cap != "generic" and {"avx2", "fma"} <= flags:
+    if {"avx2", "fma"} <= flags:
         return "avx2"
     return "generic"
 

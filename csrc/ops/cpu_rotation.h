@@ -4,10 +4,10 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <vector>
+
+#include "ops/tuning.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -54,15 +54,20 @@ FPQ_ROT_TARGET inline Vec vsplat(double v) { return _mm512_set1_pd(v); }
 
 using RotateRowsFn = void (*)(const double*, int64_t, int64_t, int64_t, const double*, int, float*, int64_t);
 
-// The widest kernel the CPU runs. FPQUANT_CPU_ISA=generic or avx2 caps the choice, so that tests can
-// check the narrower kernels on a machine that has more.
-inline RotateRowsFn select_rotate_rows() {
+// The widest kernel the CPU runs, at most `cap` (fpquant_ext.tuning.plan_override(cpu_isa=...): 0 generic,
+// 1 AVX2, 2 AVX-512, -1 no cap), so that tests check the narrower kernels on a machine that has more.
+inline RotateRowsFn select_rotate_rows(int cap) {
 #ifdef FPQ_ROT_X86
-  const char* cap = std::getenv("FPQUANT_CPU_ISA");
-  const std::string limit = cap ? cap : "";
-  __builtin_cpu_init();
-  if ((limit.empty() || limit == "avx512") && __builtin_cpu_supports("avx512f")) return rot_avx512::rotate_rows;
-  if (limit != "generic" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return rot_avx2::rotate_rows;
+  static const int widest = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return 2;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+  }();
+  const int isa = cap < 0 || cap > widest ? widest : cap;
+  if (isa == 2) return rot_avx512::rotate_rows;
+  if (isa == 1) return rot_avx2::rotate_rows;
+#else
+  (void)cap;
 #endif
   return rot_generic::rotate_rows;
 }
@@ -82,8 +87,7 @@ struct Rotation {
     R = R.contiguous();
     out.r = static_cast<int>(R.size(0));
     out.m.assign(R.data_ptr<double>(), R.data_ptr<double>() + R.numel());
-    static const RotateRowsFn fn = select_rotate_rows();
-    out.rotate_rows = fn;
+    out.rotate_rows = select_rotate_rows(cpu_isa_override());
     return out;
   }
 

@@ -8,7 +8,7 @@
 namespace fpquant {
 namespace {
 
-std::atomic<int> g_w4a16_path{-1}, g_w4a16_config{-1}, g_w4a16_splits{0}, g_quantize_path{-1};
+std::atomic<int> g_w4a16_path{-1}, g_w4a16_config{-1}, g_w4a16_splits{0}, g_quantize_path{-1}, g_cpu_isa{-1};
 
 core::Format format_of(const char* name, bool* ok) {
   const std::string s(name);
@@ -16,22 +16,23 @@ core::Format format_of(const char* name, bool* ok) {
   return s == "nvfp4" ? core::Format::kNvFp4 : core::Format::kMxFp4;
 }
 
-// _set_plan_override(w4a16_path, w4a16_config, w4a16_splits, quantize_path): -1 (0 for splits) = the plan's
-// own choice. Validity against a problem is judged per call by the plan (an override that cannot apply
+// _set_plan_override(w4a16_path, w4a16_config, w4a16_splits, quantize_path, cpu_isa): -1 (0 for splits) =
+// the plan's own choice. Validity against a problem is judged per call by the plan (an override that cannot apply
 // raises there).
 PyObject* set_plan_override(PyObject*, PyObject* args) {
-  int wp, wc, ws, qp;
-  if (!PyArg_ParseTuple(args, "iiii", &wp, &wc, &ws, &qp)) return nullptr;
+  int wp, wc, ws, qp, isa;
+  if (!PyArg_ParseTuple(args, "iiiii", &wp, &wc, &ws, &qp, &isa)) return nullptr;
   g_w4a16_path = wp;
   g_w4a16_config = wc;
   g_w4a16_splits = ws;
   g_quantize_path = qp;
+  g_cpu_isa = isa;
   Py_RETURN_NONE;
 }
 
 PyObject* get_plan_override(PyObject*, PyObject*) {
-  return Py_BuildValue("(iiii)", g_w4a16_path.load(), g_w4a16_config.load(), g_w4a16_splits.load(),
-                       g_quantize_path.load());
+  return Py_BuildValue("(iiiii)", g_w4a16_path.load(), g_w4a16_config.load(), g_w4a16_splits.load(),
+                       g_quantize_path.load(), g_cpu_isa.load());
 }
 
 // _plan_w4a16(M, N, K, format, cc_major, cc_minor, num_sms, sm90_kernels) -> (path, config, splits, cluster),
@@ -97,6 +98,8 @@ cuda::QuantizeOverride quantize_override() {
   ov.path = g_quantize_path;
   return ov;
 }
+
+int cpu_isa_override() { return g_cpu_isa; }
 
 PyMethodDef* tuning_methods() { return kMethods; }
 

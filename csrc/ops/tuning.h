@@ -12,6 +12,8 @@ namespace fpquant {
 
 cuda::W4A16Override w4a16_override();
 cuda::QuantizeOverride quantize_override();
+// The widest CPU rotation kernel allowed: -1 no cap, 0 generic, 1 AVX2, 2 AVX-512 (csrc/ops/cpu_rotation.h).
+int cpu_isa_override();
 
 // The Python functions of fpquant_ext._C that set overrides and evaluate the plans (csrc/ops/tuning.cpp).
 PyMethodDef* tuning_methods();

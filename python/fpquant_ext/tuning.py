@@ -22,13 +22,15 @@ import torch
 
 from . import _C
 
-__all__ = ["W4A16_PATHS", "QUANTIZE_PATHS", "GpuSpec", "W4A16Plan", "QuantizePlan", "plan_w4a16", "plan_quantize",
+__all__ = ["W4A16_PATHS", "QUANTIZE_PATHS", "CPU_ISAS", "GpuSpec", "W4A16Plan", "QuantizePlan", "plan_w4a16", "plan_quantize",
            "plan_override"]
 
 #: W4A16 paths, in the plan's numbering (w4a16_plan.h, W4A16Path).
 W4A16_PATHS = ("decode", "mma", "wgmma", "slab")
 #: Quantize paths (quantize_plan.h, QuantizePath).
 QUANTIZE_PATHS = ("groups", "rotate_mma", "rotate_split", "rotate_sm90")
+#: CPU rotation kernels, narrowest first (csrc/ops/cpu_rotation.h); the widest the CPU supports runs.
+CPU_ISAS = ("generic", "avx2", "avx512")
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
@@ -87,7 +89,8 @@ def _index(name: Optional[str], names: tuple, what: str) -> int:
 
 @contextlib.contextmanager
 def plan_override(*, w4a16_path: Optional[str] = None, w4a16_config: Optional[int] = None,
-                  w4a16_splits: Optional[int] = None, quantize_path: Optional[str] = None) -> Iterator[None]:
+                  w4a16_splits: Optional[int] = None, quantize_path: Optional[str] = None,
+                  cpu_isa: Optional[str] = None) -> Iterator[None]:
     """Force plan choices inside the ``with`` block; ``None`` keeps the plan's own choice.
 
     Args:
@@ -95,13 +98,16 @@ def plan_override(*, w4a16_path: Optional[str] = None, w4a16_config: Optional[in
         w4a16_config: the decode shape (0-2) or wgmma tile (0-3) of the chosen path.
         w4a16_splits: splits of K (capped at K / 128, and at 8 for the cluster decode shape).
         quantize_path: one of :data:`QUANTIZE_PATHS` (rotation paths only apply with a rotation).
+        cpu_isa: the widest CPU rotation kernel to use, one of :data:`CPU_ISAS` (a cap: a CPU without it
+            runs its own widest).
     """
     if w4a16_config is not None and w4a16_config < 0:
         raise ValueError(f"w4a16_config must be >= 0, got {w4a16_config}")
     if w4a16_splits is not None and w4a16_splits < 1:
         raise ValueError(f"w4a16_splits must be >= 1, got {w4a16_splits}")
     new = (_index(w4a16_path, W4A16_PATHS, "w4a16_path"), -1 if w4a16_config is None else w4a16_config,
-           0 if w4a16_splits is None else w4a16_splits, _index(quantize_path, QUANTIZE_PATHS, "quantize_path"))
+           0 if w4a16_splits is None else w4a16_splits, _index(quantize_path, QUANTIZE_PATHS, "quantize_path"),
+           _index(cpu_isa, CPU_ISAS, "cpu_isa"))
     old = _C._get_plan_override()
     _C._set_plan_override(*new)
     try:
