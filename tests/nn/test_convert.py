@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-import fpquant_ext as fq
 from fpquant_ext.nn import FP4Config, FP4Linear, quantize_model
 
 from nn_helpers import TinyNet, dequantize_ref, product_ref, quantize_ref
@@ -41,7 +40,8 @@ def test_w4a16_model_output_bit_exact(seed):
     model = TinyNet().to(torch.bfloat16)
     x = torch.randn(3, 64, dtype=torch.bfloat16)
     block = model.blocks[0]
-    w_up, b_up, w_down = block.up.weight.detach().clone(), block.up.bias.detach().clone(), block.down.weight.detach().clone()
+    w_up, b_up = block.up.weight.detach().clone(), block.up.bias.detach().clone()
+    w_down = block.down.weight.detach().clone()
     quantize_model(model, FP4Config(format="nvfp4"), progress=False)
 
     def q(w):

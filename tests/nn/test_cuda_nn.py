@@ -46,7 +46,7 @@ def test_model_on_gpu_compile_and_reload(seed):
     x = torch.randn(4, 7, 128, dtype=torch.bfloat16, device="cuda")
     eager = model(x)
     compiled = torch.compile(model, fullgraph=True)
-    assert torch.equal(compiled(x), eager)
+    torch.testing.assert_close(compiled(x), eager)  # inductor may fuse the bf16 glue differently
     # load_state_dict into GPU buffers repacks: changed weights change the output
     scrambled = {k: (v.flip(0) if k.endswith("qweight.codes") else v) for k, v in cpu_state.items()}
     model.load_state_dict(scrambled)

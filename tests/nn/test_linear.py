@@ -139,5 +139,9 @@ def test_quantized_weight_state_dict_round_trip(seed):
         assert torch.equal(fresh.dequantize(), qw.dequantize())
         assert torch.equal(fresh.dequantize_unrotated(), qw.dequantize_unrotated())
         assert qw.shape == (32, 128) and qw.rotation_size == 64 and qw.group == (32 if fmt == "mxfp4" else 16)
+    bad = dict(qw.state_dict(), scales=qw.scales.view(torch.uint8))
+    with pytest.raises(RuntimeError, match="scales: expected dtype torch.float8_e4m3fn, got torch.uint8"):
+        fresh.load_state_dict(bad)
+    assert torch.equal(fresh.dequantize(), qw.dequantize())
     with pytest.raises(ValueError, match="scales must be"):
         QuantizedWeight(qw.codes, qw.scales.view(torch.uint8), qw.global_scale, format="nvfp4")

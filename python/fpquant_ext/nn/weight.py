@@ -7,7 +7,6 @@ from typing import Optional
 import torch
 
 from .. import ops
-from ..formats import MX_GROUP
 from ._buffers import FixedDtypeBuffers
 from .config import FORMATS, group_of
 
