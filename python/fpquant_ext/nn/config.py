@@ -1,0 +1,145 @@
+"""FP4Config: what quantize_model and FP4Linear.from_linear do to each nn.Linear."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .. import rotations
+from ..formats import MX_GROUP, MX_METHODS, NV_GROUP, ROTATION_SIZES
+
+FORMATS = ("mxfp4", "nvfp4")
+MODES = ("w4a16", "w4a4", "pseudo", "qat")
+NV_METHODS = ("absmax",)
+ROTATION_FALLBACKS = ("shrink", "skip")
+ACT_GLOBAL_SCALES = ("dynamic", "static")
+
+
+def group_of(format: str) -> int:
+    return MX_GROUP if format == "mxfp4" else NV_GROUP
+
+
+def methods_of(format: str) -> tuple[str, ...]:
+    return MX_METHODS if format == "mxfp4" else NV_METHODS
+
+
+@dataclass
+class FP4Config:
+    """How to quantize the Linear layers of a model.
+
+    Attributes:
+        format: ``"mxfp4"`` (groups of 32, E8M0 scales) or ``"nvfp4"`` (groups of 16, E4M3 scales and a
+            float32 global scale).
+        mode: ``"w4a16"`` weight-only FP4 (activations stay in their dtype); ``"w4a4"`` weights and
+            activations in FP4 (activations quantized every forward, product emulated exactly);
+            ``"pseudo"`` a float master weight fake-quantized every forward, frozen; ``"qat"`` the same with
+            a trainable master weight (straight-through estimator).
+        weight_method: weight scale rule. MXFP4: ``"floor"`` (default, OCP), ``"ceil"`` or ``"quest"``
+            (only sensible with a rotation: a warning without one). NVFP4: ``"absmax"``.
+        act_method: activation scale rule, same choices (used by ``"w4a4"`` and by fake-quantized activations).
+        fake_quantize_activations: ``"pseudo"`` / ``"qat"`` only: fake-quantize the activations too
+            (W4A4 emulation in float).
+        rotation: a name of :data:`fpquant_ext.rotations.ROTATIONS` or ``"none"``. Weights are stored rotated
+            (W' = W · blockdiag(R)) and activations rotated the same way, so x' @ W'^T approximates x @ W^T.
+        rotation_size: r in 16, 32, 64, 128.
+        rotation_seed: the seed of ``"random_hadamard"``.
+        rotation_fallback: when r does not divide a layer's K: ``"shrink"`` (default) uses the largest power
+            of two >= 16 that divides K and is below r (reported in the summary); ``"skip"`` leaves the layer
+            unconverted, with the reason in the summary.
+        act_global_scale: NVFP4 activations: ``"dynamic"`` (computed from each input) or ``"static"``
+            (a calibrated value: ``act_global_scale_value``, or per layer by :func:`calibrate_activations`).
+        act_global_scale_value: the static global scale (the encode multiplier 448·6/amax) for every layer.
+        mask_saturated_gradients: ``"pseudo"`` / ``"qat"``: the straight-through estimator passes no gradient
+            where a value was clipped by quantization.
+        modules_to_not_convert: module names (or dotted name components) never converted.
+        include: fnmatch patterns of module names to convert (None: all).
+        exclude: fnmatch patterns of module names never converted.
+    """
+
+    format: str = "mxfp4"
+    mode: str = "w4a16"
+    weight_method: Optional[str] = None
+    act_method: Optional[str] = None
+    fake_quantize_activations: bool = False
+    rotation: str = "none"
+    rotation_size: int = 128
+    rotation_seed: int = 0
+    rotation_fallback: str = "shrink"
+    act_global_scale: str = "dynamic"
+    act_global_scale_value: Optional[float] = None
+    mask_saturated_gradients: bool = False
+    modules_to_not_convert: list[str] = field(default_factory=lambda: ["lm_head"])
+    include: Optional[list[str]] = None
+    exclude: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _choice("format", self.format, FORMATS)
+        _choice("mode", self.mode, MODES)
+        default = "floor" if self.format == "mxfp4" else "absmax"
+        self.weight_method = self.weight_method or default
+        self.act_method = self.act_method or default
+        _choice("weight_method", self.weight_method, methods_of(self.format))
+        _choice("act_method", self.act_method, methods_of(self.format))
+        if self.rotation != "none":
+            _choice("rotation", self.rotation, tuple(sorted(rotations.ROTATIONS)))
+        _choice("rotation_size", self.rotation_size, ROTATION_SIZES)
+        _choice("rotation_fallback", self.rotation_fallback, ROTATION_FALLBACKS)
+        _choice("act_global_scale", self.act_global_scale, ACT_GLOBAL_SCALES)
+        if self.act_global_scale_value is not None:
+            v = float(self.act_global_scale_value)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"FP4Config: act_global_scale_value must be finite and positive, got {v}")
+            if self.act_global_scale != "static":
+                raise ValueError("FP4Config: act_global_scale_value needs act_global_scale='static'")
+        if self.fake_quantize_activations and self.mode not in ("pseudo", "qat"):
+            raise ValueError("FP4Config: fake_quantize_activations applies to modes 'pseudo' and 'qat' "
+                             f"('w4a4' always quantizes activations, 'w4a16' never), got mode '{self.mode}'")
+        if self.rotation == "none":
+            asked = [name for name, used in (("weight_method", True), ("act_method", self.quantizes_activations))
+                     if used and getattr(self, name) == "quest"]
+            if asked:
+                warnings.warn(
+                    f"FP4Config: {' and '.join(asked)}='quest' without a rotation: the Gaussian-fit scale clips "
+                    "heavy-tailed groups and collapses constant ones (a real model's perplexity rose 67x); "
+                    "use it with a rotation (e.g. rotation='hadamard') or use 'floor' / 'ceil'",
+                    UserWarning, stacklevel=3)
+
+    @property
+    def group(self) -> int:
+        return group_of(self.format)
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.mode == "w4a4" or self.fake_quantize_activations
+
+    def rotation_size_for(self, K: int) -> tuple[Optional[int], Optional[str]]:
+        """The rotation size used for a layer with K inputs: ``(size, None)``, ``(None, None)`` without a
+        rotation, or ``(None, reason)`` when the layer must be skipped."""
+        if self.rotation == "none":
+            return None, None
+        if K % self.rotation_size == 0:
+            return self.rotation_size, None
+        if self.rotation_fallback == "shrink":
+            for r in sorted(ROTATION_SIZES, reverse=True):
+                if r < self.rotation_size and K % r == 0:
+                    return r, None
+        why = "no rotation size >= 16 divides it" if self.rotation_fallback == "shrink" else "rotation_fallback='skip'"
+        return None, f"K={K} is not a multiple of the rotation size {self.rotation_size} ({why})"
+
+    def rotation_matrix(self, size: Optional[int]) -> Optional[torch.Tensor]:
+        if size is None:
+            return None
+        if self.rotation == "random_hadamard":
+            return rotations.random_hadamard(size, seed=self.rotation_seed)
+        if self.rotation == "gsr":
+            return rotations.gsr(size, group_size=self.group)
+        return rotations.get_rotation(self.rotation, size)
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"FP4Config: {name} must be one of {list(allowed)}, got {value!r}")

@@ -1,0 +1,103 @@
+"""``fpquant::fake_quantize``: quantize then dequantize, with a straight-through-estimator backward.
+
+A Python custom op (torch.library.custom_op) so torch.compile treats it as one opaque node with a fake
+implementation and an autograd formula, instead of tracing into the quantizers.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import ops
+from ..formats import E2M1_MAX, MX_GROUP, NV_GROUP
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def rotate_blocks(x: torch.Tensor, rotation: Optional[torch.Tensor], inverse: bool = False) -> torch.Tensor:
+    """x · blockdiag(R) (or R^T) along the last dimension as one plain 2-D matmul, [M·K/r, r] @ [r, r],
+    in float32 (float64 for float64 input), returned in x's dtype."""
+    if rotation is None:
+        return x
+    r = rotation.shape[0]
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    R = rotation.to(device=x.device, dtype=acc)
+    if inverse:
+        R = R.t()
+    # 2-D rather than batched [..., K/r, r] @ R: torch's CPU batched matmul takes milliseconds on some
+    # small shapes (e.g. [64, 4, 32]) where the 2-D product takes microseconds.
+    blocks = x.to(acc).reshape(-1, r)
+    return (blocks @ R).reshape(x.shape).to(x.dtype)
+
+
+@torch.library.custom_op("fpquant::fake_quantize", mutates_args=())
+def _fake_quantize(x: torch.Tensor, format: str, method: str, rotation: Optional[torch.Tensor],
+                   global_scale: Optional[torch.Tensor], saturation_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"fpquant.fake_quantize: x must be float32, bfloat16 or float16, got {x.dtype}")
+    xc = x.contiguous()
+    rot = None if rotation is None else rotation.to(device=x.device, dtype=torch.float32).contiguous()
+    if format == "mxfp4":
+        codes, scales = ops.quantize_mxfp4(xc, rot, method)
+        out = ops.dequantize_mxfp4(codes, scales, rot, out_dtype=x.dtype)
+        multiplier, group = scales.to(torch.float32), MX_GROUP
+    elif format == "nvfp4":
+        if method != "absmax":
+            raise ValueError(f"fpquant.fake_quantize: NVFP4's scale rule is 'absmax', got '{method}'")
+        gs = ops.nvfp4_global_scale(xc, rot) if global_scale is None else global_scale.to(torch.float32)
+        codes, scales = ops.quantize_nvfp4(xc, gs, rot)
+        out = ops.dequantize_nvfp4(codes, scales, gs, rot, out_dtype=x.dtype)
+        multiplier, group = scales.to(torch.float32) / gs, NV_GROUP
+    else:
+        raise ValueError(f"fpquant.fake_quantize: format must be 'mxfp4' or 'nvfp4', got '{format}'")
+    if not saturation_mask:
+        return out, x.new_empty((0,), dtype=torch.bool)
+    # In the rotated space, where quantization happened: a value beyond its group's largest magnitude
+    # (6 x the multiplier) was clipped.
+    v = rotate_blocks(xc.to(torch.float32), rot)
+    limit = (E2M1_MAX * multiplier).repeat_interleave(group, dim=-1)
+    return out, v.abs() <= limit
+
+
+@_fake_quantize.register_fake
+def _(x, format, method, rotation, global_scale, saturation_mask):
+    torch._check(x.dtype in _FLOATS, lambda: f"fpquant.fake_quantize: x must be a float tensor, got {x.dtype}")
+    torch._check(format in ("mxfp4", "nvfp4"), lambda: f"fpquant.fake_quantize: bad format '{format}'")
+    mask_shape = x.shape if saturation_mask else (0,)
+    return x.new_empty(x.shape), x.new_empty(mask_shape, dtype=torch.bool)
+
+
+def _setup_context(ctx, inputs, output):
+    _, _, _, rotation, _, saturation_mask = inputs
+    ctx.masked = saturation_mask
+    if saturation_mask:
+        ctx.save_for_backward(output[1], rotation)
+
+
+def _backward(ctx, grad_out, _grad_mask):
+    grad = grad_out
+    if ctx.masked:
+        mask, rotation = ctx.saved_tensors
+        g = rotate_blocks(grad, rotation)
+        g = torch.where(mask, g, torch.zeros_like(g))
+        grad = rotate_blocks(g, rotation, inverse=True)
+    return grad, None, None, None, None, None
+
+
+_fake_quantize.register_autograd(_backward, setup_context=_setup_context)
+
+
+def fake_quantize(x: torch.Tensor, format: str = "mxfp4", method: Optional[str] = None,
+                  rotation: Optional[torch.Tensor] = None, global_scale: Optional[torch.Tensor] = None,
+                  mask_saturated: bool = False) -> torch.Tensor:
+    """Quantize ``x`` [..., K] to FP4 and dequantize it back (same dtype and shape).
+
+    With a rotation R the values are quantized in the rotated space and rotated back (R^T), so the result
+    approximates x itself. NVFP4 without ``global_scale`` uses the tensor's own (dynamic) global scale.
+    Backward: the straight-through estimator (the gradient passes unchanged); with ``mask_saturated`` it is
+    zeroed where a value was clipped (in the rotated space). No gradient for rotation or global scale.
+    """
+    method = method or ("floor" if format == "mxfp4" else "absmax")
+    return torch.ops.fpquant.fake_quantize(x, format, method, rotation, global_scale, mask_saturated)[0]

@@ -1,0 +1,87 @@
+"""The products FP4Linear computes, as functions of tensors.
+
+``fp4_matmul_emulated`` is the one place where a W4A4 product is formed; a block-scaled FP4 GEMM operator
+(matmul_mxfp4 / matmul_nvfp4) replaces its body without touching the modules.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import ops
+from .fake_quant import fake_quantize, rotate_blocks
+from .weight import QuantizedWeight
+
+__all__ = ["rotate_activations", "quantize_activations", "fp4_matmul_emulated", "linear_w4a16", "fake_quantize"]
+
+
+def rotate_activations(x: torch.Tensor, rotation: Optional[torch.Tensor]) -> torch.Tensor:
+    """x · blockdiag(R): the [M·K/r, r] blocks of x times R in float32, back in x's dtype."""
+    return rotate_blocks(x, rotation)
+
+
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _reference_product(x: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor],
+                       out_dtype: torch.dtype) -> torch.Tensor:
+    # The order of linear_w4a16's CPU reference: float matmul, then the bias, then one cast.
+    acc = _accumulator(out_dtype)
+    out = torch.matmul(x.to(acc), w.to(acc).t())
+    if bias is not None:
+        out = out + bias.to(out_dtype).to(acc)
+    return out.to(out_dtype)
+
+
+def linear_w4a16(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x @ W^T + bias for an FP4 weight and activations in their own dtype (x already rotated when the
+    weight is stored rotated). The output has x's dtype; the bias is cast to it first.
+
+    bfloat16 / float16 input goes to :func:`fpquant_ext.linear_w4a16`: on CUDA the kernels, with the weight
+    packed once (:meth:`QuantizedWeight.packed`); on the CPU the reference (dequantize, float32 matmul).
+    Other input (float32, float64), and CUDA shapes the kernels do not take: that same reference product in
+    float32 (float64 for float64 input).
+    """
+    b = None if bias is None else bias.to(x.dtype)
+    if x.dtype in (torch.bfloat16, torch.float16) and (not x.is_cuda or weight.kernel_compatible):
+        codes, scales = weight.packed() if x.is_cuda else (weight.codes, weight.scales)
+        return ops.linear_w4a16(x.contiguous(), codes, scales, weight.global_scale, b, weight.format)
+    return _reference_product(x, weight.dequantize(_accumulator(x.dtype)), b, x.dtype)
+
+
+def quantize_activations(x: torch.Tensor, format: str, method: str, rotation: Optional[torch.Tensor],
+                         global_scale: Optional[torch.Tensor] = None):
+    """Rotate and quantize activations [..., K]: (codes, scales, global scale or None). NVFP4 without
+    ``global_scale`` computes it from x (dynamic)."""
+    xc = x.contiguous()
+    if xc.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        xc = xc.to(torch.float32)
+    rot = None if rotation is None else rotation.to(device=x.device, dtype=torch.float32)
+    if format == "mxfp4":
+        codes, scales = ops.quantize_mxfp4(xc, rot, method)
+        return codes, scales, None
+    gs = ops.nvfp4_global_scale(xc, rot) if global_scale is None else global_scale
+    codes, scales = ops.quantize_nvfp4(xc, gs, rot)
+    return codes, scales, gs
+
+
+def _dequantize(codes, scales, global_scale, format, dtype):
+    if format == "mxfp4":
+        return ops.dequantize_mxfp4(codes, scales, out_dtype=dtype)
+    return ops.dequantize_nvfp4(codes, scales, global_scale, out_dtype=dtype)
+
+
+def fp4_matmul_emulated(a_codes: torch.Tensor, a_scales: torch.Tensor, b_codes: torch.Tensor,
+                        b_scales: torch.Tensor, format: str, a_global_scale: Optional[torch.Tensor] = None,
+                        b_global_scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+                        out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """A [..., K] times B [N, K]^T, both FP4 (codes and linear-layout scales of ``format``), plus bias:
+    both operands dequantized exactly to float32, a float32 matmul, the bias (cast to ``out_dtype``, then
+    float32) added, one rounding to ``out_dtype``. What a block-scaled FP4 GEMM computes, up to its
+    accumulation order."""
+    a = _dequantize(a_codes, a_scales, a_global_scale, format, torch.float32)
+    b = _dequantize(b_codes, b_scales, b_global_scale, format, torch.float32)
+    return _reference_product(a, b, bias, out_dtype)

@@ -1,0 +1,115 @@
+"""fpquant::fake_quantize (opcheck, straight-through gradients), torch.compile, and QAT."""
+
+import pytest
+import torch
+from torch import nn
+
+import fpquant_ext as fq
+from fpquant_ext.nn import FP4Config, FP4Linear, fake_quantize, quantize_model
+
+from nn_helpers import TinyNet, dequantize_ref, quantize_ref
+
+CASES = [("mxfp4", "floor", None, False), ("mxfp4", "quest", "hadamard", True),
+         ("nvfp4", "absmax", None, True), ("nvfp4", "absmax", "dct", False)]
+
+
+@pytest.mark.parametrize("fmt,method,rotation,mask", CASES)
+def test_opcheck(fmt, method, rotation, mask):
+    x = torch.randn(6, 64, requires_grad=True)
+    R = None if rotation is None else fq.rotations.get_rotation(rotation, 32)
+    gs = torch.tensor([300.0]) if (fmt == "nvfp4" and rotation) else None
+    torch.library.opcheck(torch.ops.fpquant.fake_quantize.default, (x, fmt, method, R, gs, mask))
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_forward_is_quantize_dequantize_and_backward_straight_through(fmt):
+    x = torch.randn(4, 64, dtype=torch.bfloat16, requires_grad=True)
+    R = fq.rotations.hadamard(16)
+    y = fake_quantize(x, fmt, rotation=R)
+    c, s, g = quantize_ref(x.detach(), fmt, R=R)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, dequantize_ref(c, s, g, fmt, R).bfloat16())
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert torch.equal(x.grad, grad)
+
+
+def test_saturated_values_get_no_gradient():
+    # MXFP4 floor: amax 7 gives scale 2^0, so 7 (and 6.9) clip to 6; the rest of the group does not.
+    x = torch.full((1, 32), 0.5)
+    x[0, 0], x[0, 1] = 7.0, 6.9
+    x.requires_grad_(True)
+    fake_quantize(x, "mxfp4", "floor", mask_saturated=True).sum().backward()
+    expected = torch.ones(1, 32)
+    expected[0, :2] = 0
+    assert torch.equal(x.grad, expected)
+    # with a rotation the mask is applied in the rotated space: the gradient is still exact there
+    x2 = torch.randn(3, 64, requires_grad=True)
+    R = fq.rotations.hadamard(32)
+    fake_quantize(x2, "nvfp4", rotation=R, mask_saturated=True).sum().backward()
+    assert torch.allclose(x2.grad, torch.ones(3, 64), atol=1e-6)  # NVFP4 absmax clips nothing here
+
+
+@pytest.mark.parametrize("cfg", [FP4Config(mode="w4a16", rotation="hadamard", rotation_size=32),
+                                 FP4Config(format="nvfp4", mode="w4a4"),
+                                 FP4Config(mode="qat", fake_quantize_activations=True, rotation="hadamard",
+                                           rotation_size=32)], ids=["w4a16", "w4a4", "qat"])
+def test_compile_fullgraph_matches_eager(cfg, seed):
+    torch._dynamo.reset()
+    torch.manual_seed(seed)
+    model = TinyNet()
+    quantize_model(model, cfg, progress=False)
+    if cfg.mode != "qat":
+        model.requires_grad_(False)  # inference modes: no gradient flows through activation quantization
+    x = torch.randn(2, 3, 64)
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(x), eager)
+    if cfg.mode == "qat":
+        compiled(x).square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        model(x).square().mean().backward()
+        assert grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+        assert "blocks.0.up.weight" in grads
+        assert all(torch.allclose(grads[n], p.grad, rtol=1e-5, atol=1e-7) for n, p in model.named_parameters()
+                   if n in grads)
+
+
+def test_compile_inductor_w4a16(seed):
+    torch._dynamo.reset()
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 32)).to(torch.bfloat16)
+    quantize_model(model, FP4Config(format="nvfp4"), progress=False)
+    model.requires_grad_(False)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    assert torch.equal(torch.compile(model, fullgraph=True)(x), model(x))
+
+
+def test_qat_loss_falls(seed):
+    torch.manual_seed(seed % 1000)
+    teacher = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+    student = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
+    quantize_model(student, FP4Config(mode="qat", fake_quantize_activations=True, rotation="hadamard",
+                                      rotation_size=32, mask_saturated_gradients=True), progress=False)
+    assert all(isinstance(student[i], FP4Linear) for i in (0, 2))
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    losses = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add synchronization
+    try:
+        for _ in range(300):
+            x = torch.randn(32, 64)
+            with torch.no_grad():
+                target = teacher(x)
+            loss = nn.functional.mse_loss(student(x), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.3 * first, (first, last)
+    # the trained layer exports its FP4 weight
+    qw = student[0].quantized_weight()
+    assert qw.format == "mxfp4" and qw.rotation_size == 32
