@@ -3,7 +3,9 @@
 Operators live in ``torch.ops.fpquant`` (schemas: csrc/ops/schema.cpp; fake implementations and autograd
 formulas: ``_fake`` and ``_autograd``, registered on import); :mod:`fpquant_ext.ops` wraps them,
 :mod:`fpquant_ext.formats` is the pure-PyTorch reference that defines their exact results, and
-:mod:`fpquant_ext.rotations` builds the rotation matrices.
+:mod:`fpquant_ext.rotations` builds the rotation matrices, :mod:`fpquant_ext.nn` holds the FP4 Linear
+modules and model conversion (``FP4Config``, ``quantize_model``), and :mod:`fpquant_ext.tuning` shows and
+overrides which kernel runs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from .ops import (  # noqa: F401
     unpack_w4a16,
     unswizzle_scales,
 )
+from . import nn, tuning  # noqa: F401
+from .nn import FP4Config, FP4Linear, QuantizedWeight, quantize_model  # noqa: F401
 
 __version__ = "0.1.0"
 
