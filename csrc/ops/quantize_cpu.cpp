@@ -214,6 +214,14 @@ void dequantize_into(const uint8_t* c, const uint8_t* s, int64_t rows, int64_t K
   });
 }
 
+// The per-group multipliers of the two formats (scale byte -> float32).
+auto mx_multiplier() {
+  return [](uint8_t sc) { return core::mx_block_multiplier(sc); };
+}
+auto nv_multiplier(float g) {
+  return [g](uint8_t sc) { return core::nv_block_multiplier(sc, g); };
+}
+
 template <typename Multiplier>
 at::Tensor dequantize_cpu(const at::Tensor& codes, const at::Tensor& scales, int64_t group,
                           const c10::optional<at::Tensor>& rotation, ScaleLayout layout,
@@ -241,7 +249,7 @@ at::Tensor dequantize_mxfp4_cpu(const at::Tensor& codes, const at::Tensor& scale
                                 c10::optional<at::ScalarType> out_dtype) {
   const auto [layout, dtype] = check_dequantize_mxfp4(codes, scales, rotation, std::string(scale_layout), out_dtype);
   return dequantize_cpu(codes, scales, kMxGroup, rotation, layout, dtype,
-                        [](uint8_t sc) { return core::mx_block_multiplier(sc); });
+                        mx_multiplier());
 }
 
 at::Tensor dequantize_nvfp4_cpu(const at::Tensor& codes, const at::Tensor& scales, const at::Tensor& global_scale,
@@ -251,7 +259,7 @@ at::Tensor dequantize_nvfp4_cpu(const at::Tensor& codes, const at::Tensor& scale
       check_dequantize_nvfp4(codes, scales, global_scale, rotation, std::string(scale_layout), out_dtype);
   const float g = global_scale.item<float>();
   return dequantize_cpu(codes, scales, kNvGroup, rotation, layout, dtype,
-                        [g](uint8_t sc) { return core::nv_block_multiplier(sc, g); });
+                        nv_multiplier(g));
 }
 
 // Reference semantics: dequantize the weight to float32 (exact), float32 matmul, bias, cast to x's dtype.
@@ -264,11 +272,11 @@ at::Tensor linear_w4a16_cpu(const at::Tensor& x, const at::Tensor& w_codes, cons
   at::Tensor w;
   if (args.format == Format::kMxFp4) {
     w = dequantize_cpu(codes, scales, kMxGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
-                       [](uint8_t sc) { return core::mx_block_multiplier(sc); });
+                       mx_multiplier());
   } else {
     const float g = w_global_scale->item<float>();
     w = dequantize_cpu(codes, scales, kNvGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
-                       [g](uint8_t sc) { return core::nv_block_multiplier(sc, g); });
+                       nv_multiplier(g));
   }
   at::Tensor out = at::matmul(x.to(at::kFloat), w.t());
   if (bias.has_value()) out = out + bias->to(at::kFloat);

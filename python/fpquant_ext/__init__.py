@@ -15,6 +15,7 @@ import torch
 from . import _C, _autograd, _fake, formats, rotations  # noqa: F401  (_C registers the operators)
 from .ops import (  # noqa: F401
     as_float4,
+    dequantize,
     dequantize_mxfp4,
     dequantize_nvfp4,
     linear_w4a16,

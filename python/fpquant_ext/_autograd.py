@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from . import _fake  # noqa: F401  (the fake implementations must exist before backward formulas are traced)
+from .ops import dequantize
 
 ops = torch.ops.fpquant
 
@@ -117,9 +118,7 @@ def _linear_setup(ctx, inputs, output):
 def _dequantized_weight(codes, scales, g, format: str, dtype: torch.dtype) -> torch.Tensor:
     if codes.dim() == 3:
         codes, scales = ops.unpack_w4a16(codes, scales, format)
-    if format == "mxfp4":
-        return ops.dequantize_mxfp4(codes, scales, None, "linear", dtype)
-    return ops.dequantize_nvfp4(codes, scales, g, None, "linear", dtype)
+    return dequantize(codes, scales, format, g, out_dtype=dtype)
 
 
 def _linear_backward(ctx, grad):

@@ -19,6 +19,7 @@ __all__ = [
     "quantize_nvfp4",
     "dequantize_mxfp4",
     "dequantize_nvfp4",
+    "dequantize",
     "nvfp4_global_scale",
     "swizzle_scales",
     "unswizzle_scales",
@@ -118,6 +119,24 @@ def dequantize_nvfp4(
     return torch.ops.fpquant.dequantize_nvfp4(
         _as_uint8(codes), scales, global_scale, rotation, scale_layout, out_dtype
     )
+
+
+def dequantize(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    format: str,
+    global_scale: Optional[GlobalScale] = None,
+    rotation: Optional[torch.Tensor] = None,
+    scale_layout: str = "linear",
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """:func:`dequantize_mxfp4` or :func:`dequantize_nvfp4` by ``format`` ("mxfp4" or "nvfp4"; NVFP4 needs
+    ``global_scale``), for callers that carry the format as a value."""
+    if format == "mxfp4":
+        return dequantize_mxfp4(codes, scales, rotation, scale_layout, out_dtype)
+    if format == "nvfp4":
+        return dequantize_nvfp4(codes, scales, global_scale, rotation, scale_layout, out_dtype)
+    raise ValueError(f"fpquant_ext.dequantize: format must be 'mxfp4' or 'nvfp4', got {format!r}")
 
 
 def swizzle_scales(scales: torch.Tensor) -> torch.Tensor:

@@ -234,3 +234,18 @@ def test_layout_ops_reject_gradients(name, fn, scales):
     out = fn(scales.clone().requires_grad_())
     with pytest.raises(RuntimeError, match=rf"fpquant.{name}: no gradient for its inputs"):
         out.float().sum().backward()
+
+
+def test_dequantize_by_format_matches_the_format_ops():
+    # fpquant_ext.dequantize picks the format's op; the backward formulas and the nn modules go through it.
+    import fpquant_ext as fq
+
+    x = torch.randn(4, 64)
+    c, s = fq.quantize_mxfp4(x)
+    assert torch.equal(fq.dequantize(c, s, "mxfp4"), fq.dequantize_mxfp4(c, s))
+    g = fq.nvfp4_global_scale(x)
+    c, s = fq.quantize_nvfp4(x, g)
+    assert torch.equal(fq.dequantize(c, s, "nvfp4", g, out_dtype=torch.bfloat16),
+                       fq.dequantize_nvfp4(c, s, g, out_dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="format"):
+        fq.dequantize(c, s, "fp4")

@@ -14,12 +14,7 @@ from .. import ops
 from .fake_quant import fake_quantize, rotate_blocks
 from .weight import QuantizedWeight
 
-__all__ = ["rotate_activations", "quantize_activations", "fp4_matmul_emulated", "linear_w4a16", "fake_quantize"]
-
-
-def rotate_activations(x: torch.Tensor, rotation: Optional[torch.Tensor]) -> torch.Tensor:
-    """x · blockdiag(R): the [M·K/r, r] blocks of x times R in float32, back in x's dtype."""
-    return rotate_blocks(x, rotation)
+__all__ = ["rotate_blocks", "quantize_activations", "fp4_matmul_emulated", "linear_w4a16", "fake_quantize"]
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -68,12 +63,6 @@ def quantize_activations(x: torch.Tensor, format: str, method: str, rotation: Op
     return codes, scales, gs
 
 
-def _dequantize(codes, scales, global_scale, format, dtype):
-    if format == "mxfp4":
-        return ops.dequantize_mxfp4(codes, scales, out_dtype=dtype)
-    return ops.dequantize_nvfp4(codes, scales, global_scale, out_dtype=dtype)
-
-
 def fp4_matmul_emulated(a_codes: torch.Tensor, a_scales: torch.Tensor, b_codes: torch.Tensor,
                         b_scales: torch.Tensor, format: str, a_global_scale: Optional[torch.Tensor] = None,
                         b_global_scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
@@ -82,6 +71,6 @@ def fp4_matmul_emulated(a_codes: torch.Tensor, a_scales: torch.Tensor, b_codes: 
     both operands dequantized exactly to float32, a float32 matmul, the bias (cast to ``out_dtype``, then
     float32) added, one rounding to ``out_dtype``. What a block-scaled FP4 GEMM computes, up to its
     accumulation order."""
-    a = _dequantize(a_codes, a_scales, a_global_scale, format, torch.float32)
-    b = _dequantize(b_codes, b_scales, b_global_scale, format, torch.float32)
+    a = ops.dequantize(a_codes, a_scales, format, a_global_scale)
+    b = ops.dequantize(b_codes, b_scales, format, b_global_scale)
     return _reference_product(a, b, bias, out_dtype)

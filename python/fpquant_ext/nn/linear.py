@@ -11,7 +11,7 @@ from torch import nn
 from ._buffers import FixedDtypeBuffers
 from .config import FP4Config
 from .fake_quant import fake_quantize
-from .functional import fp4_matmul_emulated, linear_w4a16, quantize_activations, rotate_activations
+from .functional import fp4_matmul_emulated, linear_w4a16, quantize_activations, rotate_blocks
 from .weight import QuantizedWeight
 
 
@@ -123,7 +123,7 @@ class FP4Linear(FixedDtypeBuffers):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         R = self.rotation_matrix
         if self.mode == "w4a16":
-            return linear_w4a16(rotate_activations(x, R), self.qweight, self.bias)
+            return linear_w4a16(rotate_blocks(x, R), self.qweight, self.bias)
         if self.mode == "w4a4":
             codes, scales, gs = quantize_activations(x, self.format, self.act_method, R, self._act_global_scale(x))
             w = self.qweight

@@ -140,9 +140,7 @@ class QuantizedWeight(FixedDtypeBuffers):
         return self._dequantize(self.rotation, dtype)
 
     def _dequantize(self, rotation, dtype):
-        if self.format == "mxfp4":
-            return ops.dequantize_mxfp4(self.codes, self.scales, rotation, out_dtype=dtype)
-        return ops.dequantize_nvfp4(self.codes, self.scales, self.global_scale, rotation, out_dtype=dtype)
+        return ops.dequantize(self.codes, self.scales, self.format, self.global_scale, rotation, out_dtype=dtype)
 
     @property
     def kernel_compatible(self) -> bool:
