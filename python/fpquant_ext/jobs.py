@@ -146,6 +146,8 @@ def quantize(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     base, tokenizer = _load(args.model, dtype)
     ids, label = _eval_ids(args, tokenizer)
+    if args.out:
+        _check_export(base, configs[0], args.export or "fp-quant")
     loaded = time.perf_counter() - start
     base_name = "bf16" if dtype == torch.bfloat16 else "fp32"
     print(f"model: {models.describe(args.model)}, {args.dtype}, CPU threads {torch.get_num_threads()} "
@@ -200,6 +202,21 @@ def _print_table(rows: list[dict], base_name: str) -> None:
               f"{r['linear_mib']:>10.2f}  {r['eval_s']:>6.1f}  {r['rotation']}")
     skipped = sorted({n for r in rows for n in r["skipped"]})
     print(f"Linear MiB: decoder Linear layers (weights + FP4 scales); not converted: {', '.join(skipped) or 'none'}")
+
+
+def _check_export(model, config, export: str) -> None:
+    """Fail before the long part: FP-Quant's config has a single hadamard_group_size, and a shrunk rotation
+    (SmolLM2: 64 where K = 576, 128 elsewhere) would make save_quantized refuse the model at the end."""
+    from .nn.convert import _skip_reason
+
+    if export != "fp-quant" or config.rotation == "none":
+        return
+    sizes = {config.rotation_size_for(m.in_features)[0] for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and _skip_reason(name, m, config) is None}
+    if len(sizes) > 1:
+        raise CLIError(f"--export fp-quant stores one rotation size per model, but this model's layers would use "
+                       f"{sorted(sizes)} (K not a multiple of {config.rotation_size}); use --rotation-size "
+                       f"{min(sizes)} or --export compressed-tensors", 2)
 
 
 def _export(model, config, base, tokenizer, args: argparse.Namespace) -> None:

@@ -35,11 +35,14 @@ def test_table_end_to_end(capsys, text_file):
 
 
 @pytest.mark.skipif(not has_io(), reason="checkpoint export needs fpquant_ext.io")
-@pytest.mark.parametrize("export", ["fp-quant", "compressed-tensors"])
-def test_quantize_export_eval_inspect(capsys, text_file, tmp_path, export):
+@pytest.mark.parametrize("export, options", [
+    ("fp-quant", ["--format", "nvfp4", "--rotation", "hadamard", "--rotation-size", "64"]),
+    ("compressed-tensors", ["--format", "mxfp4"]),
+])
+def test_quantize_export_eval_inspect(capsys, text_file, tmp_path, export, options):
     require_model()
     out_dir = tmp_path / "ckpt"
-    code, out, err = run_cli(capsys, "quantize", "--format", "nvfp4", "--text", text_file, "--window", "64",
+    code, out, err = run_cli(capsys, "quantize", *options, "--text", text_file, "--window", "64",
                              "--windows", "1", "--out", str(out_dir), "--export", export, "--json")
     assert code == 0, err
     import json
@@ -51,3 +54,13 @@ def test_quantize_export_eval_inspect(capsys, text_file, tmp_path, export):
     code, out, err = run_cli(capsys, "inspect", str(out_dir))
     assert code == 0, err
     assert out.strip()
+
+
+@pytest.mark.skipif(not has_io(), reason="checkpoint export needs fpquant_ext.io")
+def test_fp_quant_export_with_mixed_rotation_sizes_fails_early(capsys, text_file, tmp_path):
+    require_model()
+    code, out, err = run_cli(capsys, "quantize", "--format", "mxfp4", "--rotation", "hadamard", "--text", text_file,
+                             "--out", str(tmp_path / "ckpt"))
+    assert code == 2
+    assert "use --rotation-size 64" in err.strip() and len(err.strip().splitlines()) == 1
+    assert "perplexity" not in out  # refused before scoring
