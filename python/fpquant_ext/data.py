@@ -43,7 +43,8 @@ def _candidates() -> list[Path]:
     roots = []
     if os.environ.get("FPQUANT_SOTU_DIR"):
         roots.append(Path(os.environ["FPQUANT_SOTU_DIR"]).expanduser())
-    roots += [Path.cwd(), default_prefix()]
+    # The README's command writes to ~/.cache whatever XDG_CACHE_HOME says.
+    roots += [Path.cwd(), default_prefix(), Path.home() / ".cache" / "fpquant_ext" / "npm"]
     out = []
     for root in roots:
         out += [root, root / "node_modules" / PACKAGE]

