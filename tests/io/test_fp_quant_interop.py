@@ -112,7 +112,6 @@ def test_fp_quant_nvfp4_checkpoint_global_scale_3(tmp_path):
     w = torch.randn(32, 64, dtype=torch.bfloat16)
     gs = torch.tensor([3.0])
     codes, scales = fq.quantize_nvfp4(w, gs)
-    H = sylvester(16).to(torch.bfloat16)
     eye = torch.eye(16, dtype=torch.bfloat16)
     tensors = {"0.qweight": codes, "0.scales": scales.view(torch.uint8), "0.weight_global_scale": gs.bfloat16(),
                "0.act_global_scale": gs.bfloat16(), "0.forward_hadamard_matrix": eye, "0.backward_hadamard_matrix": eye.clone()}
@@ -123,7 +122,6 @@ def test_fp_quant_nvfp4_checkpoint_global_scale_3(tmp_path):
     fresh = load_quantized(nn.Sequential(nn.Linear(64, 32, bias=False)).to(torch.bfloat16), str(tmp_path))
     assert fresh[0].qweight.rotation is None  # identity: no rotation
     assert torch.equal(fresh[0].qweight.dequantize(), fq.dequantize_nvfp4(codes, scales, gs))
-    del H
 
 
 def test_transformers_loader_needs_a_gpu(tmp_path):
