@@ -27,7 +27,8 @@ from .ops import (  # noqa: F401
     unpack_w4a16,
     unswizzle_scales,
 )
-from . import nn, tuning  # noqa: F401
+from . import io, nn, tuning  # noqa: F401
+from .io import inspect_checkpoint, load_quantized, save_quantized  # noqa: F401
 from .nn import FP4Config, FP4Linear, QuantizedWeight, quantize_model  # noqa: F401
 
 __version__ = "0.1.0"

@@ -46,7 +46,11 @@ def test_model_on_gpu_compile_and_reload(seed):
     x = torch.randn(4, 7, 128, dtype=torch.bfloat16, device="cuda")
     eager = model(x)
     compiled = torch.compile(model, fullgraph=True)
-    torch.testing.assert_close(compiled(x), eager)  # inductor may fuse the bf16 glue differently
+    # Inductor fuses the bf16 rotation glue (x.float() @ R, back to bf16) and keeps some intermediates in
+    # float32 where eager rounds them to bf16: on the H200 that moved 16% of the outputs by up to one bf16
+    # step of their inputs (max abs 0.0078). The kernels are the same; the outputs agree to bf16 rounding.
+    got = compiled(x)
+    assert ((got.double() - eager.double()).norm() / eager.double().norm()).item() < 1e-2
     # load_state_dict into GPU buffers repacks: changed weights change the output
     scrambled = {k: (v.flip(0) if k.endswith("qweight.codes") else v) for k, v in cpu_state.items()}
     model.load_state_dict(scrambled)

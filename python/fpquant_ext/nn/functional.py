@@ -41,7 +41,8 @@ def linear_w4a16(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.
     float32 (float64 for float64 input).
     """
     b = None if bias is None else bias.to(x.dtype)
-    if x.dtype in (torch.bfloat16, torch.float16) and (not x.is_cuda or weight.kernel_compatible):
+    if (x.dtype in (torch.bfloat16, torch.float16) and not weight.mx_global_scale
+            and (not x.is_cuda or weight.kernel_compatible)):
         codes, scales = weight.packed() if x.is_cuda else (weight.codes, weight.scales)
         return ops.linear_w4a16(x.contiguous(), codes, scales, weight.global_scale, b, weight.format)
     return _reference_product(x, weight.dequantize(_accumulator(x.dtype)), b, x.dtype)
@@ -63,6 +64,13 @@ def quantize_activations(x: torch.Tensor, format: str, method: str, rotation: Op
     return codes, scales, gs
 
 
+def _dequantize(codes, scales, format, global_scale):
+    # An MXFP4 operand may carry FP-Quant's global scale (QuantizedWeight): a divisor, as in NVFP4.
+    if format == "mxfp4" and global_scale is not None:
+        return ops.dequantize_mxfp4(codes, scales) / global_scale
+    return ops.dequantize(codes, scales, format, global_scale)
+
+
 def fp4_matmul_emulated(a_codes: torch.Tensor, a_scales: torch.Tensor, b_codes: torch.Tensor,
                         b_scales: torch.Tensor, format: str, a_global_scale: Optional[torch.Tensor] = None,
                         b_global_scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
@@ -71,6 +79,6 @@ def fp4_matmul_emulated(a_codes: torch.Tensor, a_scales: torch.Tensor, b_codes: 
     both operands dequantized exactly to float32, a float32 matmul, the bias (cast to ``out_dtype``, then
     float32) added, one rounding to ``out_dtype``. What a block-scaled FP4 GEMM computes, up to its
     accumulation order."""
-    a = ops.dequantize(a_codes, a_scales, format, a_global_scale)
-    b = ops.dequantize(b_codes, b_scales, format, b_global_scale)
+    a = _dequantize(a_codes, a_scales, format, a_global_scale)
+    b = _dequantize(b_codes, b_scales, format, b_global_scale)
     return _reference_product(a, b, bias, out_dtype)

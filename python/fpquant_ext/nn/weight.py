@@ -9,6 +9,7 @@ import torch
 from .. import ops
 from ._buffers import FixedDtypeBuffers
 from .config import FORMATS, group_of
+from .fake_quant import rotate_blocks
 
 # linear_w4a16's CUDA kernels need N and K multiples of these (csrc/cuda/w4a16/w4a16_plan.h).
 KERNEL_N, KERNEL_K = 32, 128
@@ -19,7 +20,12 @@ class QuantizedWeight(FixedDtypeBuffers):
 
     Buffers (in the state dict): ``codes`` uint8 [N, K/2] (element 2i in the low nibble), ``scales`` in the
     linear layout (float8_e8m0fnu [N, K/32] for MXFP4, float8_e4m3fn [N, K/16] for NVFP4), ``global_scale``
-    float32 [1] (NVFP4 only; the encode multiplier) and ``rotation`` float32 [r, r] (optional).
+    float32 [1] and ``rotation`` float32 [r, r] (optional).
+
+    The global scale g divides every dequantized value: code · scale / g. NVFP4 weights always have one
+    (the encode multiplier). MXFP4 weights normally have none; FP-Quant's MXFP4 ``abs_max`` checkpoints
+    need g = 3 (their codes are the values times 3 over a power-of-two scale), which no E8M0 scale can
+    express, so such a weight keeps it (docs/checkpoints.md) and is multiplied by the reference product.
 
     With a rotation R the weight is stored rotated, W' = W · blockdiag(R), as FP-Quant stores it, so that
     (x · blockdiag(R)) @ W'^T approximates x @ W^T. :meth:`dequantize` returns the stored W' (what the
@@ -50,8 +56,8 @@ class QuantizedWeight(FixedDtypeBuffers):
         if scales.dtype != scale_dtype or tuple(scales.shape) != (N, K // group):
             raise ValueError(f"QuantizedWeight: {format} scales must be {scale_dtype} [{N}, {K // group}] "
                              f"(linear layout), got {scales.dtype} {list(scales.shape)}")
-        if (format == "nvfp4") != (global_scale is not None):
-            raise ValueError("QuantizedWeight: an NVFP4 weight needs a global scale and an MXFP4 weight has none")
+        if format == "nvfp4" and global_scale is None:
+            raise ValueError("QuantizedWeight: an NVFP4 weight needs a global scale")
         if global_scale is not None and (global_scale.dtype != torch.float32 or global_scale.numel() != 1):
             raise ValueError("QuantizedWeight: global_scale must be float32 with one element")
         if rotation is not None and (rotation.dim() != 2 or rotation.shape[0] != rotation.shape[1]
@@ -140,13 +146,23 @@ class QuantizedWeight(FixedDtypeBuffers):
         return self._dequantize(self.rotation, dtype)
 
     def _dequantize(self, rotation, dtype):
+        if self.format == "mxfp4" and self.global_scale is not None:
+            w = ops.dequantize_mxfp4(self.codes, self.scales) / self.global_scale
+            if rotation is not None:
+                w = rotate_blocks(w, rotation, inverse=True)
+            return w.to(dtype)
         return ops.dequantize(self.codes, self.scales, self.format, self.global_scale, rotation, out_dtype=dtype)
+
+    @property
+    def mx_global_scale(self) -> bool:
+        """An MXFP4 weight with a global scale (FP-Quant ``abs_max``): the kernels do not take it."""
+        return self.format == "mxfp4" and self.global_scale is not None
 
     @property
     def kernel_compatible(self) -> bool:
         """Whether linear_w4a16's CUDA kernels take this shape."""
         N, K = self.shape
-        return N % KERNEL_N == 0 and K % KERNEL_K == 0
+        return N % KERNEL_N == 0 and K % KERNEL_K == 0 and not self.mx_global_scale
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes, scales) in the layout of :func:`fpquant_ext.pack_w4a16`, made on first use and cached."""
@@ -179,6 +195,8 @@ class QuantizedWeight(FixedDtypeBuffers):
         parts = [f"{self.format}", f"shape=({N}, {K})", f"group={self.group}"]
         if self.method:
             parts.append(f"method={self.method}")
+        if self.mx_global_scale:
+            parts.append(f"global_scale={float(self.global_scale):g}")
         if self.rotation is not None:
             parts.append(f"rotation={self.rotation_name or 'custom'}({self.rotation_size})")
         return ", ".join(parts)

@@ -1,0 +1,115 @@
+"""Reading and writing a checkpoint directory: model.safetensors (or shards) and config.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable, Optional, Sequence, Union
+
+import torch
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+FLOAT_SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match the model or its own quantization config."""
+
+
+def _safetensors():
+    try:
+        import safetensors.torch
+    except ImportError as e:  # an optional dependency: only checkpoint I/O needs it
+        raise ImportError("fpquant_ext.io needs the safetensors package: pip install safetensors") from e
+    return safetensors.torch
+
+
+def weight_files(ckpt_dir: str) -> list[str]:
+    index = os.path.join(ckpt_dir, INDEX_NAME)
+    if os.path.exists(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(ckpt_dir, s) for s in shards]
+    single = os.path.join(ckpt_dir, WEIGHTS_NAME)
+    if not os.path.exists(single):
+        raise CheckpointError(f"{ckpt_dir}: no {WEIGHTS_NAME} (or {INDEX_NAME})")
+    return [single]
+
+
+def read_config(ckpt_dir: str) -> dict:
+    path = os.path.join(ckpt_dir, CONFIG_NAME)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{ckpt_dir}: no {CONFIG_NAME}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_tensors(ckpt_dir: str) -> dict[str, torch.Tensor]:
+    st = _safetensors()
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(ckpt_dir):
+        tensors.update(st.load_file(path, device="cpu"))
+    return tensors
+
+
+def write_checkpoint(out_dir: str, tensors: dict[str, torch.Tensor], config: dict) -> None:
+    st = _safetensors()
+    os.makedirs(out_dir, exist_ok=True)
+    seen: set[int] = set()
+    out = {}
+    for name, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        # safetensors refuses tensors sharing memory (tied weights): each name gets its own copy.
+        if t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[name] = t
+    st.save_file(out, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
+    with open(os.path.join(out_dir, CONFIG_NAME), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+
+
+def take(tensors: dict[str, torch.Tensor], key: str, dtypes: Union[torch.dtype, Sequence[torch.dtype]],
+         shape: Iterable[int], why: str = "") -> torch.Tensor:
+    """The tensor ``key`` of a checkpoint, checked for presence, dtype and shape; removed from ``tensors``
+    so that what remains at the end is unexpected."""
+    dtypes = (dtypes,) if isinstance(dtypes, torch.dtype) else tuple(dtypes)
+    shape = list(shape)
+    hint = f" ({why})" if why else ""
+    if key not in tensors:
+        raise CheckpointError(f"missing tensor {key}: expected {_dtypes(dtypes)} {shape}{hint}")
+    t = tensors.pop(key)
+    if t.dtype not in dtypes:
+        raise CheckpointError(f"tensor {key}: expected dtype {_dtypes(dtypes)}, got {t.dtype}{hint}")
+    if list(t.shape) != shape:
+        raise CheckpointError(f"tensor {key}: expected shape {shape}, got {list(t.shape)}{hint}")
+    return t
+
+
+def scalar(tensors: dict[str, torch.Tensor], key: str, dtypes=(torch.float32,), why: str = "") -> torch.Tensor:
+    """A one-element global scale: finite and positive, returned as float32 [1]."""
+    t = take(tensors, key, dtypes, [1], why)
+    v = float(t.float())
+    if not (v > 0 and v != float("inf")):
+        raise CheckpointError(f"tensor {key}: a global scale must be finite and positive, got {v}")
+    return t.to(torch.float32).reshape(1)
+
+
+def _dtypes(dtypes: Sequence[torch.dtype]) -> str:
+    return " or ".join(str(d) for d in dtypes)
+
+
+def matches(name: str, patterns: Optional[Iterable[str]]) -> Optional[str]:
+    """The first of ``patterns`` naming module ``name``: an exact name, a dotted name component run (as
+    FP4Config.modules_to_not_convert) or, with a "re:" prefix, a regular expression (compressed-tensors)."""
+    import re
+
+    for p in patterns or ():
+        if p.startswith("re:"):
+            if re.match(p[3:], name):
+                return p
+        elif f".{p}." in f".{name}.":
+            return p
+    return None

@@ -1,0 +1,78 @@
+"""What both checkpoint formats share: the FP4 layer a format reads or writes, and FP4Config <-> metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..nn import FP4Config, FP4Linear, QuantizedWeight
+
+# Our own settings ride along in quantization_config under this key, so that a checkpoint we wrote loads
+# back to the same modules (mode, scale rules, rotation name); other tools ignore it.
+META_KEY = "fpquant_ext"
+LOADABLE_MODES = ("w4a16", "w4a4")
+
+
+@dataclass
+class LayerData:
+    """One quantized Linear as stored: weight, bias and (NVFP4 static W4A4) activation global scale."""
+
+    weight: QuantizedWeight
+    bias: Optional[torch.Tensor]
+    act_global_scale: Optional[torch.Tensor] = None
+
+
+@dataclass
+class Plan:
+    """What a checkpoint's quantization_config says: the FP4Config of its layers and format details."""
+
+    config: FP4Config
+    format_name: str
+    rotation_size: Optional[int] = None   # FP-Quant: hadamard_group_size when a rotation is applied
+    transform_init: Optional[str] = None  # FP-Quant: the name of its rotation
+    static_act_scale: bool = False        # compressed-tensors NVFP4 W4A4: input_global_scale per layer
+
+
+def metadata(config: FP4Config) -> dict:
+    d = dataclasses.asdict(config)
+    from .. import __version__
+    d["version"] = __version__
+    return d
+
+
+def config_from_metadata(meta: dict) -> FP4Config:
+    fields = {f.name for f in dataclasses.fields(FP4Config)}
+    kwargs = {k: v for k, v in meta.items() if k in fields}
+    return make_config(**kwargs)
+
+
+def make_config(**kwargs) -> FP4Config:
+    # The checkpoint decides; FP4Config's advice (e.g. on quest without a rotation) is for users choosing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return FP4Config(**kwargs)
+
+
+def loadable(config: FP4Config, mode: Optional[str]) -> FP4Config:
+    """The config to build modules with: ``mode`` if given; a pseudo / qat export (its quantized weight)
+    loads as w4a16."""
+    mode = mode or (config.mode if config.mode in LOADABLE_MODES else "w4a16")
+    if mode not in LOADABLE_MODES:
+        raise ValueError(f"load_quantized: mode must be one of {list(LOADABLE_MODES)} (a checkpoint holds FP4 "
+                         f"weights, not master weights), got {mode!r}")
+    if mode == config.mode and not config.fake_quantize_activations:
+        return config
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dataclasses.replace(config, mode=mode, fake_quantize_activations=False)
+
+
+def layer_data(layer: FP4Linear) -> LayerData:
+    act = layer.act_global_scale
+    if act is not None and torch.isnan(act).any():
+        act = None
+    return LayerData(layer.quantized_weight(), layer.bias, act)

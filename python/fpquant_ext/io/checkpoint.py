@@ -1,0 +1,151 @@
+"""save_quantized / load_quantized: a model with FP4Linear layers <-> safetensors + config.json."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..nn import FP4Config, FP4Linear
+from . import compressed_tensors, fp_quant
+from ._files import CheckpointError, read_config, read_tensors, take, write_checkpoint
+from ._layers import LayerData, layer_data, loadable
+
+EXPORTS = {"fp-quant": fp_quant, "compressed-tensors": compressed_tensors}
+BY_QUANT_METHOD = {fp_quant.QUANT_METHOD: fp_quant, compressed_tensors.QUANT_METHOD: compressed_tensors}
+
+
+def format_module(qc: dict):
+    method = qc.get("quant_method")
+    if method not in BY_QUANT_METHOD:
+        raise CheckpointError(f"quantization_config: quant_method {method!r} is not one fpquant_ext reads "
+                              f"({sorted(BY_QUANT_METHOD)})")
+    return BY_QUANT_METHOD[method]
+
+
+def _under(key: str, prefixes: set[str]) -> bool:
+    parts = key.split(".")
+    return any(".".join(parts[:i]) in prefixes for i in range(1, len(parts)))
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    # The dtype FP-Quant stores rotations in: the model's most common floating dtype outside FP4 layers.
+    counts = Counter(p.dtype for m in model.modules() if not isinstance(m, FP4Linear)
+                     for p in m.parameters(recurse=False) if p.dtype.is_floating_point)
+    return counts.most_common(1)[0][0] if counts else torch.float32
+
+
+def save_quantized(model: nn.Module, out_dir: str, export: str = "fp-quant", config: Optional[FP4Config] = None,
+                   model_config: Optional[dict] = None) -> None:
+    """Write ``model`` (converted by :func:`fpquant_ext.quantize_model`) to ``out_dir``: ``model.safetensors``
+    with every tensor of the model, its FP4Linear layers in the ``export`` format ("fp-quant" or
+    "compressed-tensors"), and ``config.json``: ``model_config`` with a ``quantization_config``.
+
+    ``config`` is the FP4Config the model was converted with (its settings are recorded so that
+    :func:`load_quantized` rebuilds the same modules); every FP4Linear must agree with it."""
+    if export not in EXPORTS:
+        raise ValueError(f"save_quantized: export must be one of {list(EXPORTS)}, got {export!r}")
+    if config is None:
+        raise ValueError("save_quantized: config (the FP4Config the model was converted with) is required")
+    fmt = EXPORTS[export]
+    names = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, FP4Linear):
+            names.setdefault(name, m)
+    if not names:
+        raise ValueError("save_quantized: the model has no FP4Linear layers; convert it with "
+                         "fpquant_ext.quantize_model(model, config) first")
+    for name, layer in names.items():
+        if layer.format != config.format:
+            raise ValueError(f"save_quantized: layer {name} is {layer.format}, the config says {config.format}")
+    unconverted = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
+    qc = fmt.export_config(config, names, unconverted)
+    dtype = _model_dtype(model)
+    tensors = {k: v for k, v in model.state_dict().items() if not _under(k, set(names))}
+    for name, layer in names.items():
+        tensors.update(fmt.export_layer(name, layer_data(layer), qc, dtype))
+    out_config = dict(model_config or {})
+    out_config["quantization_config"] = qc
+    write_checkpoint(out_dir, tensors, out_config)
+
+
+def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) -> nn.Module:
+    """Load a quantized checkpoint (FP-Quant or compressed-tensors, ours or another tool's) into ``model``,
+    the unconverted architecture (any nn.Module; on the CPU or the meta device): the Linear layers the
+    checkpoint holds quantized become FP4Linear, every tensor is checked (name, dtype, shape) and loaded.
+
+    ``mode``: "w4a16" or "w4a4"; by default the one recorded by :func:`save_quantized`, else "w4a16".
+    Raises :class:`CheckpointError` naming the tensor for a missing, unexpected or mis-shaped tensor, a
+    wrong dtype, or a config that disagrees with the tensors. Returns ``model``."""
+    cfg = read_config(ckpt_dir)
+    qc = cfg.get("quantization_config")
+    if not qc:
+        raise CheckpointError(f"{ckpt_dir}/config.json has no quantization_config")
+    fmt = format_module(qc)
+    plan = fmt.parse_config(qc)
+    plan.config = loadable(plan.config, mode)
+    tensors = read_tensors(ckpt_dir)
+
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    quantized = [(n, m) for n, m in linears if f"{n}.{fmt.MARKER}" in tensors]
+    fmt.check_selection(plan, qc, [n for n, _ in quantized])
+
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for child_name, child in parent.named_children():
+            places.setdefault(id(child), []).append((parent, child_name))
+
+    for name, lin in quantized:
+        data = fmt.import_layer(name, tensors, lin.out_features, lin.in_features, lin.bias is not None,
+                                lin.bias.dtype if lin.bias is not None else lin.weight.dtype, plan)
+        layer = _build(lin, data, plan)
+        for parent, attr in places[id(lin)]:
+            setattr(parent, attr, layer)
+
+    fp4_names = {n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, FP4Linear)}
+    state = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        if _under(key, fp4_names):
+            continue
+        state[key] = take(tensors, key, t.dtype, t.shape)
+    if tensors:
+        extra = sorted(tensors)
+        more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+        raise CheckpointError(f"unexpected tensor(s) in the checkpoint: {', '.join(extra[:5])}{more} (no such "
+                              "parameter or buffer in the model, or a layer the config does not quantize)")
+    any_meta = any(t.is_meta for t in model.state_dict().values())
+    model.load_state_dict(state, strict=False, assign=any_meta)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"{', '.join(left[:5])}: still on the meta device after loading (not in the "
+                              "checkpoint, e.g. a non-persistent buffer); build the model on a real device")
+    return model
+
+
+def _build(lin: nn.Linear, data: LayerData, plan) -> FP4Linear:
+    config = plan.config
+    weight = data.weight
+    device = torch.device("cpu") if lin.weight.is_meta else lin.weight.device
+    # The rotation comes with the stored weight (exact matrix or the checkpoint's own): build without one.
+    plain = config if config.rotation == "none" else _without_rotation(config)
+    layer = FP4Linear(lin.in_features, lin.out_features, lin.bias is not None, device=device,
+                      dtype=lin.weight.dtype, config=plain)
+    layer.qweight = weight.to(device)
+    layer.rotation_name = weight.rotation_name if weight.rotation is not None else None
+    with torch.no_grad():
+        if data.bias is not None:
+            layer.bias = nn.Parameter(data.bias.to(device), requires_grad=lin.bias.requires_grad)
+        if layer.act_global_scale is not None and data.act_global_scale is not None:
+            layer.act_global_scale.copy_(data.act_global_scale.reshape(1))
+    return layer
+
+
+def _without_rotation(config: FP4Config) -> FP4Config:
+    import dataclasses
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dataclasses.replace(config, rotation="none")

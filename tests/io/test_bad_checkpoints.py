@@ -1,0 +1,103 @@
+"""A checkpoint that disagrees with the model or with its own config raises an error naming the tensor."""
+
+import pytest
+import torch
+
+import fpquant_ext as fq
+from fpquant_ext.io import CheckpointError, load_quantized, save_quantized
+
+from io_helpers import converted, make_model, read, write
+
+pytest.importorskip("safetensors")
+
+
+@pytest.fixture(scope="module", params=["fp-quant", "compressed-tensors"])
+def saved(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param)
+    config = fq.FP4Config(format="nvfp4")
+    save_quantized(converted(config), str(path), request.param, config)
+    return request.param, read(str(path))
+
+
+def _load(tmp_path, cfg, tensors):
+    write(str(tmp_path), cfg, tensors)
+    return load_quantized(make_model(seed=5), str(tmp_path))
+
+
+def _names(export):
+    return ("qweight", "scales") if export == "fp-quant" else ("weight_packed", "weight_scale")
+
+
+def test_missing_tensor(tmp_path, saved):
+    export, (cfg, tensors) = saved
+    for key in [f"blocks.1.up.{_names(export)[1]}", "blocks.0.up.weight_global_scale", "blocks.0.up.bias",
+                "embed.weight", "lm_head.weight"]:
+        t = dict(tensors)
+        del t[key]
+        with pytest.raises(CheckpointError, match=f"missing tensor {key}"):
+            _load(tmp_path, cfg, t)
+
+
+def test_extra_tensor(tmp_path, saved):
+    _, (cfg, tensors) = saved
+    t = dict(tensors, **{"blocks.0.extra": torch.zeros(3)})
+    with pytest.raises(CheckpointError, match="unexpected tensor.*blocks.0.extra"):
+        _load(tmp_path, cfg, t)
+    t = dict(tensors, **{"blocks.0.down.bias": torch.zeros(64, dtype=torch.bfloat16)})  # the layer has none
+    with pytest.raises(CheckpointError, match="blocks.0.down.bias"):
+        _load(tmp_path, cfg, t)
+
+
+def test_misshaped_tensor(tmp_path, saved):
+    export, (cfg, tensors) = saved
+    codes, scales = (f"blocks.0.down.{n}" for n in _names(export))
+    for key, bad in [(codes, tensors[codes][:, :-1]), (scales, tensors[scales][:-1]),
+                     ("blocks.1.up.weight_global_scale", torch.ones(2)), ("norm.weight", torch.ones(63, dtype=torch.bfloat16))]:
+        with pytest.raises(CheckpointError, match=f"tensor {key}: expected shape"):
+            _load(tmp_path, cfg, dict(tensors, **{key: bad}))
+
+
+def test_wrong_dtype(tmp_path, saved):
+    export, (cfg, tensors) = saved
+    codes, scales = (f"blocks.0.up.{n}" for n in _names(export))
+    bad_scales = tensors[scales].view(torch.uint8) if export == "compressed-tensors" else \
+        tensors[scales].view(torch.int8)
+    for key, bad in [(codes, tensors[codes].view(torch.int8)), (scales, bad_scales),
+                     ("embed.weight", tensors["embed.weight"].float()),
+                     ("blocks.0.up.bias", tensors["blocks.0.up.bias"].half())]:
+        with pytest.raises(CheckpointError, match=f"tensor {key}: expected dtype"):
+            _load(tmp_path, cfg, dict(tensors, **{key: bad}))
+
+
+def test_config_disagrees_with_tensors(tmp_path, saved):
+    export, (cfg, tensors) = saved
+    qc = cfg["quantization_config"]
+    if export == "fp-quant":
+        wrong = [dict(qc, forward_dtype="mxfp4", hadamard_group_size=32, fpquant_ext=None),  # scales: [N, K/16]
+                 dict(qc, hadamard_group_size=32),                          # matrices are 16 x 16
+                 dict(qc, modules_to_not_convert=["lm_head", "up"])]        # up layers are quantized
+        errors = ["blocks.0.up.scales", "blocks.0.up.forward_hadamard_matrix", "blocks.0.up.qweight"]
+    else:
+        g = qc["config_groups"]["group_0"]
+        mx = dict(g, weights=dict(g["weights"], group_size=32, strategy="group", scale_dtype="torch.uint8"),
+                  format="mxfp4-pack-quantized")
+        wrong = [dict(qc, config_groups={"group_0": mx}, format="mxfp4-pack-quantized", fpquant_ext=None),
+                 dict(qc, ignore=["lm_head", "blocks.1.up"]),
+                 dict(qc, config_groups={"group_0": dict(g, format="mxfp4-pack-quantized")})]
+        errors = ["blocks.0.up.weight_scale: expected dtype", "blocks.1.up.weight_packed", "format"]
+    for q, err in zip(wrong, errors):
+        with pytest.raises(CheckpointError, match=err):
+            _load(tmp_path, dict(cfg, quantization_config=q), tensors)
+
+
+def test_nothing_loads_silently_wrong(tmp_path, saved):
+    """A global scale that is zero, a non-orthogonal rotation: refused, not loaded."""
+    export, (cfg, tensors) = saved
+    with pytest.raises(CheckpointError, match="blocks.0.up.weight_global_scale: a global scale must be finite"):
+        _load(tmp_path, cfg, dict(tensors, **{"blocks.0.up.weight_global_scale": torch.zeros(1)}))
+    if export == "fp-quant":
+        key = "blocks.0.up.forward_hadamard_matrix"
+        with pytest.raises(CheckpointError, match=f"{key}: not orthogonal"):
+            _load(tmp_path, cfg, dict(tensors, **{key: 2 * tensors[key]}))
+    with pytest.raises(CheckpointError, match="quant_method 'gptq'"):
+        _load(tmp_path, dict(cfg, quantization_config={"quant_method": "gptq"}), tensors)

@@ -1,0 +1,104 @@
+"""save_quantized -> load_quantized reproduces the model's outputs bit for bit, in each format."""
+
+import pytest
+import torch
+
+import fpquant_ext as fq
+from fpquant_ext.io import inspect_checkpoint, load_quantized, save_quantized
+
+from io_helpers import converted, fp4_layers, make_model, read
+
+pytest.importorskip("safetensors")
+
+CASES = [
+    ("fp-quant", dict(format="mxfp4")),
+    ("fp-quant", dict(format="mxfp4", weight_method="quest", rotation="hadamard", rotation_size=32)),
+    ("fp-quant", dict(format="nvfp4", rotation="hadamard", rotation_size=32)),
+    ("fp-quant", dict(format="nvfp4", mode="w4a4", rotation="dct", rotation_size=32)),
+    ("fp-quant", dict(format="mxfp4", mode="w4a4", weight_method="ceil", act_method="ceil")),
+    ("compressed-tensors", dict(format="nvfp4")),
+    ("compressed-tensors", dict(format="mxfp4")),
+    ("compressed-tensors", dict(format="nvfp4", mode="w4a4")),
+    ("compressed-tensors", dict(format="nvfp4", mode="w4a4", act_global_scale="static", act_global_scale_value=50.0)),
+    ("compressed-tensors", dict(format="mxfp4", mode="w4a4")),
+]
+
+
+@pytest.mark.parametrize("export,kwargs", CASES, ids=[f"{e}-{'-'.join(map(str, k.values()))}" for e, k in CASES])
+@pytest.mark.parametrize("meta", [False, True], ids=["cpu", "meta"])
+def test_round_trip_bit_exact(tmp_path, export, kwargs, meta):
+    config = fq.FP4Config(**kwargs)
+    model = converted(config)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    expected = model(x)
+    save_quantized(model, str(tmp_path), export, config, {"model_type": "net"})
+
+    fresh = make_model(seed=1, device="meta" if meta else None)
+    assert load_quantized(fresh, str(tmp_path)) is fresh
+    assert torch.equal(fresh(x), expected)
+    got, want = fp4_layers(fresh), fp4_layers(model)
+    assert sorted(got) == sorted(want) == ["blocks.0.down", "blocks.0.up", "blocks.1.down", "blocks.1.up", "side"]
+    for name, layer in got.items():
+        assert layer.mode == config.mode
+        assert torch.equal(layer.qweight.dequantize(), want[name].qweight.dequantize())
+    assert "blocks.0.up" in inspect_checkpoint(str(tmp_path))
+
+
+def test_unconverted_layers_and_metadata(tmp_path):
+    config = fq.FP4Config(format="mxfp4", rotation="hadamard", rotation_size=64, rotation_fallback="skip")
+    model = converted(config)  # side (K=96) is skipped: no rotation of 64 divides 96
+    save_quantized(model, str(tmp_path), "fp-quant", config, {"model_type": "net", "hidden_size": 64})
+    cfg, tensors = read(str(tmp_path))
+    qc = cfg["quantization_config"]
+    assert cfg["hidden_size"] == 64
+    assert qc["modules_to_not_convert"] == ["lm_head", "side"]
+    assert qc["hadamard_group_size"] == 64 and qc["transform_init"] == "hadamard"
+    assert tensors["side.weight"].dtype == torch.bfloat16 and "side.qweight" not in tensors
+    fresh = make_model(seed=3)
+    load_quantized(fresh, str(tmp_path))
+    assert isinstance(fresh.side, torch.nn.Linear) and torch.equal(fresh.side.weight, model.side.weight)
+
+
+def test_mixed_rotation_sizes_refused_by_fp_quant(tmp_path):
+    config = fq.FP4Config(format="mxfp4", rotation="hadamard", rotation_size=64)  # side shrinks to 32
+    with pytest.raises(ValueError, match="one hadamard_group_size"):
+        save_quantized(converted(config), str(tmp_path), "fp-quant", config)
+
+
+def test_rotation_refused_by_compressed_tensors(tmp_path):
+    config = fq.FP4Config(format="nvfp4", rotation="hadamard", rotation_size=32)
+    with pytest.raises(ValueError, match="blocks.0.up is rotated"):
+        save_quantized(converted(config), str(tmp_path), "compressed-tensors", config)
+
+
+def test_mode_override_and_pseudo_export(tmp_path):
+    config = fq.FP4Config(format="nvfp4", mode="qat")
+    model = converted(config)
+    save_quantized(model, str(tmp_path), "fp-quant", config)
+    fresh = make_model(seed=2)
+    load_quantized(fresh, str(tmp_path))
+    assert fresh.blocks[0]["up"].mode == "w4a16"
+    want = model.blocks[0]["up"].quantized_weight().dequantize()
+    assert torch.equal(fresh.blocks[0]["up"].qweight.dequantize(), want)
+    fresh = make_model(seed=2)
+    load_quantized(fresh, str(tmp_path), mode="w4a4")
+    assert fresh.blocks[0]["up"].mode == "w4a4"
+
+
+def test_tiny_llama_round_trip(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    config = fq.FP4Config(format="nvfp4", rotation="hadamard", rotation_size=64)
+    fq.quantize_model(model, config, progress=False)
+    ids = torch.randint(0, 64, (1, 12))
+    expected = model(ids).logits
+    save_quantized(model, str(tmp_path), "fp-quant", config, cfg.to_dict())
+    torch.manual_seed(1)
+    fresh = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    load_quantized(fresh, str(tmp_path))
+    assert len(fp4_layers(fresh)) == 14
+    assert torch.equal(fresh(ids).logits, expected)
