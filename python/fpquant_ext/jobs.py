@@ -122,6 +122,9 @@ def _check_quantize_usage(args: argparse.Namespace) -> bool:
         raise CLIError("--export needs --out DIR", 2)
     if args.act_scale == "static" and not (args.mode == "w4a4" and (table or args.format == "nvfp4")):
         raise CLIError("--act-scale static applies to --format nvfp4 --mode w4a4", 2)
+    if args.export == "compressed-tensors" and args.rotation not in (None, "none"):
+        raise CLIError("--export compressed-tensors holds unrotated weights only: use --rotation none or "
+                       "--export fp-quant", 2)
     if args.out:
         out = Path(args.out).expanduser()
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -205,18 +208,19 @@ def _print_table(rows: list[dict], base_name: str) -> None:
 
 
 def _check_export(model, config, export: str) -> None:
-    """Fail before the long part: FP-Quant's config has a single hadamard_group_size, and a shrunk rotation
-    (SmolLM2: 64 where K = 576, 128 elsewhere) would make save_quantized refuse the model at the end."""
+    """Fail before the long part, where save_quantized would refuse the model at the end: FP-Quant's config
+    has a single hadamard_group_size, and a shrunk rotation gives several (SmolLM2: 64 where K = 576, 128
+    where K = 1536)."""
     from .nn.convert import _skip_reason
 
-    if export != "fp-quant" or config.rotation == "none":
+    if config.rotation == "none" or export != "fp-quant":
         return
     sizes = {config.rotation_size_for(m.in_features)[0] for name, m in model.named_modules()
              if isinstance(m, torch.nn.Linear) and _skip_reason(name, m, config) is None}
     if len(sizes) > 1:
         raise CLIError(f"--export fp-quant stores one rotation size per model, but this model's layers would use "
                        f"{sorted(sizes)} (K not a multiple of {config.rotation_size}); use --rotation-size "
-                       f"{min(sizes)} or --export compressed-tensors", 2)
+                       f"{min(sizes)}", 2)
 
 
 def _export(model, config, base, tokenizer, args: argparse.Namespace) -> None:

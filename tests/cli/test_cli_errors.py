@@ -17,6 +17,7 @@ USAGE = [
     ["quantize", "--out", "somewhere"],                       # the table saves nothing
     ["quantize", "--format", "mxfp4", "--export", "fp-quant"],  # --export without --out
     ["quantize", "--table", "--format", "nvfp4"],
+    ["quantize", "--format", "nvfp4", "--rotation", "hadamard", "--out", "ckpt", "--export", "compressed-tensors"],
     ["quantize", "--format", "mxfp4", "--mode", "w4a4", "--act-scale", "static"],
     ["quantize", "--format", "nvfp4", "--weight-method", "floor"],
     ["eval"],

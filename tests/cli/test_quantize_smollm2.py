@@ -60,7 +60,7 @@ def test_quantize_export_eval_inspect(capsys, text_file, tmp_path, export, optio
 def test_fp_quant_export_with_mixed_rotation_sizes_fails_early(capsys, text_file, tmp_path):
     require_model()
     code, out, err = run_cli(capsys, "quantize", "--format", "mxfp4", "--rotation", "hadamard", "--text", text_file,
-                             "--out", str(tmp_path / "ckpt"))
+                             "--out", str(tmp_path / "ckpt"), "--export", "fp-quant")
     assert code == 2
     last = err.strip().splitlines()[-1]  # after the loading progress bars
     assert last.startswith("fpquant quantize: error: --export fp-quant") and "use --rotation-size 64" in last

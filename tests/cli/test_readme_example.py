@@ -25,4 +25,4 @@ def test_readme_python_example(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
-    assert (tmp_path / "smollm2-nvfp4.pt").is_file()
+    assert (tmp_path / "smollm2-nvfp4" / "config.json").is_file()
