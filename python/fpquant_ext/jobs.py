@@ -49,7 +49,7 @@ def _eval_ids(args: argparse.Namespace, tokenizer) -> tuple[torch.Tensor, str]:
         label = str(path)
     else:
         try:
-            text = data.evaluation_text()
+            text = data.evaluation_text(args.texts)
         except data.DataNotFound as e:
             raise CLIError(f"{e}; or pass --text FILE") from None
         label = f"State of the Union addresses {data.EVAL_FROM_YEAR}- (held out from calibration)"
@@ -104,7 +104,7 @@ def _convert(base, config, args, tokenizer):
     model = copy.deepcopy(base)
     summary = quantize_model(model, config, progress=True)
     if config.act_global_scale == "static":
-        ids = torch.tensor(tokenizer(data.calibration_text()[: args.calib_windows * args.window * 8],
+        ids = torch.tensor(tokenizer(data.calibration_text(args.texts)[: args.calib_windows * args.window * 8],
                                      add_special_tokens=False)["input_ids"])
         with calibrate_activations(model), torch.inference_mode():
             for chunk in windows(ids, args.window, args.calib_windows):
@@ -132,7 +132,7 @@ def _check_quantize_usage(args: argparse.Namespace) -> bool:
         _io()
     if args.act_scale == "static":
         try:
-            data.find_sotu_dir()
+            data.find_sotu_dir(args.texts)
         except data.DataNotFound as e:
             raise CLIError(str(e)) from None
     return table

