@@ -12,7 +12,7 @@ import torch
 
 from .. import ops
 from .fake_quant import fake_quantize, rotate_blocks
-from .weight import QuantizedWeight
+from .weight import QuantizedWeight, dequantize_operand
 
 __all__ = ["rotate_blocks", "quantize_activations", "fp4_matmul_emulated", "linear_w4a16", "fake_quantize"]
 
@@ -64,13 +64,6 @@ def quantize_activations(x: torch.Tensor, format: str, method: str, rotation: Op
     return codes, scales, gs
 
 
-def _dequantize(codes, scales, format, global_scale):
-    # An MXFP4 operand may carry FP-Quant's global scale (QuantizedWeight): a divisor, as in NVFP4.
-    if format == "mxfp4" and global_scale is not None:
-        return ops.dequantize_mxfp4(codes, scales) / global_scale
-    return ops.dequantize(codes, scales, format, global_scale)
-
-
 def fp4_matmul_emulated(a_codes: torch.Tensor, a_scales: torch.Tensor, b_codes: torch.Tensor,
                         b_scales: torch.Tensor, format: str, a_global_scale: Optional[torch.Tensor] = None,
                         b_global_scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
@@ -79,6 +72,6 @@ def fp4_matmul_emulated(a_codes: torch.Tensor, a_scales: torch.Tensor, b_codes: 
     both operands dequantized exactly to float32, a float32 matmul, the bias (cast to ``out_dtype``, then
     float32) added, one rounding to ``out_dtype``. What a block-scaled FP4 GEMM computes, up to its
     accumulation order."""
-    a = _dequantize(a_codes, a_scales, format, a_global_scale)
-    b = _dequantize(b_codes, b_scales, format, b_global_scale)
+    a = dequantize_operand(a_codes, a_scales, format, a_global_scale)
+    b = dequantize_operand(b_codes, b_scales, format, b_global_scale)
     return _reference_product(a, b, bias, out_dtype)

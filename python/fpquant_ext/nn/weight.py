@@ -15,6 +15,15 @@ from .fake_quant import rotate_blocks
 KERNEL_N, KERNEL_K = 32, 128
 
 
+
+def dequantize_operand(codes: torch.Tensor, scales: torch.Tensor, format: str,
+                       global_scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """An unrotated FP4 operand in float32. An MXFP4 operand may carry FP-Quant's global scale (abs_max
+    checkpoints, docs/checkpoints.md): a divisor, as NVFP4's is."""
+    if format == "mxfp4" and global_scale is not None:
+        return ops.dequantize_mxfp4(codes, scales) / global_scale
+    return ops.dequantize(codes, scales, format, global_scale)
+
 class QuantizedWeight(FixedDtypeBuffers):
     """An FP4 weight: what modules, checkpoint I/O and algorithms pass around.
 
@@ -146,8 +155,8 @@ class QuantizedWeight(FixedDtypeBuffers):
         return self._dequantize(self.rotation, dtype)
 
     def _dequantize(self, rotation, dtype):
-        if self.format == "mxfp4" and self.global_scale is not None:
-            w = ops.dequantize_mxfp4(self.codes, self.scales) / self.global_scale
+        if self.mx_global_scale:
+            w = dequantize_operand(self.codes, self.scales, self.format, self.global_scale)
             if rotation is not None:
                 w = rotate_blocks(w, rotation, inverse=True)
             return w.to(dtype)
