@@ -45,6 +45,15 @@ TORCH_LIBRARY(fpquant, m) {
   // Canonical <-> packed W4A16 weight (core/w4a16_layout.h): the layout the CUDA kernels read.
   m.def("pack_w4a16(Tensor w_codes, Tensor w_scales, str format=\"mxfp4\") -> (Tensor codes, Tensor scales)");
   m.def("unpack_w4a16(Tensor w_codes, Tensor w_scales, str format=\"mxfp4\") -> (Tensor codes, Tensor scales)");
+  // Block-scaled FP4 GEMM: dequantize(A) @ dequantize(B)^T (+ bias) -> [..., N], A [..., M, K/2], B [N, K/2],
+  // scales in either layout; NVFP4 takes both encode global scales and divides by their product itself.
+  m.def(
+      "matmul_mxfp4(Tensor a_codes, Tensor a_scales, Tensor b_codes, Tensor b_scales,"
+      " str scale_layout=\"linear\", ScalarType? out_dtype=None, Tensor? bias=None) -> Tensor");
+  m.def(
+      "matmul_nvfp4(Tensor a_codes, Tensor a_scales, Tensor a_global_scale, Tensor b_codes, Tensor b_scales,"
+      " Tensor b_global_scale, str scale_layout=\"linear\", ScalarType? out_dtype=None, Tensor? bias=None)"
+      " -> Tensor");
   m.def("swizzle_scales(Tensor scales) -> Tensor");
   m.def("unswizzle_scales(Tensor scales, int rows, int cols) -> Tensor");
 }

@@ -19,6 +19,8 @@ from .ops import (  # noqa: F401
     dequantize_mxfp4,
     dequantize_nvfp4,
     linear_w4a16,
+    matmul_mxfp4,
+    matmul_nvfp4,
     nvfp4_global_scale,
     pack_w4a16,
     quantize_mxfp4,

@@ -136,3 +136,29 @@ def _linear_backward(ctx, grad):
 
 
 torch.library.register_autograd("fpquant::linear_w4a16", _linear_backward, setup_context=_linear_setup)
+
+
+# ---- matmul_mxfp4 / matmul_nvfp4: out = dequantize(A) @ dequantize(B)^T / (gA gB) + bias --------------------
+
+
+def _matmul_setup(ctx, inputs, output):
+    ctx.nv = len(inputs) == 9
+    bias = inputs[-1]
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _matmul_backward(ctx, grad):
+    op = "fpquant.matmul_nvfp4" if ctx.nv else "fpquant.matmul_mxfp4"
+    n = 9 if ctx.nv else 7
+    needs = _needs(ctx, n)
+    if any(needs[: n - 3]):
+        raise RuntimeError(f"{op}: no gradient for codes, scales or global scales: {_ENCODED} (for training, "
+                           f"multiply dequantized operands instead)")
+    grad_bias = grad.reshape(-1, grad.shape[-1]).double().sum(0).to(ctx.bias_dtype) if needs[n - 1] else None
+    grads = [None] * n
+    grads[n - 1] = grad_bias
+    return _grads(ctx, *grads)
+
+
+for _name in ("matmul_mxfp4", "matmul_nvfp4"):
+    torch.library.register_autograd(f"fpquant::{_name}", _matmul_backward, setup_context=_matmul_setup)

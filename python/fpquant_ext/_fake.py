@@ -258,6 +258,82 @@ def _linear_w4a16(x, w_codes, w_scales, w_global_scale=None, bias=None, format="
     return x.new_empty((*x.shape[:-1], N))
 
 
+# ---- matmul_mxfp4 / matmul_nvfp4 (check_matmul) ----------------------------------------------------------
+
+
+def _check_matmul_codes(op, name, codes, group) -> None:
+    _type(codes.dtype in (torch.uint8, torch.float4_e2m1fn_x2),
+          lambda: f"{op}: {name} must be uint8 or float4_e2m1fn_x2, got {_dt(codes.dtype)}")
+    _value(codes.dim() >= 1 and codes.numel() > 0, lambda: f"{op}: {name} is empty (shape {_shape(codes)})")
+    _value((2 * codes.shape[-1]) % group == 0,
+           lambda: f"{op}: {name}' last dimension ({codes.shape[-1]} bytes = {2 * codes.shape[-1]} elements, K) must "
+           f"hold whole groups of {group}")
+    _value(codes.is_contiguous(), lambda: f"{op}: {name} must be contiguous")
+
+
+def _check_matmul_scales(op, name, scales, codes_name, codes, group, dtype, layout) -> None:
+    _type(scales.dtype == dtype, lambda: f"{op}: {name} must be {_dt(dtype)}, got {_dt(scales.dtype)}")
+    _value(scales.device == codes.device,
+           lambda: f"{op}: {name} is on {scales.device} but {codes_name} is on {codes.device}")
+    _value(scales.is_contiguous(), lambda: f"{op}: {name} must be contiguous")
+    groups = 2 * codes.shape[-1] // group
+    rows = codes.numel() // codes.shape[-1]
+    if layout == "linear":
+        expected = [*codes.shape[:-1], groups]
+        _value(list(scales.shape) == expected,
+               lambda: f"{op}: {name} must have shape {expected} for the linear layout, got {_shape(scales)}")
+    else:
+        pr, pc = _blocked_rows(rows), _blocked_cols(groups)
+        _value(scales.dim() == 2 and scales.shape[0] == pr and scales.shape[1] == pc,
+               lambda: f"{op}: {name} must have shape [{pr}, {pc}] for the blocked layout of {rows} rows x {groups} "
+               f"groups, got {_shape(scales)}")
+
+
+def _check_matmul_global_scale(op, name, g, a) -> None:
+    _type(g.dtype == torch.float32, lambda: f"{op}: {name} must be float32, got {_dt(g.dtype)}")
+    _value(g.numel() == 1 and g.dim() <= 1,
+           lambda: f"{op}: {name} must hold one value (shape [] or [1]), got shape {_shape(g)}")
+    _value(g.device == a.device, lambda: f"{op}: {name} is on {g.device} but a_codes is on {a.device}")
+
+
+def _matmul(op, group, a, a_scales, a_global, b, b_scales, b_global, scale_layout, out_dtype, bias):
+    layout = _parse_layout(op, scale_layout)
+    _check_matmul_codes(op, "a_codes", a, group)
+    _check_matmul_codes(op, "b_codes", b, group)
+    _value(b.dim() == 2, lambda: f"{op}: b_codes must be 2-D [N, K/2], got shape {_shape(b)}")
+    _value(b.device == a.device, lambda: f"{op}: b_codes is on {b.device} but a_codes is on {a.device}")
+    _value(a.shape[-1] == b.shape[1],
+           lambda: f"{op}: a_codes has K={2 * a.shape[-1]} but b_codes has K={2 * b.shape[1]}")
+    sdt = _scale_dtype(group)
+    _check_matmul_scales(op, "a_scales", a_scales, "a_codes", a, group, sdt, layout)
+    _check_matmul_scales(op, "b_scales", b_scales, "b_codes", b, group, sdt, layout)
+    if a_global is not None:
+        _check_matmul_global_scale(op, "a_global_scale", a_global, a)
+    if b_global is not None:
+        _check_matmul_global_scale(op, "b_global_scale", b_global, a)
+    dtype = _parse_out_dtype(op, out_dtype)
+    N = b.shape[0]
+    if bias is not None:
+        _type(bias.dtype in _FLOATS, lambda: f"{op}: bias must be float32, bfloat16 or float16, got {_dt(bias.dtype)}")
+        _value(bias.dim() == 1 and bias.shape[0] == N, lambda: f"{op}: bias must have shape [{N}], got {_shape(bias)}")
+        _value(bias.device == a.device, lambda: f"{op}: bias is on {bias.device} but a_codes is on {a.device}")
+        _value(bias.is_contiguous(), lambda: f"{op}: bias must be contiguous")
+    return a.new_empty((*a.shape[:-1], N), dtype=dtype)
+
+
+@torch.library.register_fake("fpquant::matmul_mxfp4")
+def _matmul_mxfp4(a_codes, a_scales, b_codes, b_scales, scale_layout="linear", out_dtype=None, bias=None):
+    return _matmul("fpquant.matmul_mxfp4", MX_GROUP, a_codes, a_scales, None, b_codes, b_scales, None, scale_layout,
+                   out_dtype, bias)
+
+
+@torch.library.register_fake("fpquant::matmul_nvfp4")
+def _matmul_nvfp4(a_codes, a_scales, a_global_scale, b_codes, b_scales, b_global_scale, scale_layout="linear",
+                  out_dtype=None, bias=None):
+    return _matmul("fpquant.matmul_nvfp4", NV_GROUP, a_codes, a_scales, a_global_scale, b_codes, b_scales,
+                   b_global_scale, scale_layout, out_dtype, bias)
+
+
 # ---- layout.cpp -------------------------------------------------------------------------------------------
 
 

@@ -27,6 +27,8 @@ __all__ = [
     "linear_w4a16",
     "pack_w4a16",
     "unpack_w4a16",
+    "matmul_mxfp4",
+    "matmul_nvfp4",
 ]
 
 GlobalScale = Union[torch.Tensor, float]
@@ -195,6 +197,67 @@ def unpack_w4a16(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed W4A16 weight -> canonical codes [N, K/2] (uint8) and linear scales [N, K/group]."""
     return torch.ops.fpquant.unpack_w4a16(w_codes, w_scales, format)
+
+
+_MATMUL_SEMANTICS = """
+    Exact semantics (the CPU implementation is the reference): every operand value ``e2m1(code) * scale`` is
+    formed exactly in float64; ``acc[m, n]`` sums ``a[m, k] * b[n, k]`` over ``k = 0 .. K-1`` in that order in
+    float64 (each product is exact, each addition rounds to nearest even); NVFP4 then divides by
+    ``a_global_scale * b_global_scale`` (that product is exact in float64); the bias is added in float64;
+    the result is rounded once to ``out_dtype`` (round to nearest even; no double rounding for bf16 / fp16).
+    Each output element is computed by one thread in that order, so the result does not depend on the thread
+    count. A NaN scale makes its group NaN and the NaN reaches every output it touches (even through a zero).
+"""
+
+
+def matmul_mxfp4(
+    a_codes: torch.Tensor,
+    a_scales: torch.Tensor,
+    b_codes: torch.Tensor,
+    b_scales: torch.Tensor,
+    scale_layout: str = "linear",
+    out_dtype: Optional[torch.dtype] = None,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """MXFP4 x MXFP4 GEMM: ``dequantize(A) @ dequantize(B).T + bias`` -> [..., M, N].
+
+    Args:
+        a_codes, a_scales: A [..., M, K] as returned by :func:`quantize_mxfp4` (codes [..., M, K/2]); with
+            ``scale_layout="blocked"`` the scales are the 2-D blocked tensor of all of A's rows.
+        b_codes, b_scales: B [N, K] (codes [N, K/2]), e.g. a weight; both operands use ``scale_layout``.
+        out_dtype: float32 (the default, ``None``), bfloat16 or float16.
+        bias: optional [N], float32, bfloat16 or float16.
+    """
+    return torch.ops.fpquant.matmul_mxfp4(_as_uint8(a_codes), a_scales, _as_uint8(b_codes), b_scales, scale_layout,
+                                          out_dtype, bias)
+
+
+def matmul_nvfp4(
+    a_codes: torch.Tensor,
+    a_scales: torch.Tensor,
+    a_global_scale: GlobalScale,
+    b_codes: torch.Tensor,
+    b_scales: torch.Tensor,
+    b_global_scale: GlobalScale,
+    scale_layout: str = "linear",
+    out_dtype: Optional[torch.dtype] = None,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """NVFP4 x NVFP4 GEMM: ``dequantize(A) @ dequantize(B).T + bias`` -> [..., M, N].
+
+    As :func:`matmul_mxfp4`, with the encode global scales each operand was quantized with (float32 tensors
+    with one element, or Python floats; e.g. from :func:`nvfp4_global_scale`): the operator divides by their
+    product itself, so nobody computes the alpha by hand.
+    """
+    a_global_scale = _global_scale("fpquant.matmul_nvfp4", "a_global_scale", a_global_scale, a_codes)
+    b_global_scale = _global_scale("fpquant.matmul_nvfp4", "b_global_scale", b_global_scale, a_codes)
+    return torch.ops.fpquant.matmul_nvfp4(_as_uint8(a_codes), a_scales, a_global_scale, _as_uint8(b_codes), b_scales,
+                                          b_global_scale, scale_layout, out_dtype, bias)
+
+
+for _fn in (matmul_mxfp4, matmul_nvfp4):
+    if _fn.__doc__:  # None under python -OO
+        _fn.__doc__ = _fn.__doc__.rstrip() + "\n" + _MATMUL_SEMANTICS
 
 
 def as_float4(codes: torch.Tensor) -> torch.Tensor:

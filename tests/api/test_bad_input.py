@@ -76,6 +76,21 @@ class Case:
 Q_MX, Q_NV, D_MX, D_NV = ops.quantize_mxfp4, ops.quantize_nvfp4, ops.dequantize_mxfp4, ops.dequantize_nvfp4
 GS, LIN, PACK, UNPACK = ops.nvfp4_global_scale, ops.linear_w4a16, ops.pack_w4a16, ops.unpack_w4a16
 SWZ, UNSWZ = ops.swizzle_scales, ops.unswizzle_scales
+MM_MX, MM_NV = ops.matmul_mxfp4, ops.matmul_nvfp4
+
+
+def mm_mx(M=4, N=8, K=64, layout="linear"):
+    """Valid matmul_mxfp4 arguments (a_codes, a_scales, b_codes, b_scales, layout), to be spoiled one at a time."""
+    a, sa = fq.quantize_mxfp4(x(M, K), None, "floor", layout)
+    b, sb = fq.quantize_mxfp4(x(N, K), None, "floor", layout)
+    return a, sa, b, sb, layout
+
+
+def mm_nv(M=4, N=8, K=64, layout="linear"):
+    """Valid matmul_nvfp4 arguments up to the layout."""
+    a, sa = fq.quantize_nvfp4(x(M, K), g1(), None, layout)
+    b, sb = fq.quantize_nvfp4(x(N, K), g1(), None, layout)
+    return a, sa, g1(), b, sb, g1(), layout
 
 CASES = [
     # ---- quantize_mxfp4 / quantize_nvfp4 / nvfp4_global_scale: x
@@ -158,6 +173,37 @@ CASES = [
     Case("lin packed scales dtype", LIN, lambda: (xb(2, 128), packed()[0], packed()[1].view(torch.uint8), None, None, "mxfp4"), TypeError, "scales", "scales must be Float8_e8m0fnu"),
     Case("lin packed scales shape", LIN, lambda: (xb(2, 128), packed()[0], packed()[1][:, :1].contiguous(), None, None, "mxfp4"), ValueError, "scales", "packed scales must have shape [2, 2, 32]"),
     Case("lin packed codes 4-d", LIN, lambda: (xb(2, 128), packed()[0].unsqueeze(0), packed()[1], None, None, "mxfp4"), ValueError, "w_codes", "w_codes must be 2-D [N, K/2] (canonical) or 3-D"),
+    # ---- matmul_mxfp4 / matmul_nvfp4
+    Case("mm layout", MM_MX, lambda: (*mm_mx()[:4], "tiles"), ValueError, "scale_layout", "scale_layout must be 'linear' or 'blocked'"),
+    Case("mm a dtype", MM_MX, lambda: (mm_mx()[0].view(torch.int8), *mm_mx()[1:]), TypeError, "a_codes", "a_codes must be uint8 or float4_e2m1fn_x2"),
+    Case("mm b dtype", MM_NV, lambda: (*mm_nv()[:3], mm_nv()[3].view(torch.int8), *mm_nv()[4:]), TypeError, "b_codes", "b_codes must be uint8"),
+    Case("mm a empty", MM_MX, lambda: (u8(0, 32), sc(0, 2), *mm_mx()[2:]), ValueError, "a_codes", "a_codes is empty"),
+    Case("mm a K % 32", MM_MX, lambda: (u8(4, 24), sc(4, 1), u8(8, 24), sc(8, 1)), ValueError, "a_codes", "must hold whole groups of 32"),
+    Case("mm nv K % 16", MM_NV, lambda: (u8(4, 12), sc(4, 1, dtype=E4M3), g1(), u8(8, 12), sc(8, 1, dtype=E4M3), g1()), ValueError, "a_codes", "whole groups of 16"),
+    Case("mm a non-contiguous", MM_MX, lambda: (u8(32, 32).t(), sc(32, 2), u8(8, 32), sc(8, 2)), ValueError, "a_codes", "a_codes must be contiguous"),
+    Case("mm b non-contiguous", MM_MX, lambda: (u8(4, 32), sc(4, 2), u8(32, 16).t(), sc(16, 2)), ValueError, "b_codes", "b_codes must be contiguous"),
+    Case("mm b rank", MM_MX, lambda: (u8(4, 32), sc(4, 2), u8(2, 8, 32), sc(2, 8, 2)), ValueError, "b_codes", "b_codes must be 2-D [N, K/2]"),
+    Case("mm b device", MM_MX, lambda: (u8(4, 32), sc(4, 2), meta(8, 32, dtype=torch.uint8), meta(8, 2, dtype=E8M0)), ValueError, "b_codes", "b_codes is on meta but a_codes is on cpu"),
+    Case("mm K mismatch", MM_MX, lambda: (*mm_mx(K=64)[:2], *mm_mx(K=128)[2:]), ValueError, "a_codes", "a_codes has K=64 but b_codes has K=128"),
+    Case("mm nv K mismatch", MM_NV, lambda: (*mm_nv(K=32)[:3], *mm_nv(K=64)[3:]), ValueError, "b_codes", "has K=32 but b_codes has K=64"),
+    Case("mm a scales dtype", MM_MX, lambda: (*mm_nv()[:2], *mm_mx()[2:]), TypeError, "a_scales", "a_scales must be Float8_e8m0fnu, got Float8_e4m3fn"),
+    Case("mm b scales dtype", MM_NV, lambda: (*mm_nv()[:4], mm_mx()[3], *mm_nv()[5:]), TypeError, "b_scales", "b_scales must be Float8_e4m3fn"),
+    Case("mm a scales shape", MM_MX, lambda: (u8(2, 3, 32), sc(6, 2), u8(8, 32), sc(8, 2)), ValueError, "a_scales", "a_scales must have shape [2, 3, 2] for the linear layout"),
+    Case("mm b scales shape", MM_NV, lambda: (*mm_nv()[:4], sc(8, 3, dtype=E4M3), g1()), ValueError, "b_scales", "b_scales must have shape [8, 4]"),
+    Case("mm a scales blocked", MM_MX, lambda: (*mm_mx()[:4], "blocked"), ValueError, "a_scales", "a_scales must have shape [128, 4] for the blocked layout of 4 rows x 2 groups"),
+    Case("mm b scales blocked", MM_NV, lambda: (*mm_nv(layout="blocked")[:4], sc(8, 4, dtype=E4M3), g1(), "blocked"), ValueError, "b_scales", "b_scales must have shape [128, 4] for the blocked layout of 8 rows x 4 groups"),
+    Case("mm a scales non-contiguous", MM_MX, lambda: (u8(4, 64), sc(4, 4).t().contiguous().t(), u8(8, 64), sc(8, 4)), ValueError, "a_scales", "a_scales must be contiguous"),
+    Case("mm b scales device", MM_MX, lambda: (*mm_mx()[:3], meta(8, 2, dtype=E8M0)), ValueError, "b_scales", "b_scales is on meta but b_codes is on cpu"),
+    Case("mm gscale a shape", MM_NV, lambda: (*mm_nv()[:2], torch.ones(2), *mm_nv()[3:]), ValueError, "a_global_scale", "a_global_scale must hold one value"),
+    Case("mm gscale b dtype", MM_NV, lambda: (*mm_nv()[:5], g1(dtype=torch.float64)), TypeError, "b_global_scale", "b_global_scale must be float32, got Double"),
+    Case("mm gscale b device", MM_NV, lambda: (*mm_nv()[:5], meta(1)), ValueError, "b_global_scale", "b_global_scale is on meta but a_codes is on cpu"),
+    Case("mm out dtype", MM_MX, lambda: (*mm_mx(), torch.float64), TypeError, "out_dtype", "out_dtype must be float32, bfloat16 or float16, got Double"),
+    Case("mm nv out dtype", MM_NV, lambda: (*mm_nv(), torch.int32), TypeError, "out_dtype"),
+    Case("mm bias shape", MM_MX, lambda: (*mm_mx(), None, torch.zeros(7)), ValueError, "bias", "bias must have shape [8], got [7]"),
+    Case("mm bias 2-d", MM_NV, lambda: (*mm_nv(), None, torch.zeros(1, 8)), ValueError, "bias", "bias must have shape [8]"),
+    Case("mm bias dtype", MM_MX, lambda: (*mm_mx(), None, torch.zeros(8, dtype=torch.float64)), TypeError, "bias", "bias must be float32, bfloat16 or float16"),
+    Case("mm bias device", MM_MX, lambda: (*mm_mx(), None, meta(8)), ValueError, "bias", "bias is on meta but a_codes is on cpu"),
+    Case("mm bias non-contiguous", MM_NV, lambda: (*mm_nv(), None, torch.zeros(16)[::2]), ValueError, "bias", "bias must be contiguous"),
     # ---- pack_w4a16 / unpack_w4a16
     Case("pack N % 16", PACK, lambda: (*fq.quantize_mxfp4(x(40, 128)), "mxfp4"), ValueError, "N", "N a multiple of 16 and K a multiple of 64"),
     Case("pack K % 64", PACK, lambda: (*fq.quantize_mxfp4(x(32, 96)), "mxfp4"), ValueError, "K", "N a multiple of 16 and K a multiple of 64"),

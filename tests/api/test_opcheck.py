@@ -22,6 +22,9 @@ def _mx_args(device="cpu"):
             codes, scales = fq.quantize_mxfp4(x, r, method, layout)
             out.append((ops.dequantize_mxfp4.default, (codes, scales, r, layout, torch.bfloat16)))
             out.append((ops.dequantize_mxfp4.default, (codes, scales, r, layout, None)))
+            if method == "floor":
+                wc, ws = fq.quantize_mxfp4(x[:5], None, method, layout)
+                out.append((ops.matmul_mxfp4.default, (codes, scales, wc, ws, layout, torch.bfloat16, None)))
     return out
 
 
@@ -34,6 +37,8 @@ def _nv_args(device="cpu"):
         out.append((ops.quantize_nvfp4.default, (x, g, r, layout)))
         codes, scales = fq.quantize_nvfp4(x, g, r, layout)
         out.append((ops.dequantize_nvfp4.default, (codes, scales, g, r, layout, torch.float16)))
+        wc, ws = fq.quantize_nvfp4(x[0], g, None, layout)
+        out.append((ops.matmul_nvfp4.default, (codes, scales, g, wc, ws, g, layout, torch.float16, x[0, :, 0].contiguous())))
     # no NaN codes: opcheck compares outputs with assert_close, where NaN != NaN
     s = torch.randint(0, 0x7F, (130, 9), dtype=torch.uint8).view(torch.float8_e4m3fn)
     out.append((ops.swizzle_scales.default, (s,)))
@@ -62,6 +67,7 @@ def _grad_args():
         (ops.dequantize_nvfp4.default, (nc, ns, grad(g), grad(r), "blocked", torch.bfloat16)),
         (ops.linear_w4a16.default, (grad(a), wc, ws, wg, grad(bias), "nvfp4")),
         (ops.linear_w4a16.default, (grad(a), *fq.pack_w4a16(wc, ws, "nvfp4"), wg, None, "nvfp4")),
+        (ops.matmul_nvfp4.default, (nc, ns, g, nc, ns, g, "blocked", torch.bfloat16, grad(x[:, 0]))),
     ]
 
 
