@@ -65,51 +65,54 @@ inline void check_rotation(const char* op, const c10::optional<at::Tensor>& rot,
   check_rotation_orthogonal(op, R);
 }
 
-// global_scale: float32 with exactly one element (shape [] or [1]), on x's device.
-inline void check_global_scale(const char* op, const at::Tensor& g, const at::Tensor& ref) {
-  TORCH_CHECK_TYPE(g.scalar_type() == at::kFloat, op, ": global_scale must be float32, got ", g.scalar_type());
-  TORCH_CHECK_VALUE(g.numel() == 1 && g.dim() <= 1, op,
-                    ": global_scale must hold one value (shape [] or [1]), got shape ", g.sizes());
-  TORCH_CHECK_VALUE(g.device() == ref.device(), op, ": global_scale is on ", g.device(),
-                    " but the input is on ", ref.device());
+// global_scale: float32 with exactly one element (shape [] or [1]), on x's device. The names in the
+// messages default to a one-operand op's; a GEMM names which operand (a_global_scale, a_codes).
+inline void check_global_scale(const char* op, const at::Tensor& g, const at::Tensor& ref,
+                               const char* name = "global_scale", const char* ref_name = "the input") {
+  TORCH_CHECK_TYPE(g.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", g.scalar_type());
+  TORCH_CHECK_VALUE(g.numel() == 1 && g.dim() <= 1, op, ": ", name,
+                    " must hold one value (shape [] or [1]), got shape ", g.sizes());
+  TORCH_CHECK_VALUE(g.device() == ref.device(), op, ": ", name, " is on ", g.device(), " but ", ref_name, " is on ",
+                    ref.device());
 }
 
 // codes: uint8 (or float4_e2m1fn_x2), contiguous, non-empty, 2 * last dimension a multiple of `group`.
-inline void check_codes(const char* op, const at::Tensor& codes, int64_t group) {
-  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte || codes.scalar_type() == at::kFloat4_e2m1fn_x2, op,
-                   ": codes must be uint8 or float4_e2m1fn_x2, got ", codes.scalar_type());
-  TORCH_CHECK_VALUE(codes.dim() >= 1 && codes.numel() > 0, op, ": codes is empty (shape ", codes.sizes(), ")");
-  TORCH_CHECK_VALUE((2 * codes.size(-1)) % group == 0, op, ": codes' last dimension (", codes.size(-1),
+inline void check_codes(const char* op, const at::Tensor& codes, int64_t group, const char* name = "codes") {
+  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte || codes.scalar_type() == at::kFloat4_e2m1fn_x2, op, ": ",
+                   name, " must be uint8 or float4_e2m1fn_x2, got ", codes.scalar_type());
+  TORCH_CHECK_VALUE(codes.dim() >= 1 && codes.numel() > 0, op, ": ", name, " is empty (shape ", codes.sizes(), ")");
+  TORCH_CHECK_VALUE((2 * codes.size(-1)) % group == 0, op, ": ", name, "' last dimension (", codes.size(-1),
                     " bytes = ", 2 * codes.size(-1), " elements) must hold whole groups of ", group);
-  TORCH_CHECK_VALUE(codes.is_contiguous(), op, ": codes must be contiguous");
+  TORCH_CHECK_VALUE(codes.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
 // scales: the given dtype, on the codes' device, contiguous (the layout-independent part of check_scales).
 inline void check_scale_tensor(const char* op, const at::Tensor& scales, const at::Tensor& codes,
-                               at::ScalarType dtype) {
-  TORCH_CHECK_TYPE(scales.scalar_type() == dtype, op, ": scales must be ", dtype, ", got ",
+                               at::ScalarType dtype, const char* name = "scales", const char* codes_name = "codes") {
+  TORCH_CHECK_TYPE(scales.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ",
                    scales.scalar_type());
-  TORCH_CHECK_VALUE(scales.device() == codes.device(), op, ": scales is on ", scales.device(),
-                    " but codes is on ", codes.device());
-  TORCH_CHECK_VALUE(scales.is_contiguous(), op, ": scales must be contiguous");
+  TORCH_CHECK_VALUE(scales.device() == codes.device(), op, ": ", name, " is on ", scales.device(), " but ",
+                    codes_name, " is on ", codes.device());
+  TORCH_CHECK_VALUE(scales.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
 // scales: check_scale_tensor, and shaped for `layout`.
 inline void check_scales(const char* op, const at::Tensor& scales, const at::Tensor& codes, int64_t group,
-                         at::ScalarType dtype, ScaleLayout layout) {
-  check_scale_tensor(op, scales, codes, dtype);
+                         at::ScalarType dtype, ScaleLayout layout, const char* name = "scales",
+                         const char* codes_name = "codes") {
+  check_scale_tensor(op, scales, codes, dtype, name, codes_name);
   const int64_t groups = 2 * codes.size(-1) / group;
   const int64_t rows = codes.numel() / codes.size(-1);
   if (layout == ScaleLayout::kLinear) {
     auto expected = codes.sizes().vec();
     expected.back() = groups;
-    TORCH_CHECK_VALUE(scales.sizes().vec() == expected, op, ": scales must have shape ", c10::IntArrayRef(expected),
-                      " for the linear layout, got ", scales.sizes());
+    TORCH_CHECK_VALUE(scales.sizes().vec() == expected, op, ": ", name, " must have shape ",
+                      c10::IntArrayRef(expected), " for the linear layout, got ", scales.sizes());
   } else {
     const int64_t pr = core::blocked_rows(rows), pc = core::blocked_cols(groups);
-    TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == pr && scales.size(1) == pc, op,
-                      ": scales must have shape [", pr, ", ", pc, "] for the blocked layout of ", rows,
-                      " rows x ", groups, " groups, got ", scales.sizes());
+    TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == pr && scales.size(1) == pc, op, ": ", name,
+                      " must have shape [", pr, ", ", pc, "] for the blocked layout of ", rows, " rows x ", groups,
+                      " groups, got ", scales.sizes());
   }
 }
 
@@ -251,46 +254,6 @@ inline LinearW4A16Args check_linear_w4a16(const at::Tensor& x, const at::Tensor&
 }
 
 // ---- matmul_mxfp4 / matmul_nvfp4 ------------------------------------------------------------------------
-// The same rules as check_codes / check_scales / check_global_scale, with messages that name which operand
-// (a_codes, b_scales, ...) is wrong: a GEMM takes two of each.
-inline void check_matmul_codes(const char* op, const char* name, const at::Tensor& codes, int64_t group) {
-  TORCH_CHECK_TYPE(codes.scalar_type() == at::kByte || codes.scalar_type() == at::kFloat4_e2m1fn_x2, op, ": ",
-                   name, " must be uint8 or float4_e2m1fn_x2, got ", codes.scalar_type());
-  TORCH_CHECK_VALUE(codes.dim() >= 1 && codes.numel() > 0, op, ": ", name, " is empty (shape ", codes.sizes(), ")");
-  TORCH_CHECK_VALUE((2 * codes.size(-1)) % group == 0, op, ": ", name, "' last dimension (", codes.size(-1),
-                    " bytes = ", 2 * codes.size(-1), " elements, K) must hold whole groups of ", group);
-  TORCH_CHECK_VALUE(codes.is_contiguous(), op, ": ", name, " must be contiguous");
-}
-
-inline void check_matmul_scales(const char* op, const char* name, const at::Tensor& scales, const char* codes_name,
-                                const at::Tensor& codes, int64_t group, at::ScalarType dtype, ScaleLayout layout) {
-  TORCH_CHECK_TYPE(scales.scalar_type() == dtype, op, ": ", name, " must be ", dtype, ", got ", scales.scalar_type());
-  TORCH_CHECK_VALUE(scales.device() == codes.device(), op, ": ", name, " is on ", scales.device(), " but ",
-                    codes_name, " is on ", codes.device());
-  TORCH_CHECK_VALUE(scales.is_contiguous(), op, ": ", name, " must be contiguous");
-  const int64_t groups = 2 * codes.size(-1) / group;
-  const int64_t rows = codes.numel() / codes.size(-1);
-  if (layout == ScaleLayout::kLinear) {
-    auto expected = codes.sizes().vec();
-    expected.back() = groups;
-    TORCH_CHECK_VALUE(scales.sizes().vec() == expected, op, ": ", name, " must have shape ",
-                      c10::IntArrayRef(expected), " for the linear layout, got ", scales.sizes());
-  } else {
-    const int64_t pr = core::blocked_rows(rows), pc = core::blocked_cols(groups);
-    TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == pr && scales.size(1) == pc, op, ": ", name,
-                      " must have shape [", pr, ", ", pc, "] for the blocked layout of ", rows, " rows x ", groups,
-                      " groups, got ", scales.sizes());
-  }
-}
-
-inline void check_matmul_global_scale(const char* op, const char* name, const at::Tensor& g, const at::Tensor& a) {
-  TORCH_CHECK_TYPE(g.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ", g.scalar_type());
-  TORCH_CHECK_VALUE(g.numel() == 1 && g.dim() <= 1, op, ": ", name,
-                    " must hold one value (shape [] or [1]), got shape ", g.sizes());
-  TORCH_CHECK_VALUE(g.device() == a.device(), op, ": ", name, " is on ", g.device(), " but a_codes is on ",
-                    a.device());
-}
-
 // A [..., M, K/2] (any rank >= 1; the leading dimensions are rows), B [N, K/2], both in the format's
 // groups along K; scales for either layout (blocked: A's rows flattened); NVFP4 global scales; bias [N]
 // of a floating dtype. Returns (N, K).
@@ -304,16 +267,16 @@ inline MatmulArgs check_matmul(const char* op, int64_t group, at::ScalarType sca
                                const at::Tensor& b_scales, const at::Tensor* b_global, const std::string& layout_name,
                                const c10::optional<at::ScalarType>& out_dtype, const c10::optional<at::Tensor>& bias) {
   const ScaleLayout layout = parse_layout(op, layout_name);
-  check_matmul_codes(op, "a_codes", a, group);
-  check_matmul_codes(op, "b_codes", b, group);
+  check_codes(op, a, group, "a_codes");
+  check_codes(op, b, group, "b_codes");
   TORCH_CHECK_VALUE(b.dim() == 2, op, ": b_codes must be 2-D [N, K/2], got shape ", b.sizes());
   TORCH_CHECK_VALUE(b.device() == a.device(), op, ": b_codes is on ", b.device(), " but a_codes is on ", a.device());
   TORCH_CHECK_VALUE(a.size(-1) == b.size(1), op, ": a_codes has K=", 2 * a.size(-1), " but b_codes has K=",
                     2 * b.size(1));
-  check_matmul_scales(op, "a_scales", a_scales, "a_codes", a, group, scale_dtype, layout);
-  check_matmul_scales(op, "b_scales", b_scales, "b_codes", b, group, scale_dtype, layout);
-  if (a_global != nullptr) check_matmul_global_scale(op, "a_global_scale", *a_global, a);
-  if (b_global != nullptr) check_matmul_global_scale(op, "b_global_scale", *b_global, a);
+  check_scales(op, a_scales, a, group, scale_dtype, layout, "a_scales", "a_codes");
+  check_scales(op, b_scales, b, group, scale_dtype, layout, "b_scales", "b_codes");
+  if (a_global != nullptr) check_global_scale(op, *a_global, a, "a_global_scale", "a_codes");
+  if (b_global != nullptr) check_global_scale(op, *b_global, a, "b_global_scale", "a_codes");
   const at::ScalarType dtype = parse_out_dtype(op, out_dtype);
   const int64_t N = b.size(0);
   if (bias.has_value()) {

@@ -92,42 +92,44 @@ def _check_rotation(op: str, R: Optional[torch.Tensor], ref: torch.Tensor, K) ->
     # Orthogonality (max|R R^T - I| <= 1e-2) reads values: checked by the kernels only.
 
 
-def _check_global_scale(op: str, g: torch.Tensor, ref: torch.Tensor) -> None:
-    _type(g.dtype == torch.float32, lambda: f"{op}: global_scale must be float32, got {_dt(g.dtype)}")
+def _check_global_scale(op: str, g: torch.Tensor, ref: torch.Tensor, name: str = "global_scale",
+                        ref_name: str = "the input") -> None:
+    _type(g.dtype == torch.float32, lambda: f"{op}: {name} must be float32, got {_dt(g.dtype)}")
     _value(g.numel() == 1 and g.dim() <= 1,
-           lambda: f"{op}: global_scale must hold one value (shape [] or [1]), got shape {_shape(g)}")
-    _value(g.device == ref.device, lambda: f"{op}: global_scale is on {g.device} but the input is on {ref.device}")
+           lambda: f"{op}: {name} must hold one value (shape [] or [1]), got shape {_shape(g)}")
+    _value(g.device == ref.device, lambda: f"{op}: {name} is on {g.device} but {ref_name} is on {ref.device}")
 
 
-def _check_codes(op: str, codes: torch.Tensor, group: int) -> None:
+def _check_codes(op: str, codes: torch.Tensor, group: int, name: str = "codes") -> None:
     _type(codes.dtype in (torch.uint8, torch.float4_e2m1fn_x2),
-          lambda: f"{op}: codes must be uint8 or float4_e2m1fn_x2, got {_dt(codes.dtype)}")
-    _value(codes.dim() >= 1 and codes.numel() > 0, lambda: f"{op}: codes is empty (shape {_shape(codes)})")
+          lambda: f"{op}: {name} must be uint8 or float4_e2m1fn_x2, got {_dt(codes.dtype)}")
+    _value(codes.dim() >= 1 and codes.numel() > 0, lambda: f"{op}: {name} is empty (shape {_shape(codes)})")
     _value((2 * codes.shape[-1]) % group == 0,
-           lambda: f"{op}: codes' last dimension ({codes.shape[-1]} bytes = {2 * codes.shape[-1]} elements) must "
+           lambda: f"{op}: {name}' last dimension ({codes.shape[-1]} bytes = {2 * codes.shape[-1]} elements) must "
            f"hold whole groups of {group}")
-    _value(codes.is_contiguous(), lambda: f"{op}: codes must be contiguous")
+    _value(codes.is_contiguous(), lambda: f"{op}: {name} must be contiguous")
 
 
-def _check_scale_tensor(op: str, scales: torch.Tensor, codes: torch.Tensor, dtype: torch.dtype) -> None:
-    _type(scales.dtype == dtype, lambda: f"{op}: scales must be {_dt(dtype)}, got {_dt(scales.dtype)}")
+def _check_scale_tensor(op: str, scales: torch.Tensor, codes: torch.Tensor, dtype: torch.dtype,
+                        name: str = "scales", codes_name: str = "codes") -> None:
+    _type(scales.dtype == dtype, lambda: f"{op}: {name} must be {_dt(dtype)}, got {_dt(scales.dtype)}")
     _value(scales.device == codes.device,
-           lambda: f"{op}: scales is on {scales.device} but codes is on {codes.device}")
-    _value(scales.is_contiguous(), lambda: f"{op}: scales must be contiguous")
+           lambda: f"{op}: {name} is on {scales.device} but {codes_name} is on {codes.device}")
+    _value(scales.is_contiguous(), lambda: f"{op}: {name} must be contiguous")
 
 
-def _check_scales(op, scales, codes, group, dtype, layout) -> None:
-    _check_scale_tensor(op, scales, codes, dtype)
+def _check_scales(op, scales, codes, group, dtype, layout, name="scales", codes_name="codes") -> None:
+    _check_scale_tensor(op, scales, codes, dtype, name, codes_name)
     groups = 2 * codes.shape[-1] // group
     rows = codes.numel() // codes.shape[-1]
     if layout == "linear":
         expected = [*codes.shape[:-1], groups]
         _value(list(scales.shape) == expected,
-               lambda: f"{op}: scales must have shape {expected} for the linear layout, got {_shape(scales)}")
+               lambda: f"{op}: {name} must have shape {expected} for the linear layout, got {_shape(scales)}")
     else:
         pr, pc = _blocked_rows(rows), _blocked_cols(groups)
         _value(scales.dim() == 2 and scales.shape[0] == pr and scales.shape[1] == pc,
-               lambda: f"{op}: scales must have shape [{pr}, {pc}] for the blocked layout of {rows} rows x {groups} "
+               lambda: f"{op}: {name} must have shape [{pr}, {pc}] for the blocked layout of {rows} rows x {groups} "
                f"groups, got {_shape(scales)}")
 
 
@@ -261,56 +263,21 @@ def _linear_w4a16(x, w_codes, w_scales, w_global_scale=None, bias=None, format="
 # ---- matmul_mxfp4 / matmul_nvfp4 (check_matmul) ----------------------------------------------------------
 
 
-def _check_matmul_codes(op, name, codes, group) -> None:
-    _type(codes.dtype in (torch.uint8, torch.float4_e2m1fn_x2),
-          lambda: f"{op}: {name} must be uint8 or float4_e2m1fn_x2, got {_dt(codes.dtype)}")
-    _value(codes.dim() >= 1 and codes.numel() > 0, lambda: f"{op}: {name} is empty (shape {_shape(codes)})")
-    _value((2 * codes.shape[-1]) % group == 0,
-           lambda: f"{op}: {name}' last dimension ({codes.shape[-1]} bytes = {2 * codes.shape[-1]} elements, K) must "
-           f"hold whole groups of {group}")
-    _value(codes.is_contiguous(), lambda: f"{op}: {name} must be contiguous")
-
-
-def _check_matmul_scales(op, name, scales, codes_name, codes, group, dtype, layout) -> None:
-    _type(scales.dtype == dtype, lambda: f"{op}: {name} must be {_dt(dtype)}, got {_dt(scales.dtype)}")
-    _value(scales.device == codes.device,
-           lambda: f"{op}: {name} is on {scales.device} but {codes_name} is on {codes.device}")
-    _value(scales.is_contiguous(), lambda: f"{op}: {name} must be contiguous")
-    groups = 2 * codes.shape[-1] // group
-    rows = codes.numel() // codes.shape[-1]
-    if layout == "linear":
-        expected = [*codes.shape[:-1], groups]
-        _value(list(scales.shape) == expected,
-               lambda: f"{op}: {name} must have shape {expected} for the linear layout, got {_shape(scales)}")
-    else:
-        pr, pc = _blocked_rows(rows), _blocked_cols(groups)
-        _value(scales.dim() == 2 and scales.shape[0] == pr and scales.shape[1] == pc,
-               lambda: f"{op}: {name} must have shape [{pr}, {pc}] for the blocked layout of {rows} rows x {groups} "
-               f"groups, got {_shape(scales)}")
-
-
-def _check_matmul_global_scale(op, name, g, a) -> None:
-    _type(g.dtype == torch.float32, lambda: f"{op}: {name} must be float32, got {_dt(g.dtype)}")
-    _value(g.numel() == 1 and g.dim() <= 1,
-           lambda: f"{op}: {name} must hold one value (shape [] or [1]), got shape {_shape(g)}")
-    _value(g.device == a.device, lambda: f"{op}: {name} is on {g.device} but a_codes is on {a.device}")
-
-
 def _matmul(op, group, a, a_scales, a_global, b, b_scales, b_global, scale_layout, out_dtype, bias):
     layout = _parse_layout(op, scale_layout)
-    _check_matmul_codes(op, "a_codes", a, group)
-    _check_matmul_codes(op, "b_codes", b, group)
+    _check_codes(op, a, group, "a_codes")
+    _check_codes(op, b, group, "b_codes")
     _value(b.dim() == 2, lambda: f"{op}: b_codes must be 2-D [N, K/2], got shape {_shape(b)}")
     _value(b.device == a.device, lambda: f"{op}: b_codes is on {b.device} but a_codes is on {a.device}")
     _value(a.shape[-1] == b.shape[1],
            lambda: f"{op}: a_codes has K={2 * a.shape[-1]} but b_codes has K={2 * b.shape[1]}")
     sdt = _scale_dtype(group)
-    _check_matmul_scales(op, "a_scales", a_scales, "a_codes", a, group, sdt, layout)
-    _check_matmul_scales(op, "b_scales", b_scales, "b_codes", b, group, sdt, layout)
+    _check_scales(op, a_scales, a, group, sdt, layout, "a_scales", "a_codes")
+    _check_scales(op, b_scales, b, group, sdt, layout, "b_scales", "b_codes")
     if a_global is not None:
-        _check_matmul_global_scale(op, "a_global_scale", a_global, a)
+        _check_global_scale(op, a_global, a, "a_global_scale", "a_codes")
     if b_global is not None:
-        _check_matmul_global_scale(op, "b_global_scale", b_global, a)
+        _check_global_scale(op, b_global, a, "b_global_scale", "a_codes")
     dtype = _parse_out_dtype(op, out_dtype)
     N = b.shape[0]
     if bias is not None:
