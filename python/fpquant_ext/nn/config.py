@@ -17,6 +17,10 @@ MODES = ("w4a16", "w4a4", "pseudo", "qat")
 NV_METHODS = ("absmax",)
 ROTATION_FALLBACKS = ("shrink", "skip")
 ACT_GLOBAL_SCALES = ("dynamic", "static")
+ALGORITHMS = ("rtn", "gptq")
+# Weight-only scale rules: a search per group (fpquant_ext.algorithms.scale_search); 'hessian' needs
+# calibration data.
+SEARCH_METHODS = ("mse", "hessian")
 
 
 def group_of(format: str) -> int:
@@ -24,7 +28,13 @@ def group_of(format: str) -> int:
 
 
 def methods_of(format: str) -> tuple[str, ...]:
+    """The scale rules of the quantize ops (weights and activations)."""
     return MX_METHODS if format == "mxfp4" else NV_METHODS
+
+
+def weight_methods_of(format: str) -> tuple[str, ...]:
+    """Scale rules for weights: the quantize ops' rules and the searches."""
+    return methods_of(format) + SEARCH_METHODS
 
 
 @dataclass
@@ -39,8 +49,18 @@ class FP4Config:
             ``"pseudo"`` a float master weight fake-quantized every forward, frozen; ``"qat"`` the same with
             a trainable master weight (straight-through estimator).
         weight_method: weight scale rule. MXFP4: ``"floor"`` (default, OCP), ``"ceil"`` or ``"quest"``
-            (only sensible with a rotation: a warning without one). NVFP4: ``"absmax"``.
-        act_method: activation scale rule, same choices (used by ``"w4a4"`` and by fake-quantized activations).
+            (only sensible with a rotation: a warning without one). NVFP4: ``"absmax"``. Both formats, modes
+            ``"w4a16"`` / ``"w4a4"``: ``"mse"`` (per group, the candidate scale with the least squared
+            error) or ``"hessian"`` (the least error weighted by the layer's input Hessian; needs
+            calibration data). With ``algorithm="gptq"``: the rule that sets each group's scale during GPTQ
+            (not ``"hessian"``: GPTQ weighs by the Hessian itself).
+        act_method: activation scale rule: the quantize ops' rules of the format (used by ``"w4a4"`` and by
+            fake-quantized activations).
+        algorithm: ``"rtn"`` (round to nearest with ``weight_method``'s scales) or ``"gptq"`` (GPTQ with
+            calibration data, docs/algorithms.md; with a rotation this is MR-GPTQ).
+        gptq_damp: GPTQ's relative damping of the Hessian (raised x10 with a warning if it does not factor).
+        gptq_block_size: GPTQ's lazy-update block (a multiple of the group).
+        gptq_act_order: GPTQ visits columns by decreasing Hessian diagonal (scales then fixed before GPTQ).
         fake_quantize_activations: ``"pseudo"`` / ``"qat"`` only: fake-quantize the activations too
             (W4A4 emulation in float).
         rotation: a name of :data:`fpquant_ext.rotations.ROTATIONS` or ``"none"``. Weights are stored rotated
@@ -72,6 +92,10 @@ class FP4Config:
     act_global_scale: str = "dynamic"
     act_global_scale_value: Optional[float] = None
     mask_saturated_gradients: bool = False
+    algorithm: str = "rtn"
+    gptq_damp: float = 0.01
+    gptq_block_size: int = 128
+    gptq_act_order: bool = False
     modules_to_not_convert: list[str] = field(default_factory=lambda: ["lm_head"])
     include: Optional[list[str]] = None
     exclude: list[str] = field(default_factory=list)
@@ -82,7 +106,20 @@ class FP4Config:
         default = "floor" if self.format == "mxfp4" else "absmax"
         self.weight_method = self.weight_method or default
         self.act_method = self.act_method or default
-        _choice("weight_method", self.weight_method, methods_of(self.format))
+        _choice("weight_method", self.weight_method, weight_methods_of(self.format))
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        if (self.algorithm == "gptq" or self.weight_method in SEARCH_METHODS) and self.mode not in ("w4a16", "w4a4"):
+            what = "algorithm='gptq'" if self.algorithm == "gptq" else f"weight_method='{self.weight_method}'"
+            raise ValueError(f"FP4Config: {what} quantizes the weight once; it applies to modes 'w4a16' and "
+                             f"'w4a4', not '{self.mode}' (which re-quantizes a master weight every forward)")
+        if self.algorithm == "gptq" and self.weight_method == "hessian":
+            raise ValueError("FP4Config: algorithm='gptq' weighs errors by the Hessian itself; use "
+                             "weight_method='mse' or the format's rule for the group scales")
+        if not (math.isfinite(self.gptq_damp) and self.gptq_damp > 0):
+            raise ValueError(f"FP4Config: gptq_damp must be finite and positive, got {self.gptq_damp}")
+        if self.gptq_block_size <= 0 or self.gptq_block_size % self.group:
+            raise ValueError(f"FP4Config: gptq_block_size must be a positive multiple of the group {self.group}, "
+                             f"got {self.gptq_block_size}")
         _choice("act_method", self.act_method, methods_of(self.format))
         if self.rotation != "none":
             _choice("rotation", self.rotation, tuple(sorted(rotations.ROTATIONS)))
@@ -111,6 +148,11 @@ class FP4Config:
     @property
     def group(self) -> int:
         return group_of(self.format)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """GPTQ and the Hessian scale search need calibration data (quantize_model(..., calibration=))."""
+        return self.algorithm == "gptq" or self.weight_method == "hessian"
 
     @property
     def quantizes_activations(self) -> bool:

@@ -35,6 +35,7 @@ class ConversionSummary:
     converted: list[ConvertedLayer] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    gptq: dict[str, dict] = field(default_factory=dict)  # per layer: damping used, proxy errors (GPTQ only)
 
     @property
     def bytes_before(self) -> int:
@@ -51,6 +52,8 @@ class ConversionSummary:
     def __str__(self) -> str:
         cfg = self.config
         head = f"{cfg.format} {cfg.mode}, weights '{cfg.weight_method}'"
+        if cfg.algorithm != "rtn":
+            head += f" + {cfg.algorithm}"
         if cfg.quantizes_activations:
             head += f", activations '{cfg.act_method}'"
         lines = [f"quantize_model: {head}, rotation {cfg.rotation}"
@@ -68,6 +71,12 @@ class ConversionSummary:
             lines.append(f"skipped {len(self.skipped)}:")
             lines.extend(f"  {name}: {reason}" for name, reason in self.skipped)
         lines.extend(f"note: {n}" for n in self.notes)
+        if self.gptq:
+            ratios = [v["proxy_error"] / v["rtn_proxy_error"] for v in self.gptq.values() if v["rtn_proxy_error"] > 0]
+            raised = sorted({v["damp"] for v in self.gptq.values() if v["damp"] > cfg.gptq_damp})
+            lines.append(f"GPTQ: output error (squared, calibration inputs) {sum(ratios) / max(1, len(ratios)):.3f}x "
+                         f"of round to nearest on average over {len(self.gptq)} layers"
+                         + (f"; damping raised to {raised} on some layers" if raised else ""))
         return "\n".join(lines)
 
 
@@ -134,8 +143,15 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def quantize_model(model: nn.Module, config: Optional[FP4Config] = None, progress: bool = True) -> ConversionSummary:
+def quantize_model(model: nn.Module, config: Optional[FP4Config] = None, progress: bool = True,
+                   calibration=None, device=None, true_sequential: bool = True) -> ConversionSummary:
     """Replace every eligible ``nn.Linear`` of ``model`` by an :class:`FP4Linear`, in place.
+
+    Configurations that need calibration data (``config.needs_calibration``: ``algorithm="gptq"`` or
+    ``weight_method="hessian"``) take it as ``calibration`` (token ids: [samples, tokens] or a list of 1-D
+    tensors) and quantize the model block by block
+    (:func:`fpquant_ext.algorithms.calibrate.quantize_model_calibrated`, where ``device`` and
+    ``true_sequential`` are described); others ignore those arguments.
 
     A layer is skipped, with the reason in the returned summary, when it is excluded by name
     (``modules_to_not_convert``, ``include``, ``exclude``), is a subclass of nn.Linear, has K not a multiple
@@ -144,6 +160,10 @@ def quantize_model(model: nn.Module, config: Optional[FP4Config] = None, progres
     device (then ``to_empty`` and ``load_state_dict``).
     """
     config = config if config is not None else FP4Config()
+    if config.needs_calibration:
+        from ..algorithms.calibrate import quantize_model_calibrated
+        return quantize_model_calibrated(model, config, calibration, device=device,
+                                         true_sequential=true_sequential, progress=progress)
     summary = ConversionSummary(config)
     places: dict[int, list[tuple[nn.Module, str]]] = {}
     for parent_name, parent in model.named_modules(remove_duplicate=False):

@@ -84,17 +84,28 @@ class FP4Linear(FixedDtypeBuffers):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: Optional[FP4Config] = None,
-                    rotation_size: Optional[int] = None) -> "FP4Linear":
+                    rotation_size: Optional[int] = None, qweight: Optional[QuantizedWeight] = None) -> "FP4Linear":
         """An FP4Linear computing what ``linear`` computes, with its weight quantized (or, in ``"pseudo"`` /
-        ``"qat"``, kept as the master weight). Same device and dtype; works on the meta device."""
+        ``"qat"``, kept as the master weight). Same device and dtype; works on the meta device.
+        ``qweight``: the already quantized weight (e.g. from GPTQ) instead of quantizing ``linear.weight``."""
         config = config if config is not None else FP4Config()
         w = linear.weight
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, device=w.device,
                     dtype=w.dtype, config=config, rotation_size=rotation_size)
         with torch.no_grad():
-            if layer.qweight is not None:
+            if layer.qweight is not None and qweight is not None:
+                if qweight.format != config.format or qweight.shape != w.shape or (
+                        qweight.rotation_size != layer.qweight.rotation_size):
+                    raise ValueError(f"FP4Linear.from_linear: qweight ({qweight.extra_repr()}) does not match "
+                                     f"the layer ({config.format}, shape {tuple(w.shape)}, rotation size "
+                                     f"{layer.qweight.rotation_size})")
+                layer.qweight = qweight
+            elif layer.qweight is not None:
                 layer.qweight = QuantizedWeight.quantize(w, config.format, layer.weight_method,
                                                          layer.qweight.rotation, layer.rotation_name)
+            elif qweight is not None:
+                raise ValueError(f"FP4Linear.from_linear: qweight applies to modes 'w4a16' and 'w4a4', not "
+                                 f"'{config.mode}'")
             else:
                 layer.weight.copy_(w)
             if linear.bias is not None:

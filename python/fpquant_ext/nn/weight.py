@@ -86,9 +86,17 @@ class QuantizedWeight(FixedDtypeBuffers):
 
     @classmethod
     def quantize(cls, weight: torch.Tensor, format: str = "mxfp4", method: Optional[str] = None,
-                 rotation: Optional[torch.Tensor] = None, rotation_name: Optional[str] = None) -> "QuantizedWeight":
-        """Quantize a float weight [N, K] (rotated by ``rotation`` first, if given). Works on the meta device
-        (shapes only)."""
+                 rotation: Optional[torch.Tensor] = None, rotation_name: Optional[str] = None,
+                 hessian: Optional[torch.Tensor] = None) -> "QuantizedWeight":
+        """Quantize a float weight [N, K] (rotated by ``rotation`` first, if given). ``method``: the format's
+        rule of the quantize ops, or a scale search, ``"mse"`` or ``"hessian"`` (with ``hessian``, the
+        layer's input second moment [K, K]; fpquant_ext.algorithms.scale_search). Works on the meta device
+        (shapes only) for the quantize ops' rules."""
+        if method in ("mse", "hessian") and not weight.is_meta:
+            from ..algorithms.scale_search import search_scales
+            rot = None if rotation is None else rotation.to(device=weight.device, dtype=torch.float32)
+            codes, scales, gs = search_scales(weight, format, method, hessian, rot)
+            return cls(codes, scales, gs, rot, format=format, method=method, rotation_name=rotation_name)
         w = weight.detach()
         if w.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             w = w.to(torch.float32)
@@ -96,11 +104,11 @@ class QuantizedWeight(FixedDtypeBuffers):
         rot = None if rotation is None else rotation.to(device=w.device, dtype=torch.float32)
         if format == "mxfp4":
             method = method or "floor"
-            codes, scales = ops.quantize_mxfp4(w, rot, method)
+            codes, scales = ops.quantize_mxfp4(w, rot, "floor" if method in ("mse", "hessian") else method)
             gs = None
         elif format == "nvfp4":
             method = method or "absmax"
-            if method != "absmax":
+            if method not in ("absmax", "mse", "hessian"):
                 raise ValueError(f"QuantizedWeight: NVFP4 has one scale rule, 'absmax'; got {method!r}")
             gs = ops.nvfp4_global_scale(w, rot)
             codes, scales = ops.quantize_nvfp4(w, gs, rot)

@@ -1,0 +1,298 @@
+"""Layer-by-layer calibrated quantization of a model (GPTQ, MR-GPTQ, Hessian scale search).
+
+The model's repeated blocks (a decoder's layers: the largest ``nn.ModuleList`` whose modules hold Linear
+layers) are quantized in order. The inputs of the first block are captured once from the calibration
+samples with a forward pre-hook; then, for each block:
+
+1. its Linear layers are grouped by the input they read (q / k / v share one, gate / up another) and the
+   groups ordered as the forward calls them;
+2. for each group in turn, the block is run on every sample with hooks that accumulate each layer's input
+   Hessian H = mean of x x^T over tokens, and the group is quantized and replaced by FP4Linear, so that
+   later groups see the outputs of the already quantized ones (``true_sequential``; otherwise one pass
+   collects every Hessian of the block from the unquantized block);
+3. the quantized block is run on every sample to give the next block's inputs.
+
+So each layer is calibrated on the outputs of the already quantized layers before it. Memory: the block
+inputs of the samples (samples x tokens x hidden floats) and one block at a time on ``device``; the rest of
+the model stays where it is (``device`` different from the model's: CPU offload, each block moved there
+and back). Linear layers outside the blocks are converted without calibration (round to nearest or
+``mse``), as ``quantize_model`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from ..nn.config import FP4Config
+from ..nn.convert import ConversionSummary, ConvertedLayer, _nbytes, _Progress, _skip_reason
+from ..nn.linear import FP4Linear
+from ..nn.weight import QuantizedWeight
+from .gptq import gptq_quantize
+from .scale_search import search_scales
+
+
+class CalibrationError(ValueError):
+    """Calibration data or model structure that calibrated quantization cannot use."""
+
+
+class _Captured(Exception):
+    pass
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's repeated blocks: the largest nn.ModuleList whose modules hold nn.Linear layers."""
+    best: Optional[tuple[str, nn.ModuleList]] = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0 and all(
+                any(isinstance(m, nn.Linear) for m in block.modules()) for block in module):
+            if best is None or len(module) > len(best[1]):
+                best = (name, module)
+    if best is None:
+        raise CalibrationError("calibrated quantization needs a model made of repeated blocks (an nn.ModuleList "
+                               "of modules holding nn.Linear layers, e.g. a decoder's layers); none found")
+    return best
+
+
+def _samples(calibration) -> list[torch.Tensor]:
+    if calibration is None:
+        raise CalibrationError("this configuration needs calibration data (token ids): pass calibration=... "
+                               "(e.g. windows of tokenized text)")
+    if isinstance(calibration, torch.Tensor):
+        calibration = [calibration] if calibration.dim() == 1 else list(calibration)
+    samples = [torch.as_tensor(s) for s in calibration]
+    if not samples:
+        raise CalibrationError("the calibration data is empty")
+    for s in samples:
+        if s.dim() != 1 or s.numel() < 2 or s.dtype not in (torch.int64, torch.int32):
+            raise CalibrationError(f"each calibration sample must be a 1-D integer tensor of token ids with at "
+                                   f"least 2 tokens, got {s.dtype} {list(s.shape)}")
+    return samples
+
+
+def _move(x, device):
+    if isinstance(x, torch.Tensor):
+        return x.to(device)
+    if isinstance(x, tuple):
+        return tuple(_move(v, device) for v in x)
+    if isinstance(x, list):
+        return [_move(v, device) for v in x]
+    if isinstance(x, dict):
+        return {k: _move(v, device) for k, v in x.items()}
+    return x
+
+
+def _capture_inputs(model: nn.Module, first: nn.Module, samples: list[torch.Tensor], store: torch.device):
+    """(args, kwargs) of the first block's call for each sample."""
+    captured: list[tuple[tuple, dict]] = []
+
+    def hook(module, args, kwargs):
+        captured.append((_move(args, store), _move(kwargs, store)))
+        raise _Captured
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for s in samples:
+                try:
+                    model(s[None].to(device), use_cache=False)
+                except _Captured:
+                    pass
+                except TypeError:  # a model without use_cache
+                    try:
+                        model(s[None].to(device))
+                    except _Captured:
+                        pass
+    finally:
+        handle.remove()
+    if len(captured) != len(samples):
+        raise CalibrationError("the model never called its first block; calibrated quantization cannot find "
+                               "the block inputs")
+    return captured
+
+
+def _run_block(block: nn.Module, inputs, device, store) -> list:
+    outs = []
+    with torch.no_grad():
+        for args, kwargs in inputs:
+            out = block(*_move(args, device), **_move(kwargs, device))
+            outs.append(_move(out, store))
+    return outs
+
+
+def _next_inputs(inputs, outputs):
+    nxt = []
+    for (args, kwargs), out in zip(inputs, outputs):
+        hidden = out[0] if isinstance(out, (tuple, list)) else out
+        if args:
+            nxt.append(((hidden, *args[1:]), kwargs))
+        else:
+            nxt.append(((), {**kwargs, "hidden_states": hidden}))
+    return nxt
+
+
+class _Hessians:
+    """Forward hooks accumulating sum x x^T and the token count of each Linear's input."""
+
+    def __init__(self, layers: dict[str, nn.Linear]):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.tokens: dict[str, int] = {}
+        self.order: list[str] = []
+        self.first_inputs: dict[str, torch.Tensor] = {}
+        self.handles = [m.register_forward_hook(self._hook(n)) for n, m in layers.items()]
+
+    def _hook(self, name: str):
+        def hook(module, args, output):
+            x = args[0].detach()
+            x = x.reshape(-1, x.shape[-1]).to(torch.float32)
+            if name not in self.sums:
+                self.sums[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device)
+                self.tokens[name] = 0
+                self.order.append(name)
+                self.first_inputs[name] = args[0]  # held (not its id) so no later tensor can share it
+            self.sums[name].addmm_(x.t(), x)
+            self.tokens[name] += x.shape[0]
+        return hook
+
+    def hessian(self, name: str) -> torch.Tensor:
+        if name not in self.sums:
+            raise CalibrationError(f"{name} was never called by its block on the calibration data")
+        return self.sums[name] / self.tokens[name]
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+
+def _groups(hooks: _Hessians) -> list[list[str]]:
+    """Layers in call order, consecutive layers reading the same input tensor grouped."""
+    groups: list[list[str]] = []
+    for name in hooks.order:
+        if groups and hooks.first_inputs[groups[-1][0]] is hooks.first_inputs[name]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
+def quantize_linear(linear: nn.Linear, config: FP4Config, rotation_size: Optional[int],
+                    hessian: Optional[torch.Tensor] = None, name: str = "") -> tuple[FP4Linear, dict]:
+    """One Linear layer to FP4Linear with the configured algorithm; returns the layer and GPTQ facts."""
+    rotation = config.rotation_matrix(rotation_size)
+    rotation = None if rotation is None else rotation.to(linear.weight.device)
+    info: dict = {}
+    if config.algorithm == "gptq":
+        rule = config.weight_method
+        res = gptq_quantize(linear.weight, hessian, config.format, rule, rotation, damp=config.gptq_damp,
+                            block_size=config.gptq_block_size, act_order=config.gptq_act_order, name=name)
+        codes, scales, gs = res.codes, res.scales, res.global_scale
+        info = {"damp": res.damp, "proxy_error": res.proxy_error, "rtn_proxy_error": res.rtn_proxy_error}
+    elif config.weight_method in ("mse", "hessian"):
+        codes, scales, gs = search_scales(linear.weight, config.format, config.weight_method, hessian, rotation)
+    else:
+        return FP4Linear.from_linear(linear, config, rotation_size=rotation_size), info
+    rotation_name = config.rotation if rotation_size else None
+    qweight = QuantizedWeight(codes, scales, gs, rotation, format=config.format, method=config.weight_method,
+                              rotation_name=rotation_name)
+    return FP4Linear.from_linear(linear, config, rotation_size=rotation_size, qweight=qweight), info
+
+
+def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, *,
+                              device: Optional[Union[str, torch.device]] = None, true_sequential: bool = True,
+                              progress: bool = True) -> ConversionSummary:
+    """Quantize ``model``'s Linear layers in place, block by block on calibration data (module docstring).
+
+    Args:
+        calibration: token ids: a 2-D LongTensor [samples, tokens] or a sequence of 1-D tensors.
+        device: where each block is computed (default: the model's device); a GPU here with the model on the
+            CPU quantizes a model larger than the GPU, one block at a time.
+        true_sequential: re-collect the Hessians of each group of layers after quantizing the groups before
+            it in the same block (more accurate; one block forward per group).
+    """
+    samples = _samples(calibration)
+    block_list_name, blocks = find_blocks(model)
+    model_device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device
+    store = device
+    summary = ConversionSummary(config)
+    summary.notes.append(f"calibrated on {len(samples)} samples, {sum(s.numel() for s in samples)} tokens; "
+                         f"blocks: {block_list_name} ({len(blocks)})")
+
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                places.setdefault(id(child), []).append((parent, child_name))
+    block_prefix = {id(b): f"{block_list_name}.{i}" for i, b in enumerate(blocks)}
+    in_blocks = {id(m) for b in blocks for m in b.modules()}
+    todo, outside = {}, []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        reason = _skip_reason(name, module, config)
+        if reason:
+            summary.skipped.append((name, reason))
+        elif id(module) in in_blocks:
+            todo[name] = module
+        else:
+            outside.append((name, module))
+
+    # Outside the blocks no Hessian is collected: GPTQ becomes round to nearest, 'hessian' becomes 'mse'.
+    uncalibrated = dataclasses.replace(
+        config, algorithm="rtn", weight_method="mse" if config.weight_method == "hessian" else config.weight_method)
+
+    def replace(name: str, linear: nn.Linear, hessian: Optional[torch.Tensor], cfg: FP4Config = config) -> None:
+        rotation_size, _ = cfg.rotation_size_for(linear.in_features)
+        layer, info = quantize_linear(linear, cfg, rotation_size, hessian, name)
+        for parent, attr in places[id(linear)]:
+            setattr(parent, attr, layer)
+        summary.converted.append(ConvertedLayer(name, linear.in_features, linear.out_features, rotation_size,
+                                                _nbytes([linear.weight, linear.bias]), layer.nbytes))
+        if info:
+            summary.gptq[name] = info
+
+    bar = _Progress(len(todo) + len(outside), progress)
+    try:
+        inputs = _capture_inputs(model, blocks[0], samples, store)
+        for block in blocks:
+            prefix = block_prefix[id(block)]
+            layers = {n: m for n, m in todo.items() if n.startswith(prefix + ".")}
+            block.to(device)
+            hooks = _Hessians(layers)
+            try:
+                _run_block(block, inputs, device, store)
+            finally:
+                hooks.remove()
+            pending = _groups(hooks)
+            hooks.first_inputs.clear()
+            missing = set(layers) - set(hooks.order)
+            if missing:
+                raise CalibrationError(f"{sorted(missing)} never ran on the calibration data; exclude them "
+                                       "(FP4Config.exclude) or check the model")
+            for gi, group in enumerate(pending):
+                if gi > 0 and true_sequential:
+                    hooks = _Hessians({n: layers[n] for n in group})
+                    try:
+                        _run_block(block, inputs, device, store)
+                    finally:
+                        hooks.remove()
+                for name in group:
+                    replace(name, layers[name], hooks.hessian(name))
+                    bar.update(name)
+            inputs = _next_inputs(inputs, _run_block(block, inputs, device, store))
+            block.to(model_device)
+        if outside and config.needs_calibration:
+            summary.notes.append(f"{len(outside)} Linear layers outside the blocks converted without calibration "
+                                 f"({uncalibrated.weight_method}): {', '.join(n for n, _ in outside)}")
+        for name, linear in outside:
+            replace(name, linear, None, uncalibrated)
+            bar.update(name)
+    finally:
+        bar.close()
+    return summary
+
