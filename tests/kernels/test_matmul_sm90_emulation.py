@@ -333,9 +333,10 @@ def tc_sum(acc, prods, p):
     return f32(np.trunc(terms / q).sum(axis=-1) * q[..., 0])
 
 
-def emulate_mx_gemm(a_codes, a_scales, b_codes, b_scales, p=13):
-    """matmul_sm90.cu's MXFP4 path: fold both operands, per 128-K block 4 k32 FP8 wgmmas into tmp (fresh per
-    block), then acc = fma(f32(tmp * 2^Rb), 2^Ra, acc) in float32."""
+def emulate_mx_gemm(a_codes, a_scales, b_codes, b_scales, p=13, promote_k=128):
+    """matmul_sm90.cu's MXFP4 path: fold both operands, per promote_k of K (128: tile configs 0, 1; 64: config
+    2) k32 FP8 wgmmas into tmp (fresh each time), then acc = fma(f32(tmp * 2^Rb), 2^Ra, acc) in float32 with
+    the factors of the 128-K fold block."""
     ab, fa, _ = fold_matrix(a_codes, a_scales)
     bb, fb, _ = fold_matrix(b_codes, b_scales)
     A, B = e4m3_values(ab), e4m3_values(bb)
@@ -344,12 +345,13 @@ def emulate_mx_gemm(a_codes, a_scales, b_codes, b_scales, p=13):
     acc = np.zeros((M, N))
     with np.errstate(invalid="ignore", over="ignore"):
         for kb in range(-(-K // FOLD_K)):
-            tmp = np.zeros((M, N))
-            for k0 in range(FOLD_K * kb, min(K, FOLD_K * (kb + 1)), 32):
-                prods = A[:, None, k0 : k0 + 32] * B[None, :, k0 : k0 + 32]  # exact
-                tmp = tc_sum(tmp, prods, p)
-            scaled = f32(tmp * fb[None, :, kb])
-            acc = f32(scaled * fa[:, kb, None] + acc)
+            for p0 in range(FOLD_K * kb, min(K, FOLD_K * (kb + 1)), promote_k):
+                tmp = np.zeros((M, N))
+                for k0 in range(p0, min(K, p0 + promote_k), 32):
+                    prods = A[:, None, k0 : k0 + 32] * B[None, :, k0 : k0 + 32]  # exact
+                    tmp = tc_sum(tmp, prods, p)
+                scaled = f32(tmp * fb[None, :, kb])
+                acc = f32(scaled * fa[:, kb, None] + acc)
     return acc
 
 
@@ -408,6 +410,19 @@ def test_llm_activations_within_target(rotate, K):
     assert err[None] < 1e-6
     assert err[14] < 1e-4
     assert err[13] < 2.5e-4
+
+
+def test_promotion_every_64_k():
+    # Tile config 2: the same outlier case as above with two promotions per 128-K block.
+    K = 4096
+    a = quantized(llm_activations(32, K, seed=K))
+    b = quantized(weights(40, K, seed=K + 1))
+    ref = reference(*a, *b)
+    e128 = rel_frobenius(emulate_mx_gemm(*a, *b, p=13), ref)
+    e64 = rel_frobenius(emulate_mx_gemm(*a, *b, p=13, promote_k=64), ref)
+    print(f"outliers, p=13: promote every 128 K {e128:.2e}, every 64 K {e64:.2e}")
+    assert rel_frobenius(emulate_mx_gemm(*a, *b, p=None, promote_k=64), ref) < 1e-6
+    assert e64 <= e128
 
 
 def test_scales_far_beyond_the_window():

@@ -31,7 +31,8 @@
 //    acc += (tmp * 2^Rb[col]) * 2^Ra[row] (FMUL + FFMA per element; both multiplications are by powers of
 //    two, so the promotion rounds once, in the add). Hopper's FP8 tensor core keeps only ~14 bits of its
 //    running sum; promoting every 4 wgmmas (128 K, as DeepGEMM does) bounds what that costs (the host
-//    emulation in tests/kernels/test_matmul_sm90_emulation.py models it). The factors come with the stage
+//    emulation in tests/kernels/test_matmul_sm90_emulation.py models it). Tile config 2 promotes every
+//    64 K (twice per stage, with the same factors) in case the measured error asks for it. The factors come with the stage
 //    (a 512 + 4 BN byte bulk copy); NaN factors make the promoted values NaN. The order (tmp * Rb) * Ra never
 //    multiplies an infinity by zero, so a zero block stays zero.
 //    NVFP4: a stage is 64 K of bfloat16; m64nBNk16 wgmmas accumulate straight into acc (exact products,
@@ -220,8 +221,9 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
 #endif
 }
 
-template <bool FP8, int BN, int STAGES>
+template <bool FP8, int BN, int STAGES, int PROMOTE_K = 128>
 struct GCfg {
+  static_assert(!FP8 || PROMOTE_K == 128 || PROMOTE_K == 64, "promotions per stage: 1 or 2");
   static_assert(FP8 ? (BN == 128 || BN == 192) : (BN == 128 || BN == 256), "instantiated wgmma shapes");
   static constexpr int kBK = FP8 ? 128 : 64;  // K per stage: one 128-byte swizzle row
   static constexpr int kConsumers = 256;      // two warpgroups of 64 rows
@@ -327,10 +329,10 @@ __device__ __forceinline__ void tile_of(int t, int tiles_m, int tiles_n, int& mt
   nt = r / gm;
 }
 
-template <bool FP8, int BN, int STAGES>
+template <bool FP8, int BN, int STAGES, int PROMOTE_K>
 __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __grid_constant__ GemmMaps maps) {
 #if FPQUANT_WGMMA
-  using C = GCfg<FP8, BN, STAGES>;
+  using C = GCfg<FP8, BN, STAGES, PROMOTE_K>;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
@@ -380,31 +382,37 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
 
   if constexpr (FP8) {
     float tmp[BN / 2];
+    constexpr int kSteps = PROMOTE_K / 32;  // k32 wgmmas per promotion
     for (int kb = 0; kb < p.kblocks; ++kb) {
       const int s = kb % STAGES;
       mbar_wait(full + 8 * s, (kb / STAGES) & 1);
       const uint32_t a_tile = smem_addr + C::kA + s * C::kABytes + wg * 64 * 128;
       const uint32_t b_tile = smem_addr + C::kB + s * C::kBBytes;
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) fence_operand(tmp[i]);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < kFoldK / 32; ++ks)
-        wgmma_e4m3<BN>(tmp, sw128_desc(a_tile + 32 * ks), sw128_desc(b_tile + 32 * ks), ks > 0 ? 1 : 0);
-      wgmma_commit();
       const float* fac = reinterpret_cast<const float*>(smem + C::kFac + s * C::kFacBytes);
-      const float sa0 = fac[row_in_tile], sa1 = fac[row_in_tile + 8];
       const float2* sb = reinterpret_cast<const float2*>(fac + kBM);
-      wgmma_wait<0>();
 #pragma unroll
-      for (int i = 0; i < BN / 2; ++i) fence_operand(tmp[i]);
+      for (int sub = 0; sub < kFoldK / PROMOTE_K; ++sub) {
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        const float2 b = sb[4 * j + q];  // columns 8j + 2q, 8j + 2q + 1
-        acc[4 * j + 0] = __fmaf_rn(__fmul_rn(tmp[4 * j + 0], b.x), sa0, acc[4 * j + 0]);
-        acc[4 * j + 1] = __fmaf_rn(__fmul_rn(tmp[4 * j + 1], b.y), sa0, acc[4 * j + 1]);
-        acc[4 * j + 2] = __fmaf_rn(__fmul_rn(tmp[4 * j + 2], b.x), sa1, acc[4 * j + 2]);
-        acc[4 * j + 3] = __fmaf_rn(__fmul_rn(tmp[4 * j + 3], b.y), sa1, acc[4 * j + 3]);
+        for (int i = 0; i < BN / 2; ++i) fence_operand(tmp[i]);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kSteps; ++ks) {
+          const uint32_t k_off = 32 * (sub * kSteps + ks);
+          wgmma_e4m3<BN>(tmp, sw128_desc(a_tile + k_off), sw128_desc(b_tile + k_off), ks > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+        const float sa0 = fac[row_in_tile], sa1 = fac[row_in_tile + 8];
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) fence_operand(tmp[i]);
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const float2 b = sb[4 * j + q];  // columns 8j + 2q, 8j + 2q + 1
+          acc[4 * j + 0] = __fmaf_rn(__fmul_rn(tmp[4 * j + 0], b.x), sa0, acc[4 * j + 0]);
+          acc[4 * j + 1] = __fmaf_rn(__fmul_rn(tmp[4 * j + 1], b.y), sa0, acc[4 * j + 1]);
+          acc[4 * j + 2] = __fmaf_rn(__fmul_rn(tmp[4 * j + 2], b.x), sa1, acc[4 * j + 2]);
+          acc[4 * j + 3] = __fmaf_rn(__fmul_rn(tmp[4 * j + 3], b.y), sa1, acc[4 * j + 3]);
+        }
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(empty + 8 * s);
@@ -474,9 +482,9 @@ bool operand_map(CUtensorMap* map, bool bf16, const void* base, int64_t K, int64
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <bool FP8, int BN, int STAGES>
+template <bool FP8, int BN, int STAGES, int PROMOTE_K>
 cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, cudaStream_t stream) {
-  using C = GCfg<FP8, BN, STAGES>;
+  using C = GCfg<FP8, BN, STAGES, PROMOTE_K>;
   unsigned char* ws = static_cast<unsigned char*>(p.workspace);
   GemmMaps maps;
   if (!operand_map(&maps.a, !FP8, ws + w.a_operand, p.K, p.M, kBM) ||
@@ -500,7 +508,7 @@ cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, cud
   a.bias_dtype = p.bias_dtype;
   a.a_global = p.a_global;
   a.b_global = p.b_global;
-  auto kernel = gemm_kernel<FP8, BN, STAGES>;
+  auto kernel = gemm_kernel<FP8, BN, STAGES, PROMOTE_K>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const int64_t tiles = static_cast<int64_t>(a.tiles_m) * a.tiles_n;
@@ -514,7 +522,7 @@ cudaError_t launch_config(const MatmulParams& p, const MatmulSm90Workspace& w, c
     if (p.config != I) return launch_config<FP8, TILES, COUNT, I + 1>(p, w, stream);
   }
   constexpr MatmulSm90Tile t = TILES[I];
-  return launch_gemm<FP8, t.bn, t.stages>(p, w, stream);
+  return launch_gemm<FP8, t.bn, t.stages, FP8 ? t.promote_k : 128>(p, w, stream);
 }
 
 bool valid(const MatmulParams& p, Format f, int tile_count, const MatmulSm90Workspace& w) {

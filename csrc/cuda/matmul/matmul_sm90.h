@@ -38,17 +38,20 @@
 namespace fpquant::cuda {
 
 // GEMM tile configurations (MatmulParams::config). Rows per CTA are always 128 (two consumer warpgroups of
-// 64 rows); bn = columns of B per CTA (the wgmma N); stages = depth of the TMA ring.
+// 64 rows); bn = columns of B per CTA (the wgmma N); stages = depth of the TMA ring; promote_k (MXFP4) = K
+// between promotions of the FP8 tensor-core sums into the float32 accumulators (128: one per stage; 64: two,
+// twice the promotion instructions, for the case that Hopper's FP8 accumulation shows at 128).
 struct MatmulSm90Tile {
   int bn;
   int stages;
+  int promote_k;
 };
-// MXFP4 (FP8 operands, 128 K per stage, promotion every stage). 0: 128 x 192 (the default: 157 FLOP per
-// byte of L2 traffic, float32 accumulators 96 + 96 per thread); 1: 128 x 128 (more CTAs for small M x N).
-inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5}, {128, 6}};
+// MXFP4 (FP8 operands, 128 K per stage). 0: 128 x 192 (the default: 157 FLOP per byte of L2 traffic, float32
+// accumulators 96 + 96 per thread); 1: 128 x 128 (more CTAs for small M x N); 2: 128 x 192 promoting every 64 K.
+inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5, 128}, {128, 6, 128}, {192, 5, 64}};
 // NVFP4 (bf16 operands, 64 K per stage, no promotion). 0: 128 x 256; 1: 128 x 128.
-inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4}, {128, 6}};
-inline constexpr int kMatmulSm90MxTileCount = 2;
+inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0}, {128, 6, 0}};
+inline constexpr int kMatmulSm90MxTileCount = 3;
 inline constexpr int kMatmulSm90NvTileCount = 2;
 
 // K per folded block of the MXFP4 operand (one reference exponent, one promotion) and the row padding of the
