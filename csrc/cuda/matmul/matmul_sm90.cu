@@ -1,0 +1,569 @@
+// Block-scaled FP4 GEMMs on Hopper (sm_90a): matmul_mxfp4 / matmul_nvfp4 (semantics: csrc/ops/matmul_cpu.cpp;
+// launch constraints and workspace: matmul_sm90.h).
+//
+// Two steps per call, both on the caller's stream:
+//
+// 1. Operand pass (fold_mx_kernel / decode_nv_kernel), once per element of A and of B.
+//    MXFP4: E2M1 values {0, 0.5, ..., 6} need 2 significant bits, E4M3 has 4, and its exponents reach from
+//    the subnormal 2^-9 to 2^8: c * 2^d is an exact E4M3 value for every code c whenever -8 <= d <= 6
+//    (0.5 * 2^-8 is the smallest subnormal; 1.5 * 2^-8 = 3 * 2^-9 still is one; 6 * 2^6 = 384 <= 448), and for
+//    groups whose largest code is smaller, up to d = 8 - floor(log2 max|c|). So each 128-K block of a row
+//    (4 groups) gets a reference exponent R = T - 8, T = max over its nonzero groups of
+//    (e_g + floor(log2 max|code|)): the block's largest element lands in E4M3's top binade, and element
+//    c * 2^e_g is stored as E4M3(c * 2^(e_g - R)), rounded to nearest even with subnormals. Exact for every
+//    group with e_g >= T - 16 (16 binades under the block's largest element); below that an element is
+//    off by at most half the subnormal step, 2^(R - 10) = 2^(T - 18), i.e. 2^-18 of the block's largest
+//    element magnitude (2^T <= max |a|). The block's factor 2^R (NaN when one of its group scales is the
+//    E8M0 NaN 0xFF) goes to a float32 array [K/128][padded rows].
+//    The fold is a byte table per group: prmt looks the 8 magnitudes' E4M3 bytes up by each code's low
+//    3 bits, and a second prmt moves each code's sign bit to its byte (fold_word; tests/kernels emulate it).
+//    NVFP4: E4M3 scales carry 4 significant bits, so code * scale needs up to 6 and is not an E4M3 value;
+//    it is a bfloat16 value (8 bits, exponent range far wider): the operand is bfloat16, exact.
+//    Why a separate pass rather than converting inside the GEMM: every element is converted once (inside
+//    the GEMM each CTA would convert its whole A and B panels, N/192 resp. M/128 times over, in the same
+//    issue slots the promotion needs), and the GEMM is a plain TMA-fed SS-wgmma kernel. The price is
+//    written-and-read-back operand bytes: at 8192^3 ~200 MB (~45 us against a ~900 us GEMM).
+//
+// 2. GEMM (gemm_kernel): 128 x BN tiles, one CTA per SM, a producer warpgroup (one lane issues the TMA
+//    copies into a STAGES-deep ring on full / empty mbarriers) and two consumer warpgroups of 64 rows each.
+//    MXFP4: a stage is 128 K (one swizzle row of E4M3 bytes, one fold block). Each consumer issues 4
+//    m64nBNk32 E4M3 wgmmas into a fresh float32 tile `tmp` and, when they completed, promotes:
+//    acc += (tmp * 2^Rb[col]) * 2^Ra[row] (FMUL + FFMA per element; both multiplications are by powers of
+//    two, so the promotion rounds once, in the add). Hopper's FP8 tensor core keeps only ~14 bits of its
+//    running sum; promoting every 4 wgmmas (128 K, as DeepGEMM does) bounds what that costs (the host
+//    emulation in tests/kernels/test_matmul_sm90_emulation.py models it). Tile config 2 promotes every
+//    64 K (twice per stage, with the same factors) in case the measured error asks for it. The factors come with the stage
+//    (a 512 + 4 BN byte bulk copy); NaN factors make the promoted values NaN. The order (tmp * Rb) * Ra never
+//    multiplies an infinity by zero, so a zero block stays zero.
+//    NVFP4: a stage is 64 K of bfloat16; m64nBNk16 wgmmas accumulate straight into acc (exact products,
+//    float32 accumulation), one wgmma group kept in flight as in w4a16_wgmma_sm90.cu.
+//    Epilogue: acc * alpha (NVFP4: 1 / (gA gB)) + bias, rounded once to out_dtype, guarded for M / N tails.
+//    Tiles are rastered in groups of 16 row tiles, so the CTAs resident together share A and B panels in L2.
+// Only sm_90a has wgmma and TMA: CMake compiles this file for sm_90a alone; FPQUANT_WGMMA keeps the kernel
+// bodies out of the host pass.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "core/fp_formats.h"
+#include "core/scale_layout.h"
+#include "cuda/common/tma.cuh"
+#include "cuda/common/wgmma.cuh"
+#include "cuda/matmul/matmul_sm90.h"
+
+namespace fpquant::cuda {
+namespace {
+
+constexpr int kFoldK = static_cast<int>(kMatmulSm90FoldK);  // K per fold block = per MXFP4 stage
+constexpr int kBM = 128;                                    // rows of A per CTA: two consumer warpgroups
+constexpr int kRasterGroup = 16;                            // row tiles per raster group
+
+// ---- Operand pass --------------------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+// Two floats -> E4M3 bytes (lo in the low byte), round to nearest even, subnormals kept, saturating.
+__device__ __forceinline__ uint32_t e4m3x2(float lo, float hi) {
+  uint16_t r;
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;\n" : "=h"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+// The E4M3 bytes of magnitude index i (values {0, 0.5, 1, 1.5, 2, 3, 4, 6}) times 2^d: byte i of (l0, l1).
+// d is clamped to [-40, 9]: below, every value rounds to 0 anyway; above, only all-zero groups reach it.
+__device__ __forceinline__ void fold_table(int d, uint32_t& l0, uint32_t& l1) {
+  d = d < -40 ? -40 : (d > 9 ? 9 : d);
+  const float u = core::exp2i(d);
+  l0 = e4m3x2(0.0f, __fmul_rn(0.5f, u)) | (e4m3x2(u, __fmul_rn(1.5f, u)) << 16);
+  l1 = e4m3x2(__fmul_rn(2.0f, u), __fmul_rn(3.0f, u)) | (e4m3x2(__fmul_rn(4.0f, u), __fmul_rn(6.0f, u)) << 16);
+}
+
+// 8 codes (nibble i of w = element i) -> 8 E4M3 bytes in element order (x: elements 0-3, y: 4-7).
+// Magnitudes: prmt reads the selector's low 16 bits as four byte indices, here the codes' low 3 bits.
+// Signs: byte j of w has bit 7 = sign of code 2j + 1, byte j of w << 4 has bit 7 = sign of code 2j; a
+// second prmt picks, for output byte i, the byte whose bit 7 is code i's sign.
+__device__ __forceinline__ uint2 fold_word(uint32_t w, uint32_t l0, uint32_t l1) {
+  const uint32_t m = w & 0x77777777u;
+  const uint32_t w4 = w << 4;
+  const uint32_t lo = prmt(l0, l1, m) | (prmt(w, w4, 0x1504u) & 0x80808080u);
+  const uint32_t hi = prmt(l0, l1, m >> 16) | (prmt(w, w4, 0x3726u) & 0x80808080u);
+  return make_uint2(lo, hi);
+}
+
+// Largest magnitude index (0..7) among the 32 codes of a group.
+__device__ __forceinline__ uint32_t max_magnitude(const uint4& c) {
+  const uint32_t w[4] = {c.x, c.y, c.z, c.w};
+  uint32_t m = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) m = __vmaxu4(m, __vmaxu4(w[i] & 0x07070707u, (w[i] >> 4) & 0x07070707u));
+  m = __vmaxu4(m, m >> 16);
+  m = __vmaxu4(m, m >> 8);
+  return m & 0xFFu;
+}
+
+// One thread per (row, 128-K block): rows_pad x kblocks threads, the block index fastest (contiguous code
+// reads and operand writes across a warp). Rows rows .. rows_pad - 1 only get factor 0 (the GEMM's factor
+// copies read whole tiles; those rows' products are zero-filled by TMA and never stored).
+__global__ void __launch_bounds__(128) fold_mx_kernel(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
+                                                      ScaleLayout layout, int64_t rows, int64_t rows_pad, int64_t K,
+                                                      uint8_t* __restrict__ operand, float* __restrict__ factors) {
+  const int64_t kblocks = (K + kFoldK - 1) / kFoldK;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows_pad * kblocks) return;
+  const int64_t row = idx / kblocks, kb = idx % kblocks;
+  float* factor = factors + kb * rows_pad + row;
+  if (row >= rows) {
+    *factor = 0.0f;
+    return;
+  }
+  const int64_t groups_per_row = K / core::kMxGroup;
+  const int64_t left = groups_per_row - 4 * kb;
+  const int ng = left < 4 ? static_cast<int>(left) : 4;  // groups in this block
+  uint4 c[4];
+  int e[4];
+  bool nan = false;
+  int top = -1000;  // T: max of e_g + floor(log2 max|code|) over nonzero groups
+  const uint8_t* src = codes + row * (K / 2) + kb * (kFoldK / 2);
+#pragma unroll
+  for (int g = 0; g < 4; ++g) {
+    if (g >= ng) break;
+    c[g] = *reinterpret_cast<const uint4*>(src + 16 * g);
+    const uint8_t s = scales[core::scale_offset(row * groups_per_row + 4 * kb + g, groups_per_row, layout)];
+    nan = nan || s == core::kE8M0Nan;
+    e[g] = static_cast<int>(s) - 127;
+    const int mi = static_cast<int>(max_magnitude(c[g]));
+    if (mi > 0) top = max(top, e[g] + (mi >> 1) - 1);
+  }
+  const int R = top == -1000 ? 0 : top - 8;
+  *factor = nan ? __int_as_float(0x7FC00000) : core::exp2i(R);
+  uint8_t* dst = operand + row * K + kb * kFoldK;
+#pragma unroll
+  for (int g = 0; g < 4; ++g) {
+    if (g >= ng) break;
+    uint32_t l0 = 0, l1 = 0;
+    if (e[g] != 128) fold_table(e[g] - R, l0, l1);  // a NaN group stays zero: its factor carries the NaN
+    const uint2 f0 = fold_word(c[g].x, l0, l1), f1 = fold_word(c[g].y, l0, l1);
+    const uint2 f2 = fold_word(c[g].z, l0, l1), f3 = fold_word(c[g].w, l0, l1);
+    *reinterpret_cast<uint4*>(dst + 32 * g) = make_uint4(f0.x, f0.y, f1.x, f1.y);
+    *reinterpret_cast<uint4*>(dst + 32 * g + 16) = make_uint4(f2.x, f2.y, f3.x, f3.y);
+  }
+}
+
+// NVFP4: one thread per (row, group of 16): code * E4M3 scale as bfloat16 (exact: at most 2 x 4 significant
+// bits, magnitudes 2^-10 .. 2688; a NaN scale gives NaN elements). The global scales are the epilogue's.
+__global__ void __launch_bounds__(128) decode_nv_kernel(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
+                                                        ScaleLayout layout, int64_t rows, int64_t K,
+                                                        __nv_bfloat16* __restrict__ operand) {
+  const int64_t groups_per_row = K / core::kNvGroup;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= rows * groups_per_row) return;
+  const int64_t row = idx / groups_per_row, g = idx % groups_per_row;
+  const uint2 w = *reinterpret_cast<const uint2*>(codes + row * (K / 2) + g * 8);
+  const float s = core::e4m3_decode(scales[core::scale_offset(idx, groups_per_row, layout)]);
+  uint32_t out[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t byte = ((i < 4 ? w.x : w.y) >> (8 * (i % 4))) & 0xFFu;
+    const float lo = __fmul_rn(core::e2m1_decode(static_cast<uint8_t>(byte & 0xFu)), s);
+    const float hi = __fmul_rn(core::e2m1_decode(static_cast<uint8_t>(byte >> 4)), s);
+    __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+    out[i] = *reinterpret_cast<uint32_t*>(&p);
+  }
+  uint4* dst = reinterpret_cast<uint4*>(operand + row * K + g * core::kNvGroup);
+  dst[0] = make_uint4(out[0], out[1], out[2], out[3]);
+  dst[1] = make_uint4(out[4], out[5], out[6], out[7]);
+}
+
+// ---- GEMM -----------------------------------------------------------------------------------------------
+
+// D (64 x N, fp32) (+)= A (64 x 32 E4M3, desc_a) * B (32 x N E4M3, desc_b), both K-major in the 128-byte
+// swizzle (sw128_desc; k-step s of 32 elements starts 32 s bytes further). scale_d = 0 overwrites D. Fragment
+// as wgmma_m64nNk16 (wgmma.cuh): d[4j + 2h + e] = (row 16 warp + g + 8h, column 8j + 2q + e).
+template <int N>
+__device__ __forceinline__ void wgmma_e4m3(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+  static_assert(N == 128 || N == 192, "the instruction shapes used here");
+#if FPQUANT_WGMMA
+  if constexpr (N == 128) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+  if constexpr (N == 192) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n192k32.f32.e4m3.e4m3 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+        "}, %96, %97, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+  }
+#endif
+}
+
+// 1-D bulk copy global -> shared of `bytes` (multiple of 16, both addresses 16-byte aligned), completing on
+// barrier `bar` like the tensor copies.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+#if FPQUANT_WGMMA
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(reinterpret_cast<uint64_t>(src)), "r"(bytes), "r"(bar)
+               : "memory");
+#endif
+}
+
+template <bool FP8, int BN, int STAGES, int PROMOTE_K = 128>
+struct GCfg {
+  static_assert(!FP8 || PROMOTE_K == 128 || PROMOTE_K == 64, "promotions per stage: 1 or 2");
+  static_assert(FP8 ? (BN == 128 || BN == 192) : (BN == 128 || BN == 256), "instantiated wgmma shapes");
+  static constexpr int kBK = FP8 ? 128 : 64;  // K per stage: one 128-byte swizzle row
+  static constexpr int kConsumers = 256;      // two warpgroups of 64 rows
+  static constexpr int kThreads = kConsumers + 128;
+  // Registers as in w4a16_wgmma_sm90.cu: launched with the most __launch_bounds__ allows, the producer
+  // warpgroup keeps kProducerRegs, the consumers take the rest of the pool (acc + tmp: BN floats).
+  static constexpr int kLaunchRegs = (65536 / kThreads > 255 ? 255 : 65536 / kThreads) / 8 * 8;
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kPooledRegs = kLaunchRegs + 128 * (kLaunchRegs - kProducerRegs) / kConsumers;
+  static constexpr int kConsumerRegs = (kPooledRegs > 240 ? 240 : kPooledRegs) / 8 * 8;
+  static_assert(kConsumers * (kConsumerRegs - kLaunchRegs) <= 128 * (kLaunchRegs - kProducerRegs),
+                "the consumers' registers come from the producer's");
+  static constexpr int kABytes = kBM * 128;
+  static constexpr int kBBytes = BN * 128;
+  static constexpr int kFacBytes = FP8 ? (kBM + BN) * 4 : 0;  // 2^Ra of the tile's rows, then 2^Rb of its columns
+  static constexpr int kA = 0;                                // stage tiles at 1024-byte multiples
+  static constexpr int kB = kA + STAGES * kABytes;
+  static constexpr int kFac = kB + STAGES * kBBytes;
+  static constexpr int kBars = kFac + STAGES * kFacBytes;  // full[STAGES], then empty[STAGES]
+  static constexpr int kSmem = kBars + 16 * STAGES + 1024;  // + slack to align the base to 1024 bytes
+  static_assert(kBBytes % 1024 == 0 && kFacBytes % 16 == 0, "alignment of the stage parts");
+  static_assert(kSmem <= 227 * 1024, "fits the opt-in shared memory of an sm_90 CTA");
+};
+
+struct GemmArgs {
+  int M, N, K, kblocks, tiles_m, tiles_n;
+  const float* a_fac;  // MXFP4: [kblocks][a_pad] block factors
+  const float* b_fac;
+  int64_t a_pad, b_pad;
+  void* out;
+  DType out_dtype;
+  const void* bias;
+  DType bias_dtype;
+  const float* a_global;  // NVFP4
+  const float* b_global;
+};
+
+struct GemmMaps {
+  CUtensorMap a, b;
+};
+
+__device__ __forceinline__ float load_bias(const void* bias, DType t, int n) {
+  if (t == DType::kBF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[n]);
+  if (t == DType::kF16) return __half2float(static_cast<const __half*>(bias)[n]);
+  return static_cast<const float*>(bias)[n];
+}
+
+template <typename T>
+__device__ __forceinline__ void store_pair(T* dst, float v0, float v1, bool two, bool pair_aligned) {
+  if (two && pair_aligned) {
+    if constexpr (std::is_same_v<T, float>) {
+      *reinterpret_cast<float2*>(dst) = make_float2(v0, v1);
+    } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v0, v1);
+    } else {
+      *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(v0, v1);
+    }
+    return;
+  }
+  auto one = [](T* d, float v) {
+    if constexpr (std::is_same_v<T, float>) *d = v;
+    else if constexpr (std::is_same_v<T, __nv_bfloat16>) *d = __float2bfloat16_rn(v);
+    else *d = __float2half_rn(v);
+  };
+  one(dst, v0);
+  if (two) one(dst + 1, v1);
+}
+
+// acc[4j + 2h + e] is (row m_base + 8h, column n_base + 8j + e) of the output.
+template <typename T, int BN>
+__device__ __forceinline__ void epilogue(const GemmArgs& p, const float (&acc)[BN / 2], float alpha, int m_base,
+                                         int n_base) {
+  T* out = static_cast<T*>(p.out);
+  const bool even = (p.N % 2) == 0 && (reinterpret_cast<uintptr_t>(out) % (2 * sizeof(T))) == 0;
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j) {
+    const int n = n_base + 8 * j;
+    if (n >= p.N) continue;
+    const bool two = n + 1 < p.N;
+    float b0 = 0.0f, b1 = 0.0f;
+    if (p.bias != nullptr) {
+      b0 = load_bias(p.bias, p.bias_dtype, n);
+      b1 = two ? load_bias(p.bias, p.bias_dtype, n + 1) : 0.0f;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = m_base + 8 * h;
+      if (m >= p.M) continue;
+      const float v0 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h], alpha), b0);
+      const float v1 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h + 1], alpha), b1);
+      store_pair(out + static_cast<int64_t>(m) * p.N + n, v0, v1, two, even);
+    }
+  }
+}
+
+// Tile t -> (row tile, column tile): groups of kRasterGroup row tiles, column tiles walked within a group.
+__device__ __forceinline__ void tile_of(int t, int tiles_m, int tiles_n, int& mt, int& nt) {
+  const int per_group = kRasterGroup * tiles_n;
+  const int group = t / per_group, first = group * kRasterGroup;
+  const int gm = min(kRasterGroup, tiles_m - first);
+  const int r = t - group * per_group;
+  mt = first + r % gm;
+  nt = r / gm;
+}
+
+template <bool FP8, int BN, int STAGES, int PROMOTE_K>
+__global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __grid_constant__ GemmMaps maps) {
+#if FPQUANT_WGMMA
+  using C = GCfg<FP8, BN, STAGES, PROMOTE_K>;
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  unsigned char* smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+  const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int tid = threadIdx.x;
+  int mt, nt;
+  tile_of(static_cast<int>(blockIdx.x), p.tiles_m, p.tiles_n, mt, nt);
+  const int m0 = mt * kBM, n0 = nt * BN;
+  const uint32_t full = smem_addr + C::kBars, empty = full + 8 * STAGES;
+  // full[s]: the stage's copies landed (the producer's expect-tx arrival + bytes); empty[s]: the 8 consumer
+  // warps are done with it (their wgmmas completed and, for MXFP4, their factor reads).
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full + 8 * s, 1);
+      mbar_init(empty + 8 * s, C::kConsumers / 32);
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();  // the last CTA-wide barrier: the producer warpgroup leaves when its copies are issued
+
+  if (tid >= C::kConsumers) {
+    setmaxnreg_dec<C::kProducerRegs>();
+    if (tid != C::kConsumers) return;
+    for (int kb = 0; kb < p.kblocks; ++kb) {
+      const int s = kb % STAGES;
+      if (kb >= STAGES) mbar_wait(empty + 8 * s, ((kb / STAGES) - 1) & 1);
+      const uint32_t bar = full + 8 * s;
+      // Out-of-range rows and k of a box arrive as zeros and still count toward the bytes.
+      mbar_arrive_expect_tx(bar, C::kABytes + C::kBBytes + C::kFacBytes);
+      tma_load_2d(smem_addr + C::kA + s * C::kABytes, &maps.a, kb * C::kBK, m0, bar);
+      tma_load_2d(smem_addr + C::kB + s * C::kBBytes, &maps.b, kb * C::kBK, n0, bar);
+      if constexpr (FP8) {
+        const uint32_t fac = smem_addr + C::kFac + s * C::kFacBytes;
+        bulk_load(fac, p.a_fac + kb * p.a_pad + m0, kBM * 4, bar);
+        bulk_load(fac + kBM * 4, p.b_fac + kb * p.b_pad + n0, BN * 4, bar);
+      }
+    }
+    return;
+  }
+  setmaxnreg_inc<C::kConsumerRegs>();
+  const int wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
+  const int row_in_tile = 64 * wg + 16 * warp + g;  // this thread's rows: row_in_tile and row_in_tile + 8
+
+  float acc[BN / 2];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+
+  if constexpr (FP8) {
+    float tmp[BN / 2];
+    constexpr int kSteps = PROMOTE_K / 32;  // k32 wgmmas per promotion
+    for (int kb = 0; kb < p.kblocks; ++kb) {
+      const int s = kb % STAGES;
+      mbar_wait(full + 8 * s, (kb / STAGES) & 1);
+      const uint32_t a_tile = smem_addr + C::kA + s * C::kABytes + wg * 64 * 128;
+      const uint32_t b_tile = smem_addr + C::kB + s * C::kBBytes;
+      const float* fac = reinterpret_cast<const float*>(smem + C::kFac + s * C::kFacBytes);
+      const float2* sb = reinterpret_cast<const float2*>(fac + kBM);
+#pragma unroll
+      for (int sub = 0; sub < kFoldK / PROMOTE_K; ++sub) {
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) fence_operand(tmp[i]);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < kSteps; ++ks) {
+          const uint32_t k_off = 32 * (sub * kSteps + ks);
+          wgmma_e4m3<BN>(tmp, sw128_desc(a_tile + k_off), sw128_desc(b_tile + k_off), ks > 0 ? 1 : 0);
+        }
+        wgmma_commit();
+        const float sa0 = fac[row_in_tile], sa1 = fac[row_in_tile + 8];
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) fence_operand(tmp[i]);
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const float2 b = sb[4 * j + q];  // columns 8j + 2q, 8j + 2q + 1
+          acc[4 * j + 0] = __fmaf_rn(__fmul_rn(tmp[4 * j + 0], b.x), sa0, acc[4 * j + 0]);
+          acc[4 * j + 1] = __fmaf_rn(__fmul_rn(tmp[4 * j + 1], b.y), sa0, acc[4 * j + 1]);
+          acc[4 * j + 2] = __fmaf_rn(__fmul_rn(tmp[4 * j + 2], b.x), sa1, acc[4 * j + 2]);
+          acc[4 * j + 3] = __fmaf_rn(__fmul_rn(tmp[4 * j + 3], b.y), sa1, acc[4 * j + 3]);
+        }
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty + 8 * s);
+    }
+  } else {
+    for (int kb = 0; kb < p.kblocks; ++kb) {
+      const int s = kb % STAGES;
+      mbar_wait(full + 8 * s, (kb / STAGES) & 1);
+      const uint32_t a_tile = smem_addr + C::kA + s * C::kABytes + wg * 64 * 128;
+      const uint32_t b_tile = smem_addr + C::kB + s * C::kBBytes;
+#pragma unroll
+      for (int i = 0; i < BN / 2; ++i) fence_operand(acc[i]);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < C::kBK / 16; ++ks)
+        wgmma_m64nNk16<__nv_bfloat16, BN>(acc, sw128_desc(a_tile + 32 * ks), sw128_desc(b_tile + 32 * ks), true);
+      wgmma_commit();
+      wgmma_wait<1>();  // the previous stage's wgmmas completed: release it
+      __syncwarp();
+      if (lane == 0 && kb > 0) mbar_arrive(empty + 8 * ((kb - 1) % STAGES));
+    }
+    wgmma_wait<0>();
+  }
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) fence_operand(acc[i]);
+
+  float alpha = 1.0f;
+  if constexpr (!FP8) alpha = static_cast<float>(1.0 / (static_cast<double>(__ldg(p.a_global)) * static_cast<double>(__ldg(p.b_global))));
+  const int m_base = m0 + row_in_tile, n_base = n0 + 2 * q;
+  if (p.out_dtype == DType::kBF16) epilogue<__nv_bfloat16, BN>(p, acc, alpha, m_base, n_base);
+  else if (p.out_dtype == DType::kF16) epilogue<__half, BN>(p, acc, alpha, m_base, n_base);
+  else epilogue<float, BN>(p, acc, alpha, m_base, n_base);
+#endif
+}
+
+// ---- Host side ------------------------------------------------------------------------------------------
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiled encode_tiled() {
+  static EncodeTiled fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    return reinterpret_cast<EncodeTiled>(f);
+  }();
+  return fn;
+}
+
+// A K-major operand [rows][K] of `elem`-byte elements in boxes of 128 bytes of K x box_rows rows, 128-byte
+// swizzle (the layout sw128_desc describes).
+bool operand_map(CUtensorMap* map, bool bf16, const void* base, int64_t K, int64_t rows, uint32_t box_rows) {
+  const EncodeTiled encode = encode_tiled();
+  if (encode == nullptr) return false;
+  const uint64_t elem = bf16 ? 2 : 1;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(K) * elem};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(128 / elem), box_rows};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  return encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base),
+                dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+template <bool FP8, int BN, int STAGES, int PROMOTE_K>
+cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, cudaStream_t stream) {
+  using C = GCfg<FP8, BN, STAGES, PROMOTE_K>;
+  unsigned char* ws = static_cast<unsigned char*>(p.workspace);
+  GemmMaps maps;
+  if (!operand_map(&maps.a, !FP8, ws + w.a_operand, p.K, p.M, kBM) ||
+      !operand_map(&maps.b, !FP8, ws + w.b_operand, p.K, p.N, BN))
+    return cudaErrorInvalidValue;
+  GemmArgs a{};
+  a.M = static_cast<int>(p.M);
+  a.N = static_cast<int>(p.N);
+  a.K = static_cast<int>(p.K);
+  a.kblocks = static_cast<int>((p.K + C::kBK - 1) / C::kBK);
+  a.tiles_m = static_cast<int>((p.M + kBM - 1) / kBM);
+  a.tiles_n = static_cast<int>((p.N + BN - 1) / BN);
+  auto pad = [](int64_t r) { return (r + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; };
+  a.a_fac = reinterpret_cast<const float*>(ws + w.a_factors);
+  a.b_fac = reinterpret_cast<const float*>(ws + w.b_factors);
+  a.a_pad = pad(p.M);
+  a.b_pad = pad(p.N);
+  a.out = p.out;
+  a.out_dtype = p.out_dtype;
+  a.bias = p.bias;
+  a.bias_dtype = p.bias_dtype;
+  a.a_global = p.a_global;
+  a.b_global = p.b_global;
+  auto kernel = gemm_kernel<FP8, BN, STAGES, PROMOTE_K>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  if (err != cudaSuccess) return err;
+  const int64_t tiles = static_cast<int64_t>(a.tiles_m) * a.tiles_n;
+  kernel<<<static_cast<unsigned>(tiles), C::kThreads, C::kSmem, stream>>>(a, maps);
+  return cudaGetLastError();
+}
+
+template <bool FP8, const MatmulSm90Tile* TILES, int COUNT, int I = 0>
+cudaError_t launch_config(const MatmulParams& p, const MatmulSm90Workspace& w, cudaStream_t stream) {
+  if constexpr (I + 1 < COUNT) {
+    if (p.config != I) return launch_config<FP8, TILES, COUNT, I + 1>(p, w, stream);
+  }
+  constexpr MatmulSm90Tile t = TILES[I];
+  return launch_gemm<FP8, t.bn, t.stages, FP8 ? t.promote_k : 128>(p, w, stream);
+}
+
+bool valid(const MatmulParams& p, Format f, int tile_count, const MatmulSm90Workspace& w) {
+  const int64_t group = f == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
+  return p.format == f && p.config >= 0 && p.config < tile_count && p.M > 0 && p.N > 0 && p.K >= group &&
+         p.K % group == 0 && p.workspace != nullptr && p.workspace_bytes >= w.bytes &&
+         reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0;
+}
+
+unsigned blocks_for(int64_t threads) { return static_cast<unsigned>((threads + 127) / 128); }
+
+}  // namespace
+
+cudaError_t matmul_mxfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
+  const MatmulSm90Workspace w = matmul_sm90_workspace(Format::kMxFp4, p.M, p.N, p.K);
+  if (!valid(p, Format::kMxFp4, kMatmulSm90MxTileCount, w)) return cudaErrorInvalidValue;
+  unsigned char* ws = static_cast<unsigned char*>(p.workspace);
+  const int64_t kblocks = (p.K + kFoldK - 1) / kFoldK;
+  auto pad = [](int64_t r) { return (r + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; };
+  fold_mx_kernel<<<blocks_for(pad(p.M) * kblocks), 128, 0, stream>>>(
+      p.a_codes, p.a_scales, p.layout, p.M, pad(p.M), p.K, ws + w.a_operand, reinterpret_cast<float*>(ws + w.a_factors));
+  fold_mx_kernel<<<blocks_for(pad(p.N) * kblocks), 128, 0, stream>>>(
+      p.b_codes, p.b_scales, p.layout, p.N, pad(p.N), p.K, ws + w.b_operand, reinterpret_cast<float*>(ws + w.b_factors));
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  return launch_config<true, kMatmulSm90MxTiles, kMatmulSm90MxTileCount>(p, w, stream);
+}
+
+cudaError_t matmul_nvfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
+  const MatmulSm90Workspace w = matmul_sm90_workspace(Format::kNvFp4, p.M, p.N, p.K);
+  if (!valid(p, Format::kNvFp4, kMatmulSm90NvTileCount, w) || p.a_global == nullptr || p.b_global == nullptr)
+    return cudaErrorInvalidValue;
+  unsigned char* ws = static_cast<unsigned char*>(p.workspace);
+  const int64_t groups = p.K / core::kNvGroup;
+  decode_nv_kernel<<<blocks_for(p.M * groups), 128, 0, stream>>>(p.a_codes, p.a_scales, p.layout, p.M, p.K,
+                                                                  reinterpret_cast<__nv_bfloat16*>(ws + w.a_operand));
+  decode_nv_kernel<<<blocks_for(p.N * groups), 128, 0, stream>>>(p.b_codes, p.b_scales, p.layout, p.N, p.K,
+                                                                  reinterpret_cast<__nv_bfloat16*>(ws + w.b_operand));
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  return launch_config<false, kMatmulSm90NvTiles, kMatmulSm90NvTileCount>(p, w, stream);
+}
+
+}  // namespace fpquant::cuda
