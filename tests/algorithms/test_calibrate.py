@@ -1,0 +1,136 @@
+"""Block-by-block calibrated quantization of whole models (GPTQ, MR-GPTQ, hessian scale search)."""
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fpquant_ext as fq
+from fpquant_ext.algorithms.calibrate import CalibrationError, find_blocks
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nn"))
+from nn_helpers import TinyNet  # noqa: E402
+
+
+def _llama(seed=0):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _ids(n=12, length=32, vocab=96, seed=1):
+    return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _logit_err(model, ref_model, ids):
+    with torch.no_grad():
+        ref = ref_model(ids).logits
+        out = model(ids).logits
+    return float((out - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_gptq_model_beats_round_to_nearest_on_held_out_ids(fmt):
+    base = _llama()
+    calib, held = _ids(seed=1), _ids(n=4, seed=2)
+    rtn = copy.deepcopy(base)
+    fq.quantize_model(rtn, fq.FP4Config(format=fmt), progress=False)
+    gptq = copy.deepcopy(base)
+    summary = fq.quantize_model(gptq, fq.FP4Config(format=fmt, algorithm="gptq"), progress=False, calibration=calib)
+    assert len(summary.converted) == 14 and len(summary.gptq) == 14
+    assert "GPTQ" in str(summary) and "calibrated on 12 samples" in str(summary)
+    assert _logit_err(gptq, base, held) < 0.9 * _logit_err(rtn, base, held)
+
+
+def test_mr_gptq_and_hessian_run_and_help():
+    base = _llama()
+    calib, held = _ids(n=32, seed=1), _ids(n=4, seed=2)
+    rtn = copy.deepcopy(base)
+    fq.quantize_model(rtn, fq.FP4Config(rotation="hadamard", rotation_size=32), progress=False)
+    mr = copy.deepcopy(base)
+    cfg = fq.FP4Config(rotation="hadamard", rotation_size=32, algorithm="gptq", weight_method="mse")
+    fq.quantize_model(mr, cfg, progress=False, calibration=calib)
+    assert all(m.rotation_matrix is not None for m in mr.modules() if isinstance(m, fq.FP4Linear))
+    # Random weights and ids: rotated weights are near Gaussian and inputs weakly correlated, so the margin
+    # is smaller than on a real model (docs/quality.md); a Hessian rotated the wrong way loses to RTN.
+    assert _logit_err(mr, base, held) < 0.95 * _logit_err(rtn, base, held)
+    hess = copy.deepcopy(base)
+    fq.quantize_model(hess, fq.FP4Config(format="nvfp4", weight_method="hessian"), progress=False, calibration=calib)
+    assert {m.qweight.method for m in hess.modules() if isinstance(m, fq.FP4Linear)} == {"hessian"}
+
+
+def test_true_sequential_uses_the_quantized_outputs():
+    """With true_sequential, layers after the first group of a block see the quantized q/k/v: their
+    Hessians differ from one pass over the unquantized block, so the codes differ."""
+    base = _llama()
+    calib = _ids(seed=1)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    cfg = fq.FP4Config(algorithm="gptq")
+    fq.quantize_model(a, cfg, progress=False, calibration=calib, true_sequential=True)
+    fq.quantize_model(b, cfg, progress=False, calibration=calib, true_sequential=False)
+    qa, qb = a.model.layers[0].self_attn, b.model.layers[0].self_attn
+    assert torch.equal(qa.q_proj.qweight.codes, qb.q_proj.qweight.codes)  # the first group: same inputs
+    assert not torch.equal(qa.o_proj.qweight.codes, qb.o_proj.qweight.codes)
+
+
+def test_deterministic_and_device_argument():
+    base = _llama()
+    calib = _ids(seed=1)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    fq.quantize_model(a, fq.FP4Config(algorithm="gptq"), progress=False, calibration=calib)
+    fq.quantize_model(b, fq.FP4Config(algorithm="gptq"), progress=False, calibration=list(calib), device="cpu")
+    for (n, m), (_, m2) in zip(a.named_modules(), b.named_modules()):
+        if isinstance(m, fq.FP4Linear):
+            assert torch.equal(m.qweight.codes, m2.qweight.codes), n
+
+
+def test_a_model_that_is_not_from_transformers():
+    """TinyNet: blocks in an nn.ModuleList, layers outside them (converted without calibration), an odd-K
+    layer (skipped), forward(x) without use_cache."""
+    torch.manual_seed(0)
+    net = TinyNet().eval()
+    calib = torch.randn(8, 16, 64)  # TinyNet takes features, not ids
+    summary = fq.quantize_model(net, fq.FP4Config(algorithm="gptq"), progress=False, calibration=calib)
+    names = {c.name for c in summary.converted}
+    assert {"blocks.0.up", "blocks.0.down", "blocks.1.up", "blocks.1.down", "proj_odd"} <= names
+    assert any("outside the blocks converted without calibration" in n for n in summary.notes)
+    assert set(summary.gptq) == {"blocks.0.up", "blocks.0.down", "blocks.1.up", "blocks.1.down"}
+    assert dict(summary.skipped).keys() >= {"odd", "lm_head"}
+
+
+def test_errors():
+    base = _llama()
+    with pytest.raises(CalibrationError, match="needs calibration data"):
+        fq.quantize_model(copy.deepcopy(base), fq.FP4Config(algorithm="gptq"), progress=False)
+    with pytest.raises(CalibrationError, match="must be a non-empty tensor"):
+        fq.quantize_model(copy.deepcopy(base), fq.FP4Config(algorithm="gptq"), progress=False,
+                          calibration=["some text"])
+    with pytest.raises(CalibrationError, match="empty"):
+        fq.quantize_model(copy.deepcopy(base), fq.FP4Config(algorithm="gptq"), progress=False, calibration=[])
+    with pytest.raises(CalibrationError, match="repeated blocks"):
+        find_blocks(torch.nn.Sequential(torch.nn.Linear(32, 32)))
+    with pytest.raises(ValueError, match="applies to modes 'w4a16' and 'w4a4'"):
+        fq.FP4Config(algorithm="gptq", mode="qat")
+    with pytest.raises(ValueError, match="weighs errors by the Hessian"):
+        fq.FP4Config(algorithm="gptq", weight_method="hessian")
+    with pytest.raises(ValueError, match="gptq_block_size"):
+        fq.FP4Config(algorithm="gptq", format="mxfp4", gptq_block_size=48)
+    with pytest.raises(ValueError, match="gptq_damp"):
+        fq.FP4Config(algorithm="gptq", gptq_damp=0.0)
+
+
+@pytest.mark.parametrize("export", ["fp-quant", "compressed-tensors"])
+def test_gptq_model_round_trips_through_both_checkpoint_formats(tmp_path, export):
+    base = _llama()
+    model = copy.deepcopy(base)
+    cfg = fq.FP4Config(format="nvfp4", algorithm="gptq", weight_method="mse")
+    fq.quantize_model(model, cfg, progress=False, calibration=_ids(seed=1))
+    fq.save_quantized(model, tmp_path, export=export, config=cfg, model_config=base.config.to_dict())
+    loaded = fq.load_quantized(_llama(seed=5), tmp_path)  # another random init: everything comes from the file
+    ids = _ids(n=2, seed=3)
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
