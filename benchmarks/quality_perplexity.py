@@ -87,9 +87,9 @@ def main() -> int:
                 t = time.perf_counter()
                 # Calibrated in float32 (the bf16 weights widened exactly): CPU bf16 matmuls are several times
                 # slower; round-to-nearest and mse weights do not depend on it; the calibrated methods see float32 activations.
-                models._cast_parameters(model, torch.float32)
+                models.cast_parameters(model, torch.float32)
                 summary = quantize_model(model, cfg, progress=False, calibration=calib if cfg.needs_calibration else None)
-                models._cast_parameters(model, torch.bfloat16)
+                models.cast_parameters(model, torch.bfloat16)
                 q_s = time.perf_counter() - t
                 t = time.perf_counter()
                 w4a16 = perplexity(model, ev, 512, args.windows).perplexity

@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the State of the Union addresses before 2001, disjoint from the evaluation text)")
     q.add_argument("--calib-windows", type=_positive, default=16, metavar="N",
                    help="windows of calibration text (default 16)")
+    q.add_argument("--include", action="append", default=None, metavar="PATTERN",
+                   help="convert only the Linear layers whose name matches this fnmatch pattern (repeatable), "
+                        "e.g. 'model.layers.0.*'")
+    q.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="never convert the Linear layers whose name matches this pattern (repeatable)")
     q.add_argument("--out", default=None, metavar="DIR", help="save the quantized model (safetensors + config.json)")
     q.add_argument("--export", choices=("fp-quant", "compressed-tensors"), default=None,
                    help="checkpoint format for --out (default fp-quant)")

@@ -44,19 +44,25 @@ def _load(model, dtype: torch.dtype):
         raise CLIError(str(e)) from None
 
 
-def _eval_ids(args: argparse.Namespace, tokenizer) -> tuple[torch.Tensor, str]:
-    if args.text is not None:
-        path = Path(args.text).expanduser()
+def _text(path: Optional[str], option: str, default) -> str:
+    """The UTF-8 file given with ``option``, else ``default()`` (a State of the Union split)."""
+    if path is not None:
+        path = Path(path).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
+            return path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise CLIError(f"cannot read --text {path}: {e}") from None
-        label = str(path)
+            raise CLIError(f"cannot read {option} {path}: {e}") from None
+    try:
+        return default()
+    except data.DataNotFound as e:
+        raise CLIError(f"{e}; or pass {option} FILE") from None
+
+
+def _eval_ids(args: argparse.Namespace, tokenizer) -> tuple[torch.Tensor, str]:
+    text = _text(args.text, "--text", lambda: data.evaluation_text(args.texts))
+    if args.text is not None:
+        label = str(Path(args.text).expanduser())
     else:
-        try:
-            text = data.evaluation_text(args.texts)
-        except data.DataNotFound as e:
-            raise CLIError(f"{e}; or pass --text FILE") from None
         label = f"State of the Union addresses {data.EVAL_FROM_YEAR}- (held out from calibration)"
     # Only the windows scored are tokenized: the full held-out text is ~10^5 tokens.
     budget = None if args.windows is None else args.windows * args.window
@@ -91,6 +97,7 @@ def _config(args: argparse.Namespace, format: str, rotation: str, table: bool = 
     from .nn.config import methods_of
 
     kwargs = dict(format=format, mode=args.mode, rotation=rotation, rotation_size=args.rotation_size,
+                  include=args.include, exclude=args.exclude,
                   act_global_scale=args.act_scale if format == "nvfp4" and args.mode == "w4a4" else "dynamic")
     for key in ("weight_method", "act_method"):
         method = getattr(args, key)
@@ -110,17 +117,7 @@ def _config(args: argparse.Namespace, format: str, rotation: str, table: bool = 
 
 
 def _calibration_windows(args: argparse.Namespace, tokenizer) -> list[torch.Tensor]:
-    if args.calib is not None:
-        path = Path(args.calib).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CLIError(f"cannot read --calib {path}: {e}") from None
-    else:
-        try:
-            text = data.calibration_text(args.texts)
-        except data.DataNotFound as e:
-            raise CLIError(f"{e}; or pass --calib FILE") from None
+    text = _text(args.calib, "--calib", lambda: data.calibration_text(args.texts))
     ids = torch.tensor(tokenizer(text[: args.calib_windows * args.window * 8], add_special_tokens=False)["input_ids"],
                        dtype=torch.long)
     if ids.numel() < 2:
@@ -133,7 +130,12 @@ def _convert(base, config, args, tokenizer):
 
     model = copy.deepcopy(base)
     calib = _calibration_windows(args, tokenizer) if config.needs_calibration else None
+    dtype = next(model.parameters()).dtype
+    if calib is not None:
+        # Calibrate in float32 (the weights widen exactly): on the CPU bfloat16 matmuls are several times slower.
+        models.cast_parameters(model, torch.float32)
     summary = quantize_model(model, config, progress=True, calibration=calib)
+    models.cast_parameters(model, dtype)
     if config.act_global_scale == "static":
         with calibrate_activations(model), torch.inference_mode():
             for chunk in _calibration_windows(args, tokenizer):

@@ -97,7 +97,7 @@ def load_fp4_checkpoint(path: Union[str, os.PathLike], dtype: torch.dtype = torc
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelNotFound(f"{path} holds no tokenizer ({type(e).__name__}); save it with the checkpoint") from None
-    return _cast_parameters(net, dtype).eval(), tokenizer
+    return cast_parameters(net, dtype).eval(), tokenizer
 
 
 def load_model(model: Optional[Union[str, os.PathLike]] = None, dtype: torch.dtype = torch.bfloat16):
@@ -123,10 +123,10 @@ def load_model(model: Optional[Union[str, os.PathLike]] = None, dtype: torch.dty
             raise ModelNotFound(f"{e.args[0].splitlines()[0]} (install it without its torch pin: "
                                 "python -m pip install --no-deps accelerate)") from None
         raise
-    return _cast_parameters(net, dtype).eval(), tokenizer
+    return cast_parameters(net, dtype).eval(), tokenizer
 
 
-def _cast_parameters(net: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+def cast_parameters(net: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Parameters to ``dtype``, buffers untouched: ``.to(dtype)`` would also round the float32 RoPE
     frequencies (``inv_freq``) to bfloat16, which a model loaded in bfloat16 by transformers keeps in float32.
     Assigning ``.data`` keeps tied parameters (lm_head and the embedding) tied."""

@@ -134,3 +134,14 @@ def test_gptq_model_round_trips_through_both_checkpoint_formats(tmp_path, export
     ids = _ids(n=2, seed=3)
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_w4a4_static_activation_scales_are_calibrated_on_the_way():
+    base = _llama()
+    model = copy.deepcopy(base)
+    cfg = fq.FP4Config(format="nvfp4", mode="w4a4", act_global_scale="static", algorithm="gptq")
+    fq.quantize_model(model, cfg, progress=False, calibration=_ids(seed=1))
+    layers = [m for m in model.modules() if isinstance(m, fq.FP4Linear)]
+    assert layers and all(torch.isfinite(m.act_global_scale).all() and not m._calibrating for m in layers)
+    with torch.no_grad():
+        assert torch.isfinite(model(_ids(n=2, seed=2)).logits).all()

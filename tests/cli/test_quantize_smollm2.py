@@ -65,3 +65,26 @@ def test_fp_quant_export_with_mixed_rotation_sizes_fails_early(capsys, text_file
     last = err.strip().splitlines()[-1]  # after the loading progress bars
     assert last.startswith("fpquant quantize: error: --export fp-quant") and "use --rotation-size 64" in last
     assert "perplexity" not in out  # refused before scoring
+
+
+@pytest.mark.skipif(not has_io(), reason="checkpoint export needs fpquant_ext.io")
+def test_mr_gptq_w4a4_static_scales_export_and_reload(capsys, text_file, tmp_path):
+    """The calibrated path end to end on the real model: MR-GPTQ on --calib text, NVFP4 W4A4 with static
+    activation global scales calibrated on the same text, exported and scored again from the checkpoint. Only
+    the first block's layers are converted (--include), to keep the test short; all 30 blocks still run."""
+    require_model()
+    out_dir = tmp_path / "ckpt"
+    code, out, err = run_cli(capsys, "quantize", "--format", "nvfp4", "--method", "mr-gptq", "--rotation-size", "64",
+                             "--mode", "w4a4", "--act-scale", "static", "--calib", text_file, "--calib-windows", "2",
+                             "--include", "model.layers.0.*", "--text", text_file, "--window", "64", "--windows", "1", "--out", str(out_dir),
+                             "--export", "fp-quant", "--json")
+    assert code == 0, err
+    import json
+    rows = json.loads(out.strip().splitlines()[-1])["rows"]
+    assert rows[1]["config"] == "NVFP4 mse GPTQ w4a4 (absmax, static) + hadamard"
+    assert 1 < rows[1]["perplexity"] < 1e4
+    assert "calibrated on 2 samples, 128 tokens" in out and "over 7 layers" in out
+    code, out, err = run_cli(capsys, "eval", str(out_dir), "--text", text_file, "--window", "64", "--windows", "1",
+                             "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["perplexity"] == pytest.approx(rows[1]["perplexity"], rel=1e-6)

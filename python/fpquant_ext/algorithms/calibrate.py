@@ -16,7 +16,8 @@ So each layer is calibrated on the outputs of the already quantized layers befor
 inputs of the samples (samples x tokens x hidden floats) and one block at a time on ``device``; the rest of
 the model stays where it is (``device`` different from the model's: CPU offload, each block moved there
 and back). Linear layers outside the blocks are converted without calibration (round to nearest or
-``mse``), as ``quantize_model`` does.
+``mse``), as ``quantize_model`` does. Static NVFP4 activation scales (W4A4, ``act_global_scale="static"``
+without a value) are calibrated on the way, from the calibration samples the block runs on.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import torch
 from torch import nn
 
 from ..nn.config import FP4Config
-from ..nn.convert import ConversionSummary, ConvertedLayer, _nbytes, _Progress, _skip_reason
+from ..nn.convert import (ConversionSummary, ConvertedLayer, _nbytes, _Progress, begin_act_calibration,
+                          end_act_calibration, linear_layers)
 from ..nn.linear import FP4Linear
 from ..nn.weight import QuantizedWeight
 from .gptq import gptq_quantize
@@ -225,24 +227,11 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
     summary.notes.append(f"calibrated on {len(samples)} samples, {sum(s.numel() for s in samples)} tokens; "
                          f"blocks: {block_list_name} ({len(blocks)})")
 
-    places: dict[int, list[tuple[nn.Module, str]]] = {}
-    for _, parent in model.named_modules(remove_duplicate=False):
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                places.setdefault(id(child), []).append((parent, child_name))
+    places, eligible = linear_layers(model, config, summary)
     block_prefix = {id(b): f"{block_list_name}.{i}" for i, b in enumerate(blocks)}
     in_blocks = {id(m) for b in blocks for m in b.modules()}
-    todo, outside = {}, []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        reason = _skip_reason(name, module, config)
-        if reason:
-            summary.skipped.append((name, reason))
-        elif id(module) in in_blocks:
-            todo[name] = module
-        else:
-            outside.append((name, module))
+    todo = {name: m for name, m in eligible if id(m) in in_blocks}
+    outside = [(name, m) for name, m in eligible if id(m) not in in_blocks]
 
     # Outside the blocks no Hessian is collected: GPTQ becomes round to nearest, 'hessian' becomes 'mse'.
     uncalibrated = dataclasses.replace(
@@ -253,11 +242,17 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
         layer, info = quantize_linear(linear, cfg, rotation_size, hessian, name)
         for parent, attr in places[id(linear)]:
             setattr(parent, attr, layer)
+        if layer.act_global_scale is not None and bool(torch.isnan(layer.act_global_scale).any()):
+            # Static NVFP4 activation scales not given: recorded while the rest of its block and the block
+            # outputs run on the calibration samples (later blocks need them to run at all).
+            begin_act_calibration([layer])
+            static.append(layer)
         summary.converted.append(ConvertedLayer(name, linear.in_features, linear.out_features, rotation_size,
                                                 _nbytes([linear.weight, linear.bias]), layer.nbytes))
         if info:
             summary.gptq[name] = info
 
+    static: list[FP4Linear] = []
     bar = _Progress(len(todo) + len(outside), progress)
     try:
         inputs = _capture_inputs(model, blocks[0], samples, store)
@@ -296,5 +291,9 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
             bar.update(name)
     finally:
         bar.close()
+        end_act_calibration(static)
+    if any(bool(torch.isnan(m.act_global_scale).any()) for m in static):
+        summary.notes.append("some layers outside the blocks have no static activation scale yet: run "
+                             "calibrate_activations(model) on calibration data")
     return summary
 

@@ -143,6 +143,26 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+def linear_layers(model: nn.Module, config: FP4Config, summary: ConversionSummary):
+    """(places, todo): every (parent, attribute) holding each nn.Linear (by id; a module may be reachable under
+    several names), and the (name, module) pairs to convert; the skipped ones go to ``summary.skipped``."""
+    places: dict[int, list[tuple[nn.Module, str]]] = {}
+    for _, parent in model.named_modules(remove_duplicate=False):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                places.setdefault(id(child), []).append((parent, child_name))
+    todo: list[tuple[str, nn.Linear]] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        reason = _skip_reason(name, module, config)
+        if reason:
+            summary.skipped.append((name, reason))
+        else:
+            todo.append((name, module))
+    return places, todo
+
+
 def quantize_model(model: nn.Module, config: Optional[FP4Config] = None, progress: bool = True,
                    calibration=None, device=None, true_sequential: bool = True) -> ConversionSummary:
     """Replace every eligible ``nn.Linear`` of ``model`` by an :class:`FP4Linear`, in place.
@@ -165,22 +185,8 @@ def quantize_model(model: nn.Module, config: Optional[FP4Config] = None, progres
         return quantize_model_calibrated(model, config, calibration, device=device,
                                          true_sequential=true_sequential, progress=progress)
     summary = ConversionSummary(config)
-    places: dict[int, list[tuple[nn.Module, str]]] = {}
-    for parent_name, parent in model.named_modules(remove_duplicate=False):
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Linear):
-                places.setdefault(id(child), []).append((parent, child_name))
+    places, todo = linear_layers(model, config, summary)
     param_owners = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
-
-    todo: list[tuple[str, nn.Linear]] = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        reason = _skip_reason(name, module, config)
-        if reason:
-            summary.skipped.append((name, reason))
-        else:
-            todo.append((name, module))
 
     bar = _Progress(len(todo), progress)
     try:
@@ -211,14 +217,24 @@ def calibrate_activations(model: nn.Module) -> Iterator[None]:
     ...     for batch in calibration_batches: model(batch)
     """
     layers = [m for m in model.modules() if isinstance(m, FP4Linear) and m.act_global_scale is not None]
-    for m in layers:
-        m._calibrating, m._calibrated_gs = True, None
+    begin_act_calibration(layers)
     try:
         with torch.no_grad():
             yield
     finally:
-        for m in layers:
-            m._calibrating = False
-            if m._calibrated_gs is not None:
-                m.act_global_scale.copy_(m._calibrated_gs.reshape(1))
-            m._calibrated_gs = None
+        end_act_calibration(layers)
+
+
+def begin_act_calibration(layers: list[FP4Linear]) -> None:
+    """From now on, forwards of these layers use dynamic activation scales and record the smallest."""
+    for m in layers:
+        m._calibrating, m._calibrated_gs = True, None
+
+
+def end_act_calibration(layers: list[FP4Linear]) -> None:
+    """The recorded scale becomes each layer's static ``act_global_scale`` (unchanged if it never ran)."""
+    for m in layers:
+        m._calibrating = False
+        if m._calibrated_gs is not None:
+            m.act_global_scale.copy_(m._calibrated_gs.reshape(1))
+        m._calibrated_gs = None
