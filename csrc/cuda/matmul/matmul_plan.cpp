@@ -57,6 +57,12 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
   } else {
     // kSm90 is chosen here for compute capability 9.0 once matmul_sm90.cu exists.
     plan.path = MatmulPath::kGeneric;
+    if (gpu.cc_major == 10 || gpu.cc_major == 12) {
+      const bool built = gpu.cc_major == 10 ? gpu.sm100_kernels : gpu.sm120_kernels;
+      plan.note = !built ? "this build has no kernels for this Blackwell GPU (its sm_100a / sm_120a target was not "
+                           "compiled, or CUTLASS headers were missing)"
+                         : "sm_100a / sm_120a code runs on compute capability 10.0 / 12.0 alone";
+    }
   }
 
   if (plan.path == MatmulPath::kGeneric) {
@@ -74,7 +80,7 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
     plan.config = ov.config;
   }
   // The kernels read the blocked layout only; linear scales are swizzled per call (a few small tensor ops,
-  // about 1/16 (NVFP4) or 1/32 (MXFP4) of the codes' bytes). Quantizers write blocked directly.
+  // 1/8 (NVFP4) or 1/16 (MXFP4) of the codes' bytes). Quantizers write blocked directly.
   plan.swizzle_scales = layout == core::ScaleLayout::kLinear;
   plan.workspace_bytes = f == core::Format::kNvFp4 ? kMatmulAlphaBytes : 0;
   return plan;
