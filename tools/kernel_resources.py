@@ -47,8 +47,8 @@ def describe(name: str) -> str:
         if out:
             parts.append(f"out {out.group(1)}")
         return " ".join(parts)
-    base = re.sub(r"<.*", "", name.replace("void ", "", 1))
-    return re.sub(r"\(.*", "", base)
+    base = name.replace("void ", "", 1).replace("(anonymous namespace)::", "")
+    return re.sub(r"[<(].*", "", base)
 
 
 def parse(text: str) -> list[dict]:
@@ -78,13 +78,18 @@ def main(argv: list[str]) -> int:
     kernels = parse(text)
     names = demangle([k["name"] for k in kernels])
     bad = 0
-    print(f"kernel resources (ptxas): {len(kernels)} kernels")
-    print(f"  {'arch':8} {'regs':>4} {'spill B':>7} {'smem B':>7}  kernel")
-    for k, name in sorted(zip(kernels, names), key=lambda kn: (kn[0]["arch"], describe(kn[1]))):
+    # Kernels with the same description and usage (template instances of one kernel) share a line.
+    rows: dict[tuple, int] = {}
+    for k, name in zip(kernels, names):
         over = k["registers"] > MAX_REGISTERS or k["smem"] > SMEM_PER_BLOCK.get(k["arch"], 48 * 1024)
         bad += over
-        print(f"  {k['arch']:8} {k['registers']:4d} {k['spill']:7d} {k['smem']:7d}  {describe(name)}"
-              f"{'  OVER THE LIMIT' if over else ''}")
+        key = (k["arch"], describe(name), k["registers"], k["spill"], k["smem"], over)
+        rows[key] = rows.get(key, 0) + 1
+    print(f"kernel resources (ptxas): {len(kernels)} kernels")
+    print(f"  {'arch':8} {'regs':>4} {'spill B':>7} {'smem B':>7}  kernel")
+    for (arch, desc, regs, spill, smem, over), n in sorted(rows.items()):
+        count = f" (x{n})" if n > 1 else ""
+        print(f"  {arch:8} {regs:4d} {spill:7d} {smem:7d}  {desc}{count}{'  OVER THE LIMIT' if over else ''}")
     if bad:
         print(f"kernel resources: {bad} kernel(s) over the limits")
     return 1 if bad else 0
