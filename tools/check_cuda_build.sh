@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 archs="${FPQUANT_CUDA_ARCHS:-90a;100a;120a}"
 command -v nvcc >/dev/null || { echo "check_cuda_build: nvcc not found" >&2; exit 1; }
 build=build/cuda-check
+mkdir -p build
 start=$(date +%s)
 cmake -S . -B "$build" -G Ninja -DFPQUANT_CUDA_CHECK_ONLY=ON -DFPQUANT_PTXAS_VERBOSE=ON "-DFPQUANT_CUDA_ARCHS=${archs}" \
       -DPython_EXECUTABLE="$(command -v python)" -DCMAKE_BUILD_TYPE=Release > "$build.log" 2>&1 \
