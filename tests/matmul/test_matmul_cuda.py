@@ -46,11 +46,12 @@ def _operand(codes, scales, fmt, layout):
 
 
 def _paths():
-    """The paths this GPU can run: the plan's own choice and the generic path."""
+    """The paths tested here that this GPU can run: generic, and the Blackwell kernels' if the plan picks them
+    (the Hopper kernel has its own tests and error model: test_matmul_sm90.py)."""
     if not torch.cuda.is_available():
         return ["generic"]
     native = plan_matmul(256, 4096, 4096, "mxfp4", torch.bfloat16, "blocked", GpuSpec.current()).path
-    return sorted({"generic", native})
+    return sorted({"generic", native} & {"generic", "sm100", "sm120"})
 
 
 def _check(out, ref, a, sa, ga, b, sb, gb, fmt, layout, path):
@@ -120,13 +121,16 @@ def test_batch_dims_diverse_magnitudes_and_both_tiles(path, fmt, seed):
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("layout", ["linear", "blocked"])
 def test_shapes_the_kernels_cannot_take_run_on_the_generic_path(fmt, layout, seed):
-    # N = 60 (bf16 rows of 120 bytes), and for NVFP4 K = 48: the plan picks the generic path everywhere.
+    # N = 60 (bf16 rows of 120 bytes), and for NVFP4 K = 48: the Blackwell kernels cannot take these.
     g = torch.Generator().manual_seed(seed)
     K = 48 if fmt == "nvfp4" else 64
     x, w = torch.randn(33, K, generator=g), torch.randn(60, K, generator=g)
     a, sa, ga = _quantize(x, fmt, layout)
     b, sb, gb = _quantize(w, fmt, layout)
-    assert plan_matmul(33, 60, K, fmt, torch.bfloat16, layout, GpuSpec.current()).path == "generic"
+    path = plan_matmul(33, 60, K, fmt, torch.bfloat16, layout, GpuSpec.current()).path
+    if path == "sm90":
+        pytest.skip("the Hopper kernel takes these shapes (test_matmul_sm90.py)")
+    assert path == "generic"
     ref = _run(fmt, a, sa, ga, b, sb, gb, layout, torch.bfloat16, None)
     cuda = [t.cuda() if t is not None else None for t in (a, sa, ga, b, sb, gb)]
     out = _run(fmt, *cuda, layout, torch.bfloat16, None)
