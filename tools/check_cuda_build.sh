@@ -18,7 +18,8 @@ grep "fpquant_ext: csrc/" "$build.log"  # each kernel source and the targets it 
 cmake --build "$build" -j "$(nproc)" > "$build/compile.log" 2>&1 \
   || { grep -v "^ptxas info\|bytes stack frame" "$build/compile.log" | tail -200; exit 1; }
 python tools/kernel_resources.py "$build/compile.log"
-# Compile time per source (ninja's log: start and end in ms), slowest first.
-awk '!/^#/ && $4 ~ /\.o$/ { t = ($2 - $1) / 1000; sub(/.*\.dir\//, "", $4); sub(/\.o$/, "", $4);
-     printf "  %6.1f s  %s\n", t, $4 }' "$build/.ninja_log" | sort -rn | { echo "compile time per source:"; cat; }
+# Compile time per source (ninja's log: start and end in ms; the latest build of each), slowest first.
+awk '!/^#/ && $4 ~ /\.o$/ { o = $4; sub(/.*\.dir\//, "", o); sub(/\.o$/, "", o); t[o] = ($2 - $1) / 1000 }
+     END { for (o in t) printf "  %6.1f s  %s\n", t[o], o }' "$build/.ninja_log" | sort -rn |
+  { echo "compile time per source:"; cat; }
 echo "check_cuda_build: CUDA sources compiled for ${archs} in $(( $(date +%s) - start )) s"
