@@ -54,6 +54,7 @@ def main() -> int:
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated subset")
     p.add_argument("--texts", default=None)
     p.add_argument("--out", default="quality_smollm2")
+    p.add_argument("--resume", action="store_true", help="keep the rows of an earlier run's JSON, run the rest")
     args = p.parse_args()
 
     start = time.perf_counter()
@@ -66,22 +67,29 @@ def main() -> int:
             "torch": torch.__version__, "model": models.describe("smollm2"), "dtype": "bfloat16",
             "eval_windows": args.windows, "window": 512, "calib_windows": len(calib), "calib_tokens": sum(c.numel() for c in calib)}
     rows = []
+    done = set()
+    if args.resume and (RESULTS / f"{args.out}.json").exists():
+        rows = json.loads((RESULTS / f"{args.out}.json").read_text())["rows"]
+        done = {(r["format"], r["algorithm"], r["rotation"]) for r in rows}
 
     def save() -> None:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"{args.out}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
         (RESULTS / f"{args.out}.md").write_text(table(meta, rows) + "\n")
 
-    t = time.perf_counter()
-    ppl = perplexity(base, ev, 512, args.windows).perplexity
-    rows.append({"format": "bf16", "algorithm": "-", "rotation": "none", "w4a16": ppl, "w4a4": ppl,
-                 "quantize_s": 0.0, "eval_s": time.perf_counter() - t})
-    print(f"bf16 {ppl:.3f}", file=sys.stderr)
-    save()
+    if ("bf16", "-", "none") not in done:
+        t = time.perf_counter()
+        ppl = perplexity(base, ev, 512, args.windows).perplexity
+        rows.append({"format": "bf16", "algorithm": "-", "rotation": "none", "w4a16": ppl, "w4a4": ppl,
+                     "quantize_s": 0.0, "eval_s": time.perf_counter() - t})
+        print(f"bf16 {ppl:.3f}", file=sys.stderr)
+        save()
     formats = (args.only,) if args.only else ("mxfp4", "nvfp4")
     for fmt in formats:
         for name in args.algorithms.split(","):
             for rotation in (("hadamard",) if name == "mr-gptq" else ("none", "hadamard")):
+                if (fmt, name, rotation) in done:
+                    continue
                 cfg = FP4Config(format=fmt, rotation=rotation, **ALGORITHMS[name])
                 model = copy.deepcopy(base)
                 t = time.perf_counter()

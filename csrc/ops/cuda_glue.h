@@ -14,6 +14,12 @@
 #ifndef FPQUANT_SM90_KERNELS
 #define FPQUANT_SM90_KERNELS 0
 #endif
+#ifndef FPQUANT_SM100_KERNELS
+#define FPQUANT_SM100_KERNELS 0
+#endif
+#ifndef FPQUANT_SM120_KERNELS
+#define FPQUANT_SM120_KERNELS 0
+#endif
 
 namespace fpquant {
 
@@ -48,6 +54,8 @@ inline cuda::GpuInfo gpu_info(int device) {
     cudaDeviceGetAttribute(&g.cc_minor, cudaDevAttrComputeCapabilityMinor, device);
     cudaDeviceGetAttribute(&g.num_sms, cudaDevAttrMultiProcessorCount, device);
     g.sm90_kernels = FPQUANT_SM90_KERNELS != 0;
+    g.sm100_kernels = FPQUANT_SM100_KERNELS != 0;
+    g.sm120_kernels = FPQUANT_SM120_KERNELS != 0;
     cache[device] = g;
   });
   return cache[device];

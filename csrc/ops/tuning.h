@@ -5,6 +5,7 @@
 
 #include <Python.h>
 
+#include "cuda/matmul/matmul_plan.h"
 #include "cuda/quantize/quantize_plan.h"
 #include "cuda/w4a16/w4a16_plan.h"
 
@@ -12,6 +13,7 @@ namespace fpquant {
 
 cuda::W4A16Override w4a16_override();
 cuda::QuantizeOverride quantize_override();
+cuda::MatmulOverride matmul_override();
 // The widest CPU rotation kernel allowed: -1 no cap, 0 generic, 1 AVX2, 2 AVX-512 (csrc/ops/cpu_rotation.h).
 int cpu_isa_override();
 

@@ -1,10 +1,11 @@
 """Which kernel runs, and how to force another one for measurements and tests.
 
 Each CUDA op family has one plan function in C++ that picks the kernel, its tile configuration and its
-split of K (``csrc/cuda/w4a16/w4a16_plan.cpp``, ``csrc/cuda/quantize/quantize_plan.cpp``; the reasoning and
-the measurements behind every threshold: ``docs/perf/w4a16.md`` and ``docs/perf/quantize.md``). The plans are
-plain functions of the problem and the GPU, so :func:`plan_w4a16` and :func:`plan_quantize` evaluate them
-here for any GPU description, with or without a GPU.
+split of K (``csrc/cuda/w4a16/w4a16_plan.cpp``, ``csrc/cuda/quantize/quantize_plan.cpp``,
+``csrc/cuda/matmul/matmul_plan.cpp``; the reasoning and the measurements behind every threshold:
+``docs/perf/w4a16.md``, ``docs/perf/quantize.md`` and ``docs/perf/matmul.md``). The plans are plain functions
+of the problem and the GPU, so :func:`plan_w4a16`, :func:`plan_quantize` and :func:`plan_matmul` evaluate
+them here for any GPU description, with or without a GPU.
 
 :func:`plan_override` forces a path, configuration or split count while its ``with`` block runs: the way
 tests reach every kernel and sweeps compare configurations. Nothing reads environment variables. The
@@ -22,13 +23,18 @@ import torch
 
 from . import _C
 
-__all__ = ["W4A16_PATHS", "QUANTIZE_PATHS", "CPU_ISAS", "GpuSpec", "W4A16Plan", "QuantizePlan", "plan_w4a16", "plan_quantize",
-           "plan_override"]
+__all__ = ["W4A16_PATHS", "QUANTIZE_PATHS", "MATMUL_PATHS", "MATMUL_TILES", "CPU_ISAS", "GpuSpec", "W4A16Plan",
+           "QuantizePlan", "MatmulPlan", "plan_w4a16", "plan_quantize", "plan_matmul", "plan_override"]
 
 #: W4A16 paths, in the plan's numbering (w4a16_plan.h, W4A16Path).
 W4A16_PATHS = ("decode", "mma", "wgmma", "slab")
 #: Quantize paths (quantize_plan.h, QuantizePath).
 QUANTIZE_PATHS = ("groups", "rotate_mma", "rotate_split", "rotate_sm90")
+#: Matmul paths (matmul_plan.h, MatmulPath); "sm90", the Hopper kernels, is reached through plan_override
+#: only until they have run on a GPU.
+MATMUL_PATHS = ("generic", "sm100", "sm120", "sm90")
+#: The CUTLASS tiles (m, n, k, cluster_m) of the sm100 and sm120 paths, by config index (matmul_plan.h).
+MATMUL_TILES = dict(zip(("sm100", "sm120"), _C._matmul_tiles()))
 #: CPU rotation kernels, narrowest first (csrc/ops/cpu_rotation.h); the widest the CPU supports runs.
 CPU_ISAS = ("generic", "avx2", "avx512")
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -36,17 +42,22 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 @dataclass(frozen=True)
 class GpuSpec:
-    """What the plans know of a GPU. ``sm90_kernels``: the build compiled the sm_90a kernels."""
+    """What the plans know of a GPU. ``sm90_kernels`` / ``sm100_kernels`` / ``sm120_kernels``: the build
+    compiled the sm_90a / sm_100a / sm_120a kernels."""
 
     cc: tuple[int, int] = (9, 0)
     num_sms: int = 132
     sm90_kernels: bool = True
+    sm100_kernels: bool = True
+    sm120_kernels: bool = True
 
     @staticmethod
     def current(device: Optional[torch.device] = None) -> "GpuSpec":
-        """The GPU torch would use (and whether this build has its sm_90a kernels)."""
+        """The GPU torch would use (and which architecture-specific kernels this build has)."""
         props = torch.cuda.get_device_properties(device)
-        return GpuSpec((props.major, props.minor), props.multi_processor_count, "90a" in _C.cuda_archs.split(","))
+        archs = _C.cuda_archs.split(",")
+        return GpuSpec((props.major, props.minor), props.multi_processor_count, "90a" in archs, "100a" in archs,
+                       "120a" in archs)
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,20 @@ class W4A16Plan:
 class QuantizePlan:
     path: str  # one of QUANTIZE_PATHS
     kernel_r: int  # rotation size the kernel is built for (16 may run as diag(R, R) of 32)
+
+
+@dataclass(frozen=True)
+class MatmulPlan:
+    path: str  # one of MATMUL_PATHS
+    config: int  # tile index into MATMUL_TILES[path] (sm100 / sm120); 0 for generic
+    swizzle_scales: bool  # linear scales are swizzled to the blocked layout first (the CUTLASS kernels read blocked)
+    workspace_bytes: int  # the launcher's workspace (the NVFP4 alpha of the CUTLASS paths)
+    note: Optional[str]  # why a GPU with Blackwell kernels still takes the generic path
+
+    @property
+    def tile(self) -> Optional[tuple[int, int, int, int]]:
+        """(m, n, k, cluster_m) of the CUTLASS tile, None on the generic path."""
+        return MATMUL_TILES[self.path][self.config] if self.path in MATMUL_TILES else None
 
 
 def plan_w4a16(M: int, N: int, K: int, format: str = "mxfp4", gpu: Optional[GpuSpec] = None) -> W4A16Plan:
@@ -79,6 +104,18 @@ def plan_quantize(rows: int, K: int, format: str = "mxfp4", dtype: torch.dtype =
     return QuantizePlan(QUANTIZE_PATHS[path], kernel_r)
 
 
+def plan_matmul(M: int, N: int, K: int, format: str = "mxfp4", out_dtype: torch.dtype = torch.float32,
+                scale_layout: str = "blocked", gpu: Optional[GpuSpec] = None) -> MatmulPlan:
+    """The kernel ``matmul_mxfp4`` / ``matmul_nvfp4`` runs for A [M, K] x B [N, K]^T."""
+    g = gpu if gpu is not None else GpuSpec.current()
+    if scale_layout not in ("linear", "blocked"):
+        raise ValueError(f"scale_layout must be 'linear' or 'blocked', got {scale_layout!r}")
+    path, config, swizzle, workspace, note = _C._plan_matmul(
+        M, N, K, format, _DTYPES[out_dtype], 0 if scale_layout == "linear" else 1, g.cc[0], g.cc[1], g.num_sms,
+        g.sm100_kernels, g.sm120_kernels)
+    return MatmulPlan(MATMUL_PATHS[path], config, swizzle, workspace, note)
+
+
 def _index(name: Optional[str], names: tuple, what: str) -> int:
     if name is None:
         return -1
@@ -90,7 +127,8 @@ def _index(name: Optional[str], names: tuple, what: str) -> int:
 @contextlib.contextmanager
 def plan_override(*, w4a16_path: Optional[str] = None, w4a16_config: Optional[int] = None,
                   w4a16_splits: Optional[int] = None, quantize_path: Optional[str] = None,
-                  cpu_isa: Optional[str] = None) -> Iterator[None]:
+                  cpu_isa: Optional[str] = None, matmul_path: Optional[str] = None,
+                  matmul_config: Optional[int] = None) -> Iterator[None]:
     """Force plan choices inside the ``with`` block; ``None`` keeps the plan's own choice.
 
     Args:
@@ -100,14 +138,20 @@ def plan_override(*, w4a16_path: Optional[str] = None, w4a16_config: Optional[in
         quantize_path: one of :data:`QUANTIZE_PATHS` (rotation paths only apply with a rotation).
         cpu_isa: the widest CPU rotation kernel to use, one of :data:`CPU_ISAS` (a cap: a CPU without it
             runs its own widest).
+        matmul_path: one of :data:`MATMUL_PATHS`.
+        matmul_config: the tile of the sm100 / sm120 path (an index into :data:`MATMUL_TILES`) or of the sm90
+            path (matmul_sm90_tiles.h: MXFP4 0-2, NVFP4 0-1).
     """
     if w4a16_config is not None and w4a16_config < 0:
         raise ValueError(f"w4a16_config must be >= 0, got {w4a16_config}")
+    if matmul_config is not None and matmul_config < 0:
+        raise ValueError(f"matmul_config must be >= 0, got {matmul_config}")
     if w4a16_splits is not None and w4a16_splits < 1:
         raise ValueError(f"w4a16_splits must be >= 1, got {w4a16_splits}")
     new = (_index(w4a16_path, W4A16_PATHS, "w4a16_path"), -1 if w4a16_config is None else w4a16_config,
            0 if w4a16_splits is None else w4a16_splits, _index(quantize_path, QUANTIZE_PATHS, "quantize_path"),
-           _index(cpu_isa, CPU_ISAS, "cpu_isa"))
+           _index(cpu_isa, CPU_ISAS, "cpu_isa"), _index(matmul_path, MATMUL_PATHS, "matmul_path"),
+           -1 if matmul_config is None else matmul_config)
     old = _C._get_plan_override()
     _C._set_plan_override(*new)
     try:

@@ -4,7 +4,7 @@ described GPUs, and the explicit override that tests and sweeps use instead of e
 import pytest
 import torch
 
-from fpquant_ext.tuning import GpuSpec, plan_override, plan_quantize, plan_w4a16
+from fpquant_ext.tuning import GpuSpec, plan_matmul, plan_override, plan_quantize, plan_w4a16
 
 H100 = GpuSpec((9, 0), 132, True)
 H100_NO_SM90_BUILD = GpuSpec((9, 0), 132, False)
@@ -112,3 +112,89 @@ def test_quantize_override():
             plan_quantize(4096, 4096, "mxfp4", bf16, 0, H100)  # no rotation: groups only
     with plan_override(quantize_path="rotate_sm90"), pytest.raises(ValueError, match="plan override"):
         plan_quantize(4096, 4096, "mxfp4", bf16, 128, ADA)
+
+
+# ---- matmul_mxfp4 / matmul_nvfp4 (csrc/cuda/matmul/matmul_plan.cpp) ----------------------------------------
+RTX5090 = GpuSpec((12, 0), 170, True)
+B300 = GpuSpec((10, 3), 148, True)  # sm_100a code does not load on 10.3
+B200_NO_BLACKWELL_BUILD = GpuSpec((10, 0), 148, True, False, False)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("out", [torch.float32, torch.bfloat16, torch.float16])
+def test_matmul_paths_by_gpu(fmt, out):
+    assert plan_matmul(256, 4096, 4096, fmt, out, "blocked", B200).path == "sm100"
+    assert plan_matmul(256, 4096, 4096, fmt, out, "blocked", RTX5090).path == "sm120"
+    # Hopper takes the generic path until the sm90 kernels have run on a GPU (plan_override reaches them); so
+    # do GPUs without matching kernels.
+    for gpu in (H100, ADA, B300, B200_NO_BLACKWELL_BUILD):
+        p = plan_matmul(256, 4096, 4096, fmt, out, "blocked", gpu)
+        assert (p.path, p.tile, p.workspace_bytes, p.swizzle_scales) == ("generic", None, 0, False), gpu
+    assert "plan_override(matmul_path='sm90')" in plan_matmul(8, 4096, 4096, fmt, out, "blocked", H100).note
+    assert plan_matmul(8, 4096, 4096, fmt, out, "blocked", ADA).note is None
+    assert "10.0" in plan_matmul(8, 4096, 4096, fmt, out, "blocked", B300).note
+    assert "no kernels" in plan_matmul(8, 4096, 4096, fmt, out, "blocked", B200_NO_BLACKWELL_BUILD).note
+
+
+def test_matmul_tiles_by_rows():
+    # sm100: one 128-row CTA up to 128 rows, the 2-SM 256 x 128 tile on a 2 x 1 cluster above.
+    for M, tile in [(1, (128, 128, 256, 1)), (128, (128, 128, 256, 1)), (129, (256, 128, 256, 2)),
+                    (8192, (256, 128, 256, 2))]:
+        assert plan_matmul(M, 4096, 4096, "nvfp4", torch.bfloat16, "blocked", B200).tile == tile, M
+    # sm120: 128 x 128 below 512 rows, 256 x 128 from 512.
+    for M, tile in [(1, (128, 128, 128, 1)), (511, (128, 128, 128, 1)), (512, (256, 128, 128, 1))]:
+        assert plan_matmul(M, 4096, 4096, "mxfp4", torch.bfloat16, "blocked", RTX5090).tile == tile, M
+
+
+def test_matmul_workspace_and_swizzle():
+    # The NVFP4 alpha = 1 / (gA gB) lives in the workspace; MXFP4 needs none. Linear scales are swizzled.
+    nv = plan_matmul(64, 4096, 4096, "nvfp4", torch.bfloat16, "linear", B200)
+    mx = plan_matmul(64, 4096, 4096, "mxfp4", torch.bfloat16, "blocked", B200)
+    assert (nv.workspace_bytes, nv.swizzle_scales) == (256, True)
+    assert (mx.workspace_bytes, mx.swizzle_scales) == (0, False)
+
+
+@pytest.mark.parametrize("gpu", [B200, RTX5090])
+def test_matmul_shapes_the_kernels_cannot_take_fall_back(gpu):
+    bf16, f32 = torch.bfloat16, torch.float32
+    p = plan_matmul(64, 4096, 48, "nvfp4", bf16, "blocked", gpu)  # K % 32 != 0: rows of codes not 16-byte
+    assert p.path == "generic" and "K a multiple of 32" in p.note
+    p = plan_matmul(64, 4100, 64, "nvfp4", bf16, "blocked", gpu)  # bf16 rows of 8200 bytes
+    assert p.path == "generic" and "16 bytes" in p.note
+    assert plan_matmul(64, 4100, 64, "nvfp4", f32, "blocked", gpu).path != "generic"  # 16400 bytes
+    assert plan_matmul(64, 4, 32, "mxfp4", f32, "blocked", gpu).path != "generic"
+    assert plan_matmul(64, 4, 32, "mxfp4", bf16, "blocked", gpu).path == "generic"
+    assert plan_matmul(1 << 31, 4096, 64, "mxfp4", bf16, "blocked", gpu).path == "generic"  # int M
+
+
+def test_matmul_override():
+    bf16 = torch.bfloat16
+    with plan_override(matmul_path="generic"):
+        assert plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", B200).path == "generic"
+    with plan_override(matmul_path="sm100", matmul_config=0):
+        assert plan_matmul(4096, 4096, 4096, "mxfp4", bf16, "blocked", B200).tile == (128, 128, 256, 1)
+        for gpu in (H100, RTX5090, B300):
+            with pytest.raises(ValueError, match="plan override"):
+                plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", gpu)
+        with pytest.raises(ValueError, match="plan override"):
+            plan_matmul(256, 4096, 48, "nvfp4", bf16, "blocked", B200)  # K the kernels cannot take
+    with plan_override(matmul_path="sm120", matmul_config=2), pytest.raises(ValueError, match="plan override"):
+        plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", RTX5090)
+    with plan_override(matmul_path="sm90"):
+        for fmt in ("mxfp4", "nvfp4"):
+            p = plan_matmul(256, 4096, 4096, fmt, bf16, "linear", H100)
+            assert (p.path, p.config, p.swizzle_scales) == ("sm90", 0, False)  # both layouts read directly
+            # Converted operands (E4M3: 1 byte, bf16: 2 bytes per element) and MXFP4's block factors.
+            elem = 1 if fmt == "mxfp4" else 2
+            assert p.workspace_bytes >= (256 + 4096) * 4096 * elem
+        for gpu in (H100_NO_SM90_BUILD, ADA, B200):
+            with pytest.raises(ValueError, match="compute capability 9.0"):
+                plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", gpu)
+    with plan_override(matmul_path="sm90", matmul_config=2):
+        assert plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", H100).config == 2
+        with pytest.raises(ValueError, match="NVFP4 matmul tile"):
+            plan_matmul(256, 4096, 4096, "nvfp4", bf16, "blocked", H100)
+    assert plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", B200).path == "sm100"  # restored
+    with pytest.raises(ValueError, match="matmul_path"):
+        with plan_override(matmul_path="cutlass"):
+            pass

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/fp_formats.h"
 #include "core/types.h"
 
 namespace fpquant::cuda {
@@ -29,13 +30,21 @@ struct MatmulParams {
   const uint8_t* b_scales = nullptr;  // `layout` over [N, K/group]
   const float* a_global = nullptr;    // NVFP4: device pointer to A's encode global scale (one float)
   const float* b_global = nullptr;    // NVFP4: device pointer to B's encode global scale
-  const void* bias = nullptr;         // optional [N] of bias_dtype
+  const void* bias = nullptr;         // optional [N] of bias_dtype (the CUTLASS paths take float32 alone)
   DType bias_dtype = DType::kF32;
   void* out = nullptr;  // [M, N] of out_dtype, row-major
   DType out_dtype = DType::kF32;
   void* workspace = nullptr;  // what the plan asked for (MatmulPlan::workspace_bytes), 256-byte aligned
   size_t workspace_bytes = 0;
   int config = 0;  // the plan's tile configuration for the chosen path
+  int num_sms = 0;  // the GPU's multiprocessors (CUTLASS's persistent tile scheduler sizes its grid by them)
 };
+
+// The NVFP4 epilogue factor of the CUTLASS paths, alpha = 1 / (gA * gB): the product and the quotient in
+// float64 (exact product of two floats), one rounding to float32. The reference divides its float64 sum by
+// gA * gB instead; multiplying the float32 accumulator by alpha adds at most half an ulp of float32.
+FPQ_HD float matmul_alpha(float a_global, float b_global) {
+  return static_cast<float>(1.0 / (static_cast<double>(a_global) * static_cast<double>(b_global)));
+}
 
 }  // namespace fpquant::cuda

@@ -34,55 +34,9 @@
 #include <cstdint>
 
 #include "cuda/matmul/matmul.h"
+#include "cuda/matmul/matmul_sm90_tiles.h"
 
 namespace fpquant::cuda {
-
-// GEMM tile configurations (MatmulParams::config). Rows per CTA are always 128 (two consumer warpgroups of
-// 64 rows); bn = columns of B per CTA (the wgmma N); stages = depth of the TMA ring; promote_k (MXFP4) = K
-// between promotions of the FP8 tensor-core sums into the float32 accumulators (128: one per stage; 64: two,
-// twice the promotion instructions, for the case that Hopper's FP8 accumulation shows at 128).
-struct MatmulSm90Tile {
-  int bn;
-  int stages;
-  int promote_k;
-};
-// MXFP4 (FP8 operands, 128 K per stage). 0: 128 x 192 (the default: 157 FLOP per byte of L2 traffic, float32
-// accumulators 96 + 96 per thread); 1: 128 x 128 (more CTAs for small M x N); 2: 128 x 192 promoting every 64 K.
-inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5, 128}, {128, 6, 128}, {192, 5, 64}};
-// NVFP4 (bf16 operands, 64 K per stage, no promotion). 0: 128 x 256; 1: 128 x 128.
-inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0}, {128, 6, 0}};
-inline constexpr int kMatmulSm90MxTileCount = 3;
-inline constexpr int kMatmulSm90NvTileCount = 2;
-
-// K per folded block of the MXFP4 operand (one reference exponent, one promotion) and the row padding of the
-// block-factor arrays (a multiple of every tile's rows and columns, so a stage's factor copy never reads past
-// the array).
-inline constexpr int64_t kMatmulSm90FoldK = 128;
-inline constexpr int64_t kMatmulSm90RowPad = 768;
-
-struct MatmulSm90Workspace {
-  size_t a_operand, b_operand, a_factors, b_factors;  // byte offsets into the workspace (256-byte aligned)
-  size_t bytes;                                         // total
-};
-
-inline MatmulSm90Workspace matmul_sm90_workspace(Format format, int64_t M, int64_t N, int64_t K) {
-  auto align = [](size_t v) { return (v + 255) / 256 * 256; };
-  const bool mx = format == Format::kMxFp4;
-  const size_t elem = mx ? 1 : 2;  // E4M3 or bfloat16 per element
-  const int64_t kb = (K + kMatmulSm90FoldK - 1) / kMatmulSm90FoldK;
-  auto pad = [](int64_t r) { return (r + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; };
-  MatmulSm90Workspace w{};
-  w.a_operand = 0;
-  w.b_operand = align(w.a_operand + static_cast<size_t>(M) * static_cast<size_t>(K) * elem);
-  w.a_factors = align(w.b_operand + static_cast<size_t>(N) * static_cast<size_t>(K) * elem);
-  w.b_factors = align(w.a_factors + (mx ? static_cast<size_t>(kb * pad(M)) * 4 : 0));
-  w.bytes = align(w.b_factors + (mx ? static_cast<size_t>(kb * pad(N)) * 4 : 0));
-  return w;
-}
-
-inline size_t matmul_sm90_workspace_bytes(Format format, int64_t M, int64_t N, int64_t K) {
-  return matmul_sm90_workspace(format, M, N, K).bytes;
-}
 
 // p.format must match the launcher. Returns cudaErrorInvalidValue for a config out of range, a workspace
 // that is too small, or a tensor map the driver refuses; launch errors otherwise.

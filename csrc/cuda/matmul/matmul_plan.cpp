@@ -1,0 +1,111 @@
+// The matmul plan (matmul_plan.h). Nothing here has been measured yet: no Blackwell GPU is reachable, so
+// the tile thresholds follow the shapes of the tensor-core instructions (reasoning below and in
+// docs/perf/matmul.md) and are to be swept with plan_override on real hardware.
+#include "cuda/matmul/matmul_plan.h"
+
+#include <climits>
+
+#include "cuda/matmul/matmul_sm90_tiles.h"
+
+namespace fpquant::cuda {
+namespace {
+
+int64_t out_bytes(core::DType d) { return d == core::DType::kF32 ? 4 : 2; }
+
+// sm_100: up to 128 rows, one CTA with a 128 x 128 tile (the 1-SM tcgen05 MMA is 128 rows tall, so a
+// 256-row pair would leave one SM's half empty); above, the 2-SM MMA on a 2 x 1 cluster, 256 x 128 per
+// pair, which reads each B tile once for 256 rows and halves B's shared-memory traffic per SM.
+constexpr int64_t kSm100PairMinM = 129;
+// sm_120 (no clusters, 99 KB of shared memory): 128 x 128 below 512 rows, 256 x 128 from there, where
+// enough row tiles fill the GPU and the taller tile halves B's reads.
+constexpr int64_t kSm120TallMinM = 512;
+
+int sm100_tile(int64_t M) { return M >= kSm100PairMinM ? 1 : 0; }
+int sm120_tile(int64_t M) { return M >= kSm120TallMinM ? 1 : 0; }
+
+}  // namespace
+
+const char* matmul_kernel_shape_issue(int64_t M, int64_t N, int64_t K, core::DType out) {
+  if (M > INT_MAX || N > INT_MAX || K > INT_MAX) return "M, N and K must fit in int for the CUTLASS kernels";
+  if (K % kMatmulKernelKAlign != 0) return "the CUTLASS kernels need K a multiple of 32 (16-byte rows of codes)";
+  if ((N * out_bytes(out)) % kMatmulKernelRowBytes != 0)
+    return "the CUTLASS kernels need output rows of a multiple of 16 bytes (N a multiple of 8, or 4 for float32)";
+  return nullptr;
+}
+
+MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::ScaleLayout layout, core::DType out,
+                       const GpuInfo& gpu, const MatmulOverride& ov) {
+  MatmulPlan plan;
+  const char* shape_issue = matmul_kernel_shape_issue(M, N, K, out);
+  if (ov.path >= 0) {
+    if (ov.path >= kMatmulPaths) {
+      plan.invalid = "matmul path must be 0 (generic), 1 (sm100), 2 (sm120) or 3 (sm90)";
+      return plan;
+    }
+    plan.path = static_cast<MatmulPath>(ov.path);
+    if (plan.path == MatmulPath::kSm100 && !gpu.runs_sm100())
+      plan.invalid = "the sm100 matmul kernels need a compute capability 10.0 GPU and an sm_100a build";
+    else if (plan.path == MatmulPath::kSm120 && !gpu.runs_sm120())
+      plan.invalid = "the sm120 matmul kernels need a compute capability 12.0 GPU and an sm_120a build";
+    else if (plan.path == MatmulPath::kSm90 && !gpu.runs_sm90())
+      plan.invalid = "the sm90 matmul kernels need a compute capability 9.0 GPU and an sm_90a build";
+    else if (plan.path == MatmulPath::kSm90 && (M >= (int64_t{1} << 30) || N >= (int64_t{1} << 30) ||
+                                                 K >= (int64_t{1} << 30)))
+      plan.invalid = "the sm90 matmul kernels need M, N and K below 2^30";
+    else if (plan.path != MatmulPath::kGeneric && plan.path != MatmulPath::kSm90 && shape_issue != nullptr)
+      plan.invalid = shape_issue;
+    if (plan.invalid != nullptr) return plan;
+  } else if (gpu.runs_sm100() || gpu.runs_sm120()) {
+    plan.path = shape_issue == nullptr ? (gpu.runs_sm100() ? MatmulPath::kSm100 : MatmulPath::kSm120)
+                                       : MatmulPath::kGeneric;
+    plan.note = shape_issue;
+  } else {
+    // Compute capability 9.0 keeps kGeneric until the sm90 kernels have run on a GPU (they are written and
+    // host-emulated; plan_override(matmul_path="sm90") reaches them).
+    plan.path = MatmulPath::kGeneric;
+    if (gpu.runs_sm90())
+      plan.note = "the Hopper kernels are not yet verified on a GPU: plan_override(matmul_path='sm90') runs them";
+    if (gpu.cc_major == 10 || gpu.cc_major == 12) {
+      const bool built = gpu.cc_major == 10 ? gpu.sm100_kernels : gpu.sm120_kernels;
+      plan.note = !built ? "this build has no kernels for this Blackwell GPU (its sm_100a / sm_120a target was not "
+                           "compiled, or CUTLASS headers were missing)"
+                         : "sm_100a / sm_120a code runs on compute capability 10.0 / 12.0 alone";
+    }
+  }
+
+  if (plan.path == MatmulPath::kGeneric) {
+    plan.config = 0;
+    plan.workspace_bytes = 0;  // the glue allocates the dequantized operands itself
+    return plan;
+  }
+  if (plan.path == MatmulPath::kSm90) {
+    // Both scale layouts are read by index arithmetic; the workspace holds the converted operands.
+    const bool mx = f == core::Format::kMxFp4;
+    plan.config = 0;
+    if (ov.config >= 0) {
+      if (ov.config >= (mx ? kMatmulSm90MxTileCount : kMatmulSm90NvTileCount)) {
+        plan.invalid = mx ? "the sm90 MXFP4 matmul tile must be 0, 1 or 2" : "the sm90 NVFP4 matmul tile must be 0 or 1";
+        return plan;
+      }
+      plan.config = ov.config;
+    }
+    plan.workspace_bytes = matmul_sm90_workspace_bytes(f, M, N, K);
+    return plan;
+  }
+  const bool sm100 = plan.path == MatmulPath::kSm100;
+  plan.config = sm100 ? sm100_tile(M) : sm120_tile(M);
+  if (ov.config >= 0) {
+    if (ov.config >= (sm100 ? kSm100TileCount : kSm120TileCount)) {
+      plan.invalid = sm100 ? "the sm100 matmul tile must be 0 or 1" : "the sm120 matmul tile must be 0 or 1";
+      return plan;
+    }
+    plan.config = ov.config;
+  }
+  // The kernels read the blocked layout only; linear scales are swizzled per call (a few small tensor ops,
+  // 1/8 (NVFP4) or 1/16 (MXFP4) of the codes' bytes). Quantizers write blocked directly.
+  plan.swizzle_scales = layout == core::ScaleLayout::kLinear;
+  plan.workspace_bytes = f == core::Format::kNvFp4 ? kMatmulAlphaBytes : 0;
+  return plan;
+}
+
+}  // namespace fpquant::cuda
