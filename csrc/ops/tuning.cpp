@@ -79,16 +79,16 @@ PyObject* plan_quantize_py(PyObject*, PyObject* args) {
   return Py_BuildValue("(ii)", static_cast<int>(plan.path), plan.kernel_r);
 }
 
-// _plan_matmul(M, N, K, format, out_dtype, scale_layout, cc_major, cc_minor, num_sms, sm100_kernels,
-// sm120_kernels) -> (path, config, swizzle_scales, workspace_bytes, note or None); out_dtype 0 float32,
+// _plan_matmul(M, N, K, format, out_dtype, scale_layout, cc_major, cc_minor, num_sms, sm90_kernels,
+// sm100_kernels, sm120_kernels) -> (path, config, swizzle_scales, workspace_bytes, note or None); out_dtype 0 float32,
 // 1 bfloat16, 2 float16; scale_layout 0 linear, 1 blocked.
 PyObject* plan_matmul_py(PyObject*, PyObject* args) {
   long long M, N, K;
   const char* fmt;
-  int dtype, layout, sm100, sm120;
+  int dtype, layout, sm90, sm100, sm120;
   cuda::GpuInfo gpu;
-  if (!PyArg_ParseTuple(args, "LLLsiiiiipp", &M, &N, &K, &fmt, &dtype, &layout, &gpu.cc_major, &gpu.cc_minor,
-                        &gpu.num_sms, &sm100, &sm120))
+  if (!PyArg_ParseTuple(args, "LLLsiiiiippp", &M, &N, &K, &fmt, &dtype, &layout, &gpu.cc_major, &gpu.cc_minor,
+                        &gpu.num_sms, &sm90, &sm100, &sm120))
     return nullptr;
   bool ok;
   const core::Format f = format_of(fmt, &ok);
@@ -96,6 +96,7 @@ PyObject* plan_matmul_py(PyObject*, PyObject* args) {
   if (dtype < 0 || dtype > 2) return PyErr_Format(PyExc_ValueError, "out_dtype must be 0, 1 or 2");
   if (layout < 0 || layout > 1) return PyErr_Format(PyExc_ValueError, "scale_layout must be 0 or 1");
   if (M < 1 || N < 1 || K < 1) return PyErr_Format(PyExc_ValueError, "M, N and K must be positive");
+  gpu.sm90_kernels = sm90 != 0;
   gpu.sm100_kernels = sm100 != 0;
   gpu.sm120_kernels = sm120 != 0;
   const cuda::MatmulPlan plan = cuda::plan_matmul(M, N, K, f, static_cast<core::ScaleLayout>(layout),

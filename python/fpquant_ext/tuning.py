@@ -112,7 +112,7 @@ def plan_matmul(M: int, N: int, K: int, format: str = "mxfp4", out_dtype: torch.
         raise ValueError(f"scale_layout must be 'linear' or 'blocked', got {scale_layout!r}")
     path, config, swizzle, workspace, note = _C._plan_matmul(
         M, N, K, format, _DTYPES[out_dtype], 0 if scale_layout == "linear" else 1, g.cc[0], g.cc[1], g.num_sms,
-        g.sm100_kernels, g.sm120_kernels)
+        g.sm90_kernels, g.sm100_kernels, g.sm120_kernels)
     return MatmulPlan(MATMUL_PATHS[path], config, swizzle, workspace, note)
 
 
