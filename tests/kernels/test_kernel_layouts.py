@@ -12,22 +12,9 @@ import pytest
 import torch
 
 from fpquant_ext import formats as ref
+from kernel_emulation import prmt
 
 # ---- PTX semantics ---------------------------------------------------------------------------------------
-
-
-def prmt(a: int, b: int, sel: int) -> int:
-    """prmt.b32 default mode: result byte i is byte (sel_i & 7) of {b, a}; if sel_i & 8 the sign of that
-    byte is replicated."""
-    pool = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
-    out = 0
-    for i in range(4):
-        s = (sel >> (4 * i)) & 0xF
-        byte = pool[s & 7]
-        if s & 8:
-            byte = 0xFF if byte & 0x80 else 0x00
-        out |= byte << (8 * i)
-    return out
 
 
 def mma_fragments_to_matrices(a_regs, b_regs):

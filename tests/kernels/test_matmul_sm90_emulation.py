@@ -28,6 +28,7 @@ import pytest
 import torch
 
 import fpquant_ext as fq
+from kernel_emulation import prmt
 
 E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 FOLD_K = 128  # kFoldK
@@ -45,20 +46,6 @@ def e4m3_bytes(v) -> np.ndarray:
 
 def e4m3_values(b: np.ndarray) -> np.ndarray:
     return torch.from_numpy(np.ascontiguousarray(b, dtype=np.uint8)).view(torch.float8_e4m3fn).double().numpy()
-
-
-def prmt(a: int, b: int, sel: int) -> int:
-    """prmt.b32 default mode: result byte i is byte (sel_i & 7) of {b, a} (sel: low 16 bits); if sel_i & 8 the
-    sign of that byte is replicated."""
-    pool = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
-    out = 0
-    for i in range(4):
-        s = (sel >> (4 * i)) & 0xF
-        byte = pool[s & 7]
-        if s & 8:
-            byte = 0xFF if byte & 0x80 else 0x00
-        out |= byte << (8 * i)
-    return out
 
 
 # ---- the fold, transcribed from matmul_sm90.cu ----------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 import fpquant_ext as fq
 from fpquant_ext import formats
 
+from matmul_helpers import quantize_operand as _quantize, run_matmul as _run
 from conftest import diverse_tensor, opcheck
 
 ops = torch.ops.fpquant
@@ -50,19 +51,6 @@ def reference(a, sa, b, sb, fmt, layout, out_dtype, bias=None, ga=None, gb=None)
     if bias is not None:
         acc = acc + bias.double()
     return _round_once(acc, out_dtype).reshape(*a.shape[:-1], B.shape[0])
-
-
-def _quantize(x, fmt, layout):
-    if fmt == "mxfp4":
-        return (*fq.quantize_mxfp4(x, None, "floor", layout), None)
-    g = fq.nvfp4_global_scale(x)
-    return (*fq.quantize_nvfp4(x, g, None, layout), g)
-
-
-def _run(fmt, a, sa, ga, b, sb, gb, layout, out_dtype, bias):
-    if fmt == "mxfp4":
-        return fq.matmul_mxfp4(a, sa, b, sb, layout, out_dtype, bias)
-    return fq.matmul_nvfp4(a, sa, ga, b, sb, gb, layout, out_dtype, bias)
 
 
 def _same(out, ref):

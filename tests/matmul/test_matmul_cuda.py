@@ -17,25 +17,13 @@ import torch
 import fpquant_ext as fq
 from fpquant_ext.tuning import GpuSpec, plan_matmul, plan_override
 
+from matmul_helpers import quantize_operand as _quantize, run_matmul as _run
 from conftest import diverse_tensor
 
 pytestmark = pytest.mark.cuda
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MANTISSA = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10}
 _MIN_EXP = {torch.float32: -126, torch.bfloat16: -126, torch.float16: -14}
-
-
-def _quantize(x, fmt, layout):
-    if fmt == "mxfp4":
-        return (*fq.quantize_mxfp4(x, None, "floor", layout), None)
-    g = fq.nvfp4_global_scale(x)
-    return (*fq.quantize_nvfp4(x, g, None, layout), g)
-
-
-def _run(fmt, a, sa, ga, b, sb, gb, layout, out_dtype, bias):
-    if fmt == "mxfp4":
-        return fq.matmul_mxfp4(a, sa, b, sb, layout, out_dtype, bias)
-    return fq.matmul_nvfp4(a, sa, ga, b, sb, gb, layout, out_dtype, bias)
 
 
 def _operand(codes, scales, fmt, layout):

@@ -450,23 +450,6 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
 
 // ---- Host side ------------------------------------------------------------------------------------------
 
-// cuTensorMapEncodeTiled through the runtime's driver entry point (no link against libcuda).
-using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
-                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
-                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-
-EncodeTiled encode_tiled() {
-  static EncodeTiled fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-      f = nullptr;
-    return reinterpret_cast<EncodeTiled>(f);
-  }();
-  return fn;
-}
-
 // A K-major operand [rows][K] of `elem`-byte elements in boxes of 128 bytes of K x box_rows rows, 128-byte
 // swizzle (the layout sw128_desc describes).
 bool operand_map(CUtensorMap* map, bool bf16, const void* base, int64_t K, int64_t rows, uint32_t box_rows) {
