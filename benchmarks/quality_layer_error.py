@@ -103,13 +103,12 @@ def main() -> int:
     # compare the search with qwantize's published numbers on equal terms.
     from fpquant_ext import formats as F
     from fpquant_ext.algorithms import scale_search as S
+    # The search's own candidate and error functions take any group size (they read it from the shape).
     v = W.reshape(W.shape[0], -1, 16)
-    e0 = F.mx_scale_exponent(v, "floor")
-    for rule, offsets in (("floor", (0,)), ("mse", S.MX_OFFSETS)):
-        cand = torch.stack([(e0 + d).clamp(-127, 127) for d in offsets], -1)
-        deq = F.e2m1_decode(F.e2m1_encode(v[..., None, :] * F._pow2(-cand)[..., None])) * F._pow2(cand)[..., None]
-        best = ((v[..., None, :] - deq).double() ** 2).sum(-1).argmin(-1, keepdim=True)
-        Q = deq.gather(-2, best[..., None].expand(*best.shape, 16))[..., 0, :].reshape(W.shape)
+    _, _, deq = S._mx_candidates(v, F.mx_scale_exponent(v, "floor"))  # candidate 0: the floor rule
+    best = S._errors(v.double()[..., None, :] - deq.double(), None).argmin(-1, keepdim=True)
+    for rule, idx in (("floor", torch.zeros_like(best)), ("mse", best)):
+        Q = deq.gather(-2, idx[..., None].expand(*idx.shape, 16))[..., 0, :].reshape(W.shape)
         add("e8m0/16", rule, Q, 0.0)
 
     for r in rows:

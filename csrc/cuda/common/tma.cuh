@@ -25,6 +25,17 @@ __device__ __forceinline__ void mbar_init_fence() {
 #endif
 }
 
+// The barriers of a producer / consumer ring of `stages` stages, 8 bytes apart: full[s] completes when the
+// producer's expect-tx arrival and its copies landed; empty[s] when `consumer_warps` warps released the
+// stage. Called by one thread, before the CTA-wide barrier that precedes the first use.
+__device__ __forceinline__ void mbar_init_ring(uint32_t full, uint32_t empty, int stages, uint32_t consumer_warps) {
+  for (int s = 0; s < stages; ++s) {
+    mbar_init(full + 8 * s, 1);
+    mbar_init(empty + 8 * s, consumer_warps);
+  }
+  mbar_init_fence();
+}
+
 // The issuing thread's arrival, announcing `bytes` of copies that complete the current phase.
 __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t bar, uint32_t bytes) {
 #if FPQUANT_WGMMA

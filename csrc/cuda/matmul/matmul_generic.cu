@@ -76,6 +76,16 @@ cudaError_t matmul_prepare_alpha(const MatmulParams& p, float* alpha, cudaStream
   return cudaGetLastError();
 }
 
+cudaError_t matmul_with_alpha(const MatmulParams& p, MatmulAlphaLauncher mx, MatmulAlphaLauncher nv,
+                              cudaStream_t stream) {
+  if (p.format == core::Format::kMxFp4) return mx(p, nullptr, stream);
+  float* alpha = static_cast<float*>(p.workspace);
+  if (alpha == nullptr || p.workspace_bytes < sizeof(float)) return cudaErrorInvalidValue;
+  const cudaError_t err = matmul_prepare_alpha(p, alpha, stream);
+  if (err != cudaSuccess) return err;
+  return nv(p, alpha, stream);
+}
+
 cudaError_t matmul_generic_finish(const MatmulParams& p, const double* acc, cudaStream_t stream) {
   switch (p.out_dtype) {
     case core::DType::kF32: return finish<float>(p, acc, stream);

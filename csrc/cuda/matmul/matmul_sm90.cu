@@ -344,13 +344,7 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
   const uint32_t full = smem_addr + C::kBars, empty = full + 8 * STAGES;
   // full[s]: the stage's copies landed (the producer's expect-tx arrival + bytes); empty[s]: the 8 consumer
   // warps are done with it (their wgmmas completed and, for MXFP4, their factor reads).
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full + 8 * s, 1);
-      mbar_init(empty + 8 * s, C::kConsumers / 32);
-    }
-    mbar_init_fence();
-  }
+  if (tid == 0) mbar_init_ring(full, empty, STAGES, C::kConsumers / 32);
   __syncthreads();  // the last CTA-wide barrier: the producer warpgroup leaves when its copies are issued
 
   if (tid >= C::kConsumers) {

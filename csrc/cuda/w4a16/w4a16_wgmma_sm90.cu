@@ -114,13 +114,7 @@ __global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Par
   // full[s]: the copies of the stage's chunk landed (the producer's expect-tx arrival + bytes); empty[s]: the
   // 8 consumer warps are done with it (their wgmmas on it completed).
   const uint32_t full = bars, empty = bars + 8 * STAGES;
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full + 8 * s, 1);
-      mbar_init(empty + 8 * s, C::kConsumers / 32);
-    }
-    mbar_init_fence();
-  }
+  if (tid == 0) mbar_init_ring(full, empty, STAGES, C::kConsumers / 32);
   __syncthreads();  // the last CTA-wide barrier: the producer warp leaves when its copies are issued
 
   if (tid >= C::kConsumers) {

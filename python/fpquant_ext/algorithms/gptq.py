@@ -171,6 +171,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, format: str = "mx
     H[dead, dead] = 1.0
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else None
     static = rtn_scales if act_order else None  # [N, G], fixed before from the original weight
+    # The original column of each visited column, on the host once (not one device read per column).
+    order = perm.tolist() if act_order else range(K)
     if act_order:
         W, H = W[:, perm], H[perm][:, perm]
     U, used_damp = _inverse_cholesky(H, damp, max_retries, label)
@@ -184,7 +186,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, format: str = "mx
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
-            orig = int(perm[col]) if act_order else col
+            orig = order[col]
             if not act_order and col % group == 0:
                 scale_codes[:, col // group] = scales.fit(W1[:, i : i + group])[:, 0]
             w = W1[:, i]
