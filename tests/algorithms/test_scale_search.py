@@ -66,7 +66,10 @@ def test_every_group_is_at_least_as_good_as_round_to_nearest(fmt, objective, see
     e_search = _group_errors(w, fq.dequantize(c, s, fmt, g), group, H)
     e_rtn = _group_errors(w, fq.dequantize(c2, s2, fmt, g2), group, H)
     assert bool((e_search <= e_rtn * (1 + 1e-12) + 1e-300).all())
-    assert float(e_search.sum()) < 0.97 * float(e_rtn.sum())  # and better overall, by a margin
+    # And better overall, by a margin the format allows: an E8M0 exponent per 32 leaves little to choose
+    # (MXFP4's optimum is 2-3% below floor, docs/algorithms.md), NVFP4's E4M3 scales ~10%.
+    margin = 0.99 if fmt == "mxfp4" else 0.97
+    assert float(e_search.sum()) < margin * float(e_rtn.sum())
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
