@@ -34,7 +34,6 @@ from ..nn.convert import (ConversionSummary, ConvertedLayer, _nbytes, _Progress,
 from ..nn.linear import FP4Linear
 from ..nn.weight import QuantizedWeight
 from .gptq import gptq_quantize
-from .scale_search import search_scales
 
 
 class CalibrationError(ValueError):
@@ -188,19 +187,17 @@ def quantize_linear(linear: nn.Linear, config: FP4Config, rotation_size: Optiona
     rotation = config.rotation_matrix(rotation_size)
     rotation = None if rotation is None else rotation.to(linear.weight.device)
     info: dict = {}
-    if config.algorithm == "gptq":
-        rule = config.weight_method
-        res = gptq_quantize(linear.weight, hessian, config.format, rule, rotation, damp=config.gptq_damp,
-                            block_size=config.gptq_block_size, act_order=config.gptq_act_order, name=name)
-        codes, scales, gs = res.codes, res.scales, res.global_scale
-        info = {"damp": res.damp, "proxy_error": res.proxy_error, "rtn_proxy_error": res.rtn_proxy_error}
-    elif config.weight_method in ("mse", "hessian"):
-        codes, scales, gs = search_scales(linear.weight, config.format, config.weight_method, hessian, rotation)
-    else:
-        return FP4Linear.from_linear(linear, config, rotation_size=rotation_size), info
     rotation_name = config.rotation if rotation_size else None
-    qweight = QuantizedWeight(codes, scales, gs, rotation, format=config.format, method=config.weight_method,
-                              rotation_name=rotation_name)
+    if config.algorithm == "gptq":
+        res = gptq_quantize(linear.weight, hessian, config.format, config.weight_method, rotation,
+                            damp=config.gptq_damp, block_size=config.gptq_block_size,
+                            act_order=config.gptq_act_order, name=name)
+        info = {"damp": res.damp, "proxy_error": res.proxy_error, "rtn_proxy_error": res.rtn_proxy_error}
+        qweight = QuantizedWeight(res.codes, res.scales, res.global_scale, rotation, format=config.format,
+                                  method=config.weight_method, rotation_name=rotation_name)
+    else:  # the format's rule or a scale search (with the Hessian for 'hessian')
+        qweight = QuantizedWeight.quantize(linear.weight, config.format, config.weight_method, rotation,
+                                           rotation_name, hessian=hessian)
     return FP4Linear.from_linear(linear, config, rotation_size=rotation_size, qweight=qweight), info
 
 
