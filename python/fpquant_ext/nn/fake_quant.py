@@ -54,11 +54,14 @@ def _fake_quantize(x: torch.Tensor, format: str, method: str, rotation: Optional
         raise ValueError(f"fpquant.fake_quantize: format must be 'mxfp4' or 'nvfp4', got '{format}'")
     if not saturation_mask:
         return out, x.new_empty((0,), dtype=torch.bool)
-    # In the rotated space, where quantization happened: a value beyond its group's largest magnitude
-    # (6 x the multiplier) was clipped.
-    v = rotate_blocks(xc.to(torch.float32), rot)
-    limit = (E2M1_MAX * multiplier).repeat_interleave(group, dim=-1)
-    return out, v.abs() <= limit
+    # In the rotated space, where quantization happened: a value whose scaled magnitude |v| / multiplier
+    # exceeds 6 was clipped. The division is the quantizer's own (|v| <= 6 * multiplier can differ by an ulp).
+    # The quantizers round a float64 accumulation to float32; a float32 matmul would be an ulp off exactly
+    # where it matters (a group's largest value, which lands on 6).
+    v = rotate_blocks(xc.to(torch.float64), rot).to(torch.float32)
+    m = multiplier.repeat_interleave(group, dim=-1)
+    scaled = v.abs() / torch.where(m > 0, m, torch.ones_like(m))
+    return out, torch.where(m > 0, scaled <= E2M1_MAX, v == 0)
 
 
 @_fake_quantize.register_fake
