@@ -253,11 +253,7 @@ def run(args) -> None:
     for M, N, K in shapes:
         fp4_bytes = (M + N) * K * 17 // 32  # codes + E8M0 scales
         copies = max(1, min(4, -(-2 * L2_BYTES // max(fp4_bytes, 1)))) if dev.type == "cuda" else 1
-        new_rows = bench_shape(M, N, K, dev, timer, copies, args, notes)
-        for r in new_rows:  # as it goes, so that a run cut short still reports
-            print(f"{M}x{N}x{K} {r['format']}: fp4 {fmt_ms(r['fp4_ms'])} us, bf16 {fmt_ms(r['bf16_ms'])} us, "
-                  f"{r['speedup_vs_bf16']:.2f}x; with act {r['act_speedup_vs_bf16']:.2f}x", flush=True)
-        rows += new_rows
+        rows += bench_shape(M, N, K, dev, timer, copies, args, notes)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     if dev.type == "cuda":

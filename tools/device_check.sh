@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build the CUDA variant for the local GPU, then the chosen stages. Logs and results go to
 # $OUT (or ./out). Usage on the GPU machine, from the repository root, with .whl/ carried (README):
-#   bash tools/device_check.sh [build] [build-all] [pack] [tests] [bench] [sanitizer] [profile]
+#   bash tools/device_check.sh [build] [build-all] [pack] [tests] [bench] [sweep] [sanitizer] [profile]
 #   (default: build tests bench sanitizer)
 # build-all starts, beside the other stages, a build for every target (90a;100a;120a; CUTLASS from .whl/) into
 # /tmp/all and, at the end, checks that it loads, what its matmul plan picks on this GPU, and that both the
@@ -45,8 +45,9 @@ fi
 if [[ " $stages " == *" build-all "* ]]; then
   echo "== build for 90a;100a;120a in the background (/tmp/all)"
   all_start=$(date +%s)
-  setsid bash -c 'FPQUANT_CUDA_ARCHS="90a;100a;120a" CMAKE_BUILD_PARALLEL_LEVEL=12 nice -n 10 python3 -m pip install -v \
-      --no-build-isolation --no-deps --target /tmp/all . > "$0/build_all.log" 2>&1; echo "rc=$?" >> "$0/build_all.log"' "$OUT" &
+  setsid bash -c 'FPQUANT_CUDA_ARCHS="90a;100a;120a" CMAKE_BUILD_PARALLEL_LEVEL=${ALL_JOBS:-12} nice -n 10 python3 -m pip \
+      install -v --no-build-isolation --no-deps --config-settings=build-dir=/tmp/build-all --target /tmp/all . \
+      > "$0/build_all.log" 2>&1; echo "rc=$?" >> "$0/build_all.log"' "$OUT" &
   all_pid=$!
 fi
 if [[ " $stages " == *" tests "* ]]; then
@@ -87,6 +88,10 @@ if [[ " $stages " == *" sanitizer "* ]]; then
     timeout "$T" compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/w4a16/test_linear_w4a16.py -q -x \
       -p no:cacheprovider -k "odd_m or tile or exact or decode_config or nan or wgmma or packed or mma_sync" 2>&1 | tee "$OUT/sanitizer_w4a16_memcheck.log" | tail -4
   fi
+fi
+if [[ " $stages " == *" sweep "* ]]; then
+  echo "== matmul tile sweep"
+  (cd benchmarks && timeout "$T" python3 sweep_matmul_tiles.py --json "$OUT/matmul_tiles.json")
 fi
 if [[ " $stages " == *" profile "* ]]; then
   echo "== Nsight Compute: quantize kernels (tools/profile_quantize.py)"
