@@ -2,7 +2,7 @@
 
     python benchmarks/bench_matmul.py [--json out.json] [--md out.md] [--plot out.png] [--shapes large|small|all]
     python benchmarks/bench_matmul.py --cpu-smoke      # tiny shapes on the CPU: exercises everything but timing
-    python benchmarks/bench_matmul.py --matmul-path sm90   # the Hopper kernels (forced with plan_override)
+    python benchmarks/bench_matmul.py --matmul-path generic   # force a path (plan_override)
 
 Shapes (M, N, K): (8192, 8192, 8192), (4096, 14336, 4096), (4096, 4096, 14336), (16384, 8192, 8192), and M in
 {1, 16, 128, 1024} for (N, K) = (8192, 8192). For each shape and format, medians (CUDA graphs, benchmarks/common.py)
@@ -232,8 +232,7 @@ def main() -> None:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on the CPU (no GPU needed)")
     parser.add_argument("--replot", help="only draw --plot from a JSON written by an earlier run")
     parser.add_argument("--matmul-path", choices=fq.tuning.MATMUL_PATHS, default=None,
-                        help="force the op's path (plan_override), e.g. sm90 for the Hopper kernels, which the plan "
-                             "reaches only this way until they are verified")
+                        help="force the op's path (plan_override), e.g. generic")
     args = parser.parse_args()
     with fq.tuning.plan_override(matmul_path=args.matmul_path):
         run(args)

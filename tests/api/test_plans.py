@@ -125,12 +125,15 @@ B200_NO_BLACKWELL_BUILD = GpuSpec((10, 0), 148, True, False, False)
 def test_matmul_paths_by_gpu(fmt, out):
     assert plan_matmul(256, 4096, 4096, fmt, out, "blocked", B200).path == "sm100"
     assert plan_matmul(256, 4096, 4096, fmt, out, "blocked", RTX5090).path == "sm120"
-    # Hopper takes the generic path until the sm90 kernels have run on a GPU (plan_override reaches them); so
-    # do GPUs without matching kernels.
-    for gpu in (H100, ADA, B300, B200_NO_BLACKWELL_BUILD):
+    # Hopper takes its own kernels for any shape (the operand pass handles tails), with their workspace; GPUs
+    # without matching kernels take the generic path.
+    for M, N, K in [(256, 4096, 4096), (1, 3, 32), (1000, 4100, 48)]:
+        p = plan_matmul(M, N, K, fmt, out, "blocked", H100)
+        assert p.path == "sm90" and p.workspace_bytes >= (M + N) * K and p.note is None, (M, N, K)
+    for gpu in (H100_NO_SM90_BUILD, ADA, B300, B200_NO_BLACKWELL_BUILD):
         p = plan_matmul(256, 4096, 4096, fmt, out, "blocked", gpu)
         assert (p.path, p.tile, p.workspace_bytes, p.swizzle_scales) == ("generic", None, 0, False), gpu
-    assert "plan_override(matmul_path='sm90')" in plan_matmul(8, 4096, 4096, fmt, out, "blocked", H100).note
+    assert plan_matmul(1 << 30, 4096, 4096, fmt, out, "blocked", H100).path == "generic"
     assert plan_matmul(8, 4096, 4096, fmt, out, "blocked", ADA).note is None
     assert "10.0" in plan_matmul(8, 4096, 4096, fmt, out, "blocked", B300).note
     assert "no kernels" in plan_matmul(8, 4096, 4096, fmt, out, "blocked", B200_NO_BLACKWELL_BUILD).note
@@ -144,6 +147,20 @@ def test_matmul_tiles_by_rows():
     # sm120: 128 x 128 below 512 rows, 256 x 128 from 512.
     for M, tile in [(1, (128, 128, 128, 1)), (511, (128, 128, 128, 1)), (512, (256, 128, 128, 1))]:
         assert plan_matmul(M, 4096, 4096, "mxfp4", torch.bfloat16, "blocked", RTX5090).tile == tile, M
+
+
+@pytest.mark.parametrize("fmt,wide", [("mxfp4", 192), ("nvfp4", 256)])
+def test_matmul_sm90_tile_fills_the_gpu(fmt, wide):
+    # config 0 is the wide tile (128 x 192 MXFP4, 128 x 256 NVFP4), config 1 the 128 x 128 one: the plan takes
+    # the one with fewer waves x columns, so the narrow tile where the wide one leaves SMs idle.
+    def cost(M, N, bn):
+        return -(-(-(-M // 128) * -(-N // bn)) // 132) * bn
+
+    for M, N in [(1, 8192), (16, 8192), (128, 8192), (1024, 8192), (4096, 14336), (8192, 8192), (300, 1000)]:
+        expected = 0 if cost(M, N, wide) <= cost(M, N, 128) else 1
+        assert plan_matmul(M, N, 4096, fmt, torch.bfloat16, "linear", H100).config == expected, (M, N)
+    assert plan_matmul(16, 8192, 8192, fmt, torch.bfloat16, "linear", H100).config == 1
+    assert plan_matmul(8192, 8192, 8192, fmt, torch.bfloat16, "linear", H100).config == 0
 
 
 def test_matmul_workspace_and_swizzle():
@@ -183,7 +200,8 @@ def test_matmul_override():
     with plan_override(matmul_path="sm90"):
         for fmt in ("mxfp4", "nvfp4"):
             p = plan_matmul(256, 4096, 4096, fmt, bf16, "linear", H100)
-            assert (p.path, p.config, p.swizzle_scales) == ("sm90", 0, False)  # both layouts read directly
+            assert (p.path, p.swizzle_scales) == ("sm90", False)  # both layouts read directly
+            assert p.config == 1  # the narrow tile: 32 or 44 wide CTAs would leave most SMs idle
             # Converted operands (E4M3: 1 byte, bf16: 2 bytes per element) and MXFP4's block factors.
             elem = 1 if fmt == "mxfp4" else 2
             assert p.workspace_bytes >= (256 + 4096) * 4096 * elem

@@ -59,12 +59,11 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
     plan.path = shape_issue == nullptr ? (gpu.runs_sm100() ? MatmulPath::kSm100 : MatmulPath::kSm120)
                                        : MatmulPath::kGeneric;
     plan.note = shape_issue;
+  } else if (gpu.runs_sm90() && M < (int64_t{1} << 30) && N < (int64_t{1} << 30) && K < (int64_t{1} << 30)) {
+    plan.path = MatmulPath::kSm90;  // any shape: the operand pass pads what the TMA tiles need
   } else {
-    // Compute capability 9.0 keeps kGeneric until the sm90 kernels have run on a GPU (they are written and
-    // host-emulated; plan_override(matmul_path="sm90") reaches them).
     plan.path = MatmulPath::kGeneric;
-    if (gpu.runs_sm90())
-      plan.note = "the Hopper kernels are not yet verified on a GPU: plan_override(matmul_path='sm90') runs them";
+    if (gpu.runs_sm90()) plan.note = "the sm90 matmul kernels need M, N and K below 2^30";
     if (gpu.cc_major == 10 || gpu.cc_major == 12) {
       const bool built = gpu.cc_major == 10 ? gpu.sm100_kernels : gpu.sm120_kernels;
       plan.note = !built ? "this build has no kernels for this Blackwell GPU (its sm_100a / sm_120a target was not "
@@ -81,7 +80,7 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
   if (plan.path == MatmulPath::kSm90) {
     // Both scale layouts are read by index arithmetic; the workspace holds the converted operands.
     const bool mx = f == core::Format::kMxFp4;
-    plan.config = 0;
+    plan.config = matmul_sm90_tile(f, M, N, gpu.num_sms);
     if (ov.config >= 0) {
       if (ov.config >= (mx ? kMatmulSm90MxTileCount : kMatmulSm90NvTileCount)) {
         plan.invalid = mx ? "the sm90 MXFP4 matmul tile must be 0, 1 or 2" : "the sm90 NVFP4 matmul tile must be 0 or 1";

@@ -16,8 +16,8 @@ enum class MatmulPath : int {
                  // by cuBLAS (torch glue), then divided by gA * gB, bias added, rounded once (matmul_generic.cu)
   kSm100 = 1,    // CUTLASS tcgen05 block-scaled kernels (matmul_*_sm100.cu), compute capability 10.0
   kSm120 = 2,    // CUTLASS block-scaled mma.sync kernels (matmul_*_sm120.cu), compute capability 12.0
-  kSm90 = 3,     // the Hopper kernels (matmul_sm90.cu), compute capability 9.0: reached through plan_override
-                 // only until they have run on a GPU; until then 9.0 takes kGeneric
+  kSm90 = 3,     // the Hopper kernels (matmul_sm90.cu), compute capability 9.0: an operand pass (MXFP4 to E4M3
+                 // with folded scales, NVFP4 to bf16) and a TMA + wgmma GEMM
 };
 constexpr int kMatmulPaths = 4;
 

@@ -26,6 +26,25 @@ inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0}, {128, 6, 0}
 inline constexpr int kMatmulSm90MxTileCount = 3;
 inline constexpr int kMatmulSm90NvTileCount = 2;
 
+// The plan's tile: the one with the least work per SM, counted as waves of 128-row CTAs (rounded up) times
+// the tile's columns. When M x N is small a wide tile leaves SMs idle (M = 16, N = 8192: 43 CTAs of 128 x 192
+// on 132 SMs), and the narrow tile's extra CTAs win; when both fill the GPU, the wide tile (fewer bytes per
+// FLOP) wins ties. Tile 2 (MXFP4, promotion every 64 K) is for measurements only.
+inline int matmul_sm90_tile(core::Format format, int64_t M, int64_t N, int num_sms) {
+  const bool mx = format == core::Format::kMxFp4;
+  const MatmulSm90Tile* tiles = mx ? kMatmulSm90MxTiles : kMatmulSm90NvTiles;
+  const int64_t sms = num_sms > 0 ? num_sms : 1;
+  const int64_t rows = (M + 127) / 128;
+  int best = 0;
+  int64_t best_cost = -1;
+  for (int t = 0; t < 2; ++t) {  // the wide tile first, so that it wins ties
+    const int64_t ctas = rows * ((N + tiles[t].bn - 1) / tiles[t].bn);
+    const int64_t cost = (ctas + sms - 1) / sms * tiles[t].bn;
+    if (best_cost < 0 || cost < best_cost) best = t, best_cost = cost;
+  }
+  return best;
+}
+
 // K per folded block of the MXFP4 operand (one reference exponent, one promotion) and the row padding of the
 // block-factor arrays (a multiple of every tile's rows and columns, so a stage's factor copy never reads past
 // the array).
