@@ -217,7 +217,8 @@ inline W4A16Weight check_w4a16_weight(const char* op, const at::Tensor& codes, c
 }
 
 // linear_w4a16: x [..., K] bfloat16/float16; the weight in either layout (check_w4a16_weight);
-// w_global_scale required for NVFP4 and rejected for MXFP4; bias [N] of x's dtype.
+// w_global_scale required for NVFP4; for MXFP4 optional, a divisor of the weight (FP-Quant's abs_max
+// checkpoints store MXFP4 codes of 3 x the weight: docs/checkpoints.md); bias [N] of x's dtype.
 struct LinearW4A16Args {
   Format format;
   W4A16Weight w;
@@ -237,12 +238,8 @@ inline LinearW4A16Args check_linear_w4a16(const at::Tensor& x, const at::Tensor&
   TORCH_CHECK_VALUE(w.K == K, op, ": w_codes has ", w.K, " elements per row but x has K=", K);
   TORCH_CHECK_VALUE(codes.device() == x.device(), op, ": w_codes is on ", codes.device(), " but x is on ",
                     x.device());
-  if (mx) {
-    TORCH_CHECK_VALUE(!global_scale.has_value(), op, ": w_global_scale is only used with format='nvfp4'");
-  } else {
-    TORCH_CHECK_VALUE(global_scale.has_value(), op, ": format='nvfp4' needs w_global_scale");
-    check_global_scale(op, *global_scale, x);
-  }
+  TORCH_CHECK_VALUE(mx || global_scale.has_value(), op, ": format='nvfp4' needs w_global_scale");
+  if (global_scale.has_value()) check_global_scale(op, *global_scale, x);
   if (bias.has_value()) {
     TORCH_CHECK_TYPE(bias->scalar_type() == x.scalar_type(), op, ": bias must have x's dtype ", x.scalar_type(),
                      ", got ", bias->scalar_type());

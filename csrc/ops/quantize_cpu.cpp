@@ -262,7 +262,8 @@ at::Tensor dequantize_nvfp4_cpu(const at::Tensor& codes, const at::Tensor& scale
                         nv_multiplier(g));
 }
 
-// Reference semantics: dequantize the weight to float32 (exact), float32 matmul, bias, cast to x's dtype.
+// Reference semantics: dequantize the weight to float32 (exact; an MXFP4 weight's global scale then divides
+// it), float32 matmul, bias, cast to x's dtype.
 at::Tensor linear_w4a16_cpu(const at::Tensor& x, const at::Tensor& w_codes, const at::Tensor& w_scales,
                             const c10::optional<at::Tensor>& w_global_scale, const c10::optional<at::Tensor>& bias,
                             c10::string_view format) {
@@ -273,6 +274,7 @@ at::Tensor linear_w4a16_cpu(const at::Tensor& x, const at::Tensor& w_codes, cons
   if (args.format == Format::kMxFp4) {
     w = dequantize_cpu(codes, scales, kMxGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,
                        mx_multiplier());
+    if (w_global_scale.has_value()) w = w / w_global_scale->to(at::kFloat);
   } else {
     const float g = w_global_scale->item<float>();
     w = dequantize_cpu(codes, scales, kNvGroup, c10::nullopt, ScaleLayout::kLinear, at::kFloat,

@@ -248,10 +248,8 @@ def _linear_w4a16(x, w_codes, w_scales, w_global_scale=None, bias=None, format="
     _, N, K = _check_w4a16_weight(op, w_codes, w_scales, group)
     _value(K == x.shape[-1], lambda: f"{op}: w_codes has {K} elements per row but x has K={x.shape[-1]}")
     _value(w_codes.device == x.device, lambda: f"{op}: w_codes is on {w_codes.device} but x is on {x.device}")
-    if group == MX_GROUP:
-        _value(w_global_scale is None, lambda: f"{op}: w_global_scale is only used with format='nvfp4'")
-    else:
-        _value(w_global_scale is not None, lambda: f"{op}: format='nvfp4' needs w_global_scale")
+    _value(group == MX_GROUP or w_global_scale is not None, lambda: f"{op}: format='nvfp4' needs w_global_scale")
+    if w_global_scale is not None:
         _check_global_scale(op, w_global_scale, x)
     if bias is not None:
         _type(bias.dtype == x.dtype, lambda: f"{op}: bias must have x's dtype {_dt(x.dtype)}, got {_dt(bias.dtype)}")

@@ -167,8 +167,9 @@ def linear_w4a16(
             :func:`quantize_nvfp4` with ``scale_layout="linear"`` (codes [N, K/2], scales [N, K/group]) or,
             for speed, packed once by :func:`pack_w4a16` (codes [N/16, K/64, 512]). On CUDA a canonical
             weight is packed on every call (an extra pass over the weight): pack it once, at load.
-        w_global_scale: the NVFP4 global scale, a float32 tensor with one element or a Python float
-            (required for ``format="nvfp4"``).
+        w_global_scale: the weight's global scale, a float32 tensor with one element or a Python float:
+            required for ``format="nvfp4"``; for MXFP4 optional, a divisor of the dequantized weight (FP-Quant's
+            ``abs_max`` checkpoints store codes of 3 x the weight and a global scale of 3).
         bias: optional [N] in x's dtype.
 
     On CUDA the weight is dequantized in registers inside the GEMM kernels (no bf16 copy of the weight): up to
@@ -178,7 +179,7 @@ def linear_w4a16(
     in float16's range. The CPU implementation is the reference: dequantize to float32, then matmul.
     """
     codes = w_codes if w_codes.dim() == 3 else _as_uint8(w_codes)
-    if format == "nvfp4":
+    if format == "nvfp4" or w_global_scale is not None:
         w_global_scale = _global_scale("fpquant.linear_w4a16", "w_global_scale", w_global_scale, x)
     return torch.ops.fpquant.linear_w4a16(x, codes, w_scales, w_global_scale, bias, format)
 

@@ -155,7 +155,7 @@ CASES = [
     Case("lin K mismatch", LIN, lambda: (xb(4, 128), *weight(), None, "nvfp4"), ValueError, "x", "but x has K=128"),
     Case("lin format", LIN, lambda: (xb(4, 256), *weight(), None, "int4"), ValueError, "format", "format must be 'mxfp4' or 'nvfp4'"),
     Case("lin no gscale", LIN, lambda: (xb(4, 256), *weight()[:2], None, None, "nvfp4"), ValueError, "w_global_scale", "needs w_global_scale"),
-    Case("lin gscale for mx", LIN, lambda: (xb(4, 256), *weight(fmt="mxfp4")[:2], g1(), None, "mxfp4"), ValueError, "w_global_scale", "only used with format='nvfp4'"),
+    Case("lin gscale 2-D", LIN, lambda: (xb(4, 256), *weight(fmt="mxfp4")[:2], g1().reshape(1, 1), None, "mxfp4"), ValueError, "global_scale", "must hold one value"),
     Case("lin gscale shape", LIN, lambda: (xb(4, 256), *weight()[:2], torch.ones(2), None, "nvfp4"), ValueError, "global_scale"),
     Case("lin gscale dtype", LIN, lambda: (xb(4, 256), *weight()[:2], g1(dtype=torch.bfloat16), None, "nvfp4"), TypeError, "global_scale"),
     Case("lin gscale device", LIN, lambda: (xb(4, 256), *weight()[:2], meta(1), None, "nvfp4"), ValueError, "global_scale"),

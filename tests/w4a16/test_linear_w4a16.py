@@ -37,6 +37,41 @@ def test_leading_dimensions_and_float4_view():
     assert rel_err(out, x.double() @ w.T) < 1e-2
 
 
+def _mx_divided(N, K, seed, device="cpu"):
+    # FP-Quant's MXFP4 abs_max weights: codes of 3 x W over a power-of-two scale, global scale 3 (a divisor).
+    codes, scales, _, w = make_weight(N, K, "mxfp4", seed, device)
+    return codes, scales, torch.tensor([3.0], device=device), w.to(device) / 3
+
+
+def test_cpu_mxfp4_global_scale_divides_the_weight(seed):
+    codes, scales, g, w = _mx_divided(64, 256, seed)
+    x = torch.randn(5, 256, generator=torch.Generator().manual_seed(seed)).bfloat16()
+    bias = torch.randn(64).bfloat16()
+    out = fq.linear_w4a16(x, codes, scales, g, bias)
+    # the reference order: dequantize, divide (float32), float32 matmul, bias, one cast
+    w32 = fq.dequantize_mxfp4(codes, scales) / g
+    assert torch.equal(out, (x.float() @ w32.t() + bias.float()).bfloat16())
+    assert torch.equal(fq.linear_w4a16(x, codes, scales, 3.0, bias), out)  # a Python float too
+    opcheck(torch.ops.fpquant.linear_w4a16.default, (x, codes, scales, g, bias, "mxfp4"))
+
+
+@cuda
+@pytest.mark.parametrize("path,config,splits", [("decode", 0, 1), ("decode", 1, 4), ("mma", None, None),
+                                                ("wgmma", 0, 1), ("wgmma", 1, 2), ("slab", None, None)])
+def test_cuda_mxfp4_global_scale_on_every_path(path, config, splits, seed):
+    codes, scales, g, w = _mx_divided(256, 1024, seed, "cuda")
+    packed = fq.pack_w4a16(codes, scales, "mxfp4")
+    with plan_override(w4a16_path=path, w4a16_config=config, w4a16_splits=splits):
+        for M in (1, 16, 70):
+            x = torch.randn(M, 1024, device="cuda", dtype=torch.bfloat16)
+            bias = torch.randn(256, device="cuda", dtype=torch.bfloat16)
+            out = fq.linear_w4a16(x, *packed, g, bias)
+            ref = fq.linear_w4a16(x.cpu(), codes.cpu(), scales.cpu(), g.cpu(), bias.cpu())
+            assert rel_err(out, ref.double()) < 1e-2, (M, rel_err(out, ref.double()))
+            without = fq.linear_w4a16(x, *packed, None, bias)  # 3x the product: the divisor was applied
+            assert rel_err(out.double() * 3 - bias.double() * 2, without.double()) < 2e-2
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_opcheck_cpu(fmt):
     codes, scales, gs, _ = make_weight(64, 256, fmt, 3)

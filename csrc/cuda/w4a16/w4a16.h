@@ -20,7 +20,7 @@ struct W4A16Params {
   const uint8_t* codes = nullptr;   // packed: [N/16][K/64][512], 16-byte aligned
   const uint8_t* scales = nullptr;  // packed: [N/16][K/64][16 * 64/G]
   Format format = Format::kMxFp4;
-  const float* global_scale = nullptr;  // NVFP4
+  const float* global_scale = nullptr;  // NVFP4's; for MXFP4 optional, a divisor (FP-Quant abs_max)
   const void* bias = nullptr;           // [N] of dtype, optional
   void* out = nullptr;                  // [M, N] of dtype
   float* workspace = nullptr;           // [splits, M, N] float32 when splits > 1

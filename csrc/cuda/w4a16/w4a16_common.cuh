@@ -245,9 +245,15 @@ constexpr float kNvUnscale = F == Format::kNvFp4 && kBf16<AT> ? 256.0f : 1.0f;
 
 __device__ __forceinline__ uint4 ldg16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
+// 1 / the weight's global scale: NVFP4's, or an MXFP4 weight's divisor (FP-Quant abs_max checkpoints, 3.0);
+// 1 without one, which leaves every product as it was (multiplying by 1 is exact).
+__device__ __forceinline__ float inv_global_scale(const W4A16Params& p) {
+  return p.global_scale != nullptr ? 1.0f / __ldg(p.global_scale) : 1.0f;
+}
+
 // Epilogue store of the sums (v0, v1) of row m, features n and n + 1, for kernels whose grid.z is the split:
 // float32 partials of this split when splits > 1 (reduce_splits applies the global scale and the bias), else
-// times inv_g (1 / the NVFP4 global scale), plus the bias, rounded to AT.
+// times inv_g (inv_global_scale), plus the bias, rounded to AT.
 template <typename AT, Format F>
 __device__ __forceinline__ void store_pair(const W4A16Params& p, int64_t m, int64_t n, float v0, float v1, float inv_g) {
   if (p.splits > 1) {
@@ -255,10 +261,8 @@ __device__ __forceinline__ void store_pair(const W4A16Params& p, int64_t m, int6
         make_float2(v0, v1);
     return;
   }
-  if (F == Format::kNvFp4) {
-    v0 *= inv_g;
-    v1 *= inv_g;
-  }
+  v0 *= inv_g;
+  v1 *= inv_g;
   if (p.bias) {
     v0 += to_float(static_cast<const AT*>(p.bias)[n]);
     v1 += to_float(static_cast<const AT*>(p.bias)[n + 1]);
@@ -267,16 +271,16 @@ __device__ __forceinline__ void store_pair(const W4A16Params& p, int64_t m, int6
 }
 
 // Split-K: partials [splits, M, N] (float32, already free of any kernel-internal scaling) summed in split
-// order (deterministic), then the NVFP4 global scale and the bias.
+// order (deterministic), then the global scale and the bias.
 template <typename AT, Format F>
 __global__ void __launch_bounds__(256) splitk_reduce_kernel(W4A16Params p) {
-  const float inv_g = F == Format::kNvFp4 ? 1.0f / __ldg(p.global_scale) : 1.0f;
+  const float inv_g = inv_global_scale(p);
   const int64_t total = p.M * p.N;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     float v = 0.0f;
     for (int s = 0; s < p.splits; ++s) v += p.workspace[s * total + i];
-    if (F == Format::kNvFp4) v *= inv_g;
+    v *= inv_g;
     if (p.bias) v += to_float(static_cast<const AT*>(p.bias)[i % p.N]);
     store_float(static_cast<AT*>(p.out) + i, v);
   }

@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(C::kThreads) w4a16_decode_kernel(W4A16Params p
   }
   // acc[t][nb]: c0, c1 = feature g of tile t, x rows 8nb + 2q + {0, 1}; c2, c3 = feature g + 8.
   const float unscale = kNvUnscale<AT, F>;
-  const float scale = F == Format::kNvFp4 ? unscale / __ldg(p.global_scale) : 1.0f;
+  const float scale = unscale * inv_global_scale(p);  // unscale is a power of two: one rounding
   auto store = [&](int t, int nb, int c, float v) {
     const int64_t m = 8 * nb + 2 * q + (c & 1);
     const int64_t n = nw + 16 * t + g + 8 * (c >> 1);

@@ -129,7 +129,7 @@ __global__ void __launch_bounds__(32 * WARPS) w4a16_kernel(W4A16Params p) {
   // Epilogue: lane (g, q) holds rows g and g+8 of each m-tile, features 8j + 2q and 8j + 2q + 1 (n-tile j =
   // 2t + h is row half h of tile t: features 16t + 8h + ...).
   const float unscale = kNvUnscale<AT, F>;
-  const float inv_g = F == Format::kNvFp4 ? 1.0f / __ldg(p.global_scale) : 1.0f;
+  const float inv_g = inv_global_scale(p);
 #pragma unroll
   for (int mi = 0; mi < MT; ++mi) {
 #pragma unroll

@@ -22,7 +22,8 @@ template <typename AT, Format F>
 __global__ void __launch_bounds__(kThreads) dequantize_packed_kernel(W4A16Params p, int64_t tile0, int64_t tiles,
                                                                       AT* __restrict__ out) {
   constexpr int SB = core::pack_scale_bytes(group_size(F)), PR = core::kPackK / group_size(F);
-  const float gs = F == Format::kNvFp4 ? __ldg(p.global_scale) : 0.0f;
+  // The global scale divides the block multiplier: NVFP4's always, an MXFP4 weight's when it has one.
+  const float gs = p.global_scale != nullptr ? __ldg(p.global_scale) : 0.0f;
   const int64_t atoms_k = p.K / core::kPackK, total = tiles * atoms_k * 32;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -37,7 +38,9 @@ __global__ void __launch_bounds__(kThreads) dequantize_packed_kernel(W4A16Params
 #pragma unroll
       for (int i2 = 0; i2 < PR; ++i2) {
         const uint8_t sc = __ldg(sp + (8 * h + g) * PR + i2);
-        m[i2] = F == Format::kMxFp4 ? core::mx_block_multiplier(sc) : core::nv_block_multiplier(sc, gs);
+        m[i2] = F == Format::kNvFp4 ? core::nv_block_multiplier(sc, gs)
+                : gs != 0.0f        ? core::mx_block_multiplier(sc) / gs
+                                    : core::mx_block_multiplier(sc);
       }
       AT* row = out + (16 * t + 8 * h + g) * p.K + a * core::kPackK + 2 * q;
 #pragma unroll

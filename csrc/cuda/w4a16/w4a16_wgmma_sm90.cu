@@ -202,7 +202,7 @@ __global__ void __launch_bounds__(128 * WG + 128, 1) w4a16_wgmma_kernel(W4A16Par
 
   // Epilogue: acc[mt][4j + 2h + e] is feature row[mt][h] of the CTA, x row m0 + 8j + 2q + e.
   const float unscale = kNvUnscale<AT, F>;
-  const float scale = F == Format::kNvFp4 ? unscale / __ldg(p.global_scale) : 1.0f;
+  const float scale = unscale * inv_global_scale(p);  // unscale is a power of two: one rounding
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll

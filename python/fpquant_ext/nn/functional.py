@@ -41,8 +41,7 @@ def linear_w4a16(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.
     float32 (float64 for float64 input).
     """
     b = None if bias is None else bias.to(x.dtype)
-    if (x.dtype in (torch.bfloat16, torch.float16) and not weight.mx_global_scale
-            and (not x.is_cuda or weight.kernel_compatible)):
+    if x.dtype in (torch.bfloat16, torch.float16) and (not x.is_cuda or weight.kernel_compatible):
         codes, scales = weight.packed() if x.is_cuda else (weight.codes, weight.scales)
         return ops.linear_w4a16(x.contiguous(), codes, scales, weight.global_scale, b, weight.format)
     return _reference_product(x, weight.dequantize(_accumulator(x.dtype)), b, x.dtype)

@@ -172,14 +172,15 @@ class QuantizedWeight(FixedDtypeBuffers):
 
     @property
     def mx_global_scale(self) -> bool:
-        """An MXFP4 weight with a global scale (FP-Quant ``abs_max``): the kernels do not take it."""
+        """An MXFP4 weight with a global scale (FP-Quant ``abs_max``): a divisor, which linear_w4a16 takes but
+        the quantize and dequantize ops do not."""
         return self.format == "mxfp4" and self.global_scale is not None
 
     @property
     def kernel_compatible(self) -> bool:
         """Whether linear_w4a16's CUDA kernels take this shape."""
         N, K = self.shape
-        return N % KERNEL_N == 0 and K % KERNEL_K == 0 and not self.mx_global_scale
+        return N % KERNEL_N == 0 and K % KERNEL_K == 0
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes, scales) in the layout of :func:`fpquant_ext.pack_w4a16`, made on first use and cached."""
