@@ -59,6 +59,28 @@ def test_model_on_gpu_compile_and_reload(seed):
     assert torch.equal(model(x), eager)
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_w4a4_runs_the_gemm_op(fmt, seed):
+    # On a GPU with a native block-scaled GEMM the W4A4 product is the op (one call per layer), within the
+    # float32-emulation's rounding of the CPU result; compiled, the same.
+    torch.manual_seed(seed % 1000)
+    model = TinyNet(d=128, hidden=256).to(torch.bfloat16)
+    quantize_model(model, FP4Config(format=fmt, mode="w4a4", rotation="hadamard", rotation_size=128),
+                   progress=False)
+    x = torch.randn(3, 5, 128, dtype=torch.bfloat16)
+    ref = model(x)
+    model.cuda().requires_grad_(False)
+    layers = [m for m in model.modules() if isinstance(m, FP4Linear)]
+    native = fq.tuning.plan_matmul(1, 256, 128, fmt).path != "generic"
+    assert all(m.qweight.native_gemm == native for m in layers)
+    out, calls = count_calls(lambda: model(x.cuda()), f"fpquant::matmul_{fmt}")
+    assert calls == (len(layers) if native else 0)
+    assert ((out.double().cpu() - ref.double()).norm() / ref.double().norm()).item() < 1e-2
+    compiled = torch.compile(model, fullgraph=True)
+    got = compiled(x.cuda())
+    assert ((got.double() - out.double()).norm() / out.double().norm()).item() < 1e-2
+
+
 @pytest.mark.parametrize("mode", ["w4a4", "qat"])
 def test_other_modes_run_on_gpu(mode, seed):
     torch.manual_seed(seed % 1000)

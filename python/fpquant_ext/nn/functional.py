@@ -1,7 +1,7 @@
 """The products FP4Linear computes, as functions of tensors.
 
-``fp4_matmul_emulated`` is the one place where a W4A4 product is formed; a block-scaled FP4 GEMM operator
-(matmul_mxfp4 / matmul_nvfp4) replaces its body without touching the modules.
+``fp4_matmul`` is the one place where a W4A4 product is formed: the block-scaled FP4 GEMM op
+(matmul_mxfp4 / matmul_nvfp4) where this GPU has a native kernel for it, else ``fp4_matmul_emulated``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from .. import ops
 from .fake_quant import fake_quantize, rotate_blocks
 from .weight import QuantizedWeight, dequantize_operand
 
-__all__ = ["rotate_blocks", "quantize_activations", "fp4_matmul_emulated", "linear_w4a16", "fake_quantize"]
+__all__ = ["rotate_blocks", "quantize_activations", "fp4_matmul", "fp4_matmul_emulated", "linear_w4a16",
+           "fake_quantize"]
 
 
 def _accumulator(dtype: torch.dtype) -> torch.dtype:
@@ -61,6 +62,25 @@ def quantize_activations(x: torch.Tensor, format: str, method: str, rotation: Op
     gs = ops.nvfp4_global_scale(xc, rot) if global_scale is None else global_scale
     codes, scales = ops.quantize_nvfp4(xc, gs, rot)
     return codes, scales, gs
+
+
+def fp4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, weight: QuantizedWeight,
+               a_global_scale: Optional[torch.Tensor] = None, bias: Optional[torch.Tensor] = None,
+               out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """A [..., K] (FP4 codes and linear scales of the weight's format) times the FP4 weight, plus bias.
+
+    On a GPU with a native block-scaled GEMM for the weight (``weight.native_gemm``: the Hopper or Blackwell
+    kernels of matmul_mxfp4 / matmul_nvfp4) the op, with exact products and one rounding; elsewhere (the CPU,
+    other GPUs, MXFP4 weights with FP-Quant's divisor) :func:`fp4_matmul_emulated`, whose float32 sums differ
+    from the op's only by their rounding."""
+    if weight.native_gemm and a_codes.is_cuda:
+        b = None if bias is None else bias.to(out_dtype)
+        if weight.format == "mxfp4":
+            return ops.matmul_mxfp4(a_codes, a_scales, weight.codes, weight.scales, "linear", out_dtype, b)
+        return ops.matmul_nvfp4(a_codes, a_scales, a_global_scale, weight.codes, weight.scales, weight.global_scale,
+                                "linear", out_dtype, b)
+    return fp4_matmul_emulated(a_codes, a_scales, weight.codes, weight.scales, weight.format, a_global_scale,
+                               weight.global_scale, bias, out_dtype)
 
 
 def fp4_matmul_emulated(a_codes: torch.Tensor, a_scales: torch.Tensor, b_codes: torch.Tensor,

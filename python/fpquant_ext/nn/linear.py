@@ -11,7 +11,7 @@ from torch import nn
 from ._buffers import FixedDtypeBuffers
 from .config import FP4Config
 from .fake_quant import fake_quantize
-from .functional import fp4_matmul_emulated, linear_w4a16, quantize_activations, rotate_blocks
+from .functional import fp4_matmul, linear_w4a16, quantize_activations, rotate_blocks
 from .weight import QuantizedWeight
 
 
@@ -22,7 +22,8 @@ class FP4Linear(FixedDtypeBuffers):
       in their dtype; :func:`fpquant_ext.nn.functional.linear_w4a16` (CUDA kernels with the weight packed
       once; the reference on the CPU).
     - ``"w4a4"``: activations rotated and quantized every forward, the product by
-      :func:`fpquant_ext.nn.functional.fp4_matmul_emulated`.
+      :func:`fpquant_ext.nn.functional.fp4_matmul`: the block-scaled GEMM op (matmul_mxfp4 / matmul_nvfp4)
+      where the GPU has a native kernel for it (Hopper, Blackwell), else dequantize-then-matmul emulation.
     - ``"pseudo"`` / ``"qat"``: a float master ``self.weight`` fake-quantized every forward
       (``fpquant::fake_quantize``; straight-through gradients), frozen in ``"pseudo"``, trainable in
       ``"qat"``; activations too with ``fake_quantize_activations``.
@@ -137,9 +138,7 @@ class FP4Linear(FixedDtypeBuffers):
             return linear_w4a16(rotate_blocks(x, R), self.qweight, self.bias)
         if self.mode == "w4a4":
             codes, scales, gs = quantize_activations(x, self.format, self.act_method, R, self._act_global_scale(x))
-            w = self.qweight
-            return fp4_matmul_emulated(codes, scales, w.codes, w.scales, self.format, gs, w.global_scale,
-                                       self.bias, out_dtype=x.dtype)
+            return fp4_matmul(codes, scales, self.qweight, gs, self.bias, out_dtype=x.dtype)
         w = fake_quantize(self.weight, self.format, self.weight_method, R, None, self.mask_saturated)
         if self.quantize_acts:
             x = fake_quantize(x, self.format, self.act_method, R, self._act_global_scale(x), self.mask_saturated)

@@ -81,6 +81,8 @@ class QuantizedWeight(FixedDtypeBuffers):
         self.register_buffer("global_scale", None if global_scale is None else global_scale.reshape(1))
         self.register_buffer("rotation", None if rotation is None else rotation.to(torch.float32))
         self._packed: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.native_gemm = False  # set where the weight lives: see _pack_if_cuda
+        self._pack_if_cuda()
 
     # ---- construction -----------------------------------------------------------------------------------
 
@@ -204,9 +206,19 @@ class QuantizedWeight(FixedDtypeBuffers):
         self._pack_if_cuda()
 
     def _pack_if_cuda(self) -> None:
-        # Packing when the weight arrives on the GPU keeps the forward free of it, compiled or not.
-        if self.codes.is_cuda and self.kernel_compatible:
-            self.packed()
+        # Packing when the weight arrives on the GPU keeps the forward free of it, compiled or not; so does
+        # deciding here, as a plain bool that torch.compile treats as a constant, whether W4A4 products run
+        # the block-scaled GEMM op (a native kernel for this GPU, not the float64 generic path, and no
+        # MXFP4 divisor, which the op does not take).
+        self.native_gemm = False
+        if self.codes.is_cuda:
+            if self.kernel_compatible:
+                self.packed()
+            if not self.mx_global_scale:
+                from ..tuning import GpuSpec, plan_matmul
+                N, K = self.shape
+                plan = plan_matmul(1, N, K, self.format, gpu=GpuSpec.current(self.codes.device))
+                self.native_gemm = plan.path != "generic"
 
     def extra_repr(self) -> str:
         N, K = self.shape
