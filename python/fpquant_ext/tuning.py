@@ -30,8 +30,7 @@ __all__ = ["W4A16_PATHS", "QUANTIZE_PATHS", "MATMUL_PATHS", "MATMUL_TILES", "CPU
 W4A16_PATHS = ("decode", "mma", "wgmma", "slab")
 #: Quantize paths (quantize_plan.h, QuantizePath).
 QUANTIZE_PATHS = ("groups", "rotate_mma", "rotate_split", "rotate_sm90")
-#: Matmul paths (matmul_plan.h, MatmulPath); "sm90", the Hopper kernels, is reached through plan_override
-#: only until they have run on a GPU.
+#: Matmul paths (matmul_plan.h, MatmulPath): the generic fallback, Blackwell (CUTLASS) and Hopper kernels.
 MATMUL_PATHS = ("generic", "sm100", "sm120", "sm90")
 #: The CUTLASS tiles (m, n, k, cluster_m) of the sm100 and sm120 paths, by config index (matmul_plan.h).
 MATMUL_TILES = dict(zip(("sm100", "sm120"), _C._matmul_tiles()))
