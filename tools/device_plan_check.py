@@ -1,5 +1,5 @@
-"""On a GPU: which matmul path the installed build's plan picks here, and that the default path and each
-compiled architecture-specific path agree with the CPU reference (used by tools/device_check.sh build-all)."""
+"""On a Hopper GPU: which matmul path the installed build's plan picks here, and that the default path and
+the forced Hopper path agree with the CPU reference (used by tools/device_check.sh build-all)."""
 
 import json
 

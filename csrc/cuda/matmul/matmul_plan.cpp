@@ -21,7 +21,14 @@ constexpr int64_t kSm100PairMinM = 129;
 constexpr int64_t kSm120TallMinM = 512;
 
 int sm100_tile(int64_t M) { return M >= kSm100PairMinM ? 1 : 0; }
+
 int sm120_tile(int64_t M) { return M >= kSm120TallMinM ? 1 : 0; }
+
+// The Hopper kernels index rows and k with int (matmul_sm90.h); any shape below that bound works.
+bool sm90_takes(int64_t M, int64_t N, int64_t K) {
+  constexpr int64_t kLimit = int64_t{1} << 30;
+  return M < kLimit && N < kLimit && K < kLimit;
+}
 
 }  // namespace
 
@@ -49,8 +56,7 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
       plan.invalid = "the sm120 matmul kernels need a compute capability 12.0 GPU and an sm_120a build";
     else if (plan.path == MatmulPath::kSm90 && !gpu.runs_sm90())
       plan.invalid = "the sm90 matmul kernels need a compute capability 9.0 GPU and an sm_90a build";
-    else if (plan.path == MatmulPath::kSm90 && (M >= (int64_t{1} << 30) || N >= (int64_t{1} << 30) ||
-                                                 K >= (int64_t{1} << 30)))
+    else if (plan.path == MatmulPath::kSm90 && !sm90_takes(M, N, K))
       plan.invalid = "the sm90 matmul kernels need M, N and K below 2^30";
     else if (plan.path != MatmulPath::kGeneric && plan.path != MatmulPath::kSm90 && shape_issue != nullptr)
       plan.invalid = shape_issue;
@@ -59,7 +65,7 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
     plan.path = shape_issue == nullptr ? (gpu.runs_sm100() ? MatmulPath::kSm100 : MatmulPath::kSm120)
                                        : MatmulPath::kGeneric;
     plan.note = shape_issue;
-  } else if (gpu.runs_sm90() && M < (int64_t{1} << 30) && N < (int64_t{1} << 30) && K < (int64_t{1} << 30)) {
+  } else if (gpu.runs_sm90() && sm90_takes(M, N, K)) {
     plan.path = MatmulPath::kSm90;  // any shape: the operand pass pads what the TMA tiles need
   } else {
     plan.path = MatmulPath::kGeneric;

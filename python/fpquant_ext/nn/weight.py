@@ -81,8 +81,8 @@ class QuantizedWeight(FixedDtypeBuffers):
         self.register_buffer("global_scale", None if global_scale is None else global_scale.reshape(1))
         self.register_buffer("rotation", None if rotation is None else rotation.to(torch.float32))
         self._packed: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        self.native_gemm = False  # set where the weight lives: see _pack_if_cuda
-        self._pack_if_cuda()
+        self.native_gemm = False  # set where the weight lives: see _settle_on_device
+        self._settle_on_device()
 
     # ---- construction -----------------------------------------------------------------------------------
 
@@ -198,14 +198,14 @@ class QuantizedWeight(FixedDtypeBuffers):
 
     def _after_apply(self) -> None:
         self._packed = None
-        self._pack_if_cuda()
+        self._settle_on_device()
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
         self._packed = None
-        self._pack_if_cuda()
+        self._settle_on_device()
 
-    def _pack_if_cuda(self) -> None:
+    def _settle_on_device(self) -> None:
         # Packing when the weight arrives on the GPU keeps the forward free of it, compiled or not; so does
         # deciding here, as a plain bool that torch.compile treats as a constant, whether W4A4 products run
         # the block-scaled GEMM op (a native kernel for this GPU, not the float64 generic path, and no
