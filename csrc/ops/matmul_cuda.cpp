@@ -1,11 +1,14 @@
 // CUDA glue of matmul_mxfp4 / matmul_nvfp4: the shared checks, the kernel chosen by plan_matmul
 // (cuda/matmul/matmul_plan.h), output and workspace through torch's allocator, torch's current stream. No
-// host synchronization on any path, so calls can be captured in CUDA graphs.
+// host synchronization on any path, so calls can be captured in CUDA graphs. The w4a16 path calls other
+// operators (unswizzle_scales, linear_w4a16) through the dispatcher rather than their glue's internals.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <optional>
 
 #include "cuda/matmul/matmul.h"
 #include "cuda/matmul/matmul_generic.h"
@@ -31,11 +34,31 @@ at::Tensor swizzled(const at::Tensor& scales) {
   return op.call(scales);
 }
 
-// One operand [rows, K] dequantized to float32 by the dequantize kernel (NVFP4 with a global scale of 1:
-// code * scale, exact), then widened to float64 (exact).
-at::Tensor dequantized(const char* op, const at::Tensor& codes, const at::Tensor& scales, core::Format f,
-                       core::ScaleLayout layout, int64_t rows, int64_t K, const at::Tensor& one, cudaStream_t stream) {
-  at::Tensor v = at::empty({rows, K}, codes.options().dtype(at::kFloat));
+// The linear layout of blocked scales for rows x groups, through the unswizzle_scales operator (layout.cpp).
+at::Tensor unswizzled(const at::Tensor& scales, int64_t rows, int64_t groups) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fpquant::unswizzle_scales", "")
+                             .typed<at::Tensor(const at::Tensor&, int64_t, int64_t)>();
+  return op.call(scales, rows, groups);
+}
+
+// linear_w4a16 through the dispatcher, which runs its CUDA glue (w4a16_cuda.cpp) and thereby its plan.
+at::Tensor call_linear_w4a16(const at::Tensor& x, const at::Tensor& w_codes, const at::Tensor& w_scales,
+                             const c10::optional<at::Tensor>& w_global_scale, const c10::optional<at::Tensor>& bias,
+                             c10::string_view format) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fpquant::linear_w4a16", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                                               c10::string_view)>();
+  return op.call(x, w_codes, w_scales, w_global_scale, bias, format);
+}
+
+// Codes [rows, K] dequantized by the dequantize kernel into `out` (float32 or bfloat16, contiguous), NVFP4 with
+// a global scale of 1 (`one`): code * scale, exact in both; MXFP4 code * 2^e, exact below 2^128 in both.
+void dequantize_into(const char* op, const at::Tensor& codes, const at::Tensor& scales, core::Format f,
+                     core::ScaleLayout layout, int64_t rows, int64_t K, const at::Tensor& one, at::Tensor& out,
+                     cudaStream_t stream) {
   cuda::DequantizeParams d;
   d.codes = bytes_of(codes);
   d.scales = bytes_of(scales);
@@ -44,9 +67,16 @@ at::Tensor dequantized(const char* op, const at::Tensor& codes, const at::Tensor
   d.layout = layout;
   d.rows = rows;
   d.K = K;
-  d.out = v.data_ptr();
-  d.out_dtype = core::DType::kF32;
+  d.out = out.data_ptr();
+  d.out_dtype = dtype_of(out.scalar_type());
   check_cuda(op, cuda::dequantize(d, stream));
+}
+
+// One operand [rows, K] dequantized to float32 (exact), then widened to float64 (exact).
+at::Tensor dequantized(const char* op, const at::Tensor& codes, const at::Tensor& scales, core::Format f,
+                       core::ScaleLayout layout, int64_t rows, int64_t K, const at::Tensor& one, cudaStream_t stream) {
+  at::Tensor v = at::empty({rows, K}, codes.options().dtype(at::kFloat));
+  dequantize_into(op, codes, scales, f, layout, rows, K, one, v, stream);
   return v.to(at::kDouble);
 }
 
@@ -60,6 +90,28 @@ void matmul_generic(const char* op, const at::Tensor& a, const at::Tensor& sa, c
   check_cuda(op, cuda::matmul_generic_finish(p, acc.const_data_ptr<double>(), stream));
 }
 
+// The w4a16 path: A [..., K] dequantized to bfloat16, then linear_w4a16 with B [N, K] as its canonical weight,
+// whose output [..., N] (bfloat16, the bias added there) is the result. NVFP4: out = A B^T / (gA gB), and
+// linear_w4a16 divides by its weight's global scale, so it gets gA * gB, multiplied on the device (no host
+// synchronization: the call stays capturable in a CUDA graph).
+at::Tensor matmul_w4a16(const char* op, core::Format f, const MatmulArgs& args, const cuda::MatmulPlan& plan,
+                        const at::Tensor& a, const at::Tensor& a_scales, const at::Tensor* a_global,
+                        const at::Tensor& b, const at::Tensor& b_scales, const at::Tensor* b_global,
+                        const c10::optional<at::Tensor>& bias, int64_t M, cudaStream_t stream) {
+  const bool nv = f == core::Format::kNvFp4;
+  const int64_t K = args.K;
+  auto shape = a.sizes().vec();
+  shape.back() = K;
+  at::Tensor x = at::empty(shape, a.options().dtype(at::kBFloat16));
+  at::Tensor one;
+  if (nv) one = at::ones({1}, a.options().dtype(at::kFloat));
+  dequantize_into(op, a, a_scales, f, args.layout, M, K, one, x, stream);
+  const at::Tensor sb = plan.unswizzle_scales ? unswizzled(b_scales, args.N, K / core::group_size(f)) : b_scales;
+  c10::optional<at::Tensor> g;
+  if (nv) g = at::mul(*a_global, *b_global);
+  return call_linear_w4a16(x, b, sb, g, bias, nv ? "nvfp4" : "mxfp4");
+}
+
 at::Tensor matmul_cuda(const char* op, core::Format f, const MatmulArgs& args, const at::Tensor& a,
                        const at::Tensor& a_scales, const at::Tensor* a_global, const at::Tensor& b,
                        const at::Tensor& b_scales, const at::Tensor* b_global, const c10::optional<at::Tensor>& bias) {
@@ -67,10 +119,19 @@ at::Tensor matmul_cuda(const char* op, core::Format f, const MatmulArgs& args, c
   check_device_and_alignment(op, b, "b_codes");
   const c10::cuda::CUDAGuard guard(a.device());
   const int64_t N = args.N, K = args.K, M = a.numel() / a.size(-1);
+  const cuda::GpuInfo gpu = gpu_info(a.get_device());
+  std::optional<core::DType> bias_dtype;
+  if (bias.has_value()) bias_dtype = dtype_of(bias->scalar_type());
+  const cuda::MatmulPlan plan =
+      cuda::plan_matmul(M, N, K, f, args.layout, dtype_of(args.out_dtype), bias_dtype, gpu, matmul_override());
+  TORCH_CHECK_VALUE(plan.invalid == nullptr, op, ": plan override: ", plan.invalid);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (plan.path == cuda::MatmulPath::kW4a16)
+    return matmul_w4a16(op, f, args, plan, a, a_scales, a_global, b, b_scales, b_global, bias, M, stream);
+
   auto shape = a.sizes().vec();
   shape.back() = N;
   at::Tensor out = at::empty(shape, a.options().dtype(args.out_dtype));
-
   cuda::MatmulParams p;
   p.format = f;
   p.layout = args.layout;
@@ -86,11 +147,7 @@ at::Tensor matmul_cuda(const char* op, core::Format f, const MatmulArgs& args, c
     p.a_global = ga.const_data_ptr<float>();
     p.b_global = gb.const_data_ptr<float>();
   }
-  const cuda::GpuInfo gpu = gpu_info(a.get_device());
   p.num_sms = gpu.num_sms;
-  const cuda::MatmulPlan plan = cuda::plan_matmul(M, N, K, f, args.layout, p.out_dtype, gpu, matmul_override());
-  TORCH_CHECK_VALUE(plan.invalid == nullptr, op, ": plan override: ", plan.invalid);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 
   at::Tensor bias_t;
   if (bias.has_value()) {
@@ -143,7 +200,8 @@ at::Tensor matmul_cuda(const char* op, core::Format f, const MatmulArgs& args, c
       err = f == core::Format::kMxFp4 ? cuda::matmul_mxfp4_sm90(p, stream) : cuda::matmul_nvfp4_sm90(p, stream);
 #endif
       break;
-    case cuda::MatmulPath::kGeneric: break;
+    case cuda::MatmulPath::kGeneric:
+    case cuda::MatmulPath::kW4a16: break;
   }
   check_cuda(op, err);
   return out;

@@ -3,6 +3,7 @@
 #include "ops/tuning.h"
 
 #include <atomic>
+#include <optional>
 #include <string>
 
 namespace fpquant {
@@ -79,31 +80,36 @@ PyObject* plan_quantize_py(PyObject*, PyObject* args) {
   return Py_BuildValue("(ii)", static_cast<int>(plan.path), plan.kernel_r);
 }
 
-// _plan_matmul(M, N, K, format, out_dtype, scale_layout, cc_major, cc_minor, num_sms, sm90_kernels,
-// sm100_kernels, sm120_kernels) -> (path, config, swizzle_scales, workspace_bytes, note or None); out_dtype 0 float32,
-// 1 bfloat16, 2 float16; scale_layout 0 linear, 1 blocked.
+// _plan_matmul(M, N, K, format, out_dtype, scale_layout, bias_dtype, cc_major, cc_minor, num_sms, sm90_kernels,
+// sm100_kernels, sm120_kernels) -> (path, config, swizzle_scales, unswizzle_scales, workspace_bytes, note or
+// None); out_dtype 0 float32, 1 bfloat16, 2 float16; bias_dtype the same, or -1 for no bias; scale_layout 0
+// linear, 1 blocked.
 PyObject* plan_matmul_py(PyObject*, PyObject* args) {
   long long M, N, K;
   const char* fmt;
-  int dtype, layout, sm90, sm100, sm120;
+  int dtype, layout, bias_dtype, sm90, sm100, sm120;
   cuda::GpuInfo gpu;
-  if (!PyArg_ParseTuple(args, "LLLsiiiiippp", &M, &N, &K, &fmt, &dtype, &layout, &gpu.cc_major, &gpu.cc_minor,
-                        &gpu.num_sms, &sm90, &sm100, &sm120))
+  if (!PyArg_ParseTuple(args, "LLLsiiiiiippp", &M, &N, &K, &fmt, &dtype, &layout, &bias_dtype, &gpu.cc_major,
+                        &gpu.cc_minor, &gpu.num_sms, &sm90, &sm100, &sm120))
     return nullptr;
   bool ok;
   const core::Format f = format_of(fmt, &ok);
   if (!ok) return PyErr_Format(PyExc_ValueError, "format must be 'mxfp4' or 'nvfp4', got '%s'", fmt);
   if (dtype < 0 || dtype > 2) return PyErr_Format(PyExc_ValueError, "out_dtype must be 0, 1 or 2");
   if (layout < 0 || layout > 1) return PyErr_Format(PyExc_ValueError, "scale_layout must be 0 or 1");
+  if (bias_dtype < -1 || bias_dtype > 2) return PyErr_Format(PyExc_ValueError, "bias_dtype must be -1, 0, 1 or 2");
   if (M < 1 || N < 1 || K < 1) return PyErr_Format(PyExc_ValueError, "M, N and K must be positive");
   gpu.sm90_kernels = sm90 != 0;
   gpu.sm100_kernels = sm100 != 0;
   gpu.sm120_kernels = sm120 != 0;
+  const std::optional<core::DType> bias =
+      bias_dtype < 0 ? std::nullopt : std::optional<core::DType>(static_cast<core::DType>(bias_dtype));
   const cuda::MatmulPlan plan = cuda::plan_matmul(M, N, K, f, static_cast<core::ScaleLayout>(layout),
-                                                  static_cast<core::DType>(dtype), gpu, matmul_override());
+                                                  static_cast<core::DType>(dtype), bias, gpu, matmul_override());
   if (plan.invalid != nullptr) return PyErr_Format(PyExc_ValueError, "plan override: %s", plan.invalid);
-  return Py_BuildValue("(iiOnz)", static_cast<int>(plan.path), plan.config, plan.swizzle_scales ? Py_True : Py_False,
-                       static_cast<Py_ssize_t>(plan.workspace_bytes), plan.note);
+  return Py_BuildValue("(iiOOnz)", static_cast<int>(plan.path), plan.config, plan.swizzle_scales ? Py_True : Py_False,
+                       plan.unswizzle_scales ? Py_True : Py_False, static_cast<Py_ssize_t>(plan.workspace_bytes),
+                       plan.note);
 }
 
 // _matmul_tiles() -> ((m, n, k, cluster_m), ...) for sm100 and for sm120: the tile tables of matmul_plan.h.

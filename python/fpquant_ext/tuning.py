@@ -30,8 +30,9 @@ __all__ = ["W4A16_PATHS", "QUANTIZE_PATHS", "MATMUL_PATHS", "MATMUL_TILES", "CPU
 W4A16_PATHS = ("decode", "mma", "wgmma", "slab")
 #: Quantize paths (quantize_plan.h, QuantizePath).
 QUANTIZE_PATHS = ("groups", "rotate_mma", "rotate_split", "rotate_sm90")
-#: Matmul paths (matmul_plan.h, MatmulPath): the generic fallback, Blackwell (CUTLASS) and Hopper kernels.
-MATMUL_PATHS = ("generic", "sm100", "sm120", "sm90")
+#: Matmul paths (matmul_plan.h, MatmulPath): the generic fallback, Blackwell (CUTLASS) and Hopper kernels, and
+#: ``w4a16`` (A dequantized to bf16, B through the W4A16 kernels of ``linear_w4a16``; bf16 output).
+MATMUL_PATHS = ("generic", "sm100", "sm120", "sm90", "w4a16")
 #: The CUTLASS tiles (m, n, k, cluster_m) of the sm100 and sm120 paths, by config index (matmul_plan.h).
 MATMUL_TILES = dict(zip(("sm100", "sm120"), _C._matmul_tiles()))
 #: CPU rotation kernels, narrowest first (csrc/ops/cpu_rotation.h); the widest the CPU supports runs.
@@ -79,7 +80,8 @@ class MatmulPlan:
     config: int  # tile index into MATMUL_TILES[path] (sm100 / sm120); 0 for generic
     swizzle_scales: bool  # linear scales are swizzled to the blocked layout first (the CUTLASS kernels read blocked)
     workspace_bytes: int  # the launcher's workspace (the NVFP4 alpha of the CUTLASS paths)
-    note: Optional[str]  # why a GPU with Blackwell kernels still takes the generic path
+    note: Optional[str]  # why a GPU with kernels for the problem still takes the generic path
+    unswizzle_scales: bool = False  # w4a16: B's blocked scales are unswizzled first (linear_w4a16 reads linear)
 
     @property
     def tile(self) -> Optional[tuple[int, int, int, int]]:
@@ -104,15 +106,18 @@ def plan_quantize(rows: int, K: int, format: str = "mxfp4", dtype: torch.dtype =
 
 
 def plan_matmul(M: int, N: int, K: int, format: str = "mxfp4", out_dtype: torch.dtype = torch.float32,
-                scale_layout: str = "blocked", gpu: Optional[GpuSpec] = None) -> MatmulPlan:
-    """The kernel ``matmul_mxfp4`` / ``matmul_nvfp4`` runs for A [M, K] x B [N, K]^T."""
+                scale_layout: str = "blocked", gpu: Optional[GpuSpec] = None,
+                bias_dtype: Optional[torch.dtype] = None) -> MatmulPlan:
+    """The kernel ``matmul_mxfp4`` / ``matmul_nvfp4`` runs for A [M, K] x B [N, K]^T, with a bias of
+    ``bias_dtype`` (``None``: no bias)."""
     g = gpu if gpu is not None else GpuSpec.current()
     if scale_layout not in ("linear", "blocked"):
         raise ValueError(f"scale_layout must be 'linear' or 'blocked', got {scale_layout!r}")
-    path, config, swizzle, workspace, note = _C._plan_matmul(
-        M, N, K, format, _DTYPES[out_dtype], 0 if scale_layout == "linear" else 1, g.cc[0], g.cc[1], g.num_sms,
-        g.sm90_kernels, g.sm100_kernels, g.sm120_kernels)
-    return MatmulPlan(MATMUL_PATHS[path], config, swizzle, workspace, note)
+    bias = -1 if bias_dtype is None else _DTYPES[bias_dtype]
+    path, config, swizzle, unswizzle, workspace, note = _C._plan_matmul(
+        M, N, K, format, _DTYPES[out_dtype], 0 if scale_layout == "linear" else 1, bias, g.cc[0], g.cc[1],
+        g.num_sms, g.sm90_kernels, g.sm100_kernels, g.sm120_kernels)
+    return MatmulPlan(MATMUL_PATHS[path], config, swizzle, workspace, note, unswizzle)
 
 
 def _index(name: Optional[str], names: tuple, what: str) -> int:
@@ -137,9 +142,11 @@ def plan_override(*, w4a16_path: Optional[str] = None, w4a16_config: Optional[in
         quantize_path: one of :data:`QUANTIZE_PATHS` (rotation paths only apply with a rotation).
         cpu_isa: the widest CPU rotation kernel to use, one of :data:`CPU_ISAS` (a cap: a CPU without it
             runs its own widest).
-        matmul_path: one of :data:`MATMUL_PATHS`.
+        matmul_path: one of :data:`MATMUL_PATHS`. ``"w4a16"`` applies to a bfloat16 output with no bias or a
+            bfloat16 one, N a multiple of 32 and K of 128, on a GPU of compute capability 8.0 or newer.
         matmul_config: the tile of the sm100 / sm120 path (an index into :data:`MATMUL_TILES`) or of the sm90
-            path (matmul_sm90_tiles.h: MXFP4 0-2, NVFP4 0-1).
+            path (matmul_sm90_tiles.h: MXFP4 0-2, NVFP4 0-1). The w4a16 path has none (its kernel follows
+            the W4A16 plan, which ``w4a16_path`` / ``w4a16_config`` / ``w4a16_splits`` steer).
     """
     if w4a16_config is not None and w4a16_config < 0:
         raise ValueError(f"w4a16_config must be >= 0, got {w4a16_config}")

@@ -4,7 +4,7 @@ described GPUs, and the explicit override that tests and sweeps use instead of e
 import pytest
 import torch
 
-from fpquant_ext.tuning import GpuSpec, plan_matmul, plan_override, plan_quantize, plan_w4a16
+from fpquant_ext.tuning import MATMUL_PATHS, GpuSpec, plan_matmul, plan_override, plan_quantize, plan_w4a16
 
 H100 = GpuSpec((9, 0), 132, True)
 H100_NO_SM90_BUILD = GpuSpec((9, 0), 132, False)
@@ -125,16 +125,24 @@ B200_NO_BLACKWELL_BUILD = GpuSpec((10, 0), 148, True, False, False)
 def test_matmul_paths_by_gpu(fmt, out):
     assert plan_matmul(256, 4096, 4096, fmt, out, "blocked", B200).path == "sm100"
     assert plan_matmul(256, 4096, 4096, fmt, out, "blocked", RTX5090).path == "sm120"
-    # Hopper takes its own kernels for any shape (the operand pass handles tails), with their workspace; GPUs
-    # without matching kernels take the generic path.
+    # Hopper takes its own kernels for any shape (the operand pass handles tails), with their workspace, except
+    # a bf16 output at small M (the w4a16 path, test_matmul_w4a16_path_on_hopper); GPUs without matching
+    # kernels take the w4a16 path where it applies (bf16 output; Ampere, Ada, Hopper without sm_90a), else the
+    # generic path.
+    bf16 = out == torch.bfloat16
     for M, N, K in [(256, 4096, 4096), (1, 3, 32), (1000, 4100, 48)]:
         p = plan_matmul(M, N, K, fmt, out, "blocked", H100)
+        if bf16 and M == 256:
+            assert p.path == "w4a16"
+            continue
         assert p.path == "sm90" and p.workspace_bytes >= (M + N) * K and p.note is None, (M, N, K)
     for gpu in (H100_NO_SM90_BUILD, ADA, B300, B200_NO_BLACKWELL_BUILD):
         p = plan_matmul(256, 4096, 4096, fmt, out, "blocked", gpu)
-        assert (p.path, p.tile, p.workspace_bytes, p.swizzle_scales) == ("generic", None, 0, False), gpu
+        path = "w4a16" if bf16 and gpu in (H100_NO_SM90_BUILD, ADA) else "generic"
+        assert (p.path, p.tile, p.workspace_bytes, p.swizzle_scales) == (path, None, 0, False), gpu
     assert plan_matmul(1 << 30, 4096, 4096, fmt, out, "blocked", H100).path == "generic"
-    assert plan_matmul(8, 4096, 4096, fmt, out, "blocked", ADA).note is None
+    p = plan_matmul(8, 4096, 4096, fmt, out, "blocked", ADA)
+    assert p.note is None if bf16 else "bfloat16" in p.note
     assert "10.0" in plan_matmul(8, 4096, 4096, fmt, out, "blocked", B300).note
     assert "no kernels" in plan_matmul(8, 4096, 4096, fmt, out, "blocked", B200_NO_BLACKWELL_BUILD).note
 
@@ -157,16 +165,18 @@ def test_matmul_sm90_tile_fills_the_gpu(fmt, wide):
     def cost(M, N, bn, weight):
         return -(-(-(-M // 128) * -(-N // bn)) // 132) * bn * weight
 
-    for M, N in [(1, 8192), (16, 8192), (128, 8192), (1024, 8192), (4096, 14336), (8192, 8192), (300, 1000)]:
-        expected = 0 if cost(M, N, wide, 9) <= cost(M, N, 128, 10) else 1
-        assert plan_matmul(M, N, 4096, fmt, torch.bfloat16, "linear", H100).config == expected, (M, N)
-    # the faster tile of the H200 sweep at each of its shapes (docs/perf/matmul.md)
-    measured = {"mxfp4": {(8192, 8192): 0, (4096, 14336): 0, (4096, 4096): 1, (16384, 8192): 0, (1, 8192): 1,
-                          (16, 8192): 1, (128, 8192): 1, (1024, 8192): 1},
-                "nvfp4": {(8192, 8192): 0, (4096, 14336): 0, (4096, 4096): 0, (16384, 8192): 0, (1, 8192): 1,
-                          (16, 8192): 1, (128, 8192): 1, (1024, 8192): 0}}[fmt]
-    for (M, N), tile in measured.items():
-        assert plan_matmul(M, N, 8192, fmt, torch.bfloat16, "linear", H100).config == tile, (M, N)
+    # Forced: a bf16 output at small M takes the w4a16 path by default.
+    with plan_override(matmul_path="sm90"):
+        for M, N in [(1, 8192), (16, 8192), (128, 8192), (1024, 8192), (4096, 14336), (8192, 8192), (300, 1000)]:
+            expected = 0 if cost(M, N, wide, 9) <= cost(M, N, 128, 10) else 1
+            assert plan_matmul(M, N, 4096, fmt, torch.bfloat16, "linear", H100).config == expected, (M, N)
+        # the faster tile of the H200 sweep at each of its shapes (docs/perf/matmul.md)
+        measured = {"mxfp4": {(8192, 8192): 0, (4096, 14336): 0, (4096, 4096): 1, (16384, 8192): 0, (1, 8192): 1,
+                              (16, 8192): 1, (128, 8192): 1, (1024, 8192): 1},
+                    "nvfp4": {(8192, 8192): 0, (4096, 14336): 0, (4096, 4096): 0, (16384, 8192): 0, (1, 8192): 1,
+                              (16, 8192): 1, (128, 8192): 1, (1024, 8192): 0}}[fmt]
+        for (M, N), tile in measured.items():
+            assert plan_matmul(M, N, 8192, fmt, torch.bfloat16, "linear", H100).config == tile, (M, N)
 
 
 def test_matmul_workspace_and_swizzle():
@@ -222,3 +232,81 @@ def test_matmul_override():
     with pytest.raises(ValueError, match="matmul_path"):
         with plan_override(matmul_path="cutlass"):
             pass
+
+
+# ---- the w4a16 matmul path: A dequantized to bf16, B through the W4A16 kernels ------------------------------
+A100 = GpuSpec((8, 0), 108, False, False, False)
+TURING = GpuSpec((7, 5), 40, False, False, False)
+W4A16_MAX_M = 512  # kMatmulW4a16MaxM (matmul_plan.h)
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("layout", ["linear", "blocked"])
+def test_matmul_w4a16_path_on_hopper(fmt, layout):
+    bf16, f32, f16 = torch.bfloat16, torch.float32, torch.float16
+    for M in (1, 16, 128, W4A16_MAX_M):
+        for bias in (None, bf16):
+            p = plan_matmul(M, 8192, 8192, fmt, bf16, layout, H100, bias_dtype=bias)
+            assert (p.path, p.config, p.workspace_bytes, p.swizzle_scales, p.tile) == ("w4a16", 0, 0, False, None)
+            assert p.unswizzle_scales == (layout == "blocked")  # linear_w4a16 reads a canonical weight's scales
+    # Above the threshold, other output or bias dtypes (a second rounding), shapes the W4A16 tiles cannot take:
+    # the sm90 kernels.
+    assert plan_matmul(W4A16_MAX_M + 1, 8192, 8192, fmt, bf16, layout, H100).path == "sm90"
+    for out, bias in [(f32, None), (f16, None), (bf16, f32), (bf16, f16), (f32, bf16)]:
+        assert plan_matmul(16, 8192, 8192, fmt, out, layout, H100, bias_dtype=bias).path == "sm90", (out, bias)
+    for N, K in [(8200, 8192), (96 + 16, 1024), (8192, 8192 + 64), (8192, 96)]:
+        p = plan_matmul(16, N, K, fmt, bf16, layout, H100)
+        assert (p.path, p.unswizzle_scales) == ("sm90", False), (N, K)
+    assert plan_matmul(16, 96, 1024, fmt, bf16, layout, H100).path == "w4a16"
+    # The default arguments: a float32 output and no bias.
+    assert plan_matmul(16, 8192, 8192, fmt, gpu=H100).path == "sm90"
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_matmul_w4a16_path_instead_of_generic(fmt):
+    bf16, f32 = torch.bfloat16, torch.float32
+    # GPUs without a native kernel take it for every M where it applies, instead of the float64 generic path.
+    for gpu in (A100, ADA, H100_NO_SM90_BUILD):
+        for M in (1, 300, 8192, 100000):
+            assert plan_matmul(M, 4096, 4096, fmt, bf16, "blocked", gpu).path == "w4a16", (gpu, M)
+        assert plan_matmul(64, 4096, 4096, fmt, bf16, "linear", gpu, bias_dtype=bf16).path == "w4a16"
+        cases = [(4096, 4096, f32, None, "bfloat16 only"), (4096, 4096, bf16, f32, "bfloat16 bias"),
+                 (60, 4096, bf16, None, "multiple of 32"), (4096, 4160, bf16, None, "multiple of 128")]
+        for N, K, out, bias, why in cases:
+            p = plan_matmul(8192, N, K, fmt, out, "blocked", gpu, bias_dtype=bias)
+            assert p.path == "generic" and why in p.note, (gpu, N, K, out, bias)
+    # Blackwell keeps its CUTLASS kernels, and without them the generic path with the note on its build.
+    assert plan_matmul(16, 4096, 4096, fmt, bf16, "blocked", B200).path == "sm100"
+    assert plan_matmul(16, 4096, 4096, fmt, bf16, "blocked", RTX5090).path == "sm120"
+    for gpu, note in [(B300, "10.0"), (B200_NO_BLACKWELL_BUILD, "no kernels")]:
+        p = plan_matmul(16, 4096, 4096, fmt, bf16, "blocked", gpu)
+        assert p.path == "generic" and note in p.note, gpu
+    # Before compute capability 8.0 (no mma.sync for the W4A16 kernels): the generic path.
+    p = plan_matmul(16, 4096, 4096, fmt, bf16, "blocked", TURING)
+    assert (p.path, p.note) == ("generic", None)
+
+
+def test_matmul_w4a16_override():
+    bf16, f32 = torch.bfloat16, torch.float32
+    assert MATMUL_PATHS[4] == "w4a16"  # MatmulPath::kW4a16
+    with plan_override(matmul_path="w4a16"):
+        for gpu in (H100, A100, B200):
+            for M in (1, 4096):
+                p = plan_matmul(M, 4096, 4096, "nvfp4", bf16, "blocked", gpu)
+                assert (p.path, p.unswizzle_scales) == ("w4a16", True), (gpu, M)
+        cases = [(dict(out_dtype=f32), "bfloat16 only"), (dict(bias_dtype=f32), "bfloat16 bias"),
+                 (dict(N=100), "multiple of 32"), (dict(K=4096 + 32), "multiple of 128"),
+                 (dict(gpu=TURING), "compute capability 8.0")]
+        for kw, why in cases:
+            args = dict(M=16, N=4096, K=4096, format="mxfp4", out_dtype=bf16, scale_layout="linear", gpu=H100)
+            args.update(kw)
+            with pytest.raises(ValueError, match=f"plan override: .*{why}"):
+                plan_matmul(**args)
+    # The path has no tile of its own: a tile override cannot apply to it, forced or chosen.
+    with plan_override(matmul_path="w4a16", matmul_config=0), pytest.raises(ValueError, match="no tile"):
+        plan_matmul(16, 4096, 4096, "mxfp4", bf16, "linear", H100)
+    with plan_override(matmul_config=1):
+        with pytest.raises(ValueError, match="no tile"):
+            plan_matmul(16, 4096, 4096, "mxfp4", bf16, "linear", H100)
+        assert plan_matmul(16, 4096, 4096, "mxfp4", f32, "linear", H100).config == 1  # sm90
+    assert plan_matmul(16, 4096, 4096, "mxfp4", bf16, "linear", H100).path == "w4a16"  # restored

@@ -1,4 +1,7 @@
-"""Shared by the matmul tests: quantize an operand, call the op of a format."""
+"""Shared by the matmul tests: quantize an operand, call the op of a format, compare the GPU with the CPU
+operator."""
+
+import torch
 
 import fpquant_ext as fq
 
@@ -15,3 +18,51 @@ def run_matmul(fmt, a, sa, ga, b, sb, gb, layout, out_dtype, bias):
     if fmt == "mxfp4":
         return fq.matmul_mxfp4(a, sa, b, sb, layout, out_dtype, bias)
     return fq.matmul_nvfp4(a, sa, ga, b, sb, gb, layout, out_dtype, bias)
+
+
+# ---- GPU against the CPU operator (the float64 reference) -------------------------------------------------
+
+
+def to_cuda(*tensors):
+    """The tensors on the GPU (None stays None)."""
+    return [None if t is None else t.cuda() for t in tensors]
+
+
+def gpu_and_reference(fmt, a, sa, ga, b, sb, gb, layout, out_dtype, bias=None):
+    """(the op on the GPU, its result moved to the CPU; the op on the CPU, the reference) for CPU operands."""
+    got = run_matmul(fmt, *to_cuda(a, sa, ga, b, sb, gb), layout, out_dtype, *to_cuda(bias))
+    torch.cuda.synchronize()
+    return got.cpu(), run_matmul(fmt, a, sa, ga, b, sb, gb, layout, out_dtype, bias)
+
+
+def check_against_reference(got, ref, tol):
+    """NaN and inf exactly where the reference has them; relative Frobenius error over the finite rest <= tol.
+    Returns the error."""
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    assert torch.equal(got.isnan(), ref.isnan()), (got.isnan().sum(), ref.isnan().sum())
+    assert torch.equal(got.isinf() & ~ref.isnan(), ref.isinf())
+    ok = ref.isfinite()
+    g, r = got[ok].double(), ref[ok].double()
+    err = ((g - r).norm() / r.norm().clamp_min(1e-300)).item()
+    assert err <= tol, err
+    return err
+
+
+def random_operand(rows, K, fmt, gen, span=60, zero_groups=0.05):
+    """Random codes and random linear-layout group scales: E8M0 exponents in [-span, span], or random normal
+    E4M3 scales; a fraction of all-zero groups."""
+    group = 32 if fmt == "mxfp4" else 16
+    codes = torch.randint(0, 256, (rows, K // 2), generator=gen, dtype=torch.uint8)
+    zero = torch.rand(rows, K // group, generator=gen) < zero_groups
+    codes.view(rows, K // group, group // 2)[zero] = 0
+    if fmt == "mxfp4":
+        s = torch.randint(127 - span, 127 + span + 1, (rows, K // group), generator=gen).to(torch.uint8)
+        return codes, s.view(torch.float8_e8m0fnu)
+    s = torch.randint(0x08, 0x7F, (rows, K // group), generator=gen).to(torch.uint8)
+    return codes, s.view(torch.float8_e4m3fn)
+
+
+def poison_allocator(nbytes=1 << 28):
+    """Fill memory the caching allocator hands out next with 0xFF bytes (NaN as float32, bf16 and fp16)."""
+    t = torch.full((nbytes,), 0xFF, dtype=torch.uint8, device="cuda")
+    del t

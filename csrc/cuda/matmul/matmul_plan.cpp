@@ -6,6 +6,7 @@
 #include <climits>
 
 #include "cuda/matmul/matmul_sm90_tiles.h"
+#include "cuda/w4a16/w4a16_plan.h"
 
 namespace fpquant::cuda {
 namespace {
@@ -30,6 +31,36 @@ bool sm90_takes(int64_t M, int64_t N, int64_t K) {
   return M < kLimit && N < kLimit && K < kLimit;
 }
 
+// The w4a16 path: A dequantized to bf16 by the dequantize kernel (MXFP4 code * 2^e and NVFP4 code * E4M3 scale
+// are exact in bf16, except MXFP4 elements of magnitude >= 2^128, which become inf as they do in the generic
+// path's float32 operands, where the float64 reference could still end finite), then linear_w4a16 with B as
+// its canonical weight (packed per call by its glue) and, for NVFP4, gA * gB as the weight's global scale (a
+// divisor there; the float32 product is formed on the device, so gA * gB must stay within float32's range).
+// The W4A16 kernels write their activation dtype and add a bias of that dtype, so the path is exact up to one
+// rounding only for a bf16 output and a bf16 bias (or none): a float32 / fp16 output or bias would be
+// rounded twice, and stays on the other paths. Their tiles take N % kW4A16TileN == 0 and
+// K % kW4A16ChunkK == 0; their mma.sync needs compute capability 8.0. nullptr if the path applies, else why not.
+const char* w4a16_issue(int64_t N, int64_t K, core::DType out, std::optional<core::DType> bias, const GpuInfo& gpu) {
+  if (gpu.cc_major < 8) return "the w4a16 matmul path needs a GPU of compute capability 8.0 or newer";
+  if (out != core::DType::kBF16)
+    return "the w4a16 matmul path writes bfloat16 only (the W4A16 kernels write their activation dtype; another "
+           "output dtype would be a second rounding)";
+  if (bias.has_value() && *bias != core::DType::kBF16)
+    return "the w4a16 matmul path takes a bfloat16 bias only (the W4A16 kernels add it in bfloat16: another dtype "
+           "would be rounded twice)";
+  if (N % kW4A16TileN != 0 || K % kW4A16ChunkK != 0)
+    return "the w4a16 matmul path needs N a multiple of 32 and K a multiple of 128 (the W4A16 kernels' tiles)";
+  return nullptr;
+}
+
+static_assert(kW4A16TileN == 32 && kW4A16ChunkK == 128, "w4a16_issue's message names these multiples");
+
+// GPUs without a native matmul kernel that the W4A16 kernels were written for (Ampere, Ada, and Hopper in a
+// build without sm_90a): there the w4a16 path replaces the float64 generic path, which is slow on them (float64
+// runs at 1/64 rate on GeForce parts), for every M it takes. A Blackwell GPU without its kernels keeps the
+// generic path and the note on the target its build lacks.
+bool w4a16_instead_of_generic(const GpuInfo& gpu) { return gpu.cc_major == 8 || gpu.cc_major == 9; }
+
 }  // namespace
 
 const char* matmul_kernel_shape_issue(int64_t M, int64_t N, int64_t K, core::DType out) {
@@ -41,12 +72,13 @@ const char* matmul_kernel_shape_issue(int64_t M, int64_t N, int64_t K, core::DTy
 }
 
 MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::ScaleLayout layout, core::DType out,
-                       const GpuInfo& gpu, const MatmulOverride& ov) {
+                       std::optional<core::DType> bias, const GpuInfo& gpu, const MatmulOverride& ov) {
   MatmulPlan plan;
   const char* shape_issue = matmul_kernel_shape_issue(M, N, K, out);
+  const char* w4a16_no = w4a16_issue(N, K, out, bias, gpu);
   if (ov.path >= 0) {
     if (ov.path >= kMatmulPaths) {
-      plan.invalid = "matmul path must be 0 (generic), 1 (sm100), 2 (sm120) or 3 (sm90)";
+      plan.invalid = "matmul path must be 0 (generic), 1 (sm100), 2 (sm120), 3 (sm90) or 4 (w4a16)";
       return plan;
     }
     plan.path = static_cast<MatmulPath>(ov.path);
@@ -58,6 +90,8 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
       plan.invalid = "the sm90 matmul kernels need a compute capability 9.0 GPU and an sm_90a build";
     else if (plan.path == MatmulPath::kSm90 && !sm90_takes(M, N, K))
       plan.invalid = "the sm90 matmul kernels need M, N and K below 2^30";
+    else if (plan.path == MatmulPath::kW4a16)
+      plan.invalid = w4a16_no;
     else if (plan.path != MatmulPath::kGeneric && plan.path != MatmulPath::kSm90 && shape_issue != nullptr)
       plan.invalid = shape_issue;
     if (plan.invalid != nullptr) return plan;
@@ -65,10 +99,15 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
     plan.path = shape_issue == nullptr ? (gpu.runs_sm100() ? MatmulPath::kSm100 : MatmulPath::kSm120)
                                        : MatmulPath::kGeneric;
     plan.note = shape_issue;
+  } else if (gpu.runs_sm90() && M <= kMatmulW4a16MaxM && w4a16_no == nullptr) {
+    plan.path = MatmulPath::kW4a16;  // the sm90 path would convert all of B for a few rows (matmul_plan.h)
   } else if (gpu.runs_sm90() && sm90_takes(M, N, K)) {
     plan.path = MatmulPath::kSm90;  // any shape: the operand pass pads what the TMA tiles need
+  } else if (!gpu.runs_sm90() && w4a16_instead_of_generic(gpu) && w4a16_no == nullptr) {
+    plan.path = MatmulPath::kW4a16;
   } else {
     plan.path = MatmulPath::kGeneric;
+    if (w4a16_instead_of_generic(gpu)) plan.note = w4a16_no;
     if (gpu.runs_sm90()) plan.note = "the sm90 matmul kernels need M, N and K below 2^30";
     if (gpu.cc_major == 10 || gpu.cc_major == 12) {
       const bool built = gpu.cc_major == 10 ? gpu.sm100_kernels : gpu.sm120_kernels;
@@ -81,6 +120,18 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
   if (plan.path == MatmulPath::kGeneric) {
     plan.config = 0;
     plan.workspace_bytes = 0;  // the glue allocates the dequantized operands itself
+    return plan;
+  }
+  if (plan.path == MatmulPath::kW4a16) {
+    // linear_w4a16 runs its own plan (plan_w4a16, steered by the w4a16_* overrides); nothing to choose here.
+    if (ov.config >= 0) {
+      plan.invalid =
+          "the w4a16 matmul path has no tile (its kernel follows plan_w4a16: use w4a16_path / w4a16_config)";
+      return plan;
+    }
+    plan.config = 0;
+    plan.unswizzle_scales = layout == core::ScaleLayout::kBlocked;
+    plan.workspace_bytes = 0;  // the glue allocates A's bf16 copy itself
     return plan;
   }
   if (plan.path == MatmulPath::kSm90) {
