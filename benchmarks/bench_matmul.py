@@ -5,9 +5,11 @@
     python benchmarks/bench_matmul.py --matmul-path generic   # force a path (plan_override)
 
 Shapes (M, N, K): (8192, 8192, 8192), (4096, 14336, 4096), (4096, 4096, 14336), (16384, 8192, 8192), and M in
-{1, 16, 128, 1024} for (N, K) = (8192, 8192). For each shape and format, medians (CUDA graphs, benchmarks/common.py)
-of:
-  fp4            the op alone on pre-quantized A and B (bf16 output);
+{1, 16, 128, 512, 1024} for (N, K) = (8192, 8192). For each shape and format, medians (CUDA graphs,
+benchmarks/common.py) of:
+  fp4            the op alone on pre-quantized A and B (bf16 output), on the path the plan picks ("path");
+  sm90, w4a16    up to M = 1024, the op forced onto the sm90 / w4a16 path (plan_override), where the GPU runs it:
+                 the two paths side by side, for the plan's threshold between them (kMatmulW4a16MaxM);
   fp4+act        Hadamard-128 rotation + quantization of the bf16 activations (fpquant_ext ops; NVFP4 with a static
                  global scale, as `--act-scale static` serves it), then the op;
   bf16           torch.matmul, bf16 x bf16;
@@ -33,8 +35,11 @@ from common import bench_graph_ms, report, run_meta
 
 LARGE = [(8192, 8192, 8192), (4096, 14336, 4096), (4096, 4096, 14336), (16384, 8192, 8192)]
 SMALL = [(m, 8192, 8192) for m in (1, 16, 128, 1024)]
+SMALL_AND_THRESHOLD = sorted(SMALL + [(512, 8192, 8192)])  # 512: kMatmulW4a16MaxM (matmul_plan.h)
 SMOKE = [(64, 96, 256), (3, 128, 512)]
 L2_BYTES = 60 << 20
+SIDE_BY_SIDE_MAX_M = 1024  # rows up to which the sm90 and w4a16 paths are both timed
+SIDE_BY_SIDE_PATHS = ("sm90", "w4a16")
 
 
 def cpu_ms(fns, reps: int = 3) -> float:
@@ -142,6 +147,18 @@ def fp8_rowwise(x, w):
     return x8, sx, w8, sw.t().contiguous()
 
 
+def plan_path(M, N, K, fmt, dev, path=None):
+    """The path the op takes for this shape (bf16 output, linear scales), under a forced `path` if given; None
+    where the GPU cannot run the forced path (the override would raise)."""
+    if dev.type != "cuda":
+        return "cpu"
+    try:
+        with fq.tuning.plan_override(matmul_path=path):
+            return fq.tuning.plan_matmul(M, N, K, fmt, torch.bfloat16, "linear", fq.tuning.GpuSpec.current(dev)).path
+    except ValueError:
+        return None
+
+
 def bench_shape(M, N, K, dev, timer, copies, args, notes):
     rows = []
     gen = torch.Generator(device=dev).manual_seed(M * 7 + N * 3 + K)
@@ -167,6 +184,13 @@ def bench_shape(M, N, K, dev, timer, copies, args, notes):
         qb = [quantize(w, fmt, rot) for w in ws]
         qpairs = list(zip(qa, qb))
         t_fp4 = timer([lambda a=a, b=b: matmul(fmt, a, b) for a, b in qpairs])
+        forced = {}
+        for path in SIDE_BY_SIDE_PATHS if M <= SIDE_BY_SIDE_MAX_M else ():
+            if plan_path(M, N, K, fmt, dev, path) is None:
+                notes.setdefault(f"{path} path", "not run: this GPU or build cannot take it")
+                continue
+            with fq.tuning.plan_override(matmul_path=path):
+                forced[path] = timer([lambda a=a, b=b: matmul(fmt, a, b) for a, b in qpairs])
         # activation quantization inside the timed call (weights quantized once, as a model holds them)
         t_act = timer([lambda x=x, a=a, b=b: matmul(fmt, quantize(x, fmt, rot, a[2]), b)
                        for x, (a, b) in zip(xs, qpairs)])
@@ -179,13 +203,15 @@ def bench_shape(M, N, K, dev, timer, copies, args, notes):
             else:
                 notes.setdefault("triton", why)
         flop = 2.0 * M * N * K
-        row = {"M": M, "N": N, "K": K, "format": fmt, "fp4_ms": t_fp4, "fp4_act_ms": t_act, "bf16_ms": t_bf16,
+        row = {"M": M, "N": N, "K": K, "format": fmt, "path": plan_path(M, N, K, fmt, dev), "fp4_ms": t_fp4,
+               "sm90_ms": forced.get("sm90"), "w4a16_ms": forced.get("w4a16"), "fp4_act_ms": t_act, "bf16_ms": t_bf16,
                "fp8_rowwise_ms": t_fp8, "fp8_rowwise_fast_ms": t_fp8_fast, "dequant_bf16_ms": t_deq,
                "triton_dot_scaled_ms": t_tri, "fp4_tflops": flop / t_fp4 / 1e9,
                "speedup_vs_bf16": t_bf16 / t_fp4, "act_speedup_vs_bf16": t_bf16 / t_act}
         rows.append(row)
-        print(f"M={M} N={N} K={K} {fmt}: {t_fp4 * 1e3:.1f} us ({row['fp4_tflops']:.0f} TFLOP/s), +act "
-              f"{t_act * 1e3:.1f} us, bf16 {t_bf16 * 1e3:.1f} us -> {row['speedup_vs_bf16']:.2f}x / "
+        side = "".join(f", {p} {v * 1e3:.1f} us" for p, v in forced.items())
+        print(f"M={M} N={N} K={K} {fmt}: {t_fp4 * 1e3:.1f} us ({row['path']}, {row['fp4_tflops']:.0f} TFLOP/s){side}, "
+              f"+act {t_act * 1e3:.1f} us, bf16 {t_bf16 * 1e3:.1f} us -> {row['speedup_vs_bf16']:.2f}x / "
               f"{row['act_speedup_vs_bf16']:.2f}x", flush=True)
         del qa, qb, qpairs
     return rows
@@ -247,7 +273,7 @@ def run(args) -> None:
         dev, timer, shapes = torch.device("cpu"), cpu_ms, SMOKE
     else:
         dev, timer = torch.device("cuda"), bench_graph_ms
-        shapes = {"all": LARGE + SMALL, "large": LARGE, "small": SMALL}[args.shapes]
+        shapes = {"all": LARGE + SMALL_AND_THRESHOLD, "large": LARGE, "small": SMALL_AND_THRESHOLD}[args.shapes]
     rows, notes = [], {}
     for M, N, K in shapes:
         fp4_bytes = (M + N) * K * 17 // 32  # codes + E8M0 scales
@@ -261,13 +287,15 @@ def run(args) -> None:
     else:
         meta = {"date": time.strftime("%Y-%m-%d"), "device": "cpu (smoke run, not a measurement)",
                 "torch": torch.__version__, "notes": notes}
-    table = [[f"{r['M']}x{r['N']}x{r['K']}", r["format"], fmt_ms(r["fp4_ms"]), f"{r['fp4_tflops']:.0f}",
-              fmt_ms(r["fp4_act_ms"]), fmt_ms(r["bf16_ms"]), fmt_ms(r["fp8_rowwise_ms"]),
-              fmt_ms(r["fp8_rowwise_fast_ms"]), fmt_ms(r["dequant_bf16_ms"]), fmt_ms(r["triton_dot_scaled_ms"]),
-              f"{r['speedup_vs_bf16']:.2f}x", f"{r['act_speedup_vs_bf16']:.2f}x"] for r in rows]
+    table = [[f"{r['M']}x{r['N']}x{r['K']}", r["format"], r["path"], fmt_ms(r["fp4_ms"]), fmt_ms(r["sm90_ms"]),
+              fmt_ms(r["w4a16_ms"]), f"{r['fp4_tflops']:.0f}", fmt_ms(r["fp4_act_ms"]), fmt_ms(r["bf16_ms"]),
+              fmt_ms(r["fp8_rowwise_ms"]), fmt_ms(r["fp8_rowwise_fast_ms"]), fmt_ms(r["dequant_bf16_ms"]),
+              fmt_ms(r["triton_dot_scaled_ms"]), f"{r['speedup_vs_bf16']:.2f}x", f"{r['act_speedup_vs_bf16']:.2f}x"]
+             for r in rows]
     report(f"Block-scaled FP4 GEMM vs bf16 cuBLAS, {meta['device']}, {meta['date']} (us per call)",
-           ["MxNxK", "format", "fp4", "fp4 TFLOP/s", "fp4+act", "bf16", "fp8 rowwise", "fp8 fast", "dequant+bf16",
-            "triton", "fp4 vs bf16", "fp4+act vs bf16"], table, meta, rows, args.md, args.json)
+           ["MxNxK", "format", "path", "fp4", "sm90 us", "w4a16 us", "fp4 TFLOP/s", "fp4+act", "bf16", "fp8 rowwise",
+            "fp8 fast", "dequant+bf16", "triton", "fp4 vs bf16", "fp4+act vs bf16"], table, meta, rows, args.md,
+           args.json)
     if notes:
         print("notes:", notes)
     if args.plot:
