@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: build the CUDA variant for the local GPU, then the chosen stages. Logs and results go to
 # $OUT (or ./out). Usage on the GPU machine, from the repository root, with .whl/ carried (README):
-#   bash tools/device_check.sh [build] [build-all] [pack] [tests] [bench] [sweep] [sanitizer] [profile]
+#   bash tools/device_check.sh [build] [build-all] [pack] [tests] [bench] [sweep] [sanitizer] [profile] [profile-matmul]
 #   (default: build tests bench sanitizer)
 # build-all starts, beside the other stages, a build for every target (90a;100a;120a; CUTLASS from .whl/) into
 # /tmp/all and, at the end, checks that it loads, what its matmul plan picks on this GPU, and that both the
@@ -91,7 +91,7 @@ if [[ " $stages " == *" sanitizer "* ]]; then
 fi
 if [[ " $stages " == *" sweep "* ]]; then
   echo "== matmul tile sweep"
-  (cd benchmarks && timeout "$T" python3 sweep_matmul_tiles.py --json "$OUT/matmul_tiles.json")
+  (cd benchmarks && timeout "$T" python3 sweep_matmul_tiles.py ${SWEEP_SHAPES:+--shapes "$SWEEP_SHAPES"} --json "$OUT/matmul_tiles.json")
 fi
 if [[ " $stages " == *" profile "* ]]; then
   echo "== Nsight Compute: quantize kernels (tools/profile_quantize.py)"
@@ -102,6 +102,15 @@ if [[ " $stages " == *" profile "* ]]; then
     python3 tools/profile_quantize.py > "$OUT/ncu_quantize.txt" 2>&1
   echo "rc=$? (ncu)"
   grep -E "rotate_quantize|quantize_groups|Duration|Registers Per|Achieved Occupancy|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Memory Throughput|Executed Ipc A|Stall" "$OUT/ncu_quantize.txt" | cut -c1-160 | head -150
+fi
+if [[ " $stages " == *" profile-matmul "* ]]; then
+  echo "== Nsight Compute: the Hopper GEMMs (tools/profile_matmul.py ${PROFILE_MATMUL_ARGS:-})"
+  timeout "$T" ncu --profile-from-start off -k regex:"gemm_kernel|fold_mx|decode_nv" \
+    --section SpeedOfLight --section LaunchStats --section WarpStateStats --section SchedulerStats \
+    --section InstructionStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    python3 tools/profile_matmul.py ${PROFILE_MATMUL_ARGS:-} > "$OUT/ncu_matmul.txt" 2>&1
+  echo "rc=$? (ncu)"
+  grep -E "gemm_kernel|fold_mx|decode_nv|Duration|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Memory Throughput|L2 Cache Throughput|DRAM Throughput|Executed Ipc A|Compute \(SM\) Throughput|Stall" "$OUT/ncu_matmul.txt" | cut -c1-160 | head -120
 fi
 if [[ -n "${all_pid:-}" ]]; then
   left=$(( ${ALL_DEADLINE:-480} - ($(date +%s) - all_start) ))

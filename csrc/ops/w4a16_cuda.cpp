@@ -12,8 +12,10 @@
 #include "cuda/w4a16/w4a16.h"
 #include "ops/tuning.h"
 #include "ops/w4a16_pack.h"
+#include "core/w4a16_layout.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <tuple>
 
 namespace fpquant {
@@ -43,6 +45,36 @@ at::Tensor linear_by_slabs(const at::Tensor& x2d, const cuda::W4A16Params& p, co
   return out2d;
 }
 
+// fpquant.pack_w4a16 on CUDA tensors: the tensor-op version's checks and outputs, filled by one kernel.
+std::tuple<at::Tensor, at::Tensor> pack_w4a16_cuda(const at::Tensor& codes, const at::Tensor& scales,
+                                                   c10::string_view format) {
+  constexpr const char* op = "fpquant.pack_w4a16";
+  const Format f = parse_format(op, std::string(format));
+  TORCH_CHECK_VALUE(codes.dim() == 2, op, ": w_codes must be the canonical 2-D [N, K/2], got shape ", codes.sizes());
+  const W4A16Weight w = check_w4a16_weight(op, codes, scales, f);
+  TORCH_CHECK_VALUE(w.N % core::kPackRows == 0 && w.K % core::kPackK == 0, op,
+                    ": the packed layout needs N a multiple of ", core::kPackRows, " and K a multiple of ",
+                    core::kPackK, ", got N=", w.N, ", K=", w.K);
+  TORCH_CHECK_VALUE(codes.device() == scales.device(), op, ": w_codes and w_scales must be on one device");
+  const c10::cuda::CUDAGuard guard(codes.device());
+  const at::Tensor c = codes.contiguous(), s = scales.contiguous();
+  const int64_t T = w.N / core::kPackRows, A = w.K / core::kPackK;
+  const int64_t per_atom = core::pack_scale_bytes(core::group_size(f));
+  at::Tensor packed = at::empty({T, A, core::kPackAtomBytes}, c.options().dtype(at::kByte));
+  at::Tensor packed_scales = at::empty({T, A, per_atom}, s.options().dtype(at::kByte));
+  const uint8_t* src = reinterpret_cast<const uint8_t*>(c.const_data_ptr());
+  // The kernel reads codes in 16-byte pieces: an unaligned view (a slice) is copied first.
+  at::Tensor aligned;
+  if (reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+    aligned = c.clone();
+    src = reinterpret_cast<const uint8_t*>(aligned.const_data_ptr());
+  }
+  check_cuda(op, cuda::w4a16_pack(src, reinterpret_cast<const uint8_t*>(s.const_data_ptr()), w.N, w.K, f,
+                                  packed.data_ptr<uint8_t>(), packed_scales.data_ptr<uint8_t>(),
+                                  c10::cuda::getCurrentCUDAStream().stream()));
+  return {packed, packed_scales.view(scales.scalar_type())};
+}
+
 at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, const at::Tensor& w_scales,
                              const c10::optional<at::Tensor>& w_global_scale, const c10::optional<at::Tensor>& bias,
                              c10::string_view format) {
@@ -56,7 +88,7 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
   const c10::cuda::CUDAGuard guard(x.device());
   // The kernels read the packed layout; a canonical weight is packed here, on every call.
   at::Tensor codes = w_codes, scales = w_scales;
-  if (!args.w.packed) std::tie(codes, scales) = pack_w4a16(w_codes, w_scales, format);
+  if (!args.w.packed) std::tie(codes, scales) = pack_w4a16_cuda(w_codes, w_scales, format);
   check_device_and_alignment(op, codes, "w_codes");
   check_device_and_alignment(op, scales, "w_scales");
   auto shape = x.sizes().vec();
@@ -113,6 +145,9 @@ at::Tensor linear_w4a16_cuda(const at::Tensor& x, const at::Tensor& w_codes, con
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fpquant, CUDA, m) { m.impl("linear_w4a16", &linear_w4a16_cuda); }
+TORCH_LIBRARY_IMPL(fpquant, CUDA, m) {
+  m.impl("linear_w4a16", &linear_w4a16_cuda);
+  m.impl("pack_w4a16", &pack_w4a16_cuda);
+}
 
 }  // namespace fpquant

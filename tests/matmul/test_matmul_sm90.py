@@ -106,6 +106,32 @@ def test_quantized_data_all_dtypes_layouts(fmt, layout, out_dtype, bias_dtype, s
     check(got, ref, TOL[out_dtype])
 
 
+# Tile configurations of matmul_sm90_tiles.h (kMatmulSm90MxTileCount, kMatmulSm90NvTileCount).
+SM90_TILES = {"mxfp4": 6, "nvfp4": 2}
+
+
+@pytest.mark.parametrize("fmt,config", [(f, c) for f, n in SM90_TILES.items() for c in range(n)])
+def test_every_tile_walks_several_tiles_per_cta(fmt, config, seed):
+    # More output tiles than SMs (18 row tiles x 9-13 column tiles), so each persistent CTA walks several
+    # and the ring's phase carries from one tile to the next; N and K end in partial tiles / blocks.
+    M, N, K = 2304, 1600, 416
+    x = diverse_tensor(M, K, seed)
+    w = torch.randn(N, K, generator=torch.Generator().manual_seed(seed + 1)) * 0.02
+    a, sa, ga = quantized(x, fmt, "linear")
+    b, sb, gb = quantized(w, fmt, "linear")
+    with fq.tuning.plan_override(matmul_path="sm90", matmul_config=config):
+        for out_dtype in (torch.float32, torch.bfloat16):
+            got, ref = both(fmt, a, sa, b, sb, "linear", out_dtype, None, ga, gb)
+            check(got, ref, TOL[out_dtype])
+
+
+def test_tile_config_out_of_range_is_refused():
+    with fq.tuning.plan_override(matmul_path="sm90", matmul_config=SM90_TILES["mxfp4"]), \
+            pytest.raises(ValueError, match="plan override"):
+        fq.matmul_mxfp4(*(t.cuda() for t in random_operand(4, 64, "mxfp4", torch.Generator().manual_seed(0))),
+                        *(t.cuda() for t in random_operand(8, 64, "mxfp4", torch.Generator().manual_seed(1))))
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("K", [4096, 16384])
 def test_long_k(fmt, K, seed):

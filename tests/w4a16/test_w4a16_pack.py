@@ -110,3 +110,23 @@ def test_cuda_pack_matches_cpu(fmt, seed):
     assert torch.equal(gc.cpu(), pc) and torch.equal(gsc.cpu().view(torch.uint8), ps.view(torch.uint8))
     c2, s2 = fq.unpack_w4a16(gc, gsc, fmt)
     assert torch.equal(c2.cpu(), codes) and torch.equal(s2.cpu().view(torch.uint8), scales.view(torch.uint8))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("N,K", [(16, 64), (48, 192), (96, 640), (4096, 1024)])
+def test_cuda_pack_kernel_equals_the_tensor_ops(fmt, N, K, seed):
+    # The CUDA implementation (one kernel, w4a16_pack.cu) against the tensor-op one, byte for byte.
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    codes, scales = random_weight(N, K, fmt, seed)
+    pc, ps = fq.pack_w4a16(codes, scales, fmt)
+    gc, gs = fq.pack_w4a16(codes.cuda(), scales.cuda(), fmt)
+    assert gc.dtype == pc.dtype and gs.dtype == ps.dtype and gc.shape == pc.shape and gs.shape == ps.shape
+    assert torch.equal(gc.cpu(), pc)
+    assert torch.equal(gs.cpu().view(torch.uint8), ps.view(torch.uint8))
+    # float4 codes, and a view whose data does not start on a 16-byte boundary
+    assert torch.equal(fq.pack_w4a16(fq.as_float4(codes.cuda()), scales.cuda(), fmt)[0].cpu(), pc)
+    flat = torch.cat([torch.zeros(1, dtype=torch.uint8), codes.reshape(-1)]).cuda()
+    assert torch.equal(fq.pack_w4a16(flat[1:].view(N, K // 2), scales.cuda(), fmt)[0].cpu(), pc)
+    opcheck(torch.ops.fpquant.pack_w4a16.default, (codes.cuda(), scales.cuda(), fmt))

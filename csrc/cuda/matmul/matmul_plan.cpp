@@ -140,7 +140,8 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
     plan.config = matmul_sm90_tile(f, M, N, gpu.num_sms);
     if (ov.config >= 0) {
       if (ov.config >= (mx ? kMatmulSm90MxTileCount : kMatmulSm90NvTileCount)) {
-        plan.invalid = mx ? "the sm90 MXFP4 matmul tile must be 0, 1 or 2" : "the sm90 NVFP4 matmul tile must be 0 or 1";
+        plan.invalid = mx ? "the sm90 MXFP4 matmul tile is out of range (matmul_sm90_tiles.h: kMatmulSm90MxTiles)"
+                          : "the sm90 NVFP4 matmul tile is out of range (matmul_sm90_tiles.h: kMatmulSm90NvTiles)";
         return plan;
       }
       plan.config = ov.config;

@@ -12,18 +12,26 @@ namespace fpquant::cuda {
 // GEMM tile configurations (MatmulParams::config). Rows per CTA are always 128 (two consumer warpgroups of
 // 64 rows); bn = columns of B per CTA (the wgmma N); stages = depth of the TMA ring; promote_k (MXFP4) = K
 // between promotions of the FP8 tensor-core sums into the float32 accumulators (128: one per stage; 64: two,
-// twice the promotion instructions, for the case that Hopper's FP8 accumulation shows at 128).
+// twice the promotion instructions, for the case that Hopper's FP8 accumulation shows at 128); stagger
+// (MXFP4) = how the two consumer warpgroups share the tensor cores around their promotions: 0 free-running
+// (both wait for the same stage and tend to promote at the same time, leaving the tensor cores idle
+// meanwhile), 1 the second warpgroup starts half a period late (once per CTA), 2 strict turns (a warpgroup
+// issues a stage's wgmmas only after the other's previous ones completed).
 struct MatmulSm90Tile {
   int bn;
   int stages;
   int promote_k;
+  int stagger;
 };
 // MXFP4 (FP8 operands, 128 K per stage). 0: 128 x 192 (the default: 157 FLOP per byte of L2 traffic, float32
-// accumulators 96 + 96 per thread); 1: 128 x 128 (more CTAs for small M x N); 2: 128 x 192 promoting every 64 K.
-inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5, 128}, {128, 6, 128}, {192, 5, 64}};
+// accumulators 96 + 96 per thread); 1: 128 x 128 (more CTAs for small M x N); 2: 128 x 192 promoting every
+// 64 K; 3, 4: 128 x 192 with stagger 1, 2; 5: 128 x 128 with stagger 1.
+inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5, 128, 0}, {128, 6, 128, 0}, {192, 5, 64, 0},
+                                                        {192, 5, 128, 1}, {192, 5, 128, 2}, {128, 6, 128, 1},
+                                                        {192, 5, 128, 10}, {192, 5, 128, 11}};  // EXPERIMENT
 // NVFP4 (bf16 operands, 64 K per stage, no promotion). 0: 128 x 256; 1: 128 x 128.
-inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0}, {128, 6, 0}};
-inline constexpr int kMatmulSm90MxTileCount = 3;
+inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0, 0}, {128, 6, 0, 0}};
+inline constexpr int kMatmulSm90MxTileCount = 8;
 inline constexpr int kMatmulSm90NvTileCount = 2;
 
 // The plan's tile: the one with the least work per SM, counted as waves of 128-row CTAs (rounded up) times

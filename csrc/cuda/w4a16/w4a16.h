@@ -37,6 +37,12 @@ cudaError_t w4a16_mma(const W4A16Params& p, cudaStream_t stream);
 // aligned inputs, M, N, K below 2^31, p.config a tile of kW4A16WgmmaTiles.
 cudaError_t w4a16_wgmma(const W4A16Params& p, cudaStream_t stream);
 
+// The canonical weight (codes [N, K/2] row-major, 16-byte aligned; linear scales [N, K/G]) rewritten into
+// the packed layout (packed_codes [N/16][K/64][512], packed_scales [N/16][K/64][16 * 64/G]) in one pass,
+// byte for byte what fpquant.pack_w4a16's tensor operations produce (w4a16_pack.cu). N % 16 == 0, K % 64 == 0.
+cudaError_t w4a16_pack(const uint8_t* codes, const uint8_t* scales, int64_t N, int64_t K, Format format,
+                       uint8_t* packed_codes, uint8_t* packed_scales, cudaStream_t stream);
+
 // Rows [n0, n0 + rows) of the packed weight dequantized into out ([rows, K] of p.dtype), rounded as
 // dequantize_mxfp4 / dequantize_nvfp4 round them (w4a16_slab.cu); n0 and rows multiples of 16.
 cudaError_t w4a16_dequantize_rows(const W4A16Params& p, int64_t n0, int64_t rows, void* out, cudaStream_t stream);
