@@ -71,7 +71,7 @@ def test_w4a4_runs_the_gemm_op(fmt, seed):
     ref = model(x)
     model.cuda().requires_grad_(False)
     layers = [m for m in model.modules() if isinstance(m, FP4Linear)]
-    native = fq.tuning.plan_matmul(1, 256, 128, fmt).path != "generic"
+    native = fq.tuning.plan_matmul(1, 256, 128, fmt, torch.bfloat16, "linear", bias_dtype=torch.bfloat16).path != "generic"
     assert all(m.qweight.native_gemm == native for m in layers)
     out, calls = count_calls(lambda: model(x.cuda()), f"fpquant::matmul_{fmt}")
     assert calls == (len(layers) if native else 0)

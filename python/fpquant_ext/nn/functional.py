@@ -69,9 +69,10 @@ def fp4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, weight: QuantizedW
                out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """A [..., K] (FP4 codes and linear scales of the weight's format) times the FP4 weight, plus bias.
 
-    On a GPU with a native block-scaled GEMM for the weight (``weight.native_gemm``: the Hopper or Blackwell
-    kernels of matmul_mxfp4 / matmul_nvfp4) the op, with exact products and one rounding; elsewhere (the CPU,
-    other GPUs, MXFP4 weights with FP-Quant's divisor) :func:`fp4_matmul_emulated`, whose float32 sums differ
+    On a GPU where matmul_mxfp4 / matmul_nvfp4 has a fast path for the weight (``weight.native_gemm``: the
+    Hopper or Blackwell kernels, or the W4A16 kernels on Ampere / Ada) the op, with exact products and one
+    rounding; elsewhere (the CPU, older GPUs, MXFP4 weights with FP-Quant's divisor)
+    :func:`fp4_matmul_emulated`, whose float32 sums differ
     from the op's only by their rounding."""
     if weight.native_gemm and a_codes.is_cuda:
         b = None if bias is None else bias.to(out_dtype)

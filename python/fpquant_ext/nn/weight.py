@@ -217,7 +217,10 @@ class QuantizedWeight(FixedDtypeBuffers):
             if not self.mx_global_scale:
                 from ..tuning import GpuSpec, plan_matmul
                 N, K = self.shape
-                plan = plan_matmul(1, N, K, self.format, gpu=GpuSpec.current(self.codes.device))
+                # A bf16 product with a bf16 bias, as LLM layers run: on Ampere / Ada the op then takes its
+                # w4a16 path (other output dtypes stay correct there, on the op's slower generic path).
+                plan = plan_matmul(1, N, K, self.format, torch.bfloat16, "linear",
+                                   GpuSpec.current(self.codes.device), torch.bfloat16)
                 self.native_gemm = plan.path != "generic"
 
     def extra_repr(self) -> str:
