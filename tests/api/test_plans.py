@@ -224,8 +224,10 @@ def test_matmul_override():
         for gpu in (H100_NO_SM90_BUILD, ADA, B200):
             with pytest.raises(ValueError, match="compute capability 9.0"):
                 plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", gpu)
-    with plan_override(matmul_path="sm90", matmul_config=2):
-        assert plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", H100).config == 2
+    with plan_override(matmul_path="sm90", matmul_config=3):
+        assert plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", H100).config == 3
+        assert plan_matmul(256, 4096, 4096, "nvfp4", bf16, "blocked", H100).config == 3
+    with plan_override(matmul_path="sm90", matmul_config=4):
         with pytest.raises(ValueError, match="NVFP4 matmul tile"):
             plan_matmul(256, 4096, 4096, "nvfp4", bf16, "blocked", H100)
     assert plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", B200).path == "sm100"  # restored

@@ -134,6 +134,37 @@ def fold_matrix(codes: np.ndarray, scales: np.ndarray):
     return b, factor, np.where(top == -1000, np.nan, top)
 
 
+def fold_rows(codes: np.ndarray, scales: np.ndarray):
+    """fold_mx_rows_kernel (B): each row against one reference over all of K when every nonzero group of it is
+    inside that window (or the row has a NaN scale), else per 128-K block as fold_matrix. Returns (E4M3 bytes
+    [rows, K], block factors [rows, K/128], row factors [rows], per-block flags [rows] bool, T [rows, K/128]
+    of the blocked rows (NaN elsewhere: their fold is exact))."""
+    nib = unpack(codes).astype(np.int64)
+    rows, K = nib.shape
+    G = K // 32
+    mag, sign = nib & 7, nib >> 3
+    mi = mag.reshape(rows, G, 32).max(axis=2)
+    e = scales.astype(np.int64) - 127
+    isnan = scales == NAN_E8M0
+    live = (mi > 0) & ~isnan
+    top = np.where(live, e + (mi >> 1) - 1, -1000).max(axis=1)
+    low = np.where(live, e, 1000).min(axis=1)
+    R = np.where(top == -1000, 0, top - 8)
+    nan = isnan.any(axis=1)
+    flagged = ~nan & (low - R < -8)
+    d = np.clip(e - R[:, None], -40, 9)
+    d = np.where(isnan, 0, d)
+    val = E2M1[mag] * np.ldexp(1.0, np.repeat(d, 32, axis=1))
+    b = e4m3_bytes(val) | (sign << 7).astype(np.uint8)
+    b = np.where(np.repeat(isnan, 32, axis=1), (sign << 7), b).astype(np.uint8)
+    row_factor = np.where(nan, np.nan, np.ldexp(1.0, R))
+    bb, fb, Tb = fold_matrix(codes, scales)
+    b = np.where(flagged[:, None], bb, b)
+    factor = np.where(flagged[:, None], fb, row_factor[:, None] * np.ones_like(fb))
+    row_factor = np.where(flagged, 1.0, row_factor)
+    return b, factor, row_factor, flagged, np.where(flagged[:, None], Tb, np.nan)
+
+
 def random_mx(rows, K, rng, lo=-20, hi=20, zero_frac=0.05):
     codes = rng.integers(0, 256, (rows, K // 2), dtype=np.uint8)
     scales = rng.integers(127 + lo, 127 + hi + 1, (rows, K // 32)).astype(np.uint8)
@@ -321,11 +352,13 @@ def tc_sum(acc, prods, p):
 
 
 def emulate_mx_gemm(a_codes, a_scales, b_codes, b_scales, p=13, promote_k=128):
-    """matmul_sm90.cu's MXFP4 path: fold both operands, per promote_k of K (128: tile configs 0, 1; 64: config
-    2) k32 FP8 wgmmas into tmp (fresh each time), then acc = fma(f32(tmp * 2^Rb), 2^Ra, acc) in float32 with
-    the factors of the 128-K fold block."""
+    """matmul_sm90.cu's MXFP4 path: A folded per 128-K block, B per row (fold_rows); per promote_k of K
+    k32 FP8 wgmmas into tmp (fresh each time), then, for B's per-block rows, acc = fma(f32(tmp * 2^Rb), 2^Ra,
+    acc), for the others acc = fma(tmp, 2^Ra, acc) and acc * 2^Rb[row] at the end (the kernel promotes a whole
+    tile one way; for a row with one factor the two ways differ only by the order of exact power-of-two
+    scalings). promote_k = 64 models promoting twice per block, which the kernel no longer offers."""
     ab, fa, _ = fold_matrix(a_codes, a_scales)
-    bb, fb, _ = fold_matrix(b_codes, b_scales)
+    bb, fb, fr, flagged, _ = fold_rows(b_codes, b_scales)
     A, B = e4m3_values(ab), e4m3_values(bb)
     M, K = A.shape
     N = B.shape[0]
@@ -337,8 +370,9 @@ def emulate_mx_gemm(a_codes, a_scales, b_codes, b_scales, p=13, promote_k=128):
                 for k0 in range(p0, min(K, p0 + promote_k), 32):
                     prods = A[:, None, k0 : k0 + 32] * B[None, :, k0 : k0 + 32]  # exact
                     tmp = tc_sum(tmp, prods, p)
-                scaled = f32(tmp * fb[None, :, kb])
+                scaled = np.where(flagged[None, :], f32(tmp * fb[None, :, kb]), tmp)
                 acc = f32(scaled * fa[:, kb, None] + acc)
+        acc = np.where(flagged[None, :], acc, f32(acc * fr[None, :]))
     return acc
 
 
@@ -424,9 +458,9 @@ def test_scales_far_beyond_the_window():
         print(f"scales 2^-60..2^60, p={p}: rel. Frobenius error {err:.2e}")
         assert err < limit
     # Elementwise, with an exact tensor-core sum: within the fold bound (2^-18 of each block's largest element,
-    # for both operands) plus float32 roundings of the promotion.
+    # for A and for B's rows folded per block) plus float32 roundings of the promotion.
     ab, fa, Ta = fold_matrix(*a)
-    bb, fb, Tb = fold_matrix(*b)
+    Tb = fold_rows(*b)[4]  # the rows folded per block (here nearly all); the others are exact
 
     def values(codes, scales):
         nib = unpack(codes)
@@ -455,3 +489,23 @@ def test_zero_and_nan_groups():
     assert np.array_equal(np.isnan(got), np.isnan(ref))
     assert np.isnan(ref[2, :]).all() and np.isnan(ref[:, 3]).all()
     assert (got[4, np.isfinite(ref[4])] == 0).all()
+
+
+def test_b_rows_inside_one_window_fold_exactly_against_one_factor():
+    # Weight-like rows (group scales over a few binades) take one reference over all of K: every element is
+    # exact, value = E4M3 byte x the row's factor. A row with one group 17 binades under the rest is folded per
+    # block (as fold_matrix folds it), and flagged; a NaN scale leaves the row on one (NaN) factor.
+    codes, scales = quantized(weights(6, 1024, seed=5))
+    scales = scales.copy()
+    scales[2, 7] = scales[2].max() - 17  # row 2: one group below the row's window
+    scales[4, 3] = NAN_E8M0
+    b, fb, fr, flagged, _ = fold_rows(codes, scales)
+    assert flagged.tolist() == [False, False, True, False, False, False]
+    nib = unpack(codes)
+    exact = E2M1[nib & 7] * np.where(nib >> 3, -1.0, 1.0) * np.ldexp(1.0, np.repeat(scales.astype(np.int64) - 127, 32, axis=1))
+    for r in (0, 1, 3, 5):
+        assert np.array_equal(e4m3_values(b[r : r + 1])[0] * fr[r], exact[r])
+        assert (fb[r] == fr[r]).all()
+    assert np.isnan(fr[4]) and np.isnan(fb[4]).all()
+    bb, fbb, _ = fold_matrix(codes, scales)
+    assert np.array_equal(b[2], bb[2]) and np.array_equal(fb[2], fbb[2]) and fr[2] == 1.0

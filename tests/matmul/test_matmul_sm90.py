@@ -107,7 +107,7 @@ def test_quantized_data_all_dtypes_layouts(fmt, layout, out_dtype, bias_dtype, s
 
 
 # Tile configurations of matmul_sm90_tiles.h (kMatmulSm90MxTileCount, kMatmulSm90NvTileCount).
-SM90_TILES = {"mxfp4": 6, "nvfp4": 2}
+SM90_TILES = {"mxfp4": 4, "nvfp4": 4}
 
 
 @pytest.mark.parametrize("fmt,config", [(f, c) for f, n in SM90_TILES.items() for c in range(n)])
@@ -159,6 +159,28 @@ def test_mxfp4_scales_far_beyond_the_window(layout, K, seed):
     got, ref = both("mxfp4", a, sa, b, sb, layout, torch.float32)
     err = check(got, ref, TOL[torch.float32])
     print(f"K={K} {layout}: rel. Frobenius error {err:.2e}")
+
+
+@pytest.mark.parametrize("config", range(SM90_TILES["mxfp4"]))
+def test_mxfp4_b_rows_with_one_factor_and_per_block(config, seed):
+    # Weight rows whose group scales fit one window take one factor over all of K (applied in the epilogue);
+    # a few rows get a group 20 binades under the rest, so they and the column tiles holding them go per block
+    # (fold_mx_rows_kernel); a NaN scale in another row. Tiles of both kinds in one call, every tile config.
+    gen = torch.Generator().manual_seed(seed)
+    M, N, K = 300, 1000, 640
+    x = diverse_tensor(M, K, seed)
+    w = torch.randn(N, K, generator=gen) * 0.02
+    a, sa, _ = quantized(x, "mxfp4", "linear")
+    b, sb, _ = quantized(w, "mxfp4", "linear")
+    su = sb.view(torch.uint8)
+    for r in (5, 390, 999):
+        su[r, 11] = int(su[r].max()) - 20
+    su[700, 2] = 0xFF
+    with fq.tuning.plan_override(matmul_path="sm90", matmul_config=config):
+        for out_dtype in (torch.float32, torch.bfloat16):
+            got, ref = both("mxfp4", a, sa, b, sb, "linear", out_dtype)
+            assert ref[:, 700].isnan().all()
+            check(got, ref, TOL[out_dtype])
 
 
 def test_nvfp4_random_scales(seed):

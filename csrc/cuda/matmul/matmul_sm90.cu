@@ -3,39 +3,45 @@
 //
 // Two steps per call, both on the caller's stream:
 //
-// 1. Operand pass (fold_mx_kernel / decode_nv_kernel), once per element of A and of B.
+// 1. Operand pass, once per element of A and of B.
 //    MXFP4: E2M1 values {0, 0.5, ..., 6} need 2 significant bits, E4M3 has 4, and its exponents reach from
 //    the subnormal 2^-9 to 2^8: c * 2^d is an exact E4M3 value for every code c whenever -8 <= d <= 6
 //    (0.5 * 2^-8 is the smallest subnormal; 1.5 * 2^-8 = 3 * 2^-9 still is one; 6 * 2^6 = 384 <= 448), and for
-//    groups whose largest code is smaller, up to d = 8 - floor(log2 max|c|). So each 128-K block of a row
-//    (4 groups) gets a reference exponent R = T - 8, T = max over its nonzero groups of
-//    (e_g + floor(log2 max|code|)): the block's largest element lands in E4M3's top binade, and element
-//    c * 2^e_g is stored as E4M3(c * 2^(e_g - R)), rounded to nearest even with subnormals. Exact for every
-//    group with e_g >= T - 16 (16 binades under the block's largest element); below that an element is
-//    off by at most half the subnormal step, 2^(R - 10) = 2^(T - 18), i.e. 2^-18 of the block's largest
-//    element magnitude (2^T <= max |a|). The block's factor 2^R (NaN when one of its group scales is the
-//    E8M0 NaN 0xFF) goes to a float32 array [K/128][padded rows].
+//    groups whose largest code is smaller, up to d = 8 - floor(log2 max|c|). A span of groups (a 128-K block
+//    of a row of A; a whole row of B, see below) gets a reference exponent R = T - 8, T = max over its nonzero
+//    groups of (e_g + floor(log2 max|code|)): the span's largest element lands in E4M3's top binade, and
+//    element c * 2^e_g is stored as E4M3(c * 2^(e_g - R)), rounded to nearest even with subnormals. Exact
+//    for every group with e_g >= T - 16 (16 binades under the span's largest element); below that an
+//    element is off by at most half the subnormal step, 2^(R - 10) = 2^(T - 18), i.e. 2^-18 of the span's
+//    largest element magnitude (2^T <= max |a|). The span's factor 2^R (NaN when one of its group scales is
+//    the E8M0 NaN 0xFF) is stored as float32.
+//    A (fold_mx_kernel): per (row, 128-K block), factors [K/128][padded rows].
+//    B (fold_mx_rows_kernel): per row over all of K when that is exact for every group of the row (weights'
+//    group scales span a few binades), the factor then applied once per output column in the epilogue;
+//    otherwise per 128-K block as A, with the row flagged (see the GEMM). So no element of B is ever less
+//    exact than with per-block references, and normal rows are exact.
 //    The fold is a byte table per group: prmt looks the 8 magnitudes' E4M3 bytes up by each code's low
 //    3 bits, and a second prmt moves each code's sign bit to its byte (fold_word; tests/kernels emulate it).
-//    NVFP4: E4M3 scales carry 4 significant bits, so code * scale needs up to 6 and is not an E4M3 value;
-//    it is a bfloat16 value (8 bits, exponent range far wider): the operand is bfloat16, exact.
+//    NVFP4 (decode_nv_kernel): E4M3 scales carry 4 significant bits, so code * scale needs up to 6 and is not
+//    an E4M3 value; it is a bfloat16 value (8 bits, exponent range far wider): the operand is bfloat16, exact.
 //    Why a separate pass rather than converting inside the GEMM: every element is converted once (inside
 //    the GEMM each CTA would convert its whole A and B panels, N/192 resp. M/128 times over, in the same
 //    issue slots the promotion needs), and the GEMM is a plain TMA-fed SS-wgmma kernel. The price is
-//    written-and-read-back operand bytes: at 8192^3 ~200 MB (~55 us at the copy rate; the GEMM takes
-//    ~1130 us on the H200).
+//    written-and-read-back operand bytes: at 8192^3 ~200 MB for MXFP4 (~70 us on the H200).
 //
-// 2. GEMM (gemm_kernel): 128 x BN tiles, one CTA per SM, a producer warpgroup (one lane issues the TMA
-//    copies into a STAGES-deep ring on full / empty mbarriers) and two consumer warpgroups of 64 rows each.
-//    MXFP4: a stage is 128 K (one swizzle row of E4M3 bytes, one fold block). Each consumer issues 4
+// 2. GEMM (gemm_kernel): 128 x BN tiles, one CTA per SM (shared memory), one per tile or persistent (the
+//    tile table says), a producer warpgroup (one lane issues the TMA copies into a STAGES-deep ring on full /
+//    empty mbarriers) and two consumer warpgroups of 64 rows each.
+//    MXFP4: a stage is 128 K (one swizzle row of E4M3 bytes, one fold block of A). Each consumer issues 4
 //    m64nBNk32 E4M3 wgmmas into a fresh float32 tile `tmp` and, when they completed, promotes:
-//    acc += (tmp * 2^Rb[col]) * 2^Ra[row] (FMUL + FFMA per element; both multiplications are by powers of
-//    two, so the promotion rounds once, in the add). Hopper's FP8 tensor core keeps only ~14 bits of its
-//    running sum; promoting every 4 wgmmas (128 K, as DeepGEMM does) bounds what that costs (the host
-//    emulation in tests/kernels/test_matmul_sm90_emulation.py models it). Tile config 2 promotes every
-//    64 K (twice per stage, with the same factors) in case the measured error asks for it. The factors come with the stage
-//    (a 512 + 4 BN byte bulk copy); NaN factors make the promoted values NaN. The order (tmp * Rb) * Ra never
-//    multiplies an infinity by zero, so a zero block stays zero.
+//    acc = fma(tmp, 2^Ra[row], acc), one multiply-add per element (a power-of-two factor, so it rounds once,
+//    in the add); after the last stage acc *= 2^Rb[col] (exact). In a tile that holds a row of B folded per
+//    block, every stage also brings B's block factors and the promotion is acc = fma(tmp * 2^Rb[col],
+//    2^Ra[row], acc) (FMUL + FFMA and a shared-memory read per column pair: measured 20-26% slower at
+//    8192^3 on the H200, which is why normal rows take one factor). Hopper's FP8 tensor core keeps only ~14
+//    bits of its running sum; promoting every 4 wgmmas (128 K, as DeepGEMM does) bounds what that costs (the
+//    host emulation in tests/kernels/test_matmul_sm90_emulation.py models it). NaN factors make the promoted
+//    values NaN.
 //    NVFP4: a stage is 64 K of bfloat16; m64nBNk16 wgmmas accumulate straight into acc (exact products,
 //    float32 accumulation), one wgmma group kept in flight as in w4a16_wgmma_sm90.cu.
 //    Epilogue: acc * alpha (NVFP4: 1 / (gA gB)) + bias, rounded once to out_dtype, guarded for M / N tails.
@@ -110,76 +116,158 @@ __device__ __forceinline__ uint32_t max_magnitude(const uint4& c) {
   return m & 0xFFu;
 }
 
-// One thread per group of 32 (row, 128-K block, group g), four consecutive lanes per block, so that a warp
+// A group of 32 codes of a row and its scale: e the unbiased exponent (128 for the NaN scale 0xFF), top =
+// e + floor(log2 max|code|) for a nonzero, non-NaN group, else -1000.
+struct MxGroup {
+  uint4 c;
+  int e, top;
+};
+
+__device__ __forceinline__ MxGroup load_group(const uint8_t* codes, const uint8_t* scales, ScaleLayout layout,
+                                              int64_t row, int64_t g, int64_t groups_per_row) {
+  MxGroup x;
+  x.c = *reinterpret_cast<const uint4*>(codes + row * (groups_per_row * 16) + 16 * g);
+  const uint8_t sc = scales[core::scale_offset(row * groups_per_row + g, groups_per_row, layout)];
+  x.e = static_cast<int>(sc) - 127;
+  const int mi = static_cast<int>(max_magnitude(x.c));
+  x.top = mi > 0 && sc != core::kE8M0Nan ? x.e + (mi >> 1) - 1 : -1000;
+  return x;
+}
+
+// The group's 32 E4M3 bytes, each code times 2^(e - R), to dst (32-byte aligned). A NaN group stays zero: its
+// factor carries the NaN.
+__device__ __forceinline__ void fold_group(const MxGroup& x, int R, uint8_t* dst) {
+  uint32_t l0 = 0, l1 = 0;
+  if (x.e != 128) fold_table(x.e - R, l0, l1);
+  const uint2 f0 = fold_word(x.c.x, l0, l1), f1 = fold_word(x.c.y, l0, l1);
+  const uint2 f2 = fold_word(x.c.z, l0, l1), f3 = fold_word(x.c.w, l0, l1);
+  *reinterpret_cast<uint4*>(dst) = make_uint4(f0.x, f0.y, f1.x, f1.y);
+  *reinterpret_cast<uint4*>(dst + 16) = make_uint4(f2.x, f2.y, f3.x, f3.y);
+}
+
+// Folds group x (present when `here`) against its 128-K block's reference, the block's 4 groups being the 4
+// lanes of `quad`; returns the block's factor 2^R (NaN if one of its scales is NaN), the same in all 4 lanes.
+__device__ __forceinline__ float fold_in_block(const MxGroup& x, bool here, unsigned quad, uint8_t* dst) {
+  int top = here ? x.top : -1000, nan = here && x.e == 128;
+  top = max(top, __shfl_xor_sync(quad, top, 1));
+  top = max(top, __shfl_xor_sync(quad, top, 2));
+  nan |= __shfl_xor_sync(quad, nan, 1);
+  nan |= __shfl_xor_sync(quad, nan, 2);
+  const int R = top == -1000 ? 0 : top - 8;
+  if (here) fold_group(x, R, dst);
+  return nan ? __int_as_float(0x7FC00000) : core::exp2i(R);
+}
+
+// A: one thread per group of 32 (row, 128-K block, group g), four consecutive lanes per block, so that a warp
 // reads 512 contiguous code bytes and writes 1 KB of operand (a thread per block read and wrote at a 64- and
-// 128-byte stride: 1.3 TB/s measured on the H200). The block's T and NaN flag are reduced over the four
-// lanes with shuffles; lanes of groups past K's end (the last block of a row may hold fewer than 4) take part
-// in the reduction only. A quad never straddles a row or the grid's end (4 lanes per block, 4 | 32), so the
-// shuffles' masks name lanes that all run. Rows rows .. rows_pad - 1 only get factor 0 (the GEMM's factor
-// copies read whole tiles; those rows' products are zero-filled by TMA and never stored).
+// 128-byte stride: 1.3 TB/s measured on the H200). Lanes of groups past K's end (the last block of a row may
+// hold fewer than 4) take part in the block's reduction only. A quad never straddles a row or the grid's end
+// (4 lanes per block, 4 | 32), so the shuffles' masks name lanes that all run. Rows rows .. rows_pad - 1 only
+// get factor 0 (the GEMM's factor copies read whole tiles; those rows' products are zero-filled by TMA and
+// never stored).
 __global__ void __launch_bounds__(128) fold_mx_kernel(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
                                                       ScaleLayout layout, int64_t rows, int64_t rows_pad, int64_t K,
                                                       uint8_t* __restrict__ operand, float* __restrict__ factors) {
   const int64_t kblocks = (K + kFoldK - 1) / kFoldK;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= rows_pad * kblocks * 4) return;
-  const int g = static_cast<int>(idx & 3);
   const int64_t block = idx >> 2, row = block / kblocks, kb = block % kblocks;
   float* factor = factors + kb * rows_pad + row;
   if (row >= rows) {
-    if (g == 0) *factor = 0.0f;
+    if ((idx & 3) == 0) *factor = 0.0f;
     return;
   }
-  const unsigned quad = 0xFu << (threadIdx.x & 28);
-  const int64_t groups_per_row = K / core::kMxGroup;
-  const bool here = 4 * kb + g < groups_per_row;
-  uint4 c = make_uint4(0, 0, 0, 0);
-  int e = 0, top = -1000, nan = 0;  // top: e + floor(log2 max|code|) of a nonzero group
-  if (here) {
-    c = *reinterpret_cast<const uint4*>(codes + row * (K / 2) + kb * (kFoldK / 2) + 16 * g);
-    const uint8_t sc = scales[core::scale_offset(row * groups_per_row + 4 * kb + g, groups_per_row, layout)];
-    nan = sc == core::kE8M0Nan;
-    e = static_cast<int>(sc) - 127;
-    const int mi = static_cast<int>(max_magnitude(c));
-    if (mi > 0) top = e + (mi >> 1) - 1;
+  const int64_t groups_per_row = K / core::kMxGroup, g = 4 * kb + (idx & 3);
+  const bool here = g < groups_per_row;
+  const MxGroup x = here ? load_group(codes, scales, layout, row, g, groups_per_row) : MxGroup{make_uint4(0, 0, 0, 0), 0, -1000};
+  const float f = fold_in_block(x, here, 0xFu << (threadIdx.x & 28), operand + row * K + 32 * g);
+  if ((idx & 3) == 0) *factor = f;
+}
+
+// B: one warp per row. The row's reference over all of K, R = T - 8 with T its largest top, makes every group
+// with e >= T - 16 exact; when all of the row's nonzero groups are (weights' group scales span a few binades),
+// the row is folded against R and its one factor 2^R goes to row_factors, applied once per output column in
+// the GEMM's epilogue rather than at every promotion (which then takes one multiply-add per element instead
+// of two and a shared-memory read per column pair: the GEMM measured 20-26% faster without the column factor
+// on the H200). A row with a group below that window is folded per 128-K block as A is, and its flag (one per
+// kMatmulSm90FlagCols rows) set: a tile holding such a row promotes with per-block column factors
+// (block_factors), which every other row fills with its row factor, as its fold expects. A row with a NaN scale
+// has the factor NaN either way (its whole output column is NaN, as in the reference).
+__global__ void __launch_bounds__(128) fold_mx_rows_kernel(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
+                                                           ScaleLayout layout, int64_t rows, int64_t rows_pad, int64_t K,
+                                                           uint8_t* __restrict__ operand, float* __restrict__ block_factors,
+                                                           float* __restrict__ row_factors, int* __restrict__ flags) {
+  const int64_t row = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (row >= rows_pad) return;  // whole warps
+  const int64_t kblocks = (K + kFoldK - 1) / kFoldK, groups_per_row = K / core::kMxGroup;
+  float* bf = block_factors + row;
+  if (row >= rows) {
+    for (int64_t kb = lane; kb < kblocks; kb += 32) bf[kb * rows_pad] = 0.0f;
+    if (lane == 0) row_factors[row] = 0.0f;
+    return;
   }
-  top = max(top, __shfl_xor_sync(quad, top, 1));
-  top = max(top, __shfl_xor_sync(quad, top, 2));
-  nan |= __shfl_xor_sync(quad, nan, 1);
-  nan |= __shfl_xor_sync(quad, nan, 2);
+  int top = -1000, low = 1000, nan = 0;
+  for (int64_t g = lane; g < groups_per_row; g += 32) {
+    const MxGroup x = load_group(codes, scales, layout, row, g, groups_per_row);
+    nan |= x.e == 128;
+    if (x.top != -1000) top = max(top, x.top), low = min(low, x.e);
+  }
+  top = __reduce_max_sync(0xFFFFFFFFu, top);
+  low = __reduce_min_sync(0xFFFFFFFFu, low);
+  nan = __reduce_or_sync(0xFFFFFFFFu, nan);
   const int R = top == -1000 ? 0 : top - 8;
-  if (g == 0) *factor = nan ? __int_as_float(0x7FC00000) : core::exp2i(R);
-  if (!here) return;
-  uint32_t l0 = 0, l1 = 0;
-  if (e != 128) fold_table(e - R, l0, l1);  // a NaN group stays zero: its factor carries the NaN
-  const uint2 f0 = fold_word(c.x, l0, l1), f1 = fold_word(c.y, l0, l1);
-  const uint2 f2 = fold_word(c.z, l0, l1), f3 = fold_word(c.w, l0, l1);
-  uint8_t* dst = operand + row * K + kb * kFoldK + 32 * g;
-  *reinterpret_cast<uint4*>(dst) = make_uint4(f0.x, f0.y, f1.x, f1.y);
-  *reinterpret_cast<uint4*>(dst + 16) = make_uint4(f2.x, f2.y, f3.x, f3.y);
+  uint8_t* dst = operand + row * K;
+  if (nan || low - R >= -8) {
+    const float f = nan ? __int_as_float(0x7FC00000) : core::exp2i(R);
+    if (lane == 0) row_factors[row] = f;
+    for (int64_t kb = lane; kb < kblocks; kb += 32) bf[kb * rows_pad] = f;
+    for (int64_t g = lane; g < groups_per_row; g += 32)
+      fold_group(load_group(codes, scales, layout, row, g, groups_per_row), R, dst + 32 * g);
+    return;
+  }
+  if (lane == 0) {
+    row_factors[row] = 1.0f;
+    atomicOr(flags + row / kMatmulSm90FlagCols, 1);
+  }
+  for (int64_t g0 = 0; g0 < groups_per_row; g0 += 32) {  // every lane runs every round: the quads are whole
+    const int64_t g = g0 + lane, kb = g / 4;
+    const bool here = g < groups_per_row;
+    const MxGroup x = here ? load_group(codes, scales, layout, row, g, groups_per_row) : MxGroup{make_uint4(0, 0, 0, 0), 0, -1000};
+    const float f = fold_in_block(x, here, 0xFu << (lane & 28), dst + 32 * g);
+    if ((lane & 3) == 0 && kb < kblocks) bf[kb * rows_pad] = f;
+  }
 }
 
 // NVFP4: one thread per 8 elements (half a group of 16): code * E4M3 scale as bfloat16 (exact: at most 2 x 4
 // significant bits, magnitudes 2^-10 .. 2688; a NaN scale gives NaN elements). A warp reads 128 contiguous
-// code bytes and writes 512 contiguous operand bytes (a thread per group wrote 32 bytes at a 32-byte stride:
-// 2.4 TB/s measured on the H200). The global scales are the epilogue's.
+// code bytes and writes 512 contiguous operand bytes. The codes become bfloat16 values by table lookups (prmt
+// on the magnitude bits, one table for the high and one for the low bytes of {0, 0.5, 1, 1.5, 2, 3, 4, 6}; the
+// sign bits moved as in fold_word), then one exact bf16x2 multiply per pair by the scale: a thread per group
+// that decoded and multiplied element by element in float32 was issue-bound at 2.4 TB/s on the H200.
+// The global scales are the epilogue's.
 __global__ void __launch_bounds__(128) decode_nv_kernel(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
                                                         ScaleLayout layout, int64_t rows, int64_t K,
                                                         __nv_bfloat16* __restrict__ operand) {
+  constexpr uint32_t kHi0 = 0x3F3F3F00u, kHi1 = 0x40404040u;  // high bytes of 0, 0.5, 1, 1.5 | 2, 3, 4, 6
+  constexpr uint32_t kLo0 = 0xC0800000u, kLo1 = 0xC0804000u;  // low bytes
   const int64_t groups_per_row = K / core::kNvGroup;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // half-group index
   if (idx >= rows * groups_per_row * 2) return;
   const int64_t group = idx >> 1, row = group / groups_per_row;
   const uint32_t w = *reinterpret_cast<const uint32_t*>(codes + row * (K / 2) + (group % groups_per_row) * 8 + (idx & 1) * 4);
-  const float s = core::e4m3_decode(scales[core::scale_offset(group, groups_per_row, layout)]);
+  const __nv_bfloat162 s2 = __float2bfloat162_rn(core::e4m3_decode(scales[core::scale_offset(group, groups_per_row, layout)]));
+  const uint32_t m = w & 0x77777777u, w4 = w << 4;
+  const uint32_t hi_a = prmt(kHi0, kHi1, m) | (prmt(w, w4, 0x1504u) & 0x80808080u);  // elements 0-3
+  const uint32_t hi_b = prmt(kHi0, kHi1, m >> 16) | (prmt(w, w4, 0x3726u) & 0x80808080u);  // elements 4-7
+  const uint32_t lo_a = prmt(kLo0, kLo1, m), lo_b = prmt(kLo0, kLo1, m >> 16);
+  const uint32_t v[4] = {prmt(lo_a, hi_a, 0x5140u), prmt(lo_a, hi_a, 0x7362u), prmt(lo_b, hi_b, 0x5140u),
+                         prmt(lo_b, hi_b, 0x7362u)};
   uint32_t out[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const uint32_t byte = (w >> (8 * i)) & 0xFFu;
-    const float lo = __fmul_rn(core::e2m1_decode(static_cast<uint8_t>(byte & 0xFu)), s);
-    const float hi = __fmul_rn(core::e2m1_decode(static_cast<uint8_t>(byte >> 4)), s);
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    out[i] = *reinterpret_cast<uint32_t*>(&v);
+    __nv_bfloat162 p = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&v[i]), s2);
+    out[i] = *reinterpret_cast<uint32_t*>(&p);
   }
   *reinterpret_cast<uint4*>(operand + idx * 8) = make_uint4(out[0], out[1], out[2], out[3]);
 }
@@ -224,9 +312,8 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
 #endif
 }
 
-template <bool FP8, int BN, int STAGES, int PROMOTE_K = 128>
+template <bool FP8, int BN, int STAGES>
 struct GCfg {
-  static_assert(!FP8 || PROMOTE_K == 128 || PROMOTE_K == 64, "promotions per stage: 1 or 2");
   static_assert(FP8 ? (BN == 128 || BN == 192) : (BN == 128 || BN == 256), "instantiated wgmma shapes");
   static constexpr int kBK = FP8 ? 128 : 64;  // K per stage: one 128-byte swizzle row
   static constexpr int kConsumers = 256;      // two warpgroups of 64 rows
@@ -254,7 +341,9 @@ struct GCfg {
 struct GemmArgs {
   int M, N, K, kblocks, tiles_m, tiles_n;
   const float* a_fac;  // MXFP4: [kblocks][a_pad] block factors
-  const float* b_fac;
+  const float* b_fac;  // MXFP4: [kblocks][b_pad] (read by tiles with per-block columns)
+  const float* b_row;  // MXFP4: [b_pad] column factors over all K
+  const int* b_flags;  // MXFP4: [b_pad / kMatmulSm90FlagCols]
   int64_t a_pad, b_pad;
   void* out;
   DType out_dtype;
@@ -332,17 +421,25 @@ __device__ __forceinline__ void tile_of(int t, int tiles_m, int tiles_n, int& mt
   nt = r / gm;
 }
 
-// Named barriers between the two consumer warpgroups (256 threads; ids 1 and 2, 0 is __syncthreads).
-__device__ __forceinline__ void consumers_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
-__device__ __forceinline__ void consumers_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
+// MXFP4: whether the tile of columns n0 .. n0 + BN - 1 holds a row of B folded per 128-K block
+// (fold_mx_rows_kernel), so that it promotes with per-block column factors.
+template <int BN>
+__device__ __forceinline__ bool column_blocks(const GemmArgs& p, int n0) {
+  static_assert(BN % kMatmulSm90FlagCols == 0, "a tile covers whole flag entries");
+  int any = 0;
+#pragma unroll
+  for (int i = 0; i < BN / static_cast<int>(kMatmulSm90FlagCols); ++i) any |= __ldg(p.b_flags + n0 / kMatmulSm90FlagCols + i);
+  return any != 0;
+}
 
-// Persistent: min(tiles, SMs) CTAs walk the tiles t = blockIdx.x, + gridDim.x, ...; the producer runs ahead
-// into the next tile's stages while the consumers finish a tile and write its epilogue. `it` counts the
-// stages a CTA has gone through over all its tiles (the ring's position and phase).
-template <bool FP8, int BN, int STAGES, int PROMOTE_K, int STAGGER>
+// One CTA per tile, or (persistent launch) min(tiles, SMs) CTAs walking the tiles t = blockIdx.x,
+// + gridDim.x, ...; the producer then runs ahead into the next tile's stages while the consumers finish a
+// tile and write its epilogue. `it` counts the stages a CTA has gone through over all its tiles (the ring's
+// position and phase).
+template <bool FP8, int BN, int STAGES>
 __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __grid_constant__ GemmMaps maps) {
 #if FPQUANT_WGMMA
-  using C = GCfg<FP8, BN, STAGES, PROMOTE_K>;
+  using C = GCfg<FP8, BN, STAGES>;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
@@ -363,18 +460,21 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
       int mt, nt;
       tile_of(t, p.tiles_m, p.tiles_n, mt, nt);
       const int m0 = mt * kBM, n0 = nt * BN;
+      bool col_blocks = false;
+      if constexpr (FP8) col_blocks = column_blocks<BN>(p, n0);
+      const uint32_t bytes = C::kABytes + C::kBBytes + (FP8 ? kBM * 4 + (col_blocks ? BN * 4 : 0) : 0);
       for (int kb = 0; kb < p.kblocks; ++kb, ++it) {
         const int s = it % STAGES;
         if (it >= STAGES) mbar_wait(empty + 8 * s, ((it / STAGES) - 1) & 1);
         const uint32_t bar = full + 8 * s;
         // Out-of-range rows and k of a box arrive as zeros and still count toward the bytes.
-        mbar_arrive_expect_tx(bar, C::kABytes + C::kBBytes + C::kFacBytes);
+        mbar_arrive_expect_tx(bar, bytes);
         tma_load_2d(smem_addr + C::kA + s * C::kABytes, &maps.a, kb * C::kBK, m0, bar);
         tma_load_2d(smem_addr + C::kB + s * C::kBBytes, &maps.b, kb * C::kBK, n0, bar);
         if constexpr (FP8) {
           const uint32_t fac = smem_addr + C::kFac + s * C::kFacBytes;
           bulk_load(fac, p.a_fac + kb * p.a_pad + m0, kBM * 4, bar);
-          bulk_load(fac + kBM * 4, p.b_fac + kb * p.b_pad + n0, BN * 4, bar);
+          if (col_blocks) bulk_load(fac + kBM * 4, p.b_fac + kb * p.b_pad + n0, BN * 4, bar);
         }
       }
     }
@@ -385,60 +485,52 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
   const int row_in_tile = 64 * wg + 16 * warp + g;  // this thread's rows: row_in_tile and row_in_tile + 8
   float alpha = 1.0f;
   if constexpr (!FP8) alpha = static_cast<float>(1.0 / (static_cast<double>(__ldg(p.a_global)) * static_cast<double>(__ldg(p.b_global))));
-  // Stages this CTA goes through (stagger 2 leaves the other warpgroup's last hand-over out).
-  const int total = (static_cast<int>(blockIdx.x) < tiles ? (tiles - 1 - static_cast<int>(blockIdx.x)) / static_cast<int>(gridDim.x) + 1 : 0) * p.kblocks;
-  (void)total;
   int it = 0;
 
   for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
     int mt, nt;
     tile_of(t, p.tiles_m, p.tiles_n, mt, nt);
     const int m0 = mt * kBM, n0 = nt * BN;
+    const int m_base = m0 + row_in_tile, n_base = n0 + 2 * q;
     float acc[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
 
     if constexpr (FP8) {
       float tmp[BN / 2];
-      constexpr int kSteps = PROMOTE_K / 32;  // k32 wgmmas per promotion
-      constexpr int kSubs = kFoldK / PROMOTE_K;
-      for (int kb = 0; kb < p.kblocks; ++kb, ++it) {
-        const int s = it % STAGES;
-        mbar_wait(full + 8 * s, (it / STAGES) & 1);
-        if constexpr (STAGGER == 1 || STAGGER == 11) {
-          if (wg == 1 && it == 0) consumers_sync(1);  // wait until warpgroup 0's first stage completed
-        } else if constexpr (STAGGER == 2) {
-          if (wg == 1) consumers_sync(1);
-          else if (it > 0) consumers_sync(2);
-        }
-        const uint32_t a_tile = smem_addr + C::kA + s * C::kABytes + wg * 64 * 128;
-        const uint32_t b_tile = smem_addr + C::kB + s * C::kBBytes;
-        const float* fac = reinterpret_cast<const float*>(smem + C::kFac + s * C::kFacBytes);
-        const float2* sb = reinterpret_cast<const float2*>(fac + kBM);
-#pragma unroll
-        for (int sub = 0; sub < kSubs; ++sub) {
+      // Per stage: 4 k32 wgmmas into tmp, then tmp promoted into acc with the row factor 2^Ra of the stage's
+      // block and, in a tile with per-block columns (PER_BLOCK), the column factors 2^Rb; otherwise the columns'
+      // factors (one per row of B over all K) multiply acc once, below.
+      auto mainloop = [&](auto per_block) {
+        constexpr bool kPerBlock = decltype(per_block)::value;
+        for (int kb = 0; kb < p.kblocks; ++kb, ++it) {
+          const int s = it % STAGES;
+          mbar_wait(full + 8 * s, (it / STAGES) & 1);
+          const uint32_t a_tile = smem_addr + C::kA + s * C::kABytes + wg * 64 * 128;
+          const uint32_t b_tile = smem_addr + C::kB + s * C::kBBytes;
+          const float* fac = reinterpret_cast<const float*>(smem + C::kFac + s * C::kFacBytes);
 #pragma unroll
           for (int i = 0; i < BN / 2; ++i) fence_operand(tmp[i]);
           wgmma_fence();
 #pragma unroll
-          for (int ks = 0; ks < kSteps; ++ks) {
-            const uint32_t k_off = 32 * (sub * kSteps + ks);
-            wgmma_e4m3<BN>(tmp, sw128_desc(a_tile + k_off), sw128_desc(b_tile + k_off), ks > 0 ? 1 : 0);
-          }
+          for (int ks = 0; ks < kFoldK / 32; ++ks)
+            wgmma_e4m3<BN>(tmp, sw128_desc(a_tile + 32 * ks), sw128_desc(b_tile + 32 * ks), ks > 0 ? 1 : 0);
           wgmma_commit();
           const float sa0 = fac[row_in_tile], sa1 = fac[row_in_tile + 8];
           wgmma_wait<0>();
 #pragma unroll
           for (int i = 0; i < BN / 2; ++i) fence_operand(tmp[i]);
-          if (sub == kSubs - 1) {
-            if constexpr (STAGGER == 1 || STAGGER == 11) {
-              if (wg == 0 && it == 0) consumers_arrive(1);
-            } else if constexpr (STAGGER == 2) {
-              if (wg == 0) consumers_arrive(1);
-              else if (it + 1 < total) consumers_arrive(2);
+          if constexpr (kPerBlock) {
+            const float2* sb = reinterpret_cast<const float2*>(fac + kBM);
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j) {
+              const float2 b = sb[4 * j + q];  // columns 8j + 2q, 8j + 2q + 1
+              acc[4 * j + 0] = __fmaf_rn(__fmul_rn(tmp[4 * j + 0], b.x), sa0, acc[4 * j + 0]);
+              acc[4 * j + 1] = __fmaf_rn(__fmul_rn(tmp[4 * j + 1], b.y), sa0, acc[4 * j + 1]);
+              acc[4 * j + 2] = __fmaf_rn(__fmul_rn(tmp[4 * j + 2], b.x), sa1, acc[4 * j + 2]);
+              acc[4 * j + 3] = __fmaf_rn(__fmul_rn(tmp[4 * j + 3], b.y), sa1, acc[4 * j + 3]);
             }
-          }
-          if constexpr (STAGGER >= 10) {  // EXPERIMENT: the promotion without the column factor (wrong values)
+          } else {
 #pragma unroll
             for (int j = 0; j < BN / 8; ++j) {
               acc[4 * j + 0] = __fmaf_rn(tmp[4 * j + 0], sa0, acc[4 * j + 0]);
@@ -446,18 +538,24 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
               acc[4 * j + 2] = __fmaf_rn(tmp[4 * j + 2], sa1, acc[4 * j + 2]);
               acc[4 * j + 3] = __fmaf_rn(tmp[4 * j + 3], sa1, acc[4 * j + 3]);
             }
-          } else
-#pragma unroll
-          for (int j = 0; j < BN / 8; ++j) {
-            const float2 b = sb[4 * j + q];  // columns 8j + 2q, 8j + 2q + 1
-            acc[4 * j + 0] = __fmaf_rn(__fmul_rn(tmp[4 * j + 0], b.x), sa0, acc[4 * j + 0]);
-            acc[4 * j + 1] = __fmaf_rn(__fmul_rn(tmp[4 * j + 1], b.y), sa0, acc[4 * j + 1]);
-            acc[4 * j + 2] = __fmaf_rn(__fmul_rn(tmp[4 * j + 2], b.x), sa1, acc[4 * j + 2]);
-            acc[4 * j + 3] = __fmaf_rn(__fmul_rn(tmp[4 * j + 3], b.y), sa1, acc[4 * j + 3]);
           }
+          __syncwarp();
+          if (lane == 0) mbar_arrive(empty + 8 * s);
         }
-        __syncwarp();
-        if (lane == 0) mbar_arrive(empty + 8 * s);
+      };
+      if (column_blocks<BN>(p, n0)) {
+        mainloop(std::true_type{});
+      } else {
+        mainloop(std::false_type{});
+        // acc * 2^Rb[column]: a power of two, exact; the padded factor array covers every column of the tile.
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const float2 b = *reinterpret_cast<const float2*>(p.b_row + n_base + 8 * j);
+          acc[4 * j + 0] = __fmul_rn(acc[4 * j + 0], b.x);
+          acc[4 * j + 1] = __fmul_rn(acc[4 * j + 1], b.y);
+          acc[4 * j + 2] = __fmul_rn(acc[4 * j + 2], b.x);
+          acc[4 * j + 3] = __fmul_rn(acc[4 * j + 3], b.y);
+        }
       }
     } else {
       for (int kb = 0; kb < p.kblocks; ++kb, ++it) {
@@ -483,7 +581,6 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) fence_operand(acc[i]);
 
-    const int m_base = m0 + row_in_tile, n_base = n0 + 2 * q;
     if (p.out_dtype == DType::kBF16) epilogue<__nv_bfloat16, BN>(p, acc, alpha, m_base, n_base);
     else if (p.out_dtype == DType::kF16) epilogue<__half, BN>(p, acc, alpha, m_base, n_base);
     else epilogue<float, BN>(p, acc, alpha, m_base, n_base);
@@ -508,9 +605,9 @@ bool operand_map(CUtensorMap* map, bool bf16, const void* base, int64_t K, int64
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <bool FP8, int BN, int STAGES, int PROMOTE_K, int STAGGER>
-cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, cudaStream_t stream) {
-  using C = GCfg<FP8, BN, STAGES, PROMOTE_K>;
+template <bool FP8, int BN, int STAGES>
+cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, bool persistent, cudaStream_t stream) {
+  using C = GCfg<FP8, BN, STAGES>;
   unsigned char* ws = static_cast<unsigned char*>(p.workspace);
   GemmMaps maps;
   if (!operand_map(&maps.a, !FP8, ws + w.a_operand, p.K, p.M, kBM) ||
@@ -526,6 +623,8 @@ cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, cud
   auto pad = [](int64_t r) { return (r + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; };
   a.a_fac = reinterpret_cast<const float*>(ws + w.a_factors);
   a.b_fac = reinterpret_cast<const float*>(ws + w.b_factors);
+  a.b_row = reinterpret_cast<const float*>(ws + w.b_row);
+  a.b_flags = reinterpret_cast<const int*>(ws + w.b_flags);
   a.a_pad = pad(p.M);
   a.b_pad = pad(p.N);
   a.out = p.out;
@@ -534,12 +633,12 @@ cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, cud
   a.bias_dtype = p.bias_dtype;
   a.a_global = p.a_global;
   a.b_global = p.b_global;
-  auto kernel = gemm_kernel<FP8, BN, STAGES, PROMOTE_K, STAGGER>;
+  auto kernel = gemm_kernel<FP8, BN, STAGES>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const int64_t tiles = static_cast<int64_t>(a.tiles_m) * a.tiles_n;
   if (tiles > INT_MAX) return cudaErrorInvalidValue;
-  const int64_t ctas = p.num_sms > 0 && p.num_sms < tiles ? p.num_sms : tiles;  // one per SM (shared memory)
+  const int64_t ctas = persistent && p.num_sms > 0 && p.num_sms < tiles ? p.num_sms : tiles;  // one per SM (shared memory)
   kernel<<<static_cast<unsigned>(ctas), C::kThreads, C::kSmem, stream>>>(a, maps);
   return cudaGetLastError();
 }
@@ -550,7 +649,7 @@ cudaError_t launch_config(const MatmulParams& p, const MatmulSm90Workspace& w, c
     if (p.config != I) return launch_config<FP8, TILES, COUNT, I + 1>(p, w, stream);
   }
   constexpr MatmulSm90Tile t = TILES[I];
-  return launch_gemm<FP8, t.bn, t.stages, FP8 ? t.promote_k : 128, FP8 ? t.stagger : 0>(p, w, stream);
+  return launch_gemm<FP8, t.bn, t.stages>(p, w, t.persistent != 0, stream);
 }
 
 bool valid(const MatmulParams& p, Format f, int tile_count, const MatmulSm90Workspace& w) {
@@ -572,9 +671,12 @@ cudaError_t matmul_mxfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
   auto pad = [](int64_t r) { return (r + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; };
   fold_mx_kernel<<<blocks_for(pad(p.M) * kblocks * 4), 128, 0, stream>>>(
       p.a_codes, p.a_scales, p.layout, p.M, pad(p.M), p.K, ws + w.a_operand, reinterpret_cast<float*>(ws + w.a_factors));
-  fold_mx_kernel<<<blocks_for(pad(p.N) * kblocks * 4), 128, 0, stream>>>(
-      p.b_codes, p.b_scales, p.layout, p.N, pad(p.N), p.K, ws + w.b_operand, reinterpret_cast<float*>(ws + w.b_factors));
-  cudaError_t err = cudaGetLastError();
+  cudaError_t err = cudaMemsetAsync(ws + w.b_flags, 0, w.bytes - w.b_flags, stream);
+  if (err != cudaSuccess) return err;
+  fold_mx_rows_kernel<<<blocks_for(pad(p.N) * 32), 128, 0, stream>>>(
+      p.b_codes, p.b_scales, p.layout, p.N, pad(p.N), p.K, ws + w.b_operand, reinterpret_cast<float*>(ws + w.b_factors),
+      reinterpret_cast<float*>(ws + w.b_row), reinterpret_cast<int*>(ws + w.b_flags));
+  err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   return launch_config<true, kMatmulSm90MxTiles, kMatmulSm90MxTileCount>(p, w, stream);
 }

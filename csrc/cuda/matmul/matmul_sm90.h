@@ -3,14 +3,16 @@
 // Both formats run in two steps on the stream (matmul_sm90.cu has the design):
 //   1. an operand pass that turns the packed codes + group scales of A and of B into a tensor-core operand
 //      in the workspace: MXFP4 -> E4M3 bytes [rows, K] with each group scale folded in as a power of two
-//      relative to a reference exponent per (row, 128-K block), plus that block's factor 2^R as float32
-//      [K/128 blocks, padded rows]; NVFP4 -> bfloat16 [rows, K] (code * E4M3 scale, exact);
+//      relative to a reference exponent per (row, 128-K block) of A and per row of B (per block for a row of
+//      B whose groups do not fit one window), plus those factors as float32; NVFP4 -> bfloat16 [rows, K]
+//      (code * E4M3 scale, exact);
 //   2. a TMA + wgmma GEMM over those operands (MXFP4: FP8 wgmma, promoted into float32 every 128 K with
 //      the two block factors; NVFP4: bf16 wgmma), epilogue scale (NVFP4: 1 / (gA gB)), bias, out_dtype.
 //
 // What the plan must check before choosing these launchers (nothing here re-checks it):
 //   - GpuInfo::runs_sm90() and a build with FPQUANT_SM90_KERNELS=1.
-//   - M >= 1, N >= 1, K >= group, K % group == 0 (MXFP4 32, NVFP4 16); M, N, K < 2^31 / 2 (int indexing
+//   - M >= 1, N >= 1, K >= group, K % group == 0 (MXFP4 32, NVFP4 16); M, N, K < 2^31 / 2 and the tile count
+//     below 2^31 (int indexing
 //     of rows and k; every byte offset is 64-bit).
 //   - a_codes, b_codes 16-byte aligned (row pitch K/2 is then 16-byte aligned for MXFP4; for NVFP4 the
 //     pass reads 8-byte words, so 8-byte alignment suffices there, 16 is asked for simplicity).
@@ -22,10 +24,8 @@
 //   - workspace: at least matmul_sm90_workspace_bytes(format, M, N, K) bytes, 256-byte aligned, no initial
 //     content required; it is overwritten by every call (no state between calls).
 //   - config: an index into kMatmulSm90MxTiles / kMatmulSm90NvTiles (any M, N: tails are handled).
-//   - Small M: the operand pass converts all of B (N x K) on every call, 1.5 bytes written per element for
-//     MXFP4 (3 for NVFP4). At 8192^2 that is ~25 us (~50 us NVFP4) of memory traffic, about the cost of the
-//     whole GEMM at M = 128: below a few hundred rows the plan should prefer a path that streams the FP4
-//     weight directly (dequantized A through the W4A16 kernels, exact in bf16) unless measured otherwise.
+//   - Small M: the operand pass converts all of B (N x K) on every call: the plan sends small M with a bf16
+//     output to the w4a16 path instead (matmul_plan.h).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -10,29 +10,21 @@
 namespace fpquant::cuda {
 
 // GEMM tile configurations (MatmulParams::config). Rows per CTA are always 128 (two consumer warpgroups of
-// 64 rows); bn = columns of B per CTA (the wgmma N); stages = depth of the TMA ring; promote_k (MXFP4) = K
-// between promotions of the FP8 tensor-core sums into the float32 accumulators (128: one per stage; 64: two,
-// twice the promotion instructions, for the case that Hopper's FP8 accumulation shows at 128); stagger
-// (MXFP4) = how the two consumer warpgroups share the tensor cores around their promotions: 0 free-running
-// (both wait for the same stage and tend to promote at the same time, leaving the tensor cores idle
-// meanwhile), 1 the second warpgroup starts half a period late (once per CTA), 2 strict turns (a warpgroup
-// issues a stage's wgmmas only after the other's previous ones completed).
+// 64 rows); bn = columns of B per CTA (the wgmma N); stages = depth of the TMA ring; persistent = one CTA per
+// SM walking the tiles (the producer loads the next tile's stages during the epilogue) rather than one CTA
+// per tile.
 struct MatmulSm90Tile {
   int bn;
   int stages;
-  int promote_k;
-  int stagger;
+  int persistent;
 };
-// MXFP4 (FP8 operands, 128 K per stage). 0: 128 x 192 (the default: 157 FLOP per byte of L2 traffic, float32
-// accumulators 96 + 96 per thread); 1: 128 x 128 (more CTAs for small M x N); 2: 128 x 192 promoting every
-// 64 K; 3, 4: 128 x 192 with stagger 1, 2; 5: 128 x 128 with stagger 1.
-inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5, 128, 0}, {128, 6, 128, 0}, {192, 5, 64, 0},
-                                                        {192, 5, 128, 1}, {192, 5, 128, 2}, {128, 6, 128, 1},
-                                                        {192, 5, 128, 10}, {192, 5, 128, 11}};  // EXPERIMENT
-// NVFP4 (bf16 operands, 64 K per stage, no promotion). 0: 128 x 256; 1: 128 x 128.
-inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0, 0}, {128, 6, 0, 0}};
-inline constexpr int kMatmulSm90MxTileCount = 8;
-inline constexpr int kMatmulSm90NvTileCount = 2;
+// MXFP4 (FP8 operands, 128 K per stage): 128 x 192 (157 FLOP per byte of L2 traffic, float32 accumulators
+// 96 + 96 per thread) and 128 x 128 (more CTAs for small M x N), each one CTA per tile and persistent.
+inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5, 0}, {128, 6, 0}, {192, 5, 1}, {128, 6, 1}};
+// NVFP4 (bf16 operands, 64 K per stage): 128 x 256 and 128 x 128, likewise.
+inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0}, {128, 6, 0}, {256, 4, 1}, {128, 6, 1}};
+inline constexpr int kMatmulSm90MxTileCount = 4;
+inline constexpr int kMatmulSm90NvTileCount = 4;
 
 // The plan's tile: the one with the least work per SM, counted as waves of 128-row CTAs (rounded up) times
 // the tile's columns, the narrow tile's counted 10/9 as dear: on the H200 at 8192^3 a column-wave of
@@ -61,10 +53,15 @@ inline int matmul_sm90_tile(core::Format format, int64_t M, int64_t N, int num_s
 // the array).
 inline constexpr int64_t kMatmulSm90FoldK = 128;
 inline constexpr int64_t kMatmulSm90RowPad = 768;
+// Rows of B per entry of the MXFP4 per-block flags (a divisor of every tile's columns and of the padding).
+inline constexpr int64_t kMatmulSm90FlagCols = 64;
 
 struct MatmulSm90Workspace {
-  size_t a_operand, b_operand, a_factors, b_factors;  // byte offsets into the workspace (256-byte aligned)
-  size_t bytes;                                         // total
+  // Byte offsets into the workspace (256-byte aligned). MXFP4: a_factors / b_factors [K/128 blocks][padded
+  // rows] float32, b_row [padded N] float32 (B's factor per row when one holds for its whole K), b_flags
+  // [padded N / 64] int32 (nonzero: some row among those 64 needs factors per block).
+  size_t a_operand, b_operand, a_factors, b_factors, b_row, b_flags;
+  size_t bytes;  // total
 };
 
 inline MatmulSm90Workspace matmul_sm90_workspace(core::Format format, int64_t M, int64_t N, int64_t K) {
@@ -78,7 +75,9 @@ inline MatmulSm90Workspace matmul_sm90_workspace(core::Format format, int64_t M,
   w.b_operand = align(w.a_operand + static_cast<size_t>(M) * static_cast<size_t>(K) * elem);
   w.a_factors = align(w.b_operand + static_cast<size_t>(N) * static_cast<size_t>(K) * elem);
   w.b_factors = align(w.a_factors + (mx ? static_cast<size_t>(kb * pad(M)) * 4 : 0));
-  w.bytes = align(w.b_factors + (mx ? static_cast<size_t>(kb * pad(N)) * 4 : 0));
+  w.b_row = align(w.b_factors + (mx ? static_cast<size_t>(kb * pad(N)) * 4 : 0));
+  w.b_flags = align(w.b_row + (mx ? static_cast<size_t>(pad(N)) * 4 : 0));
+  w.bytes = align(w.b_flags + (mx ? static_cast<size_t>(pad(N) / kMatmulSm90FlagCols) * 4 : 0));
   return w;
 }
 
