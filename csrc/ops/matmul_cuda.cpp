@@ -16,6 +16,7 @@
 #include "cuda/matmul/matmul_sm100.h"
 #include "cuda/matmul/matmul_sm120.h"
 #include "cuda/matmul/matmul_sm90.h"
+#include "cuda/w4a16/w4a16_plan.h"
 #include "cuda/quantize/quantize.h"
 #include "ops/checks.h"
 #include "ops/cuda_glue.h"
@@ -126,8 +127,12 @@ at::Tensor matmul_cuda(const char* op, core::Format f, const MatmulArgs& args, c
       cuda::plan_matmul(M, N, K, f, args.layout, dtype_of(args.out_dtype), bias_dtype, gpu, matmul_override());
   TORCH_CHECK_VALUE(plan.invalid == nullptr, op, ": plan override: ", plan.invalid);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (plan.path == cuda::MatmulPath::kW4a16)
+  if (plan.path == cuda::MatmulPath::kW4a16) {
+    TORCH_CHECK_VALUE(cuda::plan_w4a16(M, N, K, f, gpu, w4a16_override()).path != cuda::W4A16Path::kSlab, op,
+                      ": plan override: the w4a16 matmul path cannot run the W4A16 slab path (cuBLAS on bf16 slabs "
+                      "rounds more than once)");
     return matmul_w4a16(op, f, args, plan, a, a_scales, a_global, b, b_scales, b_global, bias, M, stream);
+  }
 
   auto shape = a.sizes().vec();
   shape.back() = N;

@@ -137,7 +137,7 @@ def test_matmul_paths_by_gpu(fmt, out):
             continue
         assert p.path == "sm90" and p.workspace_bytes >= (M + N) * K and p.note is None, (M, N, K)
     for gpu in (H100_NO_SM90_BUILD, ADA, B300, B200_NO_BLACKWELL_BUILD):
-        p = plan_matmul(256, 4096, 4096, fmt, out, "blocked", gpu)
+        p = plan_matmul(64, 4096, 4096, fmt, out, "blocked", gpu)
         path = "w4a16" if bf16 and gpu in (H100_NO_SM90_BUILD, ADA) else "generic"
         assert (p.path, p.tile, p.workspace_bytes, p.swizzle_scales) == (path, None, 0, False), gpu
     assert plan_matmul(1 << 30, 4096, 4096, fmt, out, "blocked", H100).path == "generic"
@@ -160,19 +160,19 @@ def test_matmul_tiles_by_rows():
 @pytest.mark.parametrize("fmt,wide", [("mxfp4", 192), ("nvfp4", 256)])
 def test_matmul_sm90_tile_fills_the_gpu(fmt, wide):
     # config 0 is the wide tile (128 x 192 MXFP4, 128 x 256 NVFP4), config 1 the 128 x 128 one: the plan takes
-    # the one with fewer waves x columns, a narrow column counted 10/9, so the narrow tile where the wide one
-    # leaves SMs idle.
+    # the one with fewer waves x columns, a narrow column counted 11/9 (MXFP4) or 10/9 (NVFP4), so the narrow
+    # tile where the wide one leaves SMs idle.
     def cost(M, N, bn, weight):
         return -(-(-(-M // 128) * -(-N // bn)) // 132) * bn * weight
 
     # Forced: a bf16 output at small M takes the w4a16 path by default.
     with plan_override(matmul_path="sm90"):
         for M, N in [(1, 8192), (16, 8192), (128, 8192), (1024, 8192), (4096, 14336), (8192, 8192), (300, 1000)]:
-            expected = 0 if cost(M, N, wide, 9) <= cost(M, N, 128, 10) else 1
+            expected = 0 if cost(M, N, wide, 9) <= cost(M, N, 128, 11 if fmt == "mxfp4" else 10) else 1
             assert plan_matmul(M, N, 4096, fmt, torch.bfloat16, "linear", H100).config == expected, (M, N)
-        # the faster tile of the H200 sweep at each of its shapes (docs/perf/matmul.md)
-        measured = {"mxfp4": {(8192, 8192): 0, (4096, 14336): 0, (4096, 4096): 1, (16384, 8192): 0, (1, 8192): 1,
-                              (16, 8192): 1, (128, 8192): 1, (1024, 8192): 1},
+        # the faster tile of the H200 sweeps at each of their shapes (docs/perf/matmul.md)
+        measured = {"mxfp4": {(8192, 8192): 0, (4096, 14336): 0, (4096, 4096): 0, (16384, 8192): 0, (1, 8192): 1,
+                              (16, 8192): 1, (128, 8192): 1, (1024, 8192): 0},
                     "nvfp4": {(8192, 8192): 0, (4096, 14336): 0, (4096, 4096): 0, (16384, 8192): 0, (1, 8192): 1,
                               (16, 8192): 1, (128, 8192): 1, (1024, 8192): 0}}[fmt]
         for (M, N), tile in measured.items():
@@ -267,10 +267,14 @@ def test_matmul_w4a16_path_on_hopper(fmt, layout):
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 def test_matmul_w4a16_path_instead_of_generic(fmt):
     bf16, f32 = torch.bfloat16, torch.float32
-    # GPUs without a native kernel take it for every M where it applies, instead of the float64 generic path.
+    # GPUs without a native kernel take it instead of the float64 generic path for the rows the W4A16 kernels
+    # multiply themselves (M <= 64 there); above, their plan would use cuBLAS on bf16 slabs (a second rounding).
     for gpu in (A100, ADA, H100_NO_SM90_BUILD):
-        for M in (1, 300, 8192, 100000):
+        for M in (1, 16, 64):
             assert plan_matmul(M, 4096, 4096, fmt, bf16, "blocked", gpu).path == "w4a16", (gpu, M)
+        for M in (65, 8192):
+            p = plan_matmul(M, 4096, 4096, fmt, bf16, "blocked", gpu)
+            assert p.path == "generic" and "slabs" in p.note, (gpu, M)
         assert plan_matmul(64, 4096, 4096, fmt, bf16, "linear", gpu, bias_dtype=bf16).path == "w4a16"
         cases = [(4096, 4096, f32, None, "bfloat16 only"), (4096, 4096, bf16, f32, "bfloat16 bias"),
                  (60, 4096, bf16, None, "multiple of 32"), (4096, 4160, bf16, None, "multiple of 128")]
@@ -292,10 +296,12 @@ def test_matmul_w4a16_override():
     bf16, f32 = torch.bfloat16, torch.float32
     assert MATMUL_PATHS[4] == "w4a16"  # MatmulPath::kW4a16
     with plan_override(matmul_path="w4a16"):
-        for gpu in (H100, A100, B200):
-            for M in (1, 4096):
+        for gpu, Ms in ((H100, (1, 2048)), (A100, (1, 64)), (B200, (1, 64))):
+            for M in Ms:
                 p = plan_matmul(M, 4096, 4096, "nvfp4", bf16, "blocked", gpu)
                 assert (p.path, p.unswizzle_scales) == ("w4a16", True), (gpu, M)
+            with pytest.raises(ValueError, match="slabs"):  # the W4A16 plan's cuBLAS rows
+                plan_matmul(Ms[1] + 1, 4096, 4096, "nvfp4", bf16, "blocked", gpu)
         cases = [(dict(out_dtype=f32), "bfloat16 only"), (dict(bias_dtype=f32), "bfloat16 bias"),
                  (dict(N=100), "multiple of 32"), (dict(K=4096 + 32), "multiple of 128"),
                  (dict(gpu=TURING), "compute capability 8.0")]

@@ -139,6 +139,10 @@ def test_the_w4a16_overrides_steer_its_kernel(w4a16_path, M, seed):
     for fmt in ("mxfp4", "nvfp4"):
         a, sa, ga, b, sb, gb = operands(M, 96, 512, fmt, "blocked", seed)
         with plan_override(matmul_path="w4a16", w4a16_path=w4a16_path):
+            if w4a16_path == "slab":  # cuBLAS on bf16 slabs: measured 2.54e-3, more than one rounding
+                with pytest.raises(ValueError, match="slab"):
+                    gpu_and_reference(fmt, a, sa, ga, b, sb, gb, "blocked", BF16)
+                continue
             got, ref = gpu_and_reference(fmt, a, sa, ga, b, sb, gb, "blocked", BF16)
         check_against_reference(got, ref, TOL)
 

@@ -40,7 +40,8 @@ bool sm90_takes(int64_t M, int64_t N, int64_t K) {
 // rounding only for a bf16 output and a bf16 bias (or none): a float32 / fp16 output or bias would be
 // rounded twice, and stays on the other paths. Their tiles take N % kW4A16TileN == 0 and
 // K % kW4A16ChunkK == 0; their mma.sync needs compute capability 8.0. nullptr if the path applies, else why not.
-const char* w4a16_issue(int64_t N, int64_t K, core::DType out, std::optional<core::DType> bias, const GpuInfo& gpu) {
+const char* w4a16_issue(int64_t M, int64_t N, int64_t K, core::Format f, core::DType out,
+                        std::optional<core::DType> bias, const GpuInfo& gpu) {
   if (gpu.cc_major < 8) return "the w4a16 matmul path needs a GPU of compute capability 8.0 or newer";
   if (out != core::DType::kBF16)
     return "the w4a16 matmul path writes bfloat16 only (the W4A16 kernels write their activation dtype; another "
@@ -50,6 +51,11 @@ const char* w4a16_issue(int64_t N, int64_t K, core::DType out, std::optional<cor
            "would be rounded twice)";
   if (N % kW4A16TileN != 0 || K % kW4A16ChunkK != 0)
     return "the w4a16 matmul path needs N a multiple of 32 and K a multiple of 128 (the W4A16 kernels' tiles)";
+  // Its slab path multiplies dequantized bf16 slabs by cuBLAS, whose bf16 output may come from reduced-precision
+  // split-K reductions: more than one rounding (measured 2.54e-3 against the reference, over the 2.5e-3 bound).
+  if (plan_w4a16(M, N, K, f, gpu).path == W4A16Path::kSlab)
+    return "the w4a16 matmul path takes only the rows the W4A16 kernels multiply themselves (their plan sends "
+           "this M to cuBLAS on dequantized bf16 slabs, a second rounding)";
   return nullptr;
 }
 
@@ -57,8 +63,8 @@ static_assert(kW4A16TileN == 32 && kW4A16ChunkK == 128, "w4a16_issue's message n
 
 // GPUs without a native matmul kernel that the W4A16 kernels were written for (Ampere, Ada, and Hopper in a
 // build without sm_90a): there the w4a16 path replaces the float64 generic path, which is slow on them (float64
-// runs at 1/64 rate on GeForce parts), for every M it takes. A Blackwell GPU without its kernels keeps the
-// generic path and the note on the target its build lacks.
+// runs at 1/64 rate on GeForce parts), for the rows its kernels take (w4a16_issue: M <= 64 off sm_90a). A
+// Blackwell GPU without its kernels keeps the generic path and the note on the target its build lacks.
 bool w4a16_instead_of_generic(const GpuInfo& gpu) { return gpu.cc_major == 8 || gpu.cc_major == 9; }
 
 }  // namespace
@@ -75,7 +81,7 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
                        std::optional<core::DType> bias, const GpuInfo& gpu, const MatmulOverride& ov) {
   MatmulPlan plan;
   const char* shape_issue = matmul_kernel_shape_issue(M, N, K, out);
-  const char* w4a16_no = w4a16_issue(N, K, out, bias, gpu);
+  const char* w4a16_no = w4a16_issue(M, N, K, f, out, bias, gpu);
   if (ov.path >= 0) {
     if (ov.path >= kMatmulPaths) {
       plan.invalid = "matmul path must be 0 (generic), 1 (sm100), 2 (sm120), 3 (sm90) or 4 (w4a16)";

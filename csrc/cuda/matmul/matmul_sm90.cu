@@ -208,7 +208,8 @@ __global__ void __launch_bounds__(128) fold_mx_rows_kernel(const uint8_t* __rest
     return;
   }
   int top = -1000, low = 1000, nan = 0;
-  for (int64_t g = lane; g < groups_per_row; g += 32) {
+#pragma unroll 4
+  for (int64_t g = lane; g < groups_per_row; g += 32) {  // unrolled: several loads in flight per lane
     const MxGroup x = load_group(codes, scales, layout, row, g, groups_per_row);
     nan |= x.e == 128;
     if (x.top != -1000) top = max(top, x.top), low = min(low, x.e);
@@ -222,6 +223,7 @@ __global__ void __launch_bounds__(128) fold_mx_rows_kernel(const uint8_t* __rest
     const float f = nan ? __int_as_float(0x7FC00000) : core::exp2i(R);
     if (lane == 0) row_factors[row] = f;
     for (int64_t kb = lane; kb < kblocks; kb += 32) bf[kb * rows_pad] = f;
+#pragma unroll 4
     for (int64_t g = lane; g < groups_per_row; g += 32)
       fold_group(load_group(codes, scales, layout, row, g, groups_per_row), R, dst + 32 * g);
     return;

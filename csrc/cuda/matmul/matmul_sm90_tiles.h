@@ -27,12 +27,13 @@ inline constexpr int kMatmulSm90MxTileCount = 4;
 inline constexpr int kMatmulSm90NvTileCount = 4;
 
 // The plan's tile: the one with the least work per SM, counted as waves of 128-row CTAs (rounded up) times
-// the tile's columns, the narrow tile's counted 10/9 as dear: on the H200 at 8192^3 a column-wave of
-// 128 x 128 took 1.11x (MXFP4) and 1.15x (NVFP4) the time of one of the wide tile (more bytes per FLOP,
-// fewer columns per wgmma). When M x N is small the wide tile leaves SMs idle (M = 16, N = 8192: 43 CTAs of
-// 128 x 192 on 132 SMs) and the narrow tile's extra CTAs win. This matched the faster tile at every shape
-// of the sweep (benchmarks/sweep_matmul_tiles.py; docs/perf/matmul.md). Tile 2 (MXFP4, promotion every 64 K)
-// measured 15-35% slower than tile 0 and is for measurements only.
+// the tile's columns, a column of the narrow tile counted as dearer (more bytes per FLOP, fewer columns per
+// wgmma): NVFP4 10/9 (a column-wave of 128 x 128 took 1.15x the time of one of 128 x 256 at 8192^3 on the
+// H200), MXFP4 11/9 (1.11x-1.23x at 8192^3; the wide tile was the faster at all four large shapes of the
+// sweep, 4096 x 4096 x 14336 included, where 6 waves of it face 8 of the narrow one). When M x N is small the
+// wide tile leaves SMs idle (M = 128, N = 8192: 43 CTAs of 128 x 192 on 132 SMs) and the narrow tile's extra
+// CTAs win. The persistent tiles (2, 3) are for measurements: within 1-4% of tiles 0 / 1 either way
+// (benchmarks/sweep_matmul_tiles.py; docs/perf/matmul.md).
 inline int matmul_sm90_tile(core::Format format, int64_t M, int64_t N, int num_sms) {
   const bool mx = format == core::Format::kMxFp4;
   const MatmulSm90Tile* tiles = mx ? kMatmulSm90MxTiles : kMatmulSm90NvTiles;
@@ -42,7 +43,7 @@ inline int matmul_sm90_tile(core::Format format, int64_t M, int64_t N, int num_s
   int64_t best_cost = -1;
   for (int t = 0; t < 2; ++t) {  // the wide tile first, so that it wins ties
     const int64_t ctas = rows * ((N + tiles[t].bn - 1) / tiles[t].bn);
-    const int64_t cost = (ctas + sms - 1) / sms * tiles[t].bn * (t == 0 ? 9 : 10);
+    const int64_t cost = (ctas + sms - 1) / sms * tiles[t].bn * (t == 0 ? 9 : (mx ? 11 : 10));
     if (best_cost < 0 || cost < best_cost) best = t, best_cost = cost;
   }
   return best;
