@@ -107,12 +107,17 @@ def code_step_check(codes, scales, ref_codes, ref_scales, group, multiplier, max
     a = ref.unpack_codes(codes.cpu()).flatten().long()
     b = ref.unpack_codes(ref_codes.cpu()).flatten().long()
     diff = a != b
-    frac = diff.float().mean().item()
-    assert frac <= max_fraction, f"{frac:.2e} of codes differ (limit {max_fraction})"
     ma = multiplier(scales.cpu()).flatten().repeat_interleave(group)
     mb = multiplier(ref_scales.cpu()).flatten().repeat_interleave(group)
-    pos = lambda c: torch.where(c >= 8, -(c - 8), c)  # noqa: E731  signed index, +-0 -> 0
     same_scale = ma == mb
+    # A group whose largest value sits on a scale boundary can take the other scale, moving all of its codes:
+    # such groups are counted apart (at most max_fraction of the groups, and one in any case).
+    frac = (diff & same_scale).float().mean().item()
+    assert frac <= max_fraction, f"{frac:.2e} of codes differ (limit {max_fraction})"
+    groups = same_scale.numel() // group
+    moved = groups - int(same_scale.view(groups, group)[:, 0].sum())
+    assert moved <= max(1, max_fraction * groups), f"{moved} of {groups} group scales differ"
+    pos = lambda c: torch.where(c >= 8, -(c - 8), c)  # noqa: E731  signed index, +-0 -> 0
     assert ((pos(a) - pos(b)).abs()[diff & same_scale] <= 1).all(), "a code moved by more than one step"
     va, vb = ref.E2M1_VALUES[a] * ma, ref.E2M1_VALUES[b] * mb
     step = 2 * torch.maximum(ma, mb)
