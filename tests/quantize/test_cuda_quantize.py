@@ -109,7 +109,7 @@ def code_step_check(codes, scales, ref_codes, ref_scales, group, multiplier, max
     diff = a != b
     ma = multiplier(scales.cpu()).flatten().repeat_interleave(group)
     mb = multiplier(ref_scales.cpu()).flatten().repeat_interleave(group)
-    same_scale = ma == mb
+    same_scale = (ma == mb) | (ma.isnan() & mb.isnan())  # NaN groups (a NaN in the input) agree
     # A group whose largest value sits on a scale boundary can take the other scale, moving all of its codes:
     # such groups are counted apart (at most max_fraction of the groups, and one in any case).
     frac = (diff & same_scale).float().mean().item()
