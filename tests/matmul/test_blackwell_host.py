@@ -22,6 +22,7 @@ from fpquant_ext.tuning import MATMUL_TILES
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / "tests" / "host" / "matmul_blackwell_check.cpp"
 PLAN = ROOT / "csrc" / "cuda" / "matmul" / "matmul_plan.cpp"
+W4A16_PLAN = ROOT / "csrc" / "cuda" / "w4a16" / "w4a16_plan.cpp"  # the matmul plan asks it (the w4a16 path)
 
 
 def _unavailable(reason: str):
@@ -45,7 +46,8 @@ def _cutlass_root() -> Path | None:
 def _inputs() -> list[Path]:
     headers = sorted((ROOT / "csrc" / "cuda" / "matmul").glob("*.h")) + sorted(
         (ROOT / "csrc" / "cuda" / "matmul").glob("*.cuh")) + sorted((ROOT / "csrc" / "core").glob("*.h"))
-    return [CHECK, PLAN, ROOT / "csrc" / "cuda" / "common" / "gpu_info.h", *headers]
+    return [CHECK, PLAN, W4A16_PLAN, ROOT / "csrc" / "cuda" / "w4a16" / "w4a16_plan.h",
+            ROOT / "csrc" / "cuda" / "common" / "gpu_info.h", *headers]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,8 @@ def host_check() -> Path:
         # The kernel types need nvcc's CUDA front end; the device pass has no kernel to compile.
         [*common, "-x", "cu", "-DFPQUANT_CHECK_KERNEL_TYPES", *includes, "-c", str(CHECK), "-o", str(out / "check.o")],
         [*common, *includes, "-c", str(PLAN), "-o", str(out / "plan.o")],
-        [nvcc, str(out / "check.o"), str(out / "plan.o"), "-o", str(out / "tmp_exe")],
+        [*common, *includes, "-c", str(W4A16_PLAN), "-o", str(out / "w4a16_plan.o")],
+        [nvcc, str(out / "check.o"), str(out / "plan.o"), str(out / "w4a16_plan.o"), "-o", str(out / "tmp_exe")],
     ]
     for cmd in steps:
         r = subprocess.run(cmd, capture_output=True, text=True)
