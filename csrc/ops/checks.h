@@ -216,6 +216,15 @@ inline W4A16Weight check_w4a16_weight(const char* op, const at::Tensor& codes, c
   return {true, core::kPackRows * codes.size(0), core::kPackK * codes.size(1)};
 }
 
+// pack_w4a16: a canonical weight (check_w4a16_weight) of a shape the packed layout takes.
+inline W4A16Weight check_pack_w4a16(const char* op, const at::Tensor& codes, const at::Tensor& scales, Format f) {
+  TORCH_CHECK_VALUE(codes.dim() == 2, op, ": w_codes must be the canonical 2-D [N, K/2], got shape ", codes.sizes());
+  const W4A16Weight w = check_w4a16_weight(op, codes, scales, f);
+  TORCH_CHECK_VALUE(w.N % core::kPackRows == 0 && w.K % core::kPackK == 0, op, ": the packed layout needs N a multiple of ",
+                    core::kPackRows, " and K a multiple of ", core::kPackK, ", got N=", w.N, ", K=", w.K);
+  return w;
+}
+
 // linear_w4a16: x [..., K] bfloat16/float16; the weight in either layout (check_w4a16_weight);
 // w_global_scale required for NVFP4; for MXFP4 optional, a divisor of the weight (FP-Quant's abs_max
 // checkpoints store MXFP4 codes of 3 x the weight: docs/checkpoints.md); bias [N] of x's dtype.

@@ -66,11 +66,8 @@ std::tuple<at::Tensor, at::Tensor> pack_w4a16(const at::Tensor& codes, const at:
                                               c10::string_view format) {
   constexpr const char* op = "fpquant.pack_w4a16";
   const Format f = parse_format(op, std::string(format));
-  TORCH_CHECK_VALUE(codes.dim() == 2, op, ": w_codes must be the canonical 2-D [N, K/2], got shape ", codes.sizes());
-  const W4A16Weight w = check_w4a16_weight(op, codes, scales, f);
+  const W4A16Weight w = check_pack_w4a16(op, codes, scales, f);
   const int64_t N = w.N, K = w.K, T = N / core::kPackRows, A = K / core::kPackK;
-  TORCH_CHECK_VALUE(N % core::kPackRows == 0 && K % core::kPackK == 0, op, ": the packed layout needs N a multiple of ",
-                    core::kPackRows, " and K a multiple of ", core::kPackK, ", got N=", N, ", K=", K);
   const at::Tensor nib = nibbles(codes.view(at::kByte)).view({T, 2, 8, A, 2, 2, 2, 4, 2});
   const at::Tensor packed = bytes_of(nib.permute(kCanonicalDims).contiguous()).view({T, A, core::kPackAtomBytes});
   const int64_t per_row = core::kPackK / core::group_size(f);

@@ -50,12 +50,7 @@ std::tuple<at::Tensor, at::Tensor> pack_w4a16_cuda(const at::Tensor& codes, cons
                                                    c10::string_view format) {
   constexpr const char* op = "fpquant.pack_w4a16";
   const Format f = parse_format(op, std::string(format));
-  TORCH_CHECK_VALUE(codes.dim() == 2, op, ": w_codes must be the canonical 2-D [N, K/2], got shape ", codes.sizes());
-  const W4A16Weight w = check_w4a16_weight(op, codes, scales, f);
-  TORCH_CHECK_VALUE(w.N % core::kPackRows == 0 && w.K % core::kPackK == 0, op,
-                    ": the packed layout needs N a multiple of ", core::kPackRows, " and K a multiple of ",
-                    core::kPackK, ", got N=", w.N, ", K=", w.K);
-  TORCH_CHECK_VALUE(codes.device() == scales.device(), op, ": w_codes and w_scales must be on one device");
+  const W4A16Weight w = check_pack_w4a16(op, codes, scales, f);
   const c10::cuda::CUDAGuard guard(codes.device());
   const at::Tensor c = codes.contiguous(), s = scales.contiguous();
   const int64_t T = w.N / core::kPackRows, A = w.K / core::kPackK;

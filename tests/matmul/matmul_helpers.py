@@ -7,7 +7,8 @@ import fpquant_ext as fq
 
 
 def quantize_operand(x, fmt, layout):
-    """(codes, scales, global scale or None) of x."""
+    """(codes, scales, global scale or None) of x (as float32)."""
+    x = x.float().contiguous()
     if fmt == "mxfp4":
         return (*fq.quantize_mxfp4(x, None, "floor", layout), None)
     g = fq.nvfp4_global_scale(x)
@@ -48,18 +49,19 @@ def check_against_reference(got, ref, tol):
     return err
 
 
-def random_operand(rows, K, fmt, gen, span=60, zero_groups=0.05):
-    """Random codes and random linear-layout group scales: E8M0 exponents in [-span, span], or random normal
-    E4M3 scales; a fraction of all-zero groups."""
+def random_operand(rows, K, fmt, gen, span=60, zero_groups=0.05, layout="linear"):
+    """Random codes and random group scales: E8M0 exponents in [-span, span] (far beyond the Hopper kernels'
+    fold window at the default), or random normal E4M3 scales; a fraction of all-zero groups."""
     group = 32 if fmt == "mxfp4" else 16
     codes = torch.randint(0, 256, (rows, K // 2), generator=gen, dtype=torch.uint8)
     zero = torch.rand(rows, K // group, generator=gen) < zero_groups
     codes.view(rows, K // group, group // 2)[zero] = 0
     if fmt == "mxfp4":
         s = torch.randint(127 - span, 127 + span + 1, (rows, K // group), generator=gen).to(torch.uint8)
-        return codes, s.view(torch.float8_e8m0fnu)
-    s = torch.randint(0x08, 0x7F, (rows, K // group), generator=gen).to(torch.uint8)
-    return codes, s.view(torch.float8_e4m3fn)
+        s = s.view(torch.float8_e8m0fnu)
+    else:
+        s = torch.randint(0x08, 0x7F, (rows, K // group), generator=gen).to(torch.uint8).view(torch.float8_e4m3fn)
+    return codes, fq.swizzle_scales(s) if layout == "blocked" else s
 
 
 def poison_allocator(nbytes=1 << 28):

@@ -14,6 +14,9 @@ import torch
 import fpquant_ext as fq
 
 from conftest import diverse_tensor, replay_matches
+from matmul_helpers import check_against_reference as check
+from matmul_helpers import poison_allocator, random_operand
+from matmul_helpers import quantize_operand as quantized
 
 pytestmark = pytest.mark.cuda
 
@@ -30,40 +33,6 @@ def _hopper_only():
         yield
 
 
-def poison_allocator(nbytes=1 << 28):
-    """Fill memory the caching allocator hands out next with 0xFF bytes (NaN as float32, bf16 and fp16)."""
-    t = torch.full((nbytes,), 0xFF, dtype=torch.uint8, device="cuda")
-    del t
-
-
-def quantized(x: torch.Tensor, fmt: str, layout: str):
-    """(codes, scales, global scale or None) of x on the CPU."""
-    if fmt == "mxfp4":
-        c, s = fq.quantize_mxfp4(x.float().contiguous(), None, "floor", layout)
-        return c, s, None
-    g = fq.nvfp4_global_scale(x.float())
-    c, s = fq.quantize_nvfp4(x.float().contiguous(), g, None, layout)
-    return c, s, g
-
-
-def random_operand(rows: int, K: int, fmt: str, gen: torch.Generator, span: int = 60, zero_groups=0.05,
-                   layout: str = "linear"):
-    """Random codes and random group scales: E8M0 exponents in [-span, span] (far beyond the fold window), or
-    random normal E4M3 scales; a fraction of all-zero groups."""
-    group = 32 if fmt == "mxfp4" else 16
-    codes = torch.randint(0, 256, (rows, K // 2), generator=gen, dtype=torch.uint8)
-    zero = torch.rand(rows, K // group, generator=gen) < zero_groups
-    codes.view(rows, K // group, group // 2)[zero] = 0
-    if fmt == "mxfp4":
-        s = torch.randint(127 - span, 127 + span + 1, (rows, K // group), generator=gen).to(torch.uint8)
-        s = s.view(torch.float8_e8m0fnu)
-    else:
-        s = torch.randint(0x08, 0x7F, (rows, K // group), generator=gen).to(torch.uint8).view(torch.float8_e4m3fn)
-    if layout == "blocked":
-        s = fq.swizzle_scales(s)
-    return codes, s
-
-
 def run(fmt, a, sa, b, sb, layout, out_dtype, bias=None, ga=None, gb=None):
     if fmt == "mxfp4":
         return fq.matmul_mxfp4(a, sa, b, sb, layout, out_dtype, bias)
@@ -77,17 +46,6 @@ def both(fmt, a, sa, b, sb, layout, out_dtype, bias=None, ga=None, gb=None):
     torch.cuda.synchronize()
     ref = run(fmt, a, sa, b, sb, layout, out_dtype, bias, ga, gb)
     return got.cpu(), ref
-
-
-def check(got, ref, tol):
-    assert got.shape == ref.shape and got.dtype == ref.dtype
-    assert torch.equal(got.isnan(), ref.isnan()), (got.isnan().sum(), ref.isnan().sum())
-    ok = ref.isfinite()
-    assert torch.equal(got.isinf() & ~ref.isnan(), ref.isinf())
-    g, r = got[ok].double(), ref[ok].double()
-    err = ((g - r).norm() / r.norm().clamp_min(1e-300)).item()
-    assert err <= tol, err
-    return err
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
