@@ -31,6 +31,14 @@ def test_w4a16_decode_shapes():
     p = plan_w4a16(16, 28672, 8192, "mxfp4", H100)
     assert (p.config, p.cluster, p.splits) == (2, True, 2)
     assert plan_w4a16(8, 28672, 8192, "mxfp4", H100).config == 0
+    # Thread block clusters exist from compute capability 9.0: Ada never takes the cluster shape, and forcing
+    # it there is refused (its reduction would read nothing from a missing cluster).
+    p = plan_w4a16(16, 28672, 8192, "mxfp4", ADA)
+    assert (p.path, p.cluster) == ("decode", False) and p.config != 2
+    with plan_override(w4a16_config=2), pytest.raises(ValueError, match="cluster decode config"):
+        plan_w4a16(16, 28672, 8192, "mxfp4", ADA)
+    with plan_override(w4a16_config=2):
+        assert plan_w4a16(16, 28672, 8192, "mxfp4", H100).cluster
 
 
 def test_w4a16_splits_fill_the_gpu():

@@ -30,11 +30,12 @@ int split_k(int64_t ctas, int64_t target, int64_t max_splits) {
 // and 16 (x per warp). Above 8 rows, x (16 rows: twice the weight's bytes per chunk) costs config 0 a second
 // copy per warp; where the layer has enough features for one 128-feature CTA per SM, the cluster shape
 // (config 2: the CTA's 4 warps share one copy of x, splits summed in the cluster) is faster. With fewer
-// features it needs 4-8 splits and loses.
-int decode_config(int64_t M, int64_t N, int sms) {
+// features it needs 4-8 splits and loses. Thread block clusters exist from compute capability 9.0 (below it
+// the cluster shape's reduction has no cluster to read from), so older GPUs never take it.
+int decode_config(int64_t M, int64_t N, int sms, bool clusters) {
   constexpr int kCluster = 2, kWide = 1;
   const int64_t groups = N / kW4A16TileN;
-  if (M > 8 && N / kW4A16DecodeShapes[kCluster].features() >= sms) return kCluster;
+  if (clusters && M > 8 && N / kW4A16DecodeShapes[kCluster].features() >= sms) return kCluster;
   if (groups <= sms || (M <= 4 && groups <= 2 * sms)) return kWide;
   return 0;
 }
@@ -123,9 +124,13 @@ W4A16Plan plan_w4a16(int64_t M, int64_t N, int64_t K, core::Format f, const GpuI
   const int sms = gpu.num_sms > 0 ? gpu.num_sms : 1;
   switch (plan.path) {
     case W4A16Path::kDecode:
-      plan.config = decode_config(M, N, sms);
+      plan.config = decode_config(M, N, sms, gpu.cc_major >= 9);
       if (!take_override(ov.config, kW4A16DecodeConfigs, "the decode config must be 0, 1 or 2", plan)) return plan;
       plan.cluster = kW4A16DecodeShapes[plan.config].cluster;
+      if (plan.cluster && gpu.cc_major < 9) {
+        plan.invalid = "the cluster decode config needs compute capability 9.0 or newer (thread block clusters)";
+        return plan;
+      }
       plan.splits = decode_splits(N, K, plan.config, sms);
       break;
     case W4A16Path::kMma:
