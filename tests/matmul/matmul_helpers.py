@@ -64,6 +64,19 @@ def random_operand(rows, K, fmt, gen, span=60, zero_groups=0.05, layout="linear"
     return codes, fq.swizzle_scales(s) if layout == "blocked" else s
 
 
+def add_nan_groups_and_a_zero_row(a, sa, sb, fmt):
+    """In place, on linear scales: the NaN scale in A at group 5 of row 3 and at the last group of row M // 2
+    (those rows of the result turn NaN), in B at group 0 of row 7 and group 17 of the last row (those
+    columns), and row 10 of A all-zero codes under the largest finite scales (zero, not NaN)."""
+    nan = 0xFF if fmt == "mxfp4" else 0x7F
+    sa.view(torch.uint8)[3, 5] = nan
+    sa.view(torch.uint8)[sa.shape[0] // 2, -1] = nan
+    sb.view(torch.uint8)[7, 0] = nan
+    sb.view(torch.uint8)[-1, 17] = nan
+    a[10] = 0
+    sa.view(torch.uint8)[10] = 254 if fmt == "mxfp4" else 0x7E
+
+
 def poison_allocator(nbytes=1 << 28):
     """Fill memory the caching allocator hands out next with 0xFF bytes (NaN as float32, bf16 and fp16)."""
     t = torch.full((nbytes,), 0xFF, dtype=torch.uint8, device="cuda")

@@ -15,7 +15,7 @@ import fpquant_ext as fq
 
 from conftest import diverse_tensor, replay_matches
 from matmul_helpers import check_against_reference as check
-from matmul_helpers import poison_allocator, random_operand
+from matmul_helpers import add_nan_groups_and_a_zero_row, poison_allocator, random_operand
 from matmul_helpers import quantize_operand as quantized
 
 pytestmark = pytest.mark.cuda
@@ -157,13 +157,7 @@ def test_nan_groups_and_zero_rows(fmt, seed):
     M, N, K = 200, 136, 1024
     a, sa = random_operand(M, K, fmt, gen, span=20)
     b, sb = random_operand(N, K, fmt, gen, span=20)
-    nan = 0xFF if fmt == "mxfp4" else 0x7F
-    sa.view(torch.uint8)[3, 5] = nan
-    sa.view(torch.uint8)[150, 31] = nan  # the last group of a row
-    sb.view(torch.uint8)[7, 0] = nan
-    sb.view(torch.uint8)[135, 17] = nan  # the last column
-    a[10] = 0  # a zero row with the largest scales: zero, not NaN
-    sa.view(torch.uint8)[10] = 254 if fmt == "mxfp4" else 0x7E
+    add_nan_groups_and_a_zero_row(a, sa, sb, fmt)  # NaN rows 3 and 100, columns 7 and 135; zero row 10
     ga = gb = None if fmt == "mxfp4" else torch.tensor([1.0])
     got, ref = both(fmt, a, sa, b, sb, "linear", torch.float32, None, ga, gb)
     assert ref[3].isnan().all() and ref[:, 7].isnan().all()

@@ -16,8 +16,8 @@ import fpquant_ext as fq
 from fpquant_ext.tuning import GpuSpec, plan_matmul, plan_override
 
 from conftest import diverse_tensor, replay_matches
-from matmul_helpers import (check_against_reference, gpu_and_reference, poison_allocator, quantize_operand,
-                            random_operand, run_matmul, to_cuda)
+from matmul_helpers import (add_nan_groups_and_a_zero_row, check_against_reference, gpu_and_reference,
+                            poison_allocator, quantize_operand, random_operand, run_matmul, to_cuda)
 
 pytestmark = pytest.mark.cuda
 
@@ -80,13 +80,7 @@ def test_random_scales_nan_groups_and_zero_rows(fmt, layout, seed):
     M, N, K = 100, 160, 1024
     a, sa = random_operand(M, K, fmt, gen, span=20)
     b, sb = random_operand(N, K, fmt, gen, span=20)
-    nan = 0xFF if fmt == "mxfp4" else 0x7F
-    sa.view(torch.uint8)[3, 5] = nan
-    sa.view(torch.uint8)[50, -1] = nan  # the last group of a row
-    sb.view(torch.uint8)[7, 0] = nan
-    sb.view(torch.uint8)[N - 1, 17] = nan  # the last column
-    a[10] = 0  # zero codes with the largest scales: zero, not NaN
-    sa.view(torch.uint8)[10] = 254 if fmt == "mxfp4" else 0x7E
+    add_nan_groups_and_a_zero_row(a, sa, sb, fmt)  # NaN rows 3 and 50, columns 7 and N - 1; zero row 10
     ga, gb = (None, None) if fmt == "mxfp4" else (torch.tensor([3.5]), torch.tensor([0.25]))
     if layout == "blocked":
         sa, sb = fq.swizzle_scales(sa), fq.swizzle_scales(sb)
