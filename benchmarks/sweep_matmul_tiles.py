@@ -1,7 +1,7 @@
 """Tile sweep of the Hopper FP4 GEMMs (a tuning aid for plan_matmul, csrc/cuda/matmul/matmul_plan.cpp), with
 the time split between the operand pass and the GEMM kernel.
 
-    python benchmarks/sweep_matmul_tiles.py [--json out.json] [--shapes 8192x8192x8192,16x8192x8192]
+    python benchmarks/sweep_matmul_tiles.py [--json out.json] [--shapes 8192x8192x8192,16x8192x8192] [--formats nvfp4]
 
 Every tile of kMatmulSm90MxTiles / kMatmulSm90NvTiles (matmul_sm90_tiles.h) is forced through
 fpquant_ext.tuning.plan_override(matmul_path="sm90", matmul_config=c) and timed as bench_matmul times the op
@@ -18,7 +18,7 @@ import fpquant_ext as fq
 from bench_matmul import LARGE, L2_BYTES, SMALL, matmul, quantize
 from common import bench_graph_ms, run_meta
 
-TILES = {"mxfp4": 4, "nvfp4": 4}
+TILES = {"mxfp4": 4, "nvfp4": 6}
 
 
 def kernel_split(fn):
@@ -37,6 +37,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
     parser.add_argument("--shapes", default=",".join(f"{m}x{n}x{k}" for m, n, k in LARGE + SMALL))
+    parser.add_argument("--formats", default="mxfp4,nvfp4")
     args = parser.parse_args()
     rows = []
     for M, N, K in [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]:
@@ -44,7 +45,7 @@ def main():
         xs = [torch.randn(M, K, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
         ws = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
         bf16 = bench_graph_ms([lambda x=x, w=w: torch.matmul(x, w.t()) for x, w in zip(xs, ws)])
-        for fmt in ("mxfp4", "nvfp4"):
+        for fmt in args.formats.split(","):
             pairs = [(quantize(x, fmt), quantize(w, fmt)) for x, w in zip(xs, ws)]
             for c in range(TILES[fmt]):
                 with fq.tuning.plan_override(matmul_path="sm90", matmul_config=c):

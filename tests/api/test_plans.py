@@ -143,7 +143,9 @@ def test_matmul_paths_by_gpu(fmt, out):
         if bf16 and M == 256:
             assert p.path == "w4a16"
             continue
-        assert p.path == "sm90" and p.workspace_bytes >= (M + N) * K and p.note is None, (M, N, K)
+        # MXFP4: its E4M3 operands in the workspace; NVFP4: decoded in the GEMM, none.
+        workspace_ok = p.workspace_bytes >= (M + N) * K if fmt == "mxfp4" else p.workspace_bytes == 0
+        assert p.path == "sm90" and workspace_ok and p.note is None, (M, N, K)
     for gpu in (H100_NO_SM90_BUILD, ADA, B300, B200_NO_BLACKWELL_BUILD):
         p = plan_matmul(64, 4096, 4096, fmt, out, "blocked", gpu)
         path = "w4a16" if bf16 and gpu in (H100_NO_SM90_BUILD, ADA) else "generic"
@@ -226,9 +228,16 @@ def test_matmul_override():
             p = plan_matmul(256, 4096, 4096, fmt, bf16, "linear", H100)
             assert (p.path, p.swizzle_scales) == ("sm90", False)  # both layouts read directly
             assert p.config == 1  # the narrow tile: 32 or 44 wide CTAs would leave most SMs idle
-            # Converted operands (E4M3: 1 byte, bf16: 2 bytes per element) and MXFP4's block factors.
-            elem = 1 if fmt == "mxfp4" else 2
-            assert p.workspace_bytes >= (256 + 4096) * 4096 * elem
+            # MXFP4: converted operands (E4M3, 1 byte per element) and block factors. NVFP4: none for the
+            # tiles that decode in the GEMM, the bf16 operands (2 bytes per element) for those of the pass.
+            if fmt == "mxfp4":
+                assert p.workspace_bytes >= (256 + 4096) * 4096
+            else:
+                assert p.workspace_bytes == 0
+                for config, pass_ in [(3, False), (4, True), (5, True)]:
+                    with plan_override(matmul_path="sm90", matmul_config=config):
+                        w = plan_matmul(256, 4096, 4096, fmt, bf16, "linear", H100).workspace_bytes
+                    assert (w >= (256 + 4096) * 4096 * 2) if pass_ else w == 0, config
         for gpu in (H100_NO_SM90_BUILD, ADA, B200):
             with pytest.raises(ValueError, match="compute capability 9.0"):
                 plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", gpu)
@@ -236,6 +245,10 @@ def test_matmul_override():
         assert plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", H100).config == 3
         assert plan_matmul(256, 4096, 4096, "nvfp4", bf16, "blocked", H100).config == 3
     with plan_override(matmul_path="sm90", matmul_config=4):
+        with pytest.raises(ValueError, match="MXFP4 matmul tile"):
+            plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", H100)
+        assert plan_matmul(256, 4096, 4096, "nvfp4", bf16, "blocked", H100).config == 4
+    with plan_override(matmul_path="sm90", matmul_config=6):
         with pytest.raises(ValueError, match="NVFP4 matmul tile"):
             plan_matmul(256, 4096, 4096, "nvfp4", bf16, "blocked", H100)
     assert plan_matmul(256, 4096, 4096, "mxfp4", bf16, "blocked", B200).path == "sm100"  # restored

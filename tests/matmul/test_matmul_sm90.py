@@ -65,7 +65,7 @@ def test_quantized_data_all_dtypes_layouts(fmt, layout, out_dtype, bias_dtype, s
 
 
 # Tile configurations of matmul_sm90_tiles.h (kMatmulSm90MxTileCount, kMatmulSm90NvTileCount).
-SM90_TILES = {"mxfp4": 4, "nvfp4": 4}
+SM90_TILES = {"mxfp4": 4, "nvfp4": 6}
 
 
 @pytest.mark.parametrize("fmt,config", [(f, c) for f, n in SM90_TILES.items() for c in range(n)])
@@ -149,6 +149,39 @@ def test_nvfp4_random_scales(seed):
     ga, gb = torch.tensor([3.5]), torch.tensor([0.25])
     got, ref = both("nvfp4", a, sa, b, sb, "linear", torch.float32, None, ga, gb)
     check(got, ref, TOL[torch.float32])
+
+
+def off_by(t, offset):
+    """A CUDA copy of t whose data starts `offset` bytes past a 16-byte boundary."""
+    raw = t.contiguous().view(torch.uint8).reshape(-1)
+    buf = torch.zeros(raw.numel() + 16, dtype=torch.uint8, device="cuda")
+    out = buf[offset:offset + raw.numel()]
+    out.copy_(raw)
+    return out.view(t.dtype).view(t.shape)
+
+
+@pytest.mark.parametrize("config", range(SM90_TILES["nvfp4"]))
+@pytest.mark.parametrize("layout", ["linear", "blocked"])
+@pytest.mark.parametrize("K,scale_offset", [(1024, 0), (1024, 1), (1040, 0)])
+def test_nvfp4_every_tile_layout_and_load_width(config, layout, K, scale_offset, seed):
+    # Tiles 0-3 read the packed operands inside the GEMM: K % 64 == 0 with 4-byte aligned scales takes 16-byte
+    # code and 4-byte scale loads per row and stage; scales one byte off, or K = 1040 (a last stage of one
+    # group), take 8-byte and byte loads. Random E4M3 scales, zero groups, NaN groups (one in a row's last
+    # group), an all-zero row, rows and columns past the last tile; tiles 4-5 take the operand pass.
+    gen = torch.Generator().manual_seed(seed)
+    M, N = 200, 300
+    a, sa = random_operand(M, K, "nvfp4", gen)
+    b, sb = random_operand(N, K, "nvfp4", gen)
+    add_nan_groups_and_a_zero_row(a, sa, sb, "nvfp4")
+    if layout == "blocked":
+        sa, sb = fq.swizzle_scales(sa), fq.swizzle_scales(sb)
+    ga, gb = torch.tensor([3.5]), torch.tensor([0.25])
+    ref = run("nvfp4", a, sa, b, sb, layout, torch.float32, None, ga, gb)
+    with fq.tuning.plan_override(matmul_path="sm90", matmul_config=config):
+        got = run("nvfp4", a.cuda(), off_by(sa, scale_offset), b.cuda(), off_by(sb, scale_offset), layout,
+                  torch.float32, None, ga.cuda(), gb.cuda())
+    assert ref[3].isnan().all() and ref[:, 7].isnan().all()
+    check(got.cpu(), ref, TOL[torch.float32])
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])

@@ -141,7 +141,8 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
     return plan;
   }
   if (plan.path == MatmulPath::kSm90) {
-    // Both scale layouts are read by index arithmetic; the workspace holds the converted operands.
+    // Both scale layouts are read by index arithmetic; the workspace holds the converted operands (none for
+    // an NVFP4 tile that decodes in the GEMM).
     const bool mx = f == core::Format::kMxFp4;
     plan.config = matmul_sm90_tile(f, M, N, gpu.num_sms);
     if (ov.config >= 0) {
@@ -152,7 +153,7 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
       }
       plan.config = ov.config;
     }
-    plan.workspace_bytes = matmul_sm90_workspace_bytes(f, M, N, K);
+    plan.workspace_bytes = matmul_sm90_workspace_bytes(f, M, N, K, plan.config);
     return plan;
   }
   const bool sm100 = plan.path == MatmulPath::kSm100;

@@ -241,24 +241,15 @@ __global__ void __launch_bounds__(128) fold_mx_rows_kernel(const uint8_t* __rest
   }
 }
 
-// NVFP4: one thread per 8 elements (half a group of 16): code * E4M3 scale as bfloat16 (exact: at most 2 x 4
-// significant bits, magnitudes 2^-10 .. 2688; a NaN scale gives NaN elements). A warp reads 128 contiguous
-// code bytes and writes 512 contiguous operand bytes. The codes become bfloat16 values by table lookups (prmt
-// on the magnitude bits, one table for the high and one for the low bytes of {0, 0.5, 1, 1.5, 2, 3, 4, 6}; the
-// sign bits moved as in fold_word), then one exact bf16x2 multiply per pair by the scale: a thread per group
-// that decoded and multiplied element by element in float32 was issue-bound at 2.4 TB/s on the H200.
-// The global scales are the epilogue's.
-__global__ void __launch_bounds__(128) decode_nv_kernel(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
-                                                        ScaleLayout layout, int64_t rows, int64_t K,
-                                                        __nv_bfloat16* __restrict__ operand) {
+// 8 NVFP4 codes (nibble i of w = element i) times their group's scale s2 (as bf16x2), as 8 bfloat16 values in
+// element order: exact (code * E4M3 scale needs at most 2 x 4 significant bits, magnitudes 2^-10 .. 2688; a NaN
+// scale gives NaN elements). The codes become bfloat16 values by table lookups (prmt on the magnitude bits, one
+// table for the high and one for the low bytes of {0, 0.5, 1, 1.5, 2, 3, 4, 6}; the sign bits moved as in
+// fold_word), then one exact bf16x2 multiply per pair: 19 operations per 8 elements (decoding and multiplying
+// element by element in float32 left the pass issue-bound at 2.4 TB/s on the H200).
+__device__ __forceinline__ uint4 decode_nv_word(uint32_t w, __nv_bfloat162 s2) {
   constexpr uint32_t kHi0 = 0x3F3F3F00u, kHi1 = 0x40404040u;  // high bytes of 0, 0.5, 1, 1.5 | 2, 3, 4, 6
   constexpr uint32_t kLo0 = 0xC0800000u, kLo1 = 0xC0804000u;  // low bytes
-  const int64_t groups_per_row = K / core::kNvGroup;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // half-group index
-  if (idx >= rows * groups_per_row * 2) return;
-  const int64_t group = idx >> 1, row = group / groups_per_row;
-  const uint32_t w = *reinterpret_cast<const uint32_t*>(codes + row * (K / 2) + (group % groups_per_row) * 8 + (idx & 1) * 4);
-  const __nv_bfloat162 s2 = __float2bfloat162_rn(core::e4m3_decode(scales[core::scale_offset(group, groups_per_row, layout)]));
   const uint32_t m = w & 0x77777777u, w4 = w << 4;
   const uint32_t hi_a = prmt(kHi0, kHi1, m) | (prmt(w, w4, 0x1504u) & 0x80808080u);  // elements 0-3
   const uint32_t hi_b = prmt(kHi0, kHi1, m >> 16) | (prmt(w, w4, 0x3726u) & 0x80808080u);  // elements 4-7
@@ -271,7 +262,25 @@ __global__ void __launch_bounds__(128) decode_nv_kernel(const uint8_t* __restric
     __nv_bfloat162 p = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&v[i]), s2);
     out[i] = *reinterpret_cast<uint32_t*>(&p);
   }
-  *reinterpret_cast<uint4*>(operand + idx * 8) = make_uint4(out[0], out[1], out[2], out[3]);
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
+__device__ __forceinline__ __nv_bfloat162 nv_scale2(uint8_t scale) {
+  return __float2bfloat162_rn(core::e4m3_decode(scale));
+}
+
+// NVFP4 operand pass (tiles with decode = 0): one thread per 8 elements (half a group of 16). A warp reads
+// 128 contiguous code bytes and writes 512 contiguous operand bytes. The global scales are the epilogue's.
+__global__ void __launch_bounds__(128) decode_nv_kernel(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
+                                                        ScaleLayout layout, int64_t rows, int64_t K,
+                                                        __nv_bfloat16* __restrict__ operand) {
+  const int64_t groups_per_row = K / core::kNvGroup;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // half-group index
+  if (idx >= rows * groups_per_row * 2) return;
+  const int64_t group = idx >> 1, row = group / groups_per_row;
+  const uint32_t w = *reinterpret_cast<const uint32_t*>(codes + row * (K / 2) + (group % groups_per_row) * 8 + (idx & 1) * 4);
+  const __nv_bfloat162 s2 = nv_scale2(scales[core::scale_offset(group, groups_per_row, layout)]);
+  *reinterpret_cast<uint4*>(operand + idx * 8) = decode_nv_word(w, s2);
 }
 
 // ---- GEMM -----------------------------------------------------------------------------------------------
@@ -314,16 +323,18 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
 #endif
 }
 
-template <bool FP8, int BN, int STAGES>
+template <bool FP8, int BN, int STAGES, bool DECODE = false>
 struct GCfg {
   static_assert(FP8 ? (BN == 128 || BN == 192) : (BN == 128 || BN == 256), "instantiated wgmma shapes");
+  static_assert(!(FP8 && DECODE), "only NVFP4 decodes in the GEMM");
   static constexpr int kBK = FP8 ? 128 : 64;  // K per stage: one 128-byte swizzle row
   static constexpr int kConsumers = 256;      // two warpgroups of 64 rows
   static constexpr int kThreads = kConsumers + 128;
   // Registers as in w4a16_wgmma_sm90.cu: launched with the most __launch_bounds__ allows, the producer
   // warpgroup keeps kProducerRegs, the consumers take the rest of the pool (acc + tmp: BN floats).
   static constexpr int kLaunchRegs = (65536 / kThreads > 255 ? 255 : 65536 / kThreads) / 8 * 8;
-  static constexpr int kProducerRegs = 40;
+  // A decoding producer holds two stages of codes and scales (its rows' 2 x 16 bytes + 4 per stage).
+  static constexpr int kProducerRegs = DECODE ? 120 : 40;
   static constexpr int kPooledRegs = kLaunchRegs + 128 * (kLaunchRegs - kProducerRegs) / kConsumers;
   static constexpr int kConsumerRegs = (kPooledRegs > 240 ? 240 : kPooledRegs) / 8 * 8;
   static_assert(kConsumers * (kConsumerRegs - kLaunchRegs) <= 128 * (kLaunchRegs - kProducerRegs),
@@ -342,6 +353,11 @@ struct GCfg {
 
 struct GemmArgs {
   int M, N, K, kblocks, tiles_m, tiles_n;
+  // NVFP4 tiles that decode in the GEMM: the packed operands. vec: K % 64 == 0 and 4-byte aligned scale
+  // arrays, so a row's stage is two 16-byte code loads and one 4-byte scale load.
+  const uint8_t *a_codes, *a_scales, *b_codes, *b_scales;
+  ScaleLayout layout;
+  bool vec;
   const float* a_fac;  // MXFP4: [kblocks][a_pad] block factors
   const float* b_fac;  // MXFP4: [kblocks][b_pad] (read by tiles with per-block columns)
   const float* b_row;  // MXFP4: [b_pad] column factors over all K
@@ -434,14 +450,113 @@ __device__ __forceinline__ bool column_blocks(const GemmArgs& p, int n0) {
   return any != 0;
 }
 
+// NVFP4 decoded in the GEMM: one row's 64 K of a stage, as loaded (codes in element order; scale byte j of s
+// for elements 16j .. 16j + 15). Rows past the operand's end and groups past K are zeros, codes and scales,
+// as TMA's zero fill was: a zero scale times a zero code is 0, never NaN.
+struct NvRow {
+  uint4 c0, c1;
+  uint32_t s;
+};
+
+__device__ __forceinline__ int64_t nv_scale_at(int64_t row, int64_t g, int64_t groups, ScaleLayout layout) {
+  return layout == ScaleLayout::kBlocked ? core::blocked_offset(row, g, groups) : row * groups + g;
+}
+
+__device__ __forceinline__ NvRow load_nv_row(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
+                                             const GemmArgs& p, int row, int rows, int kb) {
+  NvRow x{make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), 0};
+  if (row >= rows) return x;
+  const int64_t groups = p.K / core::kNvGroup, g0 = 4 * static_cast<int64_t>(kb);
+  const uint8_t* src = codes + static_cast<int64_t>(row) * (p.K / 2) + 32 * static_cast<int64_t>(kb);
+  if (p.vec) {
+    x.c0 = __ldg(reinterpret_cast<const uint4*>(src));
+    x.c1 = __ldg(reinterpret_cast<const uint4*>(src + 16));
+    x.s = __ldg(reinterpret_cast<const uint32_t*>(scales + nv_scale_at(row, g0, groups, p.layout)));
+    return x;
+  }
+  uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if (g0 + j >= groups) break;
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(src + 8 * j));
+    w[2 * j] = v.x;
+    w[2 * j + 1] = v.y;
+    x.s |= static_cast<uint32_t>(__ldg(scales + nv_scale_at(row, g0 + j, groups, p.layout))) << (8 * j);
+  }
+  x.c0 = make_uint4(w[0], w[1], w[2], w[3]);
+  x.c1 = make_uint4(w[4], w[5], w[6], w[7]);
+  return x;
+}
+
+// Row r of a stage's [rows][64] bf16 tile in the 128-byte swizzle (what TMA's SWIZZLE_128B writes and
+// sw128_desc reads): 16-byte chunk c (elements 8c .. 8c + 7) at r * 128 + (c ^ (r % 8)) * 16. A warp's 32 rows
+// store chunk c in 4 phases of 8 rows whose (c ^ r % 8) differ: no bank conflicts.
+__device__ __forceinline__ void store_nv_row(const NvRow& x, unsigned char* tile, int r) {
+  const uint32_t w[8] = {x.c0.x, x.c0.y, x.c0.z, x.c0.w, x.c1.x, x.c1.y, x.c1.z, x.c1.w};
+  unsigned char* dst = tile + r * 128;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const __nv_bfloat162 s2 = nv_scale2(static_cast<uint8_t>(x.s >> (8 * j)));
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int c = 2 * j + h;
+      *reinterpret_cast<uint4*>(dst + ((c ^ (r & 7)) << 4)) = decode_nv_word(w[c], s2);
+    }
+  }
+}
+
+// The decoding producer warpgroup (NVFP4 tiles with decode = 1), in place of the TMA lane: thread t loads
+// row t of the stage's A tile and rows t, t + 128 (BN = 256) of its B tile straight from the packed operands
+// (codes and scales, one stage ahead into registers, so the loads' latency passes while it waits for a free
+// stage and decodes the previous one), waits until the consumers released the stage, writes the rows' bf16
+// values (decode_nv_word) into the ring, and makes them visible to the wgmmas' async proxy before its warp
+// arrives on the stage's full barrier (4 producer warps per phase). Each CTA thus decodes its A panel once per
+// column tile and its B panel once per row tile: at 128 x 256 and 64 K per stage, 384 rows x 64 K in the
+// time of the stage's 8 m64n256k16 wgmmas, ~600 operations per producer warp against ~1,400 SM cycles.
+template <int BN, int STAGES>
+__device__ __forceinline__ void decode_producer(const GemmArgs& p, unsigned char* smem, uint32_t full, uint32_t empty,
+                                                int t) {
+  using C = GCfg<false, BN, STAGES, true>;
+  constexpr int kRows = 1 + BN / 128;  // row t of A, rows t + 128 i of B
+  const int tiles = p.tiles_m * p.tiles_n;
+  if (static_cast<int>(blockIdx.x) >= tiles) return;
+  auto load = [&](int tile, int kb, NvRow (&x)[kRows]) {
+    int mt, nt;
+    tile_of(tile, p.tiles_m, p.tiles_n, mt, nt);
+    x[0] = load_nv_row(p.a_codes, p.a_scales, p, mt * kBM + t, p.M, kb);
+#pragma unroll
+    for (int i = 1; i < kRows; ++i) x[i] = load_nv_row(p.b_codes, p.b_scales, p, nt * BN + t + 128 * (i - 1), p.N, kb);
+  };
+  NvRow cur[kRows], nxt[kRows];
+  load(blockIdx.x, 0, cur);
+  int it = 0;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    for (int kb = 0; kb < p.kblocks; ++kb, ++it) {
+      const bool last_k = kb + 1 == p.kblocks;
+      const int next_tile = last_k ? tile + static_cast<int>(gridDim.x) : tile;
+      if (next_tile < tiles) load(next_tile, last_k ? 0 : kb + 1, nxt);
+      const int s = it % STAGES;
+      if (it >= STAGES) mbar_wait(empty + 8 * s, ((it / STAGES) - 1) & 1);
+      store_nv_row(cur[0], smem + C::kA + s * C::kABytes, t);
+#pragma unroll
+      for (int i = 1; i < kRows; ++i) store_nv_row(cur[i], smem + C::kB + s * C::kBBytes, t + 128 * (i - 1));
+      fence_proxy_async_shared();
+      __syncwarp();
+      if ((t & 31) == 0) mbar_arrive(full + 8 * s);
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) cur[i] = nxt[i];
+    }
+  }
+}
+
 // One CTA per tile, or (persistent launch) min(tiles, SMs) CTAs walking the tiles t = blockIdx.x,
 // + gridDim.x, ...; the producer then runs ahead into the next tile's stages while the consumers finish a
 // tile and write its epilogue. `it` counts the stages a CTA has gone through over all its tiles (the ring's
 // position and phase).
-template <bool FP8, int BN, int STAGES>
+template <bool FP8, int BN, int STAGES, bool DECODE>
 __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __grid_constant__ GemmMaps maps) {
 #if FPQUANT_WGMMA
-  using C = GCfg<FP8, BN, STAGES>;
+  using C = GCfg<FP8, BN, STAGES, DECODE>;
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
@@ -449,13 +564,24 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
   const int tid = threadIdx.x;
   const int tiles = p.tiles_m * p.tiles_n;
   const uint32_t full = smem_addr + C::kBars, empty = full + 8 * STAGES;
-  // full[s]: the stage's copies landed (the producer's expect-tx arrival + bytes); empty[s]: the 8 consumer
-  // warps are done with it (their wgmmas completed and, for MXFP4, their factor reads).
-  if (tid == 0) mbar_init_ring(full, empty, STAGES, C::kConsumers / 32);
+  // full[s]: the stage's copies landed (the producer's expect-tx arrival + bytes), or (DECODE) the 4 producer
+  // warps wrote it; empty[s]: the 8 consumer warps are done with it (their wgmmas completed and, for MXFP4,
+  // their factor reads).
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full + 8 * s, DECODE ? 4 : 1);
+      mbar_init(empty + 8 * s, C::kConsumers / 32);
+    }
+    mbar_init_fence();
+  }
   __syncthreads();  // the last CTA-wide barrier: the producer warpgroup leaves when its copies are issued
 
   if (tid >= C::kConsumers) {
     setmaxnreg_dec<C::kProducerRegs>();
+    if constexpr (DECODE) {
+      decode_producer<BN, STAGES>(p, smem, full, empty, tid - C::kConsumers);
+      return;
+    }
     if (tid != C::kConsumers) return;
     int it = 0;
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
@@ -607,13 +733,13 @@ bool operand_map(CUtensorMap* map, bool bf16, const void* base, int64_t K, int64
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <bool FP8, int BN, int STAGES>
+template <bool FP8, int BN, int STAGES, bool DECODE>
 cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, bool persistent, cudaStream_t stream) {
-  using C = GCfg<FP8, BN, STAGES>;
+  using C = GCfg<FP8, BN, STAGES, DECODE>;
   unsigned char* ws = static_cast<unsigned char*>(p.workspace);
-  GemmMaps maps;
-  if (!operand_map(&maps.a, !FP8, ws + w.a_operand, p.K, p.M, kBM) ||
-      !operand_map(&maps.b, !FP8, ws + w.b_operand, p.K, p.N, BN))
+  GemmMaps maps{};
+  if (!DECODE && (!operand_map(&maps.a, !FP8, ws + w.a_operand, p.K, p.M, kBM) ||
+                  !operand_map(&maps.b, !FP8, ws + w.b_operand, p.K, p.N, BN)))
     return cudaErrorInvalidValue;
   GemmArgs a{};
   a.M = static_cast<int>(p.M);
@@ -635,7 +761,14 @@ cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, boo
   a.bias_dtype = p.bias_dtype;
   a.a_global = p.a_global;
   a.b_global = p.b_global;
-  auto kernel = gemm_kernel<FP8, BN, STAGES>;
+  a.a_codes = p.a_codes;
+  a.a_scales = p.a_scales;
+  a.b_codes = p.b_codes;
+  a.b_scales = p.b_scales;
+  a.layout = p.layout;
+  a.vec = p.K % 64 == 0 && reinterpret_cast<uintptr_t>(p.a_scales) % 4 == 0 &&
+          reinterpret_cast<uintptr_t>(p.b_scales) % 4 == 0;
+  auto kernel = gemm_kernel<FP8, BN, STAGES, DECODE>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const int64_t tiles = static_cast<int64_t>(a.tiles_m) * a.tiles_n;
@@ -651,14 +784,15 @@ cudaError_t launch_config(const MatmulParams& p, const MatmulSm90Workspace& w, c
     if (p.config != I) return launch_config<FP8, TILES, COUNT, I + 1>(p, w, stream);
   }
   constexpr MatmulSm90Tile t = TILES[I];
-  return launch_gemm<FP8, t.bn, t.stages>(p, w, t.persistent != 0, stream);
+  return launch_gemm<FP8, t.bn, t.stages, t.decode != 0>(p, w, t.persistent != 0, stream);
 }
 
 bool valid(const MatmulParams& p, Format f, int tile_count, const MatmulSm90Workspace& w) {
   const int64_t group = f == Format::kMxFp4 ? core::kMxGroup : core::kNvGroup;
   return p.format == f && p.config >= 0 && p.config < tile_count && p.M > 0 && p.N > 0 && p.K >= group &&
-         p.K % group == 0 && p.workspace != nullptr && p.workspace_bytes >= w.bytes &&
-         reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0;
+         p.K % group == 0 &&
+         (w.bytes == 0 || (p.workspace != nullptr && p.workspace_bytes >= w.bytes &&
+                           reinterpret_cast<uintptr_t>(p.workspace) % 256 == 0));
 }
 
 unsigned blocks_for(int64_t threads) { return static_cast<unsigned>((threads + 127) / 128); }
@@ -666,7 +800,7 @@ unsigned blocks_for(int64_t threads) { return static_cast<unsigned>((threads + 1
 }  // namespace
 
 cudaError_t matmul_mxfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
-  const MatmulSm90Workspace w = matmul_sm90_workspace(Format::kMxFp4, p.M, p.N, p.K);
+  const MatmulSm90Workspace w = matmul_sm90_workspace(Format::kMxFp4, p.M, p.N, p.K, p.config);
   if (!valid(p, Format::kMxFp4, kMatmulSm90MxTileCount, w)) return cudaErrorInvalidValue;
   unsigned char* ws = static_cast<unsigned char*>(p.workspace);
   const int64_t kblocks = (p.K + kFoldK - 1) / kFoldK;
@@ -684,9 +818,10 @@ cudaError_t matmul_mxfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
 }
 
 cudaError_t matmul_nvfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
-  const MatmulSm90Workspace w = matmul_sm90_workspace(Format::kNvFp4, p.M, p.N, p.K);
+  const MatmulSm90Workspace w = matmul_sm90_workspace(Format::kNvFp4, p.M, p.N, p.K, p.config);
   if (!valid(p, Format::kNvFp4, kMatmulSm90NvTileCount, w) || p.a_global == nullptr || p.b_global == nullptr)
     return cudaErrorInvalidValue;
+  if (kMatmulSm90NvTiles[p.config].decode) return launch_config<false, kMatmulSm90NvTiles, kMatmulSm90NvTileCount>(p, w, stream);
   unsigned char* ws = static_cast<unsigned char*>(p.workspace);
   const int64_t groups = p.K / core::kNvGroup;
   decode_nv_kernel<<<blocks_for(2 * p.M * groups), 128, 0, stream>>>(p.a_codes, p.a_scales, p.layout, p.M, p.K,

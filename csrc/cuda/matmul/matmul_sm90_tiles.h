@@ -10,21 +10,26 @@
 namespace fpquant::cuda {
 
 // GEMM tile configurations (MatmulParams::config). Rows per CTA are always 128 (two consumer warpgroups of
-// 64 rows); bn = columns of B per CTA (the wgmma N); stages = depth of the TMA ring; persistent = one CTA per
-// SM walking the tiles (the producer loads the next tile's stages during the epilogue) rather than one CTA
-// per tile.
+// 64 rows); bn = columns of B per CTA (the wgmma N); stages = depth of the shared-memory ring; persistent =
+// one CTA per SM walking the tiles (the producer fills the next tile's stages during the epilogue) rather
+// than one CTA per tile; decode (NVFP4 only) = the GEMM's producer warpgroup reads both operands' codes and
+// scales itself and writes their bf16 values into the ring (no operand pass, no workspace) rather than TMA
+// copying bf16 operands that a pass wrote.
 struct MatmulSm90Tile {
   int bn;
   int stages;
   int persistent;
+  int decode;
 };
 // MXFP4 (FP8 operands, 128 K per stage): 128 x 192 (157 FLOP per byte of L2 traffic, float32 accumulators
 // 96 + 96 per thread) and 128 x 128 (more CTAs for small M x N), each one CTA per tile and persistent.
-inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5, 0}, {128, 6, 0}, {192, 5, 1}, {128, 6, 1}};
-// NVFP4 (bf16 operands, 64 K per stage): 128 x 256 and 128 x 128, likewise.
-inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0}, {128, 6, 0}, {256, 4, 1}, {128, 6, 1}};
+inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5, 0, 0}, {128, 6, 0, 0}, {192, 5, 1, 0}, {128, 6, 1, 0}};
+// NVFP4 (bf16 operands, 64 K per stage): 128 x 256 and 128 x 128, likewise, decoded in the GEMM (0-3) or by
+// the operand pass (4-5).
+inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0, 1}, {128, 6, 0, 1}, {256, 4, 1, 1},
+                                                        {128, 6, 1, 1}, {256, 4, 0, 0}, {128, 6, 0, 0}};
 inline constexpr int kMatmulSm90MxTileCount = 4;
-inline constexpr int kMatmulSm90NvTileCount = 4;
+inline constexpr int kMatmulSm90NvTileCount = 6;
 
 // The plan's tile: the one with the least work per SM, counted as waves of 128-row CTAs (rounded up) times
 // the tile's columns, a column of the narrow tile counted as dearer (more bytes per FLOP, fewer columns per
@@ -65,10 +70,13 @@ struct MatmulSm90Workspace {
   size_t bytes;  // total
 };
 
-inline MatmulSm90Workspace matmul_sm90_workspace(core::Format format, int64_t M, int64_t N, int64_t K) {
+// config: the tile (its decode flag decides whether NVFP4 needs its operands in the workspace). An NVFP4
+// tile that decodes in the GEMM needs none (bytes = 0).
+inline MatmulSm90Workspace matmul_sm90_workspace(core::Format format, int64_t M, int64_t N, int64_t K, int config) {
   auto align = [](size_t v) { return (v + 255) / 256 * 256; };
   const bool mx = format == core::Format::kMxFp4;
-  const size_t elem = mx ? 1 : 2;  // E4M3 or bfloat16 per element
+  const bool in_gemm = !mx && config >= 0 && config < kMatmulSm90NvTileCount && kMatmulSm90NvTiles[config].decode;
+  const size_t elem = mx ? 1 : (in_gemm ? 0 : 2);  // E4M3 or bfloat16 per element (none: decoded in the GEMM)
   const int64_t kb = (K + kMatmulSm90FoldK - 1) / kMatmulSm90FoldK;
   auto pad = [](int64_t r) { return (r + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; };
   MatmulSm90Workspace w{};
@@ -82,8 +90,8 @@ inline MatmulSm90Workspace matmul_sm90_workspace(core::Format format, int64_t M,
   return w;
 }
 
-inline size_t matmul_sm90_workspace_bytes(core::Format format, int64_t M, int64_t N, int64_t K) {
-  return matmul_sm90_workspace(format, M, N, K).bytes;
+inline size_t matmul_sm90_workspace_bytes(core::Format format, int64_t M, int64_t N, int64_t K, int config) {
+  return matmul_sm90_workspace(format, M, N, K, config).bytes;
 }
 
 }  // namespace fpquant::cuda
