@@ -145,8 +145,8 @@ def plan_override(*, w4a16_path: Optional[str] = None, w4a16_config: Optional[in
         matmul_path: one of :data:`MATMUL_PATHS`. ``"w4a16"`` applies to a bfloat16 output with no bias or a
             bfloat16 one, N a multiple of 32 and K of 128, on a GPU of compute capability 8.0 or newer.
         matmul_config: the tile of the sm100 / sm120 path (an index into :data:`MATMUL_TILES`) or of the sm90
-            path (matmul_sm90_tiles.h: MXFP4 0-3, NVFP4 0-5; 2 and 3 persistent; NVFP4 0-3 decode in the
-            GEMM, 4 and 5 through an operand pass). The w4a16 path has none (its
+            path (matmul_sm90_tiles.h: MXFP4 0-3, NVFP4 0-7; 2, 3, 6 and 7 persistent; NVFP4 4-7 decode the
+            packed operands in the GEMM instead of an operand pass). The w4a16 path has none (its
             kernel follows the W4A16 plan, which ``w4a16_path`` / ``w4a16_config`` / ``w4a16_splits`` steer).
     """
     if w4a16_config is not None and w4a16_config < 0:

@@ -13,3 +13,10 @@ def prmt(a: int, b: int, sel: int) -> int:
             byte = 0xFF if byte & 0x80 else 0x00
         out |= byte << (8 * i)
     return out
+
+
+def blocked_offset(row: int, col: int, cols: int) -> int:
+    """core::blocked_offset (csrc/core/scale_layout.h): byte of scale (row, col) in the blocked 128x4 layout."""
+    tile = (row // 128) * (-(-cols // 4)) + col // 4
+    rr = row % 128
+    return tile * 512 + (rr % 32) * 16 + (rr // 32) * 4 + col % 4

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from fpquant_ext import formats as ref
-from kernel_emulation import prmt
+from kernel_emulation import blocked_offset, prmt
 
 # ---- PTX semantics ---------------------------------------------------------------------------------------
 
@@ -294,13 +294,6 @@ def test_quantized_code_byte_positions():
 
 
 # ---- rotate_quantize_split.cu epilogue, end to end on exact data ------------------------------------------
-
-
-def blocked_offset(row, col, cols):
-    """core::blocked_offset (csrc/core/scale_layout.h)."""
-    tile = (row // 128) * (-(-cols // 4)) + col // 4
-    rr = row % 128
-    return tile * 512 + (rr % 32) * 16 + (rr // 32) * 4 + col % 4
 
 
 def emulate_rotate_quantize(x, R, fmt, method="floor", layout="linear", g=None):

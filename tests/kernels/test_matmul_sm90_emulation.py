@@ -11,6 +11,9 @@ What is transcribed from the kernel file, and checked here:
   step, + 8 KiB for the second warpgroup) read it, for E4M3 and bfloat16 tiles;
 - the accumulator fragment and the promotion's factor indexing (fac[row], float2 sb[4j + q]);
 - the tile raster (a bijection onto the tiles);
+- NVFP4: decode_nv_word (prmt tables and the bf16x2 scale multiply) for every code in every nibble, and the
+  decoding producer's tiles (load_nv_row / store_nv_row: row mapping, 16- and 4-byte or 8-byte and byte
+  loads, both scale layouts, zeros past the rows and K) read back as the wgmma descriptors read them;
 - the blocked promotion arithmetic on LLM-like activations (outlier channels, with and without a Hadamard
   rotation) and on scales spanning far beyond the window, against the float64 CPU reference
   (torch.ops.fpquant.matmul_mxfp4). Hopper's FP8 tensor-core accumulation is not documented; it is modelled
@@ -28,7 +31,7 @@ import pytest
 import torch
 
 import fpquant_ext as fq
-from kernel_emulation import prmt
+from kernel_emulation import blocked_offset, prmt
 
 E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
 FOLD_K = 128  # kFoldK
@@ -510,3 +513,121 @@ def test_b_rows_inside_one_window_fold_exactly_against_one_factor():
     assert np.isnan(fr[4]) and np.isnan(fb[4]).all()
     bb, fbb, _ = fold_matrix(codes, scales)
     assert np.array_equal(b[2], bb[2]) and np.array_equal(fb[2], fbb[2]) and fr[2] == 1.0
+
+
+# ---- NVFP4: decode_nv_word and the decoding producer (decode_producer), transcribed from matmul_sm90.cu -----
+
+NV_HI0, NV_HI1, NV_LO0, NV_LO1 = 0x3F3F3F00, 0x40404040, 0xC0800000, 0xC0804000
+
+
+def decode_nv_word(w: int, scale: torch.Tensor) -> torch.Tensor:
+    """8 codes (nibble i = element i) -> 8 bfloat16 values: the prmt lookups, then the bf16x2 multiply."""
+    m, w4 = w & 0x77777777, (w << 4) & 0xFFFFFFFF
+    hi_a = prmt(NV_HI0, NV_HI1, m & 0xFFFF) | (prmt(w, w4, 0x1504) & 0x80808080)
+    hi_b = prmt(NV_HI0, NV_HI1, m >> 16) | (prmt(w, w4, 0x3726) & 0x80808080)
+    lo_a, lo_b = prmt(NV_LO0, NV_LO1, m & 0xFFFF), prmt(NV_LO0, NV_LO1, m >> 16)
+    v = [prmt(lo_a, hi_a, 0x5140), prmt(lo_a, hi_a, 0x7362), prmt(lo_b, hi_b, 0x5140), prmt(lo_b, hi_b, 0x7362)]
+    halves = [(x >> (16 * i)) & 0xFFFF for x in v for i in range(2)]
+    bits = torch.tensor([h - 0x10000 if h >= 0x8000 else h for h in halves], dtype=torch.int16)
+    return bits.view(torch.bfloat16) * scale.to(torch.bfloat16)
+
+
+def nv_value(code: int) -> float:
+    return (-1.0 if code & 8 else 1.0) * E2M1[code & 7]
+
+
+def test_decode_nv_word_every_code_in_every_nibble():
+    # Each of the 16 codes in each of the 8 nibbles, under scales across E4M3's range (subnormal, largest,
+    # negative, NaN): element i is code_i x scale, exactly (a bf16 value), NaN for the NaN scale.
+    for sb in (0x01, 0x07, 0x08, 0x38, 0x3D, 0x7E, 0xB8, 0x7F):
+        scale = torch.tensor([sb], dtype=torch.uint8).view(torch.float8_e4m3fn).float()[0]
+        for pos in range(8):
+            for code in range(16):
+                filler = [(pos + 3 * j) % 16 for j in range(8)]
+                filler[pos] = code
+                w = sum(c << (4 * j) for j, c in enumerate(filler))
+                got = decode_nv_word(w, scale).double()
+                want = torch.tensor([nv_value(c) for c in filler], dtype=torch.float64) * scale.double()
+                assert torch.equal(got.isnan(), want.isnan())
+                ok = ~want.isnan()
+                assert torch.equal(got[ok], want[ok]), (sb, pos, code)
+
+
+def nv_scale_at(row: int, g: int, groups: int, layout: str) -> int:
+    return blocked_offset(row, g, groups) if layout == "blocked" else row * groups + g
+
+
+def producer_tile(codes: np.ndarray, scales: np.ndarray, layout: str, rows: int, K: int, row0: int, nrows: int,
+                  kb: int, vec: bool) -> np.ndarray:
+    """The [nrows][64] bfloat16 tile (shared-memory bytes) of stage kb that decode_producer writes for rows
+    row0 .. row0 + nrows - 1: load_nv_row (16-byte code and 4-byte scale loads when vec, else 8-byte and byte
+    loads up to K; zeros past `rows` and K), then store_nv_row (chunk c at r * 128 + (c ^ r % 8) * 16)."""
+    groups = K // 16
+    buf = np.zeros(nrows * 128, dtype=np.uint8)
+    for r in range(nrows):
+        row, g0 = row0 + r, 4 * kb
+        words, s = [0] * 8, 0
+        if row < rows:
+            src = row * (K // 2) + 32 * kb
+            if vec:
+                words = codes[src:src + 32].view("<u4").tolist()
+                off = nv_scale_at(row, g0, groups, layout)
+                assert off % 4 == 0  # the kernel's 4-byte load
+                s = int(scales[off:off + 4].view("<u4")[0])
+            else:
+                for j in range(4):
+                    if g0 + j >= groups:
+                        break
+                    words[2 * j:2 * j + 2] = codes[src + 8 * j:src + 8 * j + 8].view("<u4").tolist()
+                    s |= int(scales[nv_scale_at(row, g0 + j, groups, layout)]) << (8 * j)
+        for c in range(8):
+            sb = (s >> (8 * (c // 2))) & 0xFF
+            scale = torch.tensor([sb], dtype=torch.uint8).view(torch.float8_e4m3fn).float()[0]
+            vals = decode_nv_word(words[c], scale).view(torch.uint8).numpy()
+            dst = r * 128 + ((c ^ (r & 7)) << 4)
+            buf[dst:dst + 16] = vals
+    return buf
+
+
+@pytest.mark.parametrize("layout", ["linear", "blocked"])
+@pytest.mark.parametrize("rows,K,vec", [(200, 256, True), (200, 256, False), (300, 208, False), (130, 64, True)])
+def test_decoding_producer_writes_what_the_wgmma_descriptors_read(layout, rows, K, vec):
+    # Every stage of every row tile (A: 128 rows; B: BN = 256 rows, 2 per thread), read back as the tensor core
+    # reads the 128-byte swizzle (sw128_read, k-step s at + 32 s), equals code x E4M3 scale (the CPU
+    # dequantization), zeros past the operand's rows and past K; NaN groups NaN. K = 208 ends in a stage of one
+    # group.
+    rng = np.random.default_rng(rows + K)
+    codes = rng.integers(0, 256, (rows, K // 2), dtype=np.uint8)
+    lin = rng.integers(0x08, 0x7F, (rows, K // 16)).astype(np.uint8)
+    lin[rng.random(lin.shape) < 0.05] = 0x7F  # NaN groups
+    lin[3, -1] = 0x7F
+    st = torch.from_numpy(lin).view(torch.float8_e4m3fn)
+    scales = (fq.swizzle_scales(st) if layout == "blocked" else st).view(torch.uint8).numpy().reshape(-1)
+    nib = np.stack([codes & 0xF, codes >> 4], axis=-1).reshape(rows, K)
+    want = np.where(nib & 8, -1.0, 1.0) * E2M1[nib & 7] * np.repeat(e4m3_values(lin), 16, axis=1)
+    flat = codes.reshape(-1)
+    kblocks = -(-K // 64)
+    for row0, nrows in [(0, 128), (128, 128), (0, 256), (256, 256)]:
+        for kb in range(kblocks):
+            buf = producer_tile(flat, scales, layout, rows, K, row0, nrows, kb, vec)
+            tile = np.zeros((nrows, 64))
+            for i in range(nrows):
+                for k in range(64):
+                    addr = sw128_read(32 * (k // 16), i, 2 * (k % 16))
+                    tile[i, k] = torch.from_numpy(buf[addr:addr + 2].copy()).view(torch.bfloat16).double().item()
+            exp = np.zeros((nrows, 64))
+            r1, k1 = min(rows, row0 + nrows) - row0, min(K - 64 * kb, 64)
+            if r1 > 0:
+                exp[:r1, :k1] = want[row0:row0 + r1, 64 * kb:64 * kb + k1]
+            assert np.array_equal(np.isnan(tile), np.isnan(exp)), (row0, kb)
+            assert np.array_equal(np.nan_to_num(tile), np.nan_to_num(exp)), (row0, kb)
+
+
+def test_decoding_producer_stores_are_conflict_free():
+    # A warp's 32 threads store chunk c of 32 consecutive rows; each phase of 8 lanes must hit 8 different
+    # 16-byte bank groups.
+    for r0 in range(0, 256, 32):
+        for c in range(8):
+            for phase in range(4):
+                rows = range(r0 + 8 * phase, r0 + 8 * phase + 8)
+                assert len({((r * 128 + ((c ^ (r & 7)) << 4)) % 128) // 16 for r in rows}) == 8

@@ -65,7 +65,7 @@ def test_quantized_data_all_dtypes_layouts(fmt, layout, out_dtype, bias_dtype, s
 
 
 # Tile configurations of matmul_sm90_tiles.h (kMatmulSm90MxTileCount, kMatmulSm90NvTileCount).
-SM90_TILES = {"mxfp4": 4, "nvfp4": 6}
+SM90_TILES = {"mxfp4": 4, "nvfp4": 8}
 
 
 @pytest.mark.parametrize("fmt,config", [(f, c) for f, n in SM90_TILES.items() for c in range(n)])
@@ -164,10 +164,10 @@ def off_by(t, offset):
 @pytest.mark.parametrize("layout", ["linear", "blocked"])
 @pytest.mark.parametrize("K,scale_offset", [(1024, 0), (1024, 1), (1040, 0)])
 def test_nvfp4_every_tile_layout_and_load_width(config, layout, K, scale_offset, seed):
-    # Tiles 0-3 read the packed operands inside the GEMM: K % 64 == 0 with 4-byte aligned scales takes 16-byte
+    # Tiles 4-7 read the packed operands inside the GEMM: K % 64 == 0 with 4-byte aligned scales takes 16-byte
     # code and 4-byte scale loads per row and stage; scales one byte off, or K = 1040 (a last stage of one
     # group), take 8-byte and byte loads. Random E4M3 scales, zero groups, NaN groups (one in a row's last
-    # group), an all-zero row, rows and columns past the last tile; tiles 4-5 take the operand pass.
+    # group), an all-zero row, rows and columns past the last tile; tiles 0-3 take the operand pass.
     gen = torch.Generator().manual_seed(seed)
     M, N = 200, 300
     a, sa = random_operand(M, K, "nvfp4", gen)
