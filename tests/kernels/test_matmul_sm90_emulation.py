@@ -12,8 +12,9 @@ What is transcribed from the kernel file, and checked here:
 - the accumulator fragment and the promotion's factor indexing (fac[row], float2 sb[4j + q]);
 - the tile raster (a bijection onto the tiles);
 - NVFP4: decode_nv_word (prmt tables and the bf16x2 scale multiply) for every code in every nibble, and the
-  decoding producer's tiles (load_nv_row / store_nv_row: row mapping, 16- and 4-byte or 8-byte and byte
-  loads, both scale layouts, zeros past the rows and K) read back as the wgmma descriptors read them;
+  decoding producer's stage tiles (thread-to-half-row mapping, load_nv_half's 16- and 2-byte or 8-byte and
+  byte loads in both scale layouts, zeros past the rows and K, store_nv_half's swizzle) read back as the
+  wgmma descriptors read them;
 - the blocked promotion arithmetic on LLM-like activations (outlier channels, with and without a Hadamard
   rotation) and on scales spanning far beyond the window, against the float64 CPU reference
   (torch.ops.fpquant.matmul_mxfp4). Hopper's FP8 tensor-core accumulation is not documented; it is modelled
@@ -557,77 +558,99 @@ def nv_scale_at(row: int, g: int, groups: int, layout: str) -> int:
     return blocked_offset(row, g, groups) if layout == "blocked" else row * groups + g
 
 
-def producer_tile(codes: np.ndarray, scales: np.ndarray, layout: str, rows: int, K: int, row0: int, nrows: int,
-                  kb: int, vec: bool) -> np.ndarray:
-    """The [nrows][64] bfloat16 tile (shared-memory bytes) of stage kb that decode_producer writes for rows
-    row0 .. row0 + nrows - 1: load_nv_row (16-byte code and 4-byte scale loads when vec, else 8-byte and byte
-    loads up to K; zeros past `rows` and K), then store_nv_row (chunk c at r * 128 + (c ^ r % 8) * 16)."""
-    groups = K // 16
-    buf = np.zeros(nrows * 128, dtype=np.uint8)
-    for r in range(nrows):
-        row, g0 = row0 + r, 4 * kb
-        words, s = [0] * 8, 0
-        if row < rows:
-            src = row * (K // 2) + 32 * kb
-            if vec:
-                words = codes[src:src + 32].view("<u4").tolist()
-                off = nv_scale_at(row, g0, groups, layout)
-                assert off % 4 == 0  # the kernel's 4-byte load
-                s = int(scales[off:off + 4].view("<u4")[0])
-            else:
-                for j in range(4):
-                    if g0 + j >= groups:
-                        break
-                    words[2 * j:2 * j + 2] = codes[src + 8 * j:src + 8 * j + 8].view("<u4").tolist()
-                    s |= int(scales[nv_scale_at(row, g0 + j, groups, layout)]) << (8 * j)
-        for c in range(8):
-            sb = (s >> (8 * (c // 2))) & 0xFF
-            scale = torch.tensor([sb], dtype=torch.uint8).view(torch.float8_e4m3fn).float()[0]
-            vals = decode_nv_word(words[c], scale).view(torch.uint8).numpy()
-            dst = r * 128 + ((c ^ (r & 7)) << 4)
-            buf[dst:dst + 16] = vals
-    return buf
+def load_nv_half(codes, scales, layout, rows, K, row, kb, h, vec):
+    """load_nv_half: (4 code words, scale bytes) of elements 32 h .. 32 h + 31 of stage kb of `row`."""
+    groups, g0 = K // 16, 4 * kb + 2 * h
+    words, s = [0] * 4, 0
+    if row >= rows:
+        return words, s
+    src = row * (K // 2) + 32 * kb + 16 * h
+    if vec:
+        off = nv_scale_at(row, g0, groups, layout)
+        assert off % 2 == 0  # the kernel's 2-byte load
+        return codes[src:src + 16].view("<u4").tolist(), int(scales[off]) | int(scales[off + 1]) << 8
+    for j in range(2):
+        if g0 + j >= groups:
+            break
+        words[2 * j:2 * j + 2] = codes[src + 8 * j:src + 8 * j + 8].view("<u4").tolist()
+        s |= int(scales[nv_scale_at(row, g0 + j, groups, layout)]) << (8 * j)
+    return words, s
 
 
-@pytest.mark.parametrize("layout", ["linear", "blocked"])
-@pytest.mark.parametrize("rows,K,vec", [(200, 256, True), (200, 256, False), (300, 208, False), (130, 64, True)])
-def test_decoding_producer_writes_what_the_wgmma_descriptors_read(layout, rows, K, vec):
-    # Every stage of every row tile (A: 128 rows; B: BN = 256 rows, 2 per thread), read back as the tensor core
-    # reads the 128-byte swizzle (sw128_read, k-step s at + 32 s), equals code x E4M3 scale (the CPU
-    # dequantization), zeros past the operand's rows and past K; NaN groups NaN. K = 208 ends in a stage of one
-    # group.
-    rng = np.random.default_rng(rows + K)
+def producer_stage(a, b, layout, M, N, K, mt, nt, BN, kb, vec):
+    """The A [128][64] and B [BN][64] bfloat16 tiles (shared-memory bytes) of stage kb of tile (mt, nt), as
+    decode_producer's 128 threads write them: thread t, half i: q = t + 128 i, row q / 2 (A for i < 2, then B),
+    half q % 2; chunk c = 4 half + j at r * 128 + (c ^ r % 8) * 16."""
+    tiles = {"A": np.full(128 * 128, 0xAB, dtype=np.uint8), "B": np.full(BN * 128, 0xAB, dtype=np.uint8)}
+    for t in range(128):
+        for i in range(2 * (128 + BN) // 128):
+            q = t + 128 * i
+            which, r = ("A", q // 2) if i < 2 else ("B", q // 2 - 128)
+            codes, scales, rows, row0 = (a[0], a[1], M, 128 * mt) if which == "A" else (b[0], b[1], N, BN * nt)
+            words, s = load_nv_half(codes, scales, layout, rows, K, row0 + r, kb, q % 2, vec)
+            for j in range(4):
+                sb = (s >> (8 * (j // 2))) & 0xFF
+                scale = torch.tensor([sb], dtype=torch.uint8).view(torch.float8_e4m3fn).float()[0]
+                c = 4 * (q % 2) + j
+                dst = r * 128 + ((c ^ (r & 7)) << 4)
+                tiles[which][dst:dst + 16] = decode_nv_word(words[j], scale).view(torch.uint8).numpy()
+    return tiles["A"], tiles["B"]
+
+
+def nv_operand(rows, K, layout, rng):
+    """(codes bytes, scale bytes in `layout`, dequantized values) with NaN groups, one in a row's last group."""
     codes = rng.integers(0, 256, (rows, K // 2), dtype=np.uint8)
     lin = rng.integers(0x08, 0x7F, (rows, K // 16)).astype(np.uint8)
-    lin[rng.random(lin.shape) < 0.05] = 0x7F  # NaN groups
+    lin[rng.random(lin.shape) < 0.05] = 0x7F
     lin[3, -1] = 0x7F
     st = torch.from_numpy(lin).view(torch.float8_e4m3fn)
     scales = (fq.swizzle_scales(st) if layout == "blocked" else st).view(torch.uint8).numpy().reshape(-1)
     nib = np.stack([codes & 0xF, codes >> 4], axis=-1).reshape(rows, K)
     want = np.where(nib & 8, -1.0, 1.0) * E2M1[nib & 7] * np.repeat(e4m3_values(lin), 16, axis=1)
-    flat = codes.reshape(-1)
-    kblocks = -(-K // 64)
-    for row0, nrows in [(0, 128), (128, 128), (0, 256), (256, 256)]:
-        for kb in range(kblocks):
-            buf = producer_tile(flat, scales, layout, rows, K, row0, nrows, kb, vec)
-            tile = np.zeros((nrows, 64))
-            for i in range(nrows):
-                for k in range(64):
-                    addr = sw128_read(32 * (k // 16), i, 2 * (k % 16))
-                    tile[i, k] = torch.from_numpy(buf[addr:addr + 2].copy()).view(torch.bfloat16).double().item()
-            exp = np.zeros((nrows, 64))
-            r1, k1 = min(rows, row0 + nrows) - row0, min(K - 64 * kb, 64)
-            if r1 > 0:
-                exp[:r1, :k1] = want[row0:row0 + r1, 64 * kb:64 * kb + k1]
-            assert np.array_equal(np.isnan(tile), np.isnan(exp)), (row0, kb)
-            assert np.array_equal(np.nan_to_num(tile), np.nan_to_num(exp)), (row0, kb)
+    return codes.reshape(-1), scales, want
+
+
+def read_tile(buf, nrows):
+    """The [nrows][64] tile as the tensor core reads the 128-byte swizzle (sw128_read, k-step s at + 32 s)."""
+    tile = np.zeros((nrows, 64))
+    for i in range(nrows):
+        for k in range(64):
+            addr = sw128_read(32 * (k // 16), i, 2 * (k % 16))
+            tile[i, k] = torch.from_numpy(buf[addr:addr + 2].copy()).view(torch.bfloat16).double().item()
+    return tile
+
+
+@pytest.mark.parametrize("layout", ["linear", "blocked"])
+@pytest.mark.parametrize("M,N,K,BN,vec", [(200, 300, 256, 256, True), (200, 300, 256, 128, False),
+                                          (130, 260, 208, 256, False), (130, 140, 64, 128, True)])
+def test_decoding_producer_writes_what_the_wgmma_descriptors_read(layout, M, N, K, BN, vec):
+    # Every stage of every tile, both operands, read back as the wgmma descriptors read them, equals code x
+    # E4M3 scale (the CPU dequantization), zeros past the operands' rows and past K (every byte written), NaN
+    # groups NaN. K = 208 ends in a stage of one group; vec False is the 8-byte / byte path (K % 64 != 0 or
+    # scales not 4-byte aligned).
+    rng = np.random.default_rng(M + N + K + BN)
+    *a, want_a = nv_operand(M, K, layout, rng)
+    *b, want_b = nv_operand(N, K, layout, rng)
+    for mt in range(-(-M // 128)):
+        for nt in range(-(-N // BN)):
+            for kb in range(-(-K // 64)):
+                bufs = producer_stage(a, b, layout, M, N, K, mt, nt, BN, kb, vec)
+                for buf, want, row0, nrows in [(bufs[0], want_a, 128 * mt, 128), (bufs[1], want_b, BN * nt, BN)]:
+                    tile = read_tile(buf, nrows)
+                    exp = np.zeros((nrows, 64))
+                    r1, k1 = min(want.shape[0], row0 + nrows) - row0, min(K - 64 * kb, 64)
+                    exp[:r1, :k1] = want[row0:row0 + r1, 64 * kb:64 * kb + k1]
+                    assert np.array_equal(np.isnan(tile), np.isnan(exp)), (mt, nt, kb)
+                    assert np.array_equal(np.nan_to_num(tile), np.nan_to_num(exp)), (mt, nt, kb)
 
 
 def test_decoding_producer_stores_are_conflict_free():
-    # A warp's 32 threads store chunk c of 32 consecutive rows; each phase of 8 lanes must hit 8 different
-    # 16-byte bank groups.
-    for r0 in range(0, 256, 32):
-        for c in range(8):
+    # A warp's store of chunk 4 h + j: lanes 2 r', 2 r' + 1 hold row r0 + r', halves 0 and 1; each phase of 8
+    # lanes (4 rows x 2 halves) must hit 8 different 16-byte bank groups.
+    for r0 in range(0, 384, 16):
+        for j in range(4):
             for phase in range(4):
-                rows = range(r0 + 8 * phase, r0 + 8 * phase + 8)
-                assert len({((r * 128 + ((c ^ (r & 7)) << 4)) % 128) // 16 for r in rows}) == 8
+                lanes = range(8 * phase, 8 * phase + 8)
+                groups = {((r * 128 + (((4 * h + j) ^ (r & 7)) << 4)) % 128) // 16
+                          for r, h in ((r0 + lane // 2, lane % 2) for lane in lanes)}
+                assert len(groups) == 8

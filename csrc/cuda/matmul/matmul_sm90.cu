@@ -450,11 +450,12 @@ __device__ __forceinline__ bool column_blocks(const GemmArgs& p, int n0) {
   return any != 0;
 }
 
-// NVFP4 decoded in the GEMM: one row's 64 K of a stage, as loaded (codes in element order; scale byte j of s
-// for elements 16j .. 16j + 15). Rows past the operand's end and groups past K are zeros, codes and scales,
-// as TMA's zero fill was: a zero scale times a zero code is 0, never NaN.
-struct NvRow {
-  uint4 c0, c1;
+// NVFP4 decoded in the GEMM: half of one row's 64 K of a stage (elements 32 h .. 32 h + 31), as loaded:
+// codes in element order, scale byte j of s for elements 32 h + 16 j .. + 15. Rows past the operand's end
+// and groups past K are zeros, codes and scales, as TMA's zero fill was: a zero scale times a zero code is 0,
+// never NaN.
+struct NvHalf {
+  uint4 c;
   uint32_t s;
 };
 
@@ -462,72 +463,76 @@ __device__ __forceinline__ int64_t nv_scale_at(int64_t row, int64_t g, int64_t g
   return layout == ScaleLayout::kBlocked ? core::blocked_offset(row, g, groups) : row * groups + g;
 }
 
-__device__ __forceinline__ NvRow load_nv_row(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
-                                             const GemmArgs& p, int row, int rows, int kb) {
-  NvRow x{make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0), 0};
+__device__ __forceinline__ NvHalf load_nv_half(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
+                                               const GemmArgs& p, int row, int rows, int kb, int h) {
+  NvHalf x{make_uint4(0, 0, 0, 0), 0};
   if (row >= rows) return x;
-  const int64_t groups = p.K / core::kNvGroup, g0 = 4 * static_cast<int64_t>(kb);
-  const uint8_t* src = codes + static_cast<int64_t>(row) * (p.K / 2) + 32 * static_cast<int64_t>(kb);
-  if (p.vec) {
-    x.c0 = __ldg(reinterpret_cast<const uint4*>(src));
-    x.c1 = __ldg(reinterpret_cast<const uint4*>(src + 16));
-    x.s = __ldg(reinterpret_cast<const uint32_t*>(scales + nv_scale_at(row, g0, groups, p.layout)));
+  const int64_t groups = p.K / core::kNvGroup, g0 = 4 * static_cast<int64_t>(kb) + 2 * h;
+  const uint8_t* src = codes + static_cast<int64_t>(row) * (p.K / 2) + 32 * static_cast<int64_t>(kb) + 16 * h;
+  if (p.vec) {  // 16-byte aligned codes; the two scales are adjacent and 2-byte aligned in both layouts
+    x.c = __ldg(reinterpret_cast<const uint4*>(src));
+    x.s = __ldg(reinterpret_cast<const unsigned short*>(scales + nv_scale_at(row, g0, groups, p.layout)));
     return x;
   }
-  uint32_t w[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  uint32_t w[4] = {0, 0, 0, 0};
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
+  for (int j = 0; j < 2; ++j) {
     if (g0 + j >= groups) break;
     const uint2 v = __ldg(reinterpret_cast<const uint2*>(src + 8 * j));
     w[2 * j] = v.x;
     w[2 * j + 1] = v.y;
     x.s |= static_cast<uint32_t>(__ldg(scales + nv_scale_at(row, g0 + j, groups, p.layout))) << (8 * j);
   }
-  x.c0 = make_uint4(w[0], w[1], w[2], w[3]);
-  x.c1 = make_uint4(w[4], w[5], w[6], w[7]);
+  x.c = make_uint4(w[0], w[1], w[2], w[3]);
   return x;
 }
 
-// Row r of a stage's [rows][64] bf16 tile in the 128-byte swizzle (what TMA's SWIZZLE_128B writes and
-// sw128_desc reads): 16-byte chunk c (elements 8c .. 8c + 7) at r * 128 + (c ^ (r % 8)) * 16. A warp's 32 rows
-// store chunk c in 4 phases of 8 rows whose (c ^ r % 8) differ: no bank conflicts.
-__device__ __forceinline__ void store_nv_row(const NvRow& x, unsigned char* tile, int r) {
-  const uint32_t w[8] = {x.c0.x, x.c0.y, x.c0.z, x.c0.w, x.c1.x, x.c1.y, x.c1.z, x.c1.w};
+// Half h of row r of a stage's [rows][64] bf16 tile in the 128-byte swizzle (what TMA's SWIZZLE_128B writes
+// and sw128_desc reads): 16-byte chunk c (elements 8c .. 8c + 7) at r * 128 + (c ^ (r % 8)) * 16, here
+// c = 4h .. 4h + 3. A warp (16 rows, both halves) stores in 4 phases of 8 lanes (4 rows x 2 halves) whose
+// (c ^ r % 8) differ: no bank conflicts.
+__device__ __forceinline__ void store_nv_half(const NvHalf& x, unsigned char* tile, int r, int h) {
+  const uint32_t w[4] = {x.c.x, x.c.y, x.c.z, x.c.w};
   unsigned char* dst = tile + r * 128;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
+  for (int j = 0; j < 2; ++j) {
     const __nv_bfloat162 s2 = nv_scale2(static_cast<uint8_t>(x.s >> (8 * j)));
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int c = 2 * j + h;
-      *reinterpret_cast<uint4*>(dst + ((c ^ (r & 7)) << 4)) = decode_nv_word(w[c], s2);
+    for (int e = 0; e < 2; ++e) {
+      const int c = 4 * h + 2 * j + e;
+      *reinterpret_cast<uint4*>(dst + ((c ^ (r & 7)) << 4)) = decode_nv_word(w[2 * j + e], s2);
     }
   }
 }
 
-// The decoding producer warpgroup (NVFP4 tiles with decode = 1), in place of the TMA lane: thread t loads
-// row t of the stage's A tile and rows t, t + 128 (BN = 256) of its B tile straight from the packed operands
-// (codes and scales, one stage ahead into registers, so the loads' latency passes while it waits for a free
-// stage and decodes the previous one), waits until the consumers released the stage, writes the rows' bf16
-// values (decode_nv_word) into the ring, and makes them visible to the wgmmas' async proxy before its warp
-// arrives on the stage's full barrier (4 producer warps per phase). Each CTA thus decodes its A panel once per
-// column tile and its B panel once per row tile: at 128 x 256 and 64 K per stage, 384 rows x 64 K in the
-// time of the stage's 8 m64n256k16 wgmmas, ~600 operations per producer warp against ~1,400 SM cycles.
+// The decoding producer warpgroup (NVFP4 tiles with decode = 1), in place of the TMA lane. A stage's rows
+// (A's 128, then B's BN) are split in halves of 32 K (32 code bytes per row: two lanes share a row, so a
+// warp's load covers 16 rows x 32 contiguous bytes); thread t takes halves t, t + 128, ... (A rows
+// (t + 128 i) / 2 for i < 2, then B's). It loads its halves' codes and scales straight from the packed
+// operands one stage ahead into registers (their latency passes while it waits for a free stage and decodes
+// the previous one), waits until the consumers released the stage, writes the bf16 values (decode_nv_word)
+// into the ring, and makes them visible to the wgmmas' async proxy before its warp arrives on the stage's full
+// barrier (4 producer warps per phase). Each CTA decodes its A panel once per column tile and its B panel once
+// per row tile: at 128 x 256 and 64 K per stage, 384 rows x 64 K (~3 x 200 operations per producer thread)
+// in the time of the stage's 8 m64n256k16 wgmmas (~1,400 SM cycles at cuBLAS's rate).
 template <int BN, int STAGES>
 __device__ __forceinline__ void decode_producer(const GemmArgs& p, unsigned char* smem, uint32_t full, uint32_t empty,
                                                 int t) {
   using C = GCfg<false, BN, STAGES, true>;
-  constexpr int kRows = 1 + BN / 128;  // row t of A, rows t + 128 i of B
+  constexpr int kHalves = 2 * (kBM + BN) / 128;  // per thread; the first 2 are A's
   const int tiles = p.tiles_m * p.tiles_n;
   if (static_cast<int>(blockIdx.x) >= tiles) return;
-  auto load = [&](int tile, int kb, NvRow (&x)[kRows]) {
+  auto load = [&](int tile, int kb, NvHalf (&x)[kHalves]) {
     int mt, nt;
     tile_of(tile, p.tiles_m, p.tiles_n, mt, nt);
-    x[0] = load_nv_row(p.a_codes, p.a_scales, p, mt * kBM + t, p.M, kb);
 #pragma unroll
-    for (int i = 1; i < kRows; ++i) x[i] = load_nv_row(p.b_codes, p.b_scales, p, nt * BN + t + 128 * (i - 1), p.N, kb);
+    for (int i = 0; i < kHalves; ++i) {
+      const int q = t + 128 * i, r = q / 2 - (i < 2 ? 0 : kBM);
+      x[i] = i < 2 ? load_nv_half(p.a_codes, p.a_scales, p, mt * kBM + r, p.M, kb, q & 1)
+                   : load_nv_half(p.b_codes, p.b_scales, p, nt * BN + r, p.N, kb, q & 1);
+    }
   };
-  NvRow cur[kRows], nxt[kRows];
+  NvHalf cur[kHalves], nxt[kHalves];
   load(blockIdx.x, 0, cur);
   int it = 0;
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
@@ -537,14 +542,16 @@ __device__ __forceinline__ void decode_producer(const GemmArgs& p, unsigned char
       if (next_tile < tiles) load(next_tile, last_k ? 0 : kb + 1, nxt);
       const int s = it % STAGES;
       if (it >= STAGES) mbar_wait(empty + 8 * s, ((it / STAGES) - 1) & 1);
-      store_nv_row(cur[0], smem + C::kA + s * C::kABytes, t);
 #pragma unroll
-      for (int i = 1; i < kRows; ++i) store_nv_row(cur[i], smem + C::kB + s * C::kBBytes, t + 128 * (i - 1));
+      for (int i = 0; i < kHalves; ++i) {
+        const int q = t + 128 * i, r = q / 2 - (i < 2 ? 0 : kBM);
+        store_nv_half(cur[i], smem + (i < 2 ? C::kA + s * C::kABytes : C::kB + s * C::kBBytes), r, q & 1);
+      }
       fence_proxy_async_shared();
       __syncwarp();
       if ((t & 31) == 0) mbar_arrive(full + 8 * s);
 #pragma unroll
-      for (int i = 0; i < kRows; ++i) cur[i] = nxt[i];
+      for (int i = 0; i < kHalves; ++i) cur[i] = nxt[i];
     }
   }
 }
