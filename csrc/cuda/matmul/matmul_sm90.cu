@@ -43,7 +43,10 @@
 //    host emulation in tests/kernels/test_matmul_sm90_emulation.py models it). NaN factors make the promoted
 //    values NaN.
 //    NVFP4: a stage is 64 K of bfloat16; m64nBNk16 wgmmas accumulate straight into acc (exact products,
-//    float32 accumulation), one wgmma group kept in flight as in w4a16_wgmma_sm90.cu.
+//    float32 accumulation), one wgmma group kept in flight as in w4a16_wgmma_sm90.cu. Tiles with decode = 1
+//    skip step 1: their producer warpgroup reads the packed codes and scales and writes the bf16 stage
+//    itself (decode_producer), so the operands' bf16 copies (2 x 128 MB at 8192^3, 2 x 54 us of pass) are
+//    never written; the consumers are the same.
 //    Epilogue: acc * alpha (NVFP4: 1 / (gA gB)) + bias, rounded once to out_dtype, guarded for M / N tails.
 //    Tiles are rastered in groups of 16 row tiles, so the CTAs resident together share A and B panels in L2.
 // Only sm_90a has wgmma and TMA: CMake compiles this file for sm_90a alone; FPQUANT_WGMMA keeps the kernel

@@ -1,6 +1,7 @@
 // Hopper (sm_90a) block-scaled FP4 GEMMs: launchers, tile configurations and the workspace they need.
 //
-// Both formats run in two steps on the stream (matmul_sm90.cu has the design):
+// Both formats run in two steps on the stream (matmul_sm90.cu has the design; NVFP4 tiles with decode = 1 do
+// both in the GEMM kernel):
 //   1. an operand pass that turns the packed codes + group scales of A and of B into a tensor-core operand
 //      in the workspace: MXFP4 -> E4M3 bytes [rows, K] with each group scale folded in as a power of two
 //      relative to a reference exponent per (row, 128-K block) of A and per row of B (per block for a row of
@@ -21,8 +22,9 @@
 //   - out: [M, N] row-major, any alignment of the element type; out may be uninitialized (torch.empty): every
 //     element of [M, N] is written, including partial M / N tiles; nothing outside it.
 //   - bias: [N] of bias_dtype (f32 / bf16 / f16) or null. NVFP4: a_global / b_global device pointers.
-//   - workspace: at least matmul_sm90_workspace_bytes(format, M, N, K) bytes, 256-byte aligned, no initial
-//     content required; it is overwritten by every call (no state between calls).
+//   - workspace: at least matmul_sm90_workspace_bytes(format, M, N, K, config) bytes, 256-byte aligned, no
+//     initial content required; it is overwritten by every call (no state between calls). NVFP4 tiles that
+//     decode in the GEMM need none (null is fine).
 //   - config: an index into kMatmulSm90MxTiles / kMatmulSm90NvTiles (any M, N: tails are handled).
 //   - Small M: the operand pass converts all of B (N x K) on every call: the plan sends small M with a bf16
 //     output to the w4a16 path instead (matmul_plan.h).
