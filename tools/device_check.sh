@@ -76,7 +76,7 @@ if [[ " $stages " == *" sanitizer "* ]]; then
   echo "== compute-sanitizer"
   timeout "$T" compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/matmul/test_matmul_sm90.py \
     tests/matmul/test_matmul_cuda.py tests/matmul/test_matmul_w4a16_path.py tests/w4a16/test_w4a16_pack.py -q -x \
-    -p no:cacheprovider -k "${SANITIZER_K:-poison or nan or edge or odd or bias or b_rows or pack_kernel}" 2>&1 \
+    -p no:cacheprovider -k "${SANITIZER_K:-poison or nan or edge or odd or bias or b_rows or pack_kernel or load_width}" 2>&1 \
     | tee "$OUT/sanitizer_matmul_memcheck.log" | tail -4
   echo "rc=${PIPESTATUS[0]} (memcheck, matmul)"
   if [[ "${SANITIZER_ALL:-0}" == 1 ]]; then
