@@ -490,21 +490,33 @@ __device__ __forceinline__ NvHalf load_nv_half(const uint8_t* __restrict__ codes
   return x;
 }
 
+// Two E4M3 scales (byte 0 and byte 1 of `two`) as bf16x2 multipliers, each in both halves: the hardware
+// conversion to f16x2 (exact: every E4M3 value, subnormals and NaN included, is an f16 value), then to bf16
+// through float32 (exact: at most 4 significant bits). 5 operations for two scales where e4m3_decode takes
+// ~12 for one.
+__device__ __forceinline__ void nv_scales2(uint32_t two, __nv_bfloat162& s0, __nv_bfloat162& s1) {
+  uint32_t h2 = 0;
+#if FPQUANT_WGMMA
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(h2) : "h"(static_cast<unsigned short>(two & 0xFFFFu)));
+#endif
+  const __half2 h = *reinterpret_cast<const __half2*>(&h2);
+  s0 = __float2bfloat162_rn(__low2float(h));
+  s1 = __float2bfloat162_rn(__high2float(h));
+}
+
 // Half h of row r of a stage's [rows][64] bf16 tile in the 128-byte swizzle (what TMA's SWIZZLE_128B writes
 // and sw128_desc reads): 16-byte chunk c (elements 8c .. 8c + 7) at r * 128 + (c ^ (r % 8)) * 16, here
 // c = 4h .. 4h + 3. A warp (16 rows, both halves) stores in 4 phases of 8 lanes (4 rows x 2 halves) whose
 // (c ^ r % 8) differ: no bank conflicts.
 __device__ __forceinline__ void store_nv_half(const NvHalf& x, unsigned char* tile, int r, int h) {
   const uint32_t w[4] = {x.c.x, x.c.y, x.c.z, x.c.w};
+  __nv_bfloat162 s2[2];
+  nv_scales2(x.s, s2[0], s2[1]);
   unsigned char* dst = tile + r * 128;
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    const __nv_bfloat162 s2 = nv_scale2(static_cast<uint8_t>(x.s >> (8 * j)));
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int c = 4 * h + 2 * j + e;
-      *reinterpret_cast<uint4*>(dst + ((c ^ (r & 7)) << 4)) = decode_nv_word(w[2 * j + e], s2);
-    }
+  for (int i = 0; i < 4; ++i) {
+    const int c = 4 * h + i;
+    *reinterpret_cast<uint4*>(dst + ((c ^ (r & 7)) << 4)) = decode_nv_word(w[i], s2[i / 2]);
   }
 }
 
