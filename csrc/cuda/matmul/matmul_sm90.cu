@@ -137,6 +137,16 @@ __device__ __forceinline__ MxGroup load_group(const uint8_t* codes, const uint8_
   return x;
 }
 
+// load_group where the group exists (`here`); otherwise an absent group: no codes, no top (a lane past K's end
+// that still takes part in its block's reduction).
+__device__ __forceinline__ MxGroup load_group_if(bool here, const uint8_t* codes, const uint8_t* scales,
+                                                 ScaleLayout layout, int64_t row, int64_t g, int64_t groups_per_row) {
+  return here ? load_group(codes, scales, layout, row, g, groups_per_row) : MxGroup{make_uint4(0, 0, 0, 0), 0, -1000};
+}
+
+// A span's factor: 2^R, or NaN when one of its group scales is the E8M0 NaN.
+__device__ __forceinline__ float span_factor(bool nan, int R) { return nan ? __int_as_float(0x7FC00000) : core::exp2i(R); }
+
 // The group's 32 E4M3 bytes, each code times 2^(e - R), to dst (32-byte aligned). A NaN group stays zero: its
 // factor carries the NaN.
 __device__ __forceinline__ void fold_group(const MxGroup& x, int R, uint8_t* dst) {
@@ -158,7 +168,7 @@ __device__ __forceinline__ float fold_in_block(const MxGroup& x, bool here, unsi
   nan |= __shfl_xor_sync(quad, nan, 2);
   const int R = top == -1000 ? 0 : top - 8;
   if (here) fold_group(x, R, dst);
-  return nan ? __int_as_float(0x7FC00000) : core::exp2i(R);
+  return span_factor(nan, R);
 }
 
 // A: one thread per group of 32 (row, 128-K block, group g), four consecutive lanes per block, so that a warp
@@ -182,7 +192,7 @@ __global__ void __launch_bounds__(128) fold_mx_kernel(const uint8_t* __restrict_
   }
   const int64_t groups_per_row = K / core::kMxGroup, g = 4 * kb + (idx & 3);
   const bool here = g < groups_per_row;
-  const MxGroup x = here ? load_group(codes, scales, layout, row, g, groups_per_row) : MxGroup{make_uint4(0, 0, 0, 0), 0, -1000};
+  const MxGroup x = load_group_if(here, codes, scales, layout, row, g, groups_per_row);
   const float f = fold_in_block(x, here, 0xFu << (threadIdx.x & 28), operand + row * K + 32 * g);
   if ((idx & 3) == 0) *factor = f;
 }
@@ -223,7 +233,7 @@ __global__ void __launch_bounds__(128) fold_mx_rows_kernel(const uint8_t* __rest
   const int R = top == -1000 ? 0 : top - 8;
   uint8_t* dst = operand + row * K;
   if (nan || low - R >= -8) {
-    const float f = nan ? __int_as_float(0x7FC00000) : core::exp2i(R);
+    const float f = span_factor(nan, R);
     if (lane == 0) row_factors[row] = f;
     for (int64_t kb = lane; kb < kblocks; kb += 32) bf[kb * rows_pad] = f;
 #pragma unroll 4
@@ -238,7 +248,7 @@ __global__ void __launch_bounds__(128) fold_mx_rows_kernel(const uint8_t* __rest
   for (int64_t g0 = 0; g0 < groups_per_row; g0 += 32) {  // every lane runs every round: the quads are whole
     const int64_t g = g0 + lane, kb = g / 4;
     const bool here = g < groups_per_row;
-    const MxGroup x = here ? load_group(codes, scales, layout, row, g, groups_per_row) : MxGroup{make_uint4(0, 0, 0, 0), 0, -1000};
+    const MxGroup x = load_group_if(here, codes, scales, layout, row, g, groups_per_row);
     const float f = fold_in_block(x, here, 0xFu << (lane & 28), dst + 32 * g);
     if ((lane & 3) == 0 && kb < kblocks) bf[kb * rows_pad] = f;
   }
