@@ -346,8 +346,10 @@ struct GCfg {
   // Registers as in w4a16_wgmma_sm90.cu: launched with the most __launch_bounds__ allows, the producer
   // warpgroup keeps kProducerRegs, the consumers take the rest of the pool (acc + tmp: BN floats).
   static constexpr int kLaunchRegs = (65536 / kThreads > 255 ? 255 : 65536 / kThreads) / 8 * 8;
-  // A decoding producer holds two stages of codes and scales (its rows' 2 x 16 bytes + 4 per stage).
-  static constexpr int kProducerRegs = DECODE ? 120 : 40;
+  // A decoding producer keeps the launch's registers (two stages of codes and scales and the decode's
+  // temporaries), and so do its consumers: no setmaxnreg, so that ptxas holds every path to kLaunchRegs and
+  // its spill report covers them all.
+  static constexpr int kProducerRegs = DECODE ? kLaunchRegs : 40;
   static constexpr int kPooledRegs = kLaunchRegs + 128 * (kLaunchRegs - kProducerRegs) / kConsumers;
   static constexpr int kConsumerRegs = (kPooledRegs > 240 ? 240 : kPooledRegs) / 8 * 8;
   static_assert(kConsumers * (kConsumerRegs - kLaunchRegs) <= 128 * (kLaunchRegs - kProducerRegs),
@@ -609,7 +611,7 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
   __syncthreads();  // the last CTA-wide barrier: the producer warpgroup leaves when its copies are issued
 
   if (tid >= C::kConsumers) {
-    setmaxnreg_dec<C::kProducerRegs>();
+    if constexpr (!DECODE) setmaxnreg_dec<C::kProducerRegs>();
     if constexpr (DECODE) {
       decode_producer<BN, STAGES>(p, smem, full, empty, tid - C::kConsumers);
       return;
@@ -640,7 +642,7 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
     }
     return;
   }
-  setmaxnreg_inc<C::kConsumerRegs>();
+  if constexpr (!DECODE) setmaxnreg_inc<C::kConsumerRegs>();
   const int wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int row_in_tile = 64 * wg + 16 * warp + g;  // this thread's rows: row_in_tile and row_in_tile + 8
   float alpha = 1.0f;

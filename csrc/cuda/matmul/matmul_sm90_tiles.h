@@ -32,6 +32,12 @@ inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0, 0}, {128, 6,
                                                         {256, 4, 0, 1}, {128, 6, 0, 1}, {256, 4, 1, 1}, {128, 6, 1, 1}};
 inline constexpr int kMatmulSm90MxTileCount = 4;
 inline constexpr int kMatmulSm90NvTileCount = 8;
+// The NVFP4 pair the plan chooses between (this tile, wide, and the next, narrow): the operand-pass tiles
+// until the decoding ones (4, 5) are measured on a GPU.
+inline constexpr int kMatmulSm90NvPlanFirst = 0;
+static_assert(kMatmulSm90NvTiles[kMatmulSm90NvPlanFirst].bn == 256 && kMatmulSm90NvTiles[kMatmulSm90NvPlanFirst + 1].bn == 128 &&
+                  kMatmulSm90NvTiles[kMatmulSm90NvPlanFirst].decode == kMatmulSm90NvTiles[kMatmulSm90NvPlanFirst + 1].decode,
+              "the plan's NVFP4 pair: the wide and the narrow tile of one kind");
 
 // The plan's tile: the one with the least work per SM, counted as waves of 128-row CTAs (rounded up) times
 // the tile's columns, a column of the narrow tile counted as dearer (more bytes per FLOP, fewer columns per
@@ -43,7 +49,8 @@ inline constexpr int kMatmulSm90NvTileCount = 8;
 // (benchmarks/sweep_matmul_tiles.py; docs/perf/matmul.md).
 inline int matmul_sm90_tile(core::Format format, int64_t M, int64_t N, int num_sms) {
   const bool mx = format == core::Format::kMxFp4;
-  const MatmulSm90Tile* tiles = mx ? kMatmulSm90MxTiles : kMatmulSm90NvTiles;
+  const int first = mx ? 0 : kMatmulSm90NvPlanFirst;
+  const MatmulSm90Tile* tiles = (mx ? kMatmulSm90MxTiles : kMatmulSm90NvTiles) + first;
   const int64_t sms = num_sms > 0 ? num_sms : 1;
   const int64_t rows = (M + 127) / 128;
   int best = 0;
@@ -53,7 +60,7 @@ inline int matmul_sm90_tile(core::Format format, int64_t M, int64_t N, int num_s
     const int64_t cost = (ctas + sms - 1) / sms * tiles[t].bn * (t == 0 ? 9 : (mx ? 11 : 10));
     if (best_cost < 0 || cost < best_cost) best = t, best_cost = cost;
   }
-  return best;
+  return first + best;
 }
 
 // K per folded block of the MXFP4 operand (one reference exponent, one promotion) and the row padding of the
