@@ -165,6 +165,10 @@ def test_matmul_tiles_by_rows():
         assert plan_matmul(M, 4096, 4096, "mxfp4", torch.bfloat16, "blocked", RTX5090).tile == tile, M
 
 
+# kMatmulSm90NvPlanFirst (matmul_sm90_tiles.h): the first of the two NVFP4 tiles the plan chooses between.
+NV_PLAN_FIRST = 0
+
+
 @pytest.mark.parametrize("fmt,wide", [("mxfp4", 192), ("nvfp4", 256)])
 def test_matmul_sm90_tile_fills_the_gpu(fmt, wide):
     # config 0 is the wide tile (128 x 192 MXFP4, 128 x 256 NVFP4), config 1 the 128 x 128 one: the plan takes
@@ -177,6 +181,7 @@ def test_matmul_sm90_tile_fills_the_gpu(fmt, wide):
     with plan_override(matmul_path="sm90"):
         for M, N in [(1, 8192), (16, 8192), (128, 8192), (1024, 8192), (4096, 14336), (8192, 8192), (300, 1000)]:
             expected = 0 if cost(M, N, wide, 9) <= cost(M, N, 128, 11 if fmt == "mxfp4" else 10) else 1
+            expected += NV_PLAN_FIRST if fmt == "nvfp4" else 0
             assert plan_matmul(M, N, 4096, fmt, torch.bfloat16, "linear", H100).config == expected, (M, N)
         # the faster tile of the H200 sweeps at each of their shapes (docs/perf/matmul.md)
         measured = {"mxfp4": {(8192, 8192): 0, (4096, 14336): 0, (4096, 4096): 0, (16384, 8192): 0, (1, 8192): 1,
@@ -184,6 +189,7 @@ def test_matmul_sm90_tile_fills_the_gpu(fmt, wide):
                     "nvfp4": {(8192, 8192): 0, (4096, 14336): 0, (4096, 4096): 0, (16384, 8192): 0, (1, 8192): 1,
                               (16, 8192): 1, (128, 8192): 1, (1024, 8192): 0}}[fmt]
         for (M, N), tile in measured.items():
+            tile += NV_PLAN_FIRST if fmt == "nvfp4" else 0
             assert plan_matmul(M, N, 8192, fmt, torch.bfloat16, "linear", H100).config == tile, (M, N)
 
 
@@ -225,13 +231,16 @@ def test_matmul_override():
         for fmt in ("mxfp4", "nvfp4"):
             p = plan_matmul(256, 4096, 4096, fmt, bf16, "linear", H100)
             assert (p.path, p.swizzle_scales) == ("sm90", False)  # both layouts read directly
-            assert p.config == 1  # the narrow tile: 32 or 44 wide CTAs would leave most SMs idle
+            # the narrow tile: 32 or 44 wide CTAs would leave most SMs idle
+            assert p.config == 1 + (NV_PLAN_FIRST if fmt == "nvfp4" else 0)
             # MXFP4: converted operands (E4M3, 1 byte per element) and block factors. NVFP4: the bf16 operands
             # (2 bytes per element) for the tiles of the operand pass, none for those that decode in the GEMM.
             if fmt == "mxfp4":
                 assert p.workspace_bytes >= (256 + 4096) * 4096
-            else:
+            elif NV_PLAN_FIRST < 4:
                 assert p.workspace_bytes >= (256 + 4096) * 4096 * 2
+            else:
+                assert p.workspace_bytes == 0
                 for config, pass_ in [(3, True), (4, False), (7, False)]:
                     with plan_override(matmul_path="sm90", matmul_config=config):
                         w = plan_matmul(256, 4096, 4096, fmt, bf16, "linear", H100).workspace_bytes
