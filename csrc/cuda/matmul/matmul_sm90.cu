@@ -260,13 +260,29 @@ __global__ void __launch_bounds__(128) fold_mx_rows_kernel(const uint8_t* __rest
 // table for the high and one for the low bytes of {0, 0.5, 1, 1.5, 2, 3, 4, 6}; the sign bits moved as in
 // fold_word), then one exact bf16x2 multiply per pair: 19 operations per 8 elements (decoding and multiplying
 // element by element in float32 left the pass issue-bound at 2.4 TB/s on the H200).
-__device__ __forceinline__ uint4 decode_nv_word(uint32_t w, __nv_bfloat162 s2) {
-  constexpr uint32_t kHi0 = 0x3F3F3F00u, kHi1 = 0x40404040u;  // high bytes of 0, 0.5, 1, 1.5 | 2, 3, 4, 6
-  constexpr uint32_t kLo0 = 0xC0800000u, kLo1 = 0xC0804000u;  // low bytes
+struct NvTables {  // the prmt tables: high and low bytes of the bf16 values {0, 0.5, 1, 1.5 | 2, 3, 4, 6}
+  uint32_t hi0 = 0x3F3F3F00u, hi1 = 0x40404040u, lo0 = 0xC0800000u, lo1 = 0xC0804000u;
+};
+
+// The tables as per-thread values: threadIdx.x / blockDim.x is 0, but not provably so, nor uniform, so the
+// compiler keeps the four words in ordinary registers through the decoding producer's loop. As constants it
+// held them in uniform registers and moved one into an ordinary register before each prmt (prmt's first
+// operand cannot be uniform): 76 extra moves per stage.
+__device__ __forceinline__ NvTables nv_tables_in_registers() {
+  const uint32_t zero = threadIdx.x / blockDim.x;
+  NvTables t;
+  t.hi0 |= zero;
+  t.hi1 |= zero;
+  t.lo0 |= zero;
+  t.lo1 |= zero;
+  return t;
+}
+
+__device__ __forceinline__ uint4 decode_nv_word(uint32_t w, __nv_bfloat162 s2, const NvTables& t = NvTables{}) {
   const uint32_t m = w & 0x77777777u, w4 = w << 4;
-  const uint32_t hi_a = prmt(kHi0, kHi1, m) | (prmt(w, w4, 0x1504u) & 0x80808080u);  // elements 0-3
-  const uint32_t hi_b = prmt(kHi0, kHi1, m >> 16) | (prmt(w, w4, 0x3726u) & 0x80808080u);  // elements 4-7
-  const uint32_t lo_a = prmt(kLo0, kLo1, m), lo_b = prmt(kLo0, kLo1, m >> 16);
+  const uint32_t hi_a = prmt(t.hi0, t.hi1, m) | (prmt(w, w4, 0x1504u) & 0x80808080u);  // elements 0-3
+  const uint32_t hi_b = prmt(t.hi0, t.hi1, m >> 16) | (prmt(w, w4, 0x3726u) & 0x80808080u);  // elements 4-7
+  const uint32_t lo_a = prmt(t.lo0, t.lo1, m), lo_b = prmt(t.lo0, t.lo1, m >> 16);
   const uint32_t v[4] = {prmt(lo_a, hi_a, 0x5140u), prmt(lo_a, hi_a, 0x7362u), prmt(lo_b, hi_b, 0x5140u),
                          prmt(lo_b, hi_b, 0x7362u)};
   uint32_t out[4];
@@ -520,7 +536,7 @@ __device__ __forceinline__ void nv_scales2(uint32_t two, __nv_bfloat162& s0, __n
 // and sw128_desc reads): 16-byte chunk c (elements 8c .. 8c + 7) at r * 128 + (c ^ (r % 8)) * 16, here
 // c = 4h .. 4h + 3. A warp (16 rows, both halves) stores in 4 phases of 8 lanes (4 rows x 2 halves) whose
 // (c ^ r % 8) differ: no bank conflicts.
-__device__ __forceinline__ void store_nv_half(const NvHalf& x, unsigned char* tile, int r, int h) {
+__device__ __forceinline__ void store_nv_half(const NvHalf& x, unsigned char* tile, int r, int h, const NvTables& tab) {
   const uint32_t w[4] = {x.c.x, x.c.y, x.c.z, x.c.w};
   __nv_bfloat162 s2[2];
   nv_scales2(x.s, s2[0], s2[1]);
@@ -528,7 +544,7 @@ __device__ __forceinline__ void store_nv_half(const NvHalf& x, unsigned char* ti
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int c = 4 * h + i;
-    *reinterpret_cast<uint4*>(dst + ((c ^ (r & 7)) << 4)) = decode_nv_word(w[i], s2[i / 2]);
+    *reinterpret_cast<uint4*>(dst + ((c ^ (r & 7)) << 4)) = decode_nv_word(w[i], s2[i / 2], tab);
   }
 }
 
@@ -559,27 +575,31 @@ __device__ __forceinline__ void decode_producer(const GemmArgs& p, unsigned char
                    : load_nv_half(p.b_codes, p.b_scales, p, nt * BN + r, p.N, kb, q & 1);
     }
   };
-  NvHalf cur[kHalves], nxt[kHalves];
-  load(blockIdx.x, 0, cur);
-  int it = 0;
-  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    for (int kb = 0; kb < p.kblocks; ++kb, ++it) {
-      const bool last_k = kb + 1 == p.kblocks;
-      const int next_tile = last_k ? tile + static_cast<int>(gridDim.x) : tile;
-      if (next_tile < tiles) load(next_tile, last_k ? 0 : kb + 1, nxt);
-      const int s = it % STAGES;
-      if (it >= STAGES) mbar_wait(empty + 8 * s, ((it / STAGES) - 1) & 1);
+  const NvTables tab = nv_tables_in_registers();
+  int tile = blockIdx.x, kb = 0, it = 0;
+  // One stage from `cur` (loaded one stage earlier), after prefetching the next one into `nxt`; false after
+  // the CTA's last stage. Called alternately on two register sets, so that nothing is copied between them.
+  auto step = [&](const NvHalf (&cur)[kHalves], NvHalf (&nxt)[kHalves]) {
+    const bool last_k = kb + 1 == p.kblocks;
+    const int next_tile = last_k ? tile + static_cast<int>(gridDim.x) : tile, next_kb = last_k ? 0 : kb + 1;
+    const bool more = next_tile < tiles;
+    if (more) load(next_tile, next_kb, nxt);
+    const int s = it % STAGES;
+    if (it >= STAGES) mbar_wait(empty + 8 * s, ((it / STAGES) - 1) & 1);
 #pragma unroll
-      for (int i = 0; i < kHalves; ++i) {
-        const int q = t + 128 * i, r = q / 2 - (i < 2 ? 0 : kBM);
-        store_nv_half(cur[i], smem + (i < 2 ? C::kA + s * C::kABytes : C::kB + s * C::kBBytes), r, q & 1);
-      }
-      fence_proxy_async_shared();
-      __syncwarp();
-      if ((t & 31) == 0) mbar_arrive(full + 8 * s);
-#pragma unroll
-      for (int i = 0; i < kHalves; ++i) cur[i] = nxt[i];
+    for (int i = 0; i < kHalves; ++i) {
+      const int q = t + 128 * i, r = q / 2 - (i < 2 ? 0 : kBM);
+      store_nv_half(cur[i], smem + (i < 2 ? C::kA + s * C::kABytes : C::kB + s * C::kBBytes), r, q & 1, tab);
     }
+    fence_proxy_async_shared();
+    __syncwarp();
+    if ((t & 31) == 0) mbar_arrive(full + 8 * s);
+    tile = next_tile, kb = next_kb, ++it;
+    return more;
+  };
+  NvHalf x0[kHalves], x1[kHalves];
+  load(tile, 0, x0);
+  while (step(x0, x1) && step(x1, x0)) {
   }
 }
 
