@@ -137,12 +137,8 @@ __device__ __forceinline__ MxGroup load_group(const uint8_t* codes, const uint8_
   return x;
 }
 
-// load_group where the group exists (`here`); otherwise an absent group: no codes, no top (a lane past K's end
-// that still takes part in its block's reduction).
-__device__ __forceinline__ MxGroup load_group_if(bool here, const uint8_t* codes, const uint8_t* scales,
-                                                 ScaleLayout layout, int64_t row, int64_t g, int64_t groups_per_row) {
-  return here ? load_group(codes, scales, layout, row, g, groups_per_row) : MxGroup{make_uint4(0, 0, 0, 0), 0, -1000};
-}
+// A group past K's end (a lane that still takes part in its block's reduction): no codes, no top.
+__device__ constexpr MxGroup kAbsentGroup{{0, 0, 0, 0}, 0, -1000};
 
 // A span's factor: 2^R, or NaN when one of its group scales is the E8M0 NaN.
 __device__ __forceinline__ float span_factor(bool nan, int R) { return nan ? __int_as_float(0x7FC00000) : core::exp2i(R); }
@@ -192,7 +188,7 @@ __global__ void __launch_bounds__(128) fold_mx_kernel(const uint8_t* __restrict_
   }
   const int64_t groups_per_row = K / core::kMxGroup, g = 4 * kb + (idx & 3);
   const bool here = g < groups_per_row;
-  const MxGroup x = load_group_if(here, codes, scales, layout, row, g, groups_per_row);
+  const MxGroup x = here ? load_group(codes, scales, layout, row, g, groups_per_row) : kAbsentGroup;
   const float f = fold_in_block(x, here, 0xFu << (threadIdx.x & 28), operand + row * K + 32 * g);
   if ((idx & 3) == 0) *factor = f;
 }
@@ -248,7 +244,7 @@ __global__ void __launch_bounds__(128) fold_mx_rows_kernel(const uint8_t* __rest
   for (int64_t g0 = 0; g0 < groups_per_row; g0 += 32) {  // every lane runs every round: the quads are whole
     const int64_t g = g0 + lane, kb = g / 4;
     const bool here = g < groups_per_row;
-    const MxGroup x = load_group_if(here, codes, scales, layout, row, g, groups_per_row);
+    const MxGroup x = here ? load_group(codes, scales, layout, row, g, groups_per_row) : kAbsentGroup;
     const float f = fold_in_block(x, here, 0xFu << (lane & 28), dst + 32 * g);
     if ((lane & 3) == 0 && kb < kblocks) bf[kb * rows_pad] = f;
   }
@@ -384,11 +380,6 @@ struct GCfg {
 
 struct GemmArgs {
   int M, N, K, kblocks, tiles_m, tiles_n;
-  // NVFP4 tiles that decode in the GEMM: the packed operands. vec: K % 64 == 0 and 4-byte aligned scale
-  // arrays, so a row's stage is two 16-byte code loads and one 4-byte scale load.
-  const uint8_t *a_codes, *a_scales, *b_codes, *b_scales;
-  ScaleLayout layout;
-  bool vec;
   const float* a_fac;  // MXFP4: [kblocks][a_pad] block factors
   const float* b_fac;  // MXFP4: [kblocks][b_pad] (read by tiles with per-block columns)
   const float* b_row;  // MXFP4: [b_pad] column factors over all K
@@ -400,6 +391,16 @@ struct GemmArgs {
   DType bias_dtype;
   const float* a_global;  // NVFP4
   const float* b_global;
+};
+
+// NVFP4 tiles that decode in the GEMM: the packed operands. vec: K % 64 == 0 and 4-byte aligned scale arrays,
+// so a row's stage is two 16-byte code loads and one 2-byte scale load. A parameter of its own rather than
+// fields of GemmArgs: with a larger GemmArgs, nvcc laid out the other tiles' kernels differently (a third of
+// their code size), and those are the measured ones.
+struct NvOperands {
+  const uint8_t *a_codes, *a_scales, *b_codes, *b_scales;
+  ScaleLayout layout;
+  bool vec;
 };
 
 struct GemmMaps {
@@ -495,14 +496,14 @@ __device__ __forceinline__ int64_t nv_scale_at(int64_t row, int64_t g, int64_t g
 }
 
 __device__ __forceinline__ NvHalf load_nv_half(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
-                                               const GemmArgs& p, int row, int rows, int kb, int h) {
+                                               const NvOperands& nv, int K, int row, int rows, int kb, int h) {
   NvHalf x{make_uint4(0, 0, 0, 0), 0};
   if (row >= rows) return x;
-  const int64_t groups = p.K / core::kNvGroup, g0 = 4 * static_cast<int64_t>(kb) + 2 * h;
-  const uint8_t* src = codes + static_cast<int64_t>(row) * (p.K / 2) + 32 * static_cast<int64_t>(kb) + 16 * h;
-  if (p.vec) {  // 16-byte aligned codes; the two scales are adjacent and 2-byte aligned in both layouts
+  const int64_t groups = K / core::kNvGroup, g0 = 4 * static_cast<int64_t>(kb) + 2 * h;
+  const uint8_t* src = codes + static_cast<int64_t>(row) * (K / 2) + 32 * static_cast<int64_t>(kb) + 16 * h;
+  if (nv.vec) {  // 16-byte aligned codes; the two scales are adjacent and 2-byte aligned in both layouts
     x.c = __ldg(reinterpret_cast<const uint4*>(src));
-    x.s = __ldg(reinterpret_cast<const unsigned short*>(scales + nv_scale_at(row, g0, groups, p.layout)));
+    x.s = __ldg(reinterpret_cast<const unsigned short*>(scales + nv_scale_at(row, g0, groups, nv.layout)));
     return x;
   }
   uint32_t w[4] = {0, 0, 0, 0};
@@ -512,7 +513,7 @@ __device__ __forceinline__ NvHalf load_nv_half(const uint8_t* __restrict__ codes
     const uint2 v = __ldg(reinterpret_cast<const uint2*>(src + 8 * j));
     w[2 * j] = v.x;
     w[2 * j + 1] = v.y;
-    x.s |= static_cast<uint32_t>(__ldg(scales + nv_scale_at(row, g0 + j, groups, p.layout))) << (8 * j);
+    x.s |= static_cast<uint32_t>(__ldg(scales + nv_scale_at(row, g0 + j, groups, nv.layout))) << (8 * j);
   }
   x.c = make_uint4(w[0], w[1], w[2], w[3]);
   return x;
@@ -559,8 +560,8 @@ __device__ __forceinline__ void store_nv_half(const NvHalf& x, unsigned char* ti
 // per row tile: at 128 x 256 and 64 K per stage, 384 rows x 64 K (~3 x 200 operations per producer thread)
 // in the time of the stage's 8 m64n256k16 wgmmas (~1,400 SM cycles at cuBLAS's rate).
 template <int BN, int STAGES>
-__device__ __forceinline__ void decode_producer(const GemmArgs& p, unsigned char* smem, uint32_t full, uint32_t empty,
-                                                int t) {
+__device__ __forceinline__ void decode_producer(const GemmArgs& p, const NvOperands& nv, unsigned char* smem,
+                                                uint32_t full, uint32_t empty, int t) {
   using C = GCfg<false, BN, STAGES, true>;
   constexpr int kHalves = 2 * (kBM + BN) / 128;  // per thread; the first 2 are A's
   const int tiles = p.tiles_m * p.tiles_n;
@@ -571,8 +572,8 @@ __device__ __forceinline__ void decode_producer(const GemmArgs& p, unsigned char
 #pragma unroll
     for (int i = 0; i < kHalves; ++i) {
       const int q = t + 128 * i, r = q / 2 - (i < 2 ? 0 : kBM);
-      x[i] = i < 2 ? load_nv_half(p.a_codes, p.a_scales, p, mt * kBM + r, p.M, kb, q & 1)
-                   : load_nv_half(p.b_codes, p.b_scales, p, nt * BN + r, p.N, kb, q & 1);
+      x[i] = i < 2 ? load_nv_half(nv.a_codes, nv.a_scales, nv, p.K, mt * kBM + r, p.M, kb, q & 1)
+                   : load_nv_half(nv.b_codes, nv.b_scales, nv, p.K, nt * BN + r, p.N, kb, q & 1);
     }
   };
   const NvTables tab = nv_tables_in_registers();
@@ -608,7 +609,8 @@ __device__ __forceinline__ void decode_producer(const GemmArgs& p, unsigned char
 // tile and write its epilogue. `it` counts the stages a CTA has gone through over all its tiles (the ring's
 // position and phase).
 template <bool FP8, int BN, int STAGES, bool DECODE>
-__global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __grid_constant__ GemmMaps maps) {
+__global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __grid_constant__ GemmMaps maps,
+                                                      const NvOperands nv) {
 #if FPQUANT_WGMMA
   using C = GCfg<FP8, BN, STAGES, DECODE>;
   extern __shared__ unsigned char smem_raw[];
@@ -633,7 +635,7 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
   if (tid >= C::kConsumers) {
     if constexpr (!DECODE) setmaxnreg_dec<C::kProducerRegs>();
     if constexpr (DECODE) {
-      decode_producer<BN, STAGES>(p, smem, full, empty, tid - C::kConsumers);
+      decode_producer<BN, STAGES>(p, nv, smem, full, empty, tid - C::kConsumers);
       return;
     }
     if (tid != C::kConsumers) return;
@@ -815,20 +817,23 @@ cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, boo
   a.bias_dtype = p.bias_dtype;
   a.a_global = p.a_global;
   a.b_global = p.b_global;
-  a.a_codes = p.a_codes;
-  a.a_scales = p.a_scales;
-  a.b_codes = p.b_codes;
-  a.b_scales = p.b_scales;
-  a.layout = p.layout;
-  a.vec = p.K % 64 == 0 && reinterpret_cast<uintptr_t>(p.a_scales) % 4 == 0 &&
-          reinterpret_cast<uintptr_t>(p.b_scales) % 4 == 0;
+  NvOperands nv{};
+  if (DECODE) {
+    nv.a_codes = p.a_codes;
+    nv.a_scales = p.a_scales;
+    nv.b_codes = p.b_codes;
+    nv.b_scales = p.b_scales;
+    nv.layout = p.layout;
+    nv.vec = p.K % 64 == 0 && reinterpret_cast<uintptr_t>(p.a_scales) % 4 == 0 &&
+             reinterpret_cast<uintptr_t>(p.b_scales) % 4 == 0;
+  }
   auto kernel = gemm_kernel<FP8, BN, STAGES, DECODE>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (err != cudaSuccess) return err;
   const int64_t tiles = static_cast<int64_t>(a.tiles_m) * a.tiles_n;
   if (tiles > INT_MAX) return cudaErrorInvalidValue;
   const int64_t ctas = persistent && p.num_sms > 0 && p.num_sms < tiles ? p.num_sms : tiles;  // one per SM (shared memory)
-  kernel<<<static_cast<unsigned>(ctas), C::kThreads, C::kSmem, stream>>>(a, maps);
+  kernel<<<static_cast<unsigned>(ctas), C::kThreads, C::kSmem, stream>>>(a, maps, nv);
   return cudaGetLastError();
 }
 
