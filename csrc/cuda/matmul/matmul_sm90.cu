@@ -557,8 +557,9 @@ __device__ __forceinline__ void store_nv_half(const NvHalf& x, unsigned char* ti
 // the previous one), waits until the consumers released the stage, writes the bf16 values (decode_nv_word)
 // into the ring, and makes them visible to the wgmmas' async proxy before its warp arrives on the stage's full
 // barrier (4 producer warps per phase). Each CTA decodes its A panel once per column tile and its B panel once
-// per row tile: at 128 x 256 and 64 K per stage, 384 rows x 64 K (~3 x 200 operations per producer thread)
-// in the time of the stage's 8 m64n256k16 wgmmas (~1,400 SM cycles at cuBLAS's rate).
+// per row tile: at 128 x 256 and 64 K per stage, 384 rows x 64 K (~500 SASS instructions per producer thread
+// between its wait and its arrival, plus 12 loads) in the time of the stage's 8 m64n256k16 wgmmas (~1,400 SM
+// cycles at cuBLAS's rate).
 template <int BN, int STAGES>
 __device__ __forceinline__ void decode_producer(const GemmArgs& p, const NvOperands& nv, unsigned char* smem,
                                                 uint32_t full, uint32_t empty, int t) {
