@@ -3,8 +3,9 @@
     python tools/compare_kernels.py csrc/cuda/matmul/matmul_sm90.cu [--base REV] [--arch 90a]
 
 For changes that cannot be run here (no GPU): a kernel whose code is byte-identical to that of a measured
-build keeps its measured speed and behaviour. The file is compiled with nvcc to a cubin in the working tree
-and in a temporary git worktree at REV (default HEAD); the .text section of every kernel is compared, names
+build keeps its measured speed and behaviour. The file is compiled with nvcc and each tree's own
+FPQUANT_CUDA_FLAGS (CMakeLists.txt) to a cubin, in the working tree and in a temporary git worktree at REV
+(default HEAD); the .text section of every kernel is compared, names
 taken without the anonymous namespace's per-file hash. A kernel whose signature changed shows as removed
 and added.
 """
@@ -22,9 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def project_cuda_flags(tree: Path) -> list[str]:
+    """FPQUANT_CUDA_FLAGS of the tree's CMakeLists.txt (no FMA contraction, IEEE division: they change the code)."""
+    m = re.search(r"set\(FPQUANT_CUDA_FLAGS(.*?)\)", (tree / "CMakeLists.txt").read_text(), re.S)
+    if m is None:
+        raise SystemExit(f"no FPQUANT_CUDA_FLAGS in {tree / 'CMakeLists.txt'}")
+    return m.group(1).split()
+
+
 def compile_cubin(tree: Path, source: str, arch: str, out: Path) -> None:
-    cmd = ["nvcc", "-std=c++17", "-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Icsrc", "-cubin",
-           "-o", str(out), source]
+    cmd = ["nvcc", "-std=c++17", "-O3", *project_cuda_flags(tree), f"-gencode=arch=compute_{arch},code=sm_{arch}",
+           "-Icsrc", "-cubin", "-o", str(out), source]
     subprocess.run(cmd, cwd=tree, check=True)
 
 
