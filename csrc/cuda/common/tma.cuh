@@ -26,11 +26,13 @@ __device__ __forceinline__ void mbar_init_fence() {
 }
 
 // The barriers of a producer / consumer ring of `stages` stages, 8 bytes apart: full[s] completes when the
-// producer's expect-tx arrival and its copies landed; empty[s] when `consumer_warps` warps released the
-// stage. Called by one thread, before the CTA-wide barrier that precedes the first use.
-__device__ __forceinline__ void mbar_init_ring(uint32_t full, uint32_t empty, int stages, uint32_t consumer_warps) {
+// producer's expect-tx arrival and its copies landed (or, for producers that write the stage themselves,
+// `producer_arrivals` arrivals); empty[s] when `consumer_warps` warps released the stage. Called by one
+// thread, before the CTA-wide barrier that precedes the first use.
+__device__ __forceinline__ void mbar_init_ring(uint32_t full, uint32_t empty, int stages, uint32_t consumer_warps,
+                                               uint32_t producer_arrivals = 1) {
   for (int s = 0; s < stages; ++s) {
-    mbar_init(full + 8 * s, 1);
+    mbar_init(full + 8 * s, producer_arrivals);
     mbar_init(empty + 8 * s, consumer_warps);
   }
   mbar_init_fence();

@@ -624,21 +624,15 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
   // full[s]: the stage's copies landed (the producer's expect-tx arrival + bytes), or (DECODE) the 4 producer
   // warps wrote it; empty[s]: the 8 consumer warps are done with it (their wgmmas completed and, for MXFP4,
   // their factor reads).
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full + 8 * s, DECODE ? 4 : 1);
-      mbar_init(empty + 8 * s, C::kConsumers / 32);
-    }
-    mbar_init_fence();
-  }
+  if (tid == 0) mbar_init_ring(full, empty, STAGES, C::kConsumers / 32, DECODE ? 4 : 1);
   __syncthreads();  // the last CTA-wide barrier: the producer warpgroup leaves when its copies are issued
 
   if (tid >= C::kConsumers) {
-    if constexpr (!DECODE) setmaxnreg_dec<C::kProducerRegs>();
     if constexpr (DECODE) {
       decode_producer<BN, STAGES>(p, nv, smem, full, empty, tid - C::kConsumers);
       return;
     }
+    setmaxnreg_dec<C::kProducerRegs>();
     if (tid != C::kConsumers) return;
     int it = 0;
     for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
@@ -805,13 +799,12 @@ cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, boo
   a.kblocks = static_cast<int>((p.K + C::kBK - 1) / C::kBK);
   a.tiles_m = static_cast<int>((p.M + kBM - 1) / kBM);
   a.tiles_n = static_cast<int>((p.N + BN - 1) / BN);
-  auto pad = [](int64_t r) { return (r + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; };
   a.a_fac = reinterpret_cast<const float*>(ws + w.a_factors);
   a.b_fac = reinterpret_cast<const float*>(ws + w.b_factors);
   a.b_row = reinterpret_cast<const float*>(ws + w.b_row);
   a.b_flags = reinterpret_cast<const int*>(ws + w.b_flags);
-  a.a_pad = pad(p.M);
-  a.b_pad = pad(p.N);
+  a.a_pad = matmul_sm90_row_pad(p.M);
+  a.b_pad = matmul_sm90_row_pad(p.N);
   a.out = p.out;
   a.out_dtype = p.out_dtype;
   a.bias = p.bias;
@@ -864,13 +857,13 @@ cudaError_t matmul_mxfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
   if (!valid(p, Format::kMxFp4, kMatmulSm90MxTileCount, w)) return cudaErrorInvalidValue;
   unsigned char* ws = static_cast<unsigned char*>(p.workspace);
   const int64_t kblocks = (p.K + kFoldK - 1) / kFoldK;
-  auto pad = [](int64_t r) { return (r + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; };
-  fold_mx_kernel<<<blocks_for(pad(p.M) * kblocks * 4), 128, 0, stream>>>(
-      p.a_codes, p.a_scales, p.layout, p.M, pad(p.M), p.K, ws + w.a_operand, reinterpret_cast<float*>(ws + w.a_factors));
+  const int64_t a_pad = matmul_sm90_row_pad(p.M), b_pad = matmul_sm90_row_pad(p.N);
+  fold_mx_kernel<<<blocks_for(a_pad * kblocks * 4), 128, 0, stream>>>(
+      p.a_codes, p.a_scales, p.layout, p.M, a_pad, p.K, ws + w.a_operand, reinterpret_cast<float*>(ws + w.a_factors));
   cudaError_t err = cudaMemsetAsync(ws + w.b_flags, 0, w.bytes - w.b_flags, stream);
   if (err != cudaSuccess) return err;
-  fold_mx_rows_kernel<<<blocks_for(pad(p.N) * 32), 128, 0, stream>>>(
-      p.b_codes, p.b_scales, p.layout, p.N, pad(p.N), p.K, ws + w.b_operand, reinterpret_cast<float*>(ws + w.b_factors),
+  fold_mx_rows_kernel<<<blocks_for(b_pad * 32), 128, 0, stream>>>(
+      p.b_codes, p.b_scales, p.layout, p.N, b_pad, p.K, ws + w.b_operand, reinterpret_cast<float*>(ws + w.b_factors),
       reinterpret_cast<float*>(ws + w.b_row), reinterpret_cast<int*>(ws + w.b_flags));
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
@@ -881,15 +874,16 @@ cudaError_t matmul_nvfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
   const MatmulSm90Workspace w = matmul_sm90_workspace(Format::kNvFp4, p.M, p.N, p.K, p.config);
   if (!valid(p, Format::kNvFp4, kMatmulSm90NvTileCount, w) || p.a_global == nullptr || p.b_global == nullptr)
     return cudaErrorInvalidValue;
-  if (kMatmulSm90NvTiles[p.config].decode) return launch_config<false, kMatmulSm90NvTiles, kMatmulSm90NvTileCount>(p, w, stream);
-  unsigned char* ws = static_cast<unsigned char*>(p.workspace);
-  const int64_t groups = p.K / core::kNvGroup;
-  decode_nv_kernel<<<blocks_for(2 * p.M * groups), 128, 0, stream>>>(p.a_codes, p.a_scales, p.layout, p.M, p.K,
-                                                                  reinterpret_cast<__nv_bfloat16*>(ws + w.a_operand));
-  decode_nv_kernel<<<blocks_for(2 * p.N * groups), 128, 0, stream>>>(p.b_codes, p.b_scales, p.layout, p.N, p.K,
-                                                                  reinterpret_cast<__nv_bfloat16*>(ws + w.b_operand));
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
+  if (!kMatmulSm90NvTiles[p.config].decode) {  // the operand pass: both operands as bf16 into the workspace
+    unsigned char* ws = static_cast<unsigned char*>(p.workspace);
+    const int64_t groups = p.K / core::kNvGroup;
+    decode_nv_kernel<<<blocks_for(2 * p.M * groups), 128, 0, stream>>>(p.a_codes, p.a_scales, p.layout, p.M, p.K,
+                                                                    reinterpret_cast<__nv_bfloat16*>(ws + w.a_operand));
+    decode_nv_kernel<<<blocks_for(2 * p.N * groups), 128, 0, stream>>>(p.b_codes, p.b_scales, p.layout, p.N, p.K,
+                                                                    reinterpret_cast<__nv_bfloat16*>(ws + w.b_operand));
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
   return launch_config<false, kMatmulSm90NvTiles, kMatmulSm90NvTileCount>(p, w, stream);
 }
 

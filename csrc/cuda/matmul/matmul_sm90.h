@@ -13,8 +13,7 @@
 // What the plan must check before choosing these launchers (nothing here re-checks it):
 //   - GpuInfo::runs_sm90() and a build with FPQUANT_SM90_KERNELS=1.
 //   - M >= 1, N >= 1, K >= group, K % group == 0 (MXFP4 32, NVFP4 16); M, N, K < 2^31 / 2 and the tile count
-//     below 2^31 (int indexing
-//     of rows and k; every byte offset is 64-bit).
+//     below 2^31 (int indexing of rows and k; every byte offset is 64-bit).
 //   - a_codes, b_codes 16-byte aligned (row pitch K/2 is then 16-byte aligned for MXFP4; for NVFP4 the
 //     pass reads 8-byte words, so 8-byte alignment suffices there, 16 is asked for simplicity).
 //   - scale pointers: any alignment (read bytewise); both layouts (linear, blocked 128x4) are handled by

@@ -68,6 +68,7 @@ inline int matmul_sm90_tile(core::Format format, int64_t M, int64_t N, int num_s
 // the array).
 inline constexpr int64_t kMatmulSm90FoldK = 128;
 inline constexpr int64_t kMatmulSm90RowPad = 768;
+inline int64_t matmul_sm90_row_pad(int64_t rows) { return (rows + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; }
 // Rows of B per entry of the MXFP4 per-block flags (a divisor of every tile's columns and of the padding).
 inline constexpr int64_t kMatmulSm90FlagCols = 64;
 
@@ -87,15 +88,14 @@ inline MatmulSm90Workspace matmul_sm90_workspace(core::Format format, int64_t M,
   const bool in_gemm = !mx && config >= 0 && config < kMatmulSm90NvTileCount && kMatmulSm90NvTiles[config].decode;
   const size_t elem = mx ? 1 : (in_gemm ? 0 : 2);  // E4M3 or bfloat16 per element (none: decoded in the GEMM)
   const int64_t kb = (K + kMatmulSm90FoldK - 1) / kMatmulSm90FoldK;
-  auto pad = [](int64_t r) { return (r + kMatmulSm90RowPad - 1) / kMatmulSm90RowPad * kMatmulSm90RowPad; };
   MatmulSm90Workspace w{};
   w.a_operand = 0;
   w.b_operand = align(w.a_operand + static_cast<size_t>(M) * static_cast<size_t>(K) * elem);
   w.a_factors = align(w.b_operand + static_cast<size_t>(N) * static_cast<size_t>(K) * elem);
-  w.b_factors = align(w.a_factors + (mx ? static_cast<size_t>(kb * pad(M)) * 4 : 0));
-  w.b_row = align(w.b_factors + (mx ? static_cast<size_t>(kb * pad(N)) * 4 : 0));
-  w.b_flags = align(w.b_row + (mx ? static_cast<size_t>(pad(N)) * 4 : 0));
-  w.bytes = align(w.b_flags + (mx ? static_cast<size_t>(pad(N) / kMatmulSm90FlagCols) * 4 : 0));
+  w.b_factors = align(w.a_factors + (mx ? static_cast<size_t>(kb * matmul_sm90_row_pad(M)) * 4 : 0));
+  w.b_row = align(w.b_factors + (mx ? static_cast<size_t>(kb * matmul_sm90_row_pad(N)) * 4 : 0));
+  w.b_flags = align(w.b_row + (mx ? static_cast<size_t>(matmul_sm90_row_pad(N)) * 4 : 0));
+  w.bytes = align(w.b_flags + (mx ? static_cast<size_t>(matmul_sm90_row_pad(N) / kMatmulSm90FlagCols) * 4 : 0));
   return w;
 }
 
