@@ -15,7 +15,8 @@ import fpquant_ext as fq
 
 from conftest import diverse_tensor, replay_matches
 from matmul_helpers import check_against_reference as check
-from matmul_helpers import add_nan_groups_and_a_zero_row, poison_allocator, random_operand
+from matmul_helpers import (add_nan_groups_and_a_zero_row, gpu_and_reference, poison_allocator, random_operand,
+                            run_matmul, to_cuda)
 from matmul_helpers import quantize_operand as quantized
 
 pytestmark = pytest.mark.cuda
@@ -33,21 +34,6 @@ def _hopper_only():
         yield
 
 
-def run(fmt, a, sa, b, sb, layout, out_dtype, bias=None, ga=None, gb=None):
-    if fmt == "mxfp4":
-        return fq.matmul_mxfp4(a, sa, b, sb, layout, out_dtype, bias)
-    return fq.matmul_nvfp4(a, sa, ga, b, sb, gb, layout, out_dtype, bias)
-
-
-def both(fmt, a, sa, b, sb, layout, out_dtype, bias=None, ga=None, gb=None):
-    """(GPU result on the CPU, CPU reference)."""
-    cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
-    got = run(fmt, cuda(a), cuda(sa), cuda(b), cuda(sb), layout, out_dtype, cuda(bias), cuda(ga), cuda(gb))
-    torch.cuda.synchronize()
-    ref = run(fmt, a, sa, b, sb, layout, out_dtype, bias, ga, gb)
-    return got.cpu(), ref
-
-
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 @pytest.mark.parametrize("layout", ["linear", "blocked"])
 @pytest.mark.parametrize("out_dtype", OUT_DTYPES)
@@ -60,7 +46,7 @@ def test_quantized_data_all_dtypes_layouts(fmt, layout, out_dtype, bias_dtype, s
     a, sa, ga = quantized(x, fmt, layout)
     b, sb, gb = quantized(w, fmt, layout)
     bias = None if bias_dtype is None else torch.randn(N, generator=torch.Generator().manual_seed(seed + 2)).to(bias_dtype)
-    got, ref = both(fmt, a, sa, b, sb, layout, out_dtype, bias, ga, gb)
+    got, ref = gpu_and_reference(fmt, a, sa, ga, b, sb, gb, layout, out_dtype, bias)
     check(got, ref, TOL[out_dtype])
 
 
@@ -79,7 +65,7 @@ def test_every_tile_walks_several_tiles_per_cta(fmt, config, seed):
     b, sb, gb = quantized(w, fmt, "linear")
     with fq.tuning.plan_override(matmul_path="sm90", matmul_config=config):
         for out_dtype in (torch.float32, torch.bfloat16):
-            got, ref = both(fmt, a, sa, b, sb, "linear", out_dtype, None, ga, gb)
+            got, ref = gpu_and_reference(fmt, a, sa, ga, b, sb, gb, "linear", out_dtype)
             check(got, ref, TOL[out_dtype])
 
 
@@ -100,7 +86,7 @@ def test_long_k(fmt, K, seed):
     w = torch.randn(N, K, generator=gen) * 0.02
     a, sa, ga = quantized(x, fmt, "linear")
     b, sb, gb = quantized(w, fmt, "linear")
-    got, ref = both(fmt, a, sa, b, sb, "linear", torch.float32, None, ga, gb)
+    got, ref = gpu_and_reference(fmt, a, sa, ga, b, sb, gb, "linear", torch.float32)
     err = check(got, ref, TOL[torch.float32])
     print(f"{fmt} K={K}: rel. Frobenius error {err:.2e}")
 
@@ -114,7 +100,7 @@ def test_mxfp4_scales_far_beyond_the_window(layout, K, seed):
     M, N = 200, 136
     a, sa = random_operand(M, K, "mxfp4", gen, layout=layout)
     b, sb = random_operand(N, K, "mxfp4", gen, layout=layout)
-    got, ref = both("mxfp4", a, sa, b, sb, layout, torch.float32)
+    got, ref = gpu_and_reference("mxfp4", a, sa, None, b, sb, None, layout, torch.float32)
     err = check(got, ref, TOL[torch.float32])
     print(f"K={K} {layout}: rel. Frobenius error {err:.2e}")
 
@@ -136,7 +122,7 @@ def test_mxfp4_b_rows_with_one_factor_and_per_block(config, seed):
     su[700, 2] = 0xFF
     with fq.tuning.plan_override(matmul_path="sm90", matmul_config=config):
         for out_dtype in (torch.float32, torch.bfloat16):
-            got, ref = both("mxfp4", a, sa, b, sb, "linear", out_dtype)
+            got, ref = gpu_and_reference("mxfp4", a, sa, None, b, sb, None, "linear", out_dtype)
             assert ref[:, 700].isnan().all()
             check(got, ref, TOL[out_dtype])
 
@@ -147,7 +133,7 @@ def test_nvfp4_random_scales(seed):
     a, sa = random_operand(M, K, "nvfp4", gen)
     b, sb = random_operand(N, K, "nvfp4", gen)
     ga, gb = torch.tensor([3.5]), torch.tensor([0.25])
-    got, ref = both("nvfp4", a, sa, b, sb, "linear", torch.float32, None, ga, gb)
+    got, ref = gpu_and_reference("nvfp4", a, sa, ga, b, sb, gb, "linear", torch.float32)
     check(got, ref, TOL[torch.float32])
 
 
@@ -176,10 +162,10 @@ def test_nvfp4_every_tile_layout_and_load_width(config, layout, K, scale_offset,
     if layout == "blocked":
         sa, sb = fq.swizzle_scales(sa), fq.swizzle_scales(sb)
     ga, gb = torch.tensor([3.5]), torch.tensor([0.25])
-    ref = run("nvfp4", a, sa, b, sb, layout, torch.float32, None, ga, gb)
+    ref = run_matmul("nvfp4", a, sa, ga, b, sb, gb, layout, torch.float32, None)
     with fq.tuning.plan_override(matmul_path="sm90", matmul_config=config):
-        got = run("nvfp4", a.cuda(), off_by(sa, scale_offset), b.cuda(), off_by(sb, scale_offset), layout,
-                  torch.float32, None, ga.cuda(), gb.cuda())
+        got = run_matmul("nvfp4", a.cuda(), off_by(sa, scale_offset), ga.cuda(), b.cuda(), off_by(sb, scale_offset),
+                         gb.cuda(), layout, torch.float32, None)
     assert ref[3].isnan().all() and ref[:, 7].isnan().all()
     check(got.cpu(), ref, TOL[torch.float32])
 
@@ -211,7 +197,7 @@ def test_nan_groups_and_zero_rows(fmt, seed):
     b, sb = random_operand(N, K, fmt, gen, span=20)
     add_nan_groups_and_a_zero_row(a, sa, sb, fmt)  # NaN rows 3 and 100, columns 7 and 135; zero row 10
     ga = gb = None if fmt == "mxfp4" else torch.tensor([1.0])
-    got, ref = both(fmt, a, sa, b, sb, "linear", torch.float32, None, ga, gb)
+    got, ref = gpu_and_reference(fmt, a, sa, ga, b, sb, gb, "linear", torch.float32)
     assert ref[3].isnan().all() and ref[:, 7].isnan().all()
     check(got, ref, TOL[torch.float32])
     assert (got[10][~ref[10].isnan()] == 0).all()
@@ -226,13 +212,12 @@ def test_poisoned_output_is_fully_written(fmt, out_dtype, seed):
     w = torch.randn(N, K, generator=torch.Generator().manual_seed(seed + 1))
     a, sa, ga = quantized(x, fmt, "linear")
     b, sb, gb = quantized(w, fmt, "linear")
-    cuda = lambda t: None if t is None else t.cuda()  # noqa: E731
-    args = (cuda(a), cuda(sa), cuda(b), cuda(sb), "linear", out_dtype, None, cuda(ga), cuda(gb))
+    args = to_cuda(a, sa, ga, b, sb, gb)
     poison_allocator()
-    got = run(fmt, *args)
+    got = run_matmul(fmt, *args, "linear", out_dtype, None)
     torch.cuda.synchronize()
     assert not got.isnan().any()
-    check(got.cpu(), run(fmt, a, sa, b, sb, "linear", out_dtype, None, ga, gb), TOL[out_dtype])
+    check(got.cpu(), run_matmul(fmt, a, sa, ga, b, sb, gb, "linear", out_dtype, None), TOL[out_dtype])
 
 
 def test_batched_a_and_cuda_graph(seed):
