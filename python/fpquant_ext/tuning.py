@@ -79,7 +79,7 @@ class MatmulPlan:
     path: str  # one of MATMUL_PATHS
     config: int  # tile index into MATMUL_TILES[path] (sm100 / sm120); 0 for generic
     swizzle_scales: bool  # linear scales are swizzled to the blocked layout first (the CUTLASS kernels read blocked)
-    workspace_bytes: int  # the launcher's workspace (the NVFP4 alpha of the CUTLASS paths)
+    workspace_bytes: int  # the launcher's workspace (sm90: the converted operands; CUTLASS: the NVFP4 alpha)
     note: Optional[str]  # why a GPU with kernels for the problem still takes the generic path
     unswizzle_scales: bool = False  # w4a16: B's blocked scales are unswizzled first (linear_w4a16 reads linear)
 
@@ -146,8 +146,8 @@ def plan_override(*, w4a16_path: Optional[str] = None, w4a16_config: Optional[in
             bfloat16 one, N a multiple of 32 and K of 128, on a GPU of compute capability 8.0 or newer.
         matmul_config: the tile of the sm100 / sm120 path (an index into :data:`MATMUL_TILES`) or of the sm90
             path (matmul_sm90_tiles.h: MXFP4 0-3, NVFP4 0-7; 2, 3, 6 and 7 persistent; NVFP4 4-7 decode the
-            packed operands in the GEMM instead of an operand pass). The w4a16 path has none (its
-            kernel follows the W4A16 plan, which ``w4a16_path`` / ``w4a16_config`` / ``w4a16_splits`` steer).
+            packed operands in the GEMM instead of an operand pass). The w4a16 path has none (its kernel
+            follows the W4A16 plan, which ``w4a16_path`` / ``w4a16_config`` / ``w4a16_splits`` steer).
     """
     if w4a16_config is not None and w4a16_config < 0:
         raise ValueError(f"w4a16_config must be >= 0, got {w4a16_config}")
