@@ -33,6 +33,11 @@ def kernel_split(fn):
     return out
 
 
+def save(path, rows):
+    with open(path, "w") as f:
+        json.dump({"meta": run_meta(timing="CUDA-graph medians per call"), "rows": rows}, f, indent=1)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
@@ -54,14 +59,13 @@ def main():
                 row = {"M": M, "N": N, "K": K, "format": fmt, "tile": c, "ms": t, "bf16_ms": bf16,
                        "vs_bf16": bf16 / t, "kernels_us": split}
                 rows.append(row)
+                if args.json:  # after every row: a step cut short by its time limit keeps what it measured
+                    save(args.json, rows)
                 print(f"{M}x{N}x{K} {fmt} tile {c}: {t * 1e3:.1f} us ({bf16 / t:.2f}x bf16 {bf16 * 1e3:.1f} us)  "
                       + ", ".join(f"{k}: {v}" for k, v in split.items()), flush=True)
             del pairs
         del xs, ws
         torch.cuda.empty_cache()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": run_meta(timing="CUDA-graph medians per call"), "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""save_quantized -> load_quantized reproduces the model's outputs bit for bit, in each format."""
+"""save_quantized -> load_quantized reproduces the model's outputs bit for bit, in each format; saving never
+loses a model it should not replace."""
+
+import json
+import os
 
 import pytest
 import torch
 
 import fpquant_ext as fq
-from fpquant_ext.io import inspect_checkpoint, load_quantized, save_quantized
+from fpquant_ext.io import CheckpointError, inspect_checkpoint, load_quantized, save_quantized
 
 from io_helpers import converted, fp4_layers, make_model, read
 
@@ -102,3 +106,48 @@ def test_tiny_llama_round_trip(tmp_path):
     load_quantized(fresh, str(tmp_path))
     assert len(fp4_layers(fresh)) == 14
     assert torch.equal(fresh(ids).logits, expected)
+
+
+def test_saving_again_replaces_the_earlier_checkpoint_and_its_shards(tmp_path):
+    # An earlier quantized checkpoint in the directory, sharded (as other tools write them): the new save
+    # must be what loads, not the index and shards left behind, and no temporary file stays.
+    ckpt = str(tmp_path)
+    old_config = fq.FP4Config(format="mxfp4")
+    save_quantized(converted(old_config, seed=5), ckpt, "fp-quant", old_config)
+    cfg, tensors = read(ckpt)
+    half = sorted(tensors)[: len(tensors) // 2]
+    from safetensors.torch import save_file
+    shards = {"model-00001-of-00002.safetensors": {k: tensors[k] for k in half},
+              "model-00002-of-00002.safetensors": {k: v for k, v in tensors.items() if k not in half}}
+    for name, part in shards.items():
+        save_file(part, str(tmp_path / name))
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: n for n, part in shards.items() for k in part}}))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    config = fq.FP4Config(format="nvfp4")
+    model = converted(config, seed=6)
+    save_quantized(model, ckpt, "fp-quant", config)
+    assert sorted(os.listdir(ckpt)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    fresh = make_model(seed=7)
+    load_quantized(fresh, ckpt)
+    assert fresh.blocks[0]["up"].format == "nvfp4"
+    assert torch.equal(fresh.blocks[0]["up"].qweight.dequantize(), model.blocks[0]["up"].qweight.dequantize())
+
+
+@pytest.mark.parametrize("existing", ["unquantized", "weights_only", "bad_json"])
+def test_never_overwrites_a_model_that_is_not_a_quantized_checkpoint(tmp_path, existing):
+    # Most likely the directory of the model being quantized: its files must stay as they were.
+    files = {"model.safetensors": b"original weights"}
+    if existing == "unquantized":
+        files["config.json"] = json.dumps({"model_type": "llama"}).encode()
+    if existing == "bad_json":
+        files["config.json"] = b"{not json"
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    config = fq.FP4Config(format="mxfp4")
+    with pytest.raises(CheckpointError, match="not overwriting it; save the quantized checkpoint to another directory"):
+        save_quantized(converted(config), str(tmp_path), "fp-quant", config)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+    with pytest.raises(CheckpointError, match="is not a directory"):
+        save_quantized(converted(config), str(tmp_path / "model.safetensors"), "fp-quant", config)

@@ -78,6 +78,20 @@ def test_skip_reasons_never_crash():
     assert dict(only.skipped)["keep"] == "matches no include pattern"
 
 
+def test_nothing_converted_warns_with_the_reasons():
+    model = nn.Sequential(nn.Linear(60, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match=r"converted no Linear layer \(K=60 is not a multiple of the group 32; "
+                                         r"K=8 is not a multiple of the group 32\)"):
+        s = quantize_model(model, FP4Config(), progress=False)
+    assert "converted no Linear layer" in str(s) and "nan" not in str(s)
+    assert all(type(m) is not FP4Linear for m in model.modules())
+    with pytest.warns(UserWarning, match=r"the model has no nn.Linear"):
+        quantize_model(nn.Sequential(nn.ReLU()), FP4Config(), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quantize_model(nn.Sequential(nn.Linear(64, 8)), FP4Config(), progress=False)
+
+
 def test_shared_module_replaced_everywhere():
     shared = nn.Linear(64, 64)
     model = nn.ModuleDict({"a": nn.Sequential(shared), "b": nn.Sequential(shared)})

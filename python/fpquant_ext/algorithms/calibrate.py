@@ -30,7 +30,7 @@ from torch import nn
 
 from ..nn.config import FP4Config
 from ..nn.convert import (ConversionSummary, ConvertedLayer, _nbytes, _Progress, begin_act_calibration,
-                          end_act_calibration, linear_layers)
+                          end_act_calibration, linear_layers, warn_if_nothing_converted)
 from ..nn.linear import FP4Linear
 from ..nn.weight import QuantizedWeight
 from .gptq import gptq_quantize
@@ -292,5 +292,6 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
     if any(bool(torch.isnan(m.act_global_scale).any()) for m in static):
         summary.notes.append("some layers outside the blocks have no static activation scale yet: run "
                              "calibrate_activations(model) on calibration data")
+    warn_if_nothing_converted(summary)
     return summary
 

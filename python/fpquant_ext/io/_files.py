@@ -55,7 +55,13 @@ def read_tensors(ckpt_dir: str) -> dict[str, torch.Tensor]:
 
 
 def write_checkpoint(out_dir: str, tensors: dict[str, torch.Tensor], config: dict) -> None:
+    """Write model.safetensors and config.json into out_dir, replacing an earlier quantized checkpoint there
+    (its shards and index too, which would otherwise be read instead of the new file). Refuses a directory
+    that holds anything else a model is made of (an unquantized model, most likely the one being quantized).
+    Each file is written beside its final name and renamed into place: an interrupted save leaves the
+    earlier file whole."""
     st = _safetensors()
+    _check_replaceable(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     seen: set[int] = set()
     out = {}
@@ -66,9 +72,52 @@ def write_checkpoint(out_dir: str, tensors: dict[str, torch.Tensor], config: dic
             t = t.clone()
         seen.add(t.untyped_storage().data_ptr())
         out[name] = t
-    st.save_file(out, os.path.join(out_dir, WEIGHTS_NAME), metadata={"format": "pt"})
-    with open(os.path.join(out_dir, CONFIG_NAME), "w") as f:
+    weights, conf = os.path.join(out_dir, WEIGHTS_NAME), os.path.join(out_dir, CONFIG_NAME)
+    st.save_file(out, weights + ".tmp", metadata={"format": "pt"})
+    with open(conf + ".tmp", "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
+    stale = _index_shards(out_dir)
+    os.replace(weights + ".tmp", weights)
+    os.replace(conf + ".tmp", conf)
+    for path in stale:
+        if os.path.exists(path) and path != weights:
+            os.remove(path)
+
+
+def _index_shards(ckpt_dir: str) -> list[str]:
+    """The shard index of ckpt_dir and the files it names (within ckpt_dir), if it has one."""
+    index = os.path.join(ckpt_dir, INDEX_NAME)
+    if not os.path.exists(index):
+        return []
+    try:
+        with open(index) as f:
+            shards = set(json.load(f)["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        shards = set()
+    return [os.path.join(ckpt_dir, s) for s in sorted(shards) if s == os.path.basename(s)] + [index]
+
+
+def _check_replaceable(out_dir: str) -> None:
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise CheckpointError(f"{out_dir} exists and is not a directory")
+    conf = os.path.join(out_dir, CONFIG_NAME)
+    weights = [n for n in (WEIGHTS_NAME, INDEX_NAME) if os.path.exists(os.path.join(out_dir, n))]
+    if not os.path.exists(conf):
+        if weights:
+            raise CheckpointError(f"{out_dir} holds {weights[0]} without a {CONFIG_NAME}: not overwriting it; "
+                                  "save the quantized checkpoint to another directory")
+        return
+    try:
+        with open(conf) as f:
+            quantized = bool(json.load(f).get("quantization_config"))
+    except (ValueError, AttributeError):
+        quantized = False
+    if not quantized:
+        raise CheckpointError(f"{out_dir} holds a model that is not a quantized checkpoint ({CONFIG_NAME} has no "
+                              "quantization_config): not overwriting it; save the quantized checkpoint to another "
+                              "directory")
 
 
 def take(tensors: dict[str, torch.Tensor], key: str, dtypes: Union[torch.dtype, Sequence[torch.dtype]],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import sys
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional
@@ -58,9 +59,11 @@ class ConversionSummary:
             head += f", activations '{cfg.act_method}'"
         lines = [f"quantize_model: {head}, rotation {cfg.rotation}"
                  + ("" if cfg.rotation == "none" else f" ({cfg.rotation_size})")]
-        ratio = self.bytes_before / self.bytes_after if self.bytes_after else float("nan")
-        lines.append(f"converted {len(self.converted)} Linear layers: {_mib(self.bytes_before)} -> "
-                     f"{_mib(self.bytes_after)} ({ratio:.2f}x smaller)")
+        if self.converted:
+            lines.append(f"converted {len(self.converted)} Linear layers: {_mib(self.bytes_before)} -> "
+                         f"{_mib(self.bytes_after)} ({self.bytes_before / self.bytes_after:.2f}x smaller)")
+        else:
+            lines.append("converted no Linear layer")
         if cfg.rotation != "none":
             for size, n in sorted(self.rotation_sizes.items(), key=lambda kv: -(kv[0] or 0)):
                 if size != cfg.rotation_size:
@@ -204,7 +207,16 @@ def quantize_model(model: nn.Module, config: Optional[FP4Config] = None, progres
             bar.update(name)
     finally:
         bar.close()
+    warn_if_nothing_converted(summary)
     return summary
+
+
+def warn_if_nothing_converted(summary: ConversionSummary) -> None:
+    """A model left as it was is almost always a mistake (a wrong ``include`` pattern, every K off the
+    group), and the summary alone is easy to miss."""
+    if not summary.converted:
+        reasons = "; ".join(sorted({reason for _, reason in summary.skipped})[:3]) or "the model has no nn.Linear"
+        warnings.warn(f"quantize_model converted no Linear layer ({reasons})", stacklevel=3)
 
 
 @contextlib.contextmanager
