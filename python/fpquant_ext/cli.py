@@ -98,12 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cols", type=_positive, default=4096)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default=None, help="cpu (default) or cuda")
-    demo.add_argument("--rotation", default="none", help="none, hadamard, random_hadamard, dct, dst, gsr, identity")
-    demo.add_argument("--rotation-size", type=int, default=32)
+    rotations = ["none", *sorted(ROTATIONS)]
+    demo.add_argument("--rotation", choices=rotations, default="none", help="rotation before quantizing (default none)")
+    demo.add_argument("--rotation-size", type=int, choices=ROTATION_SIZES, default=32)
     demo.add_argument("--json", action="store_true", help="also print the results as JSON")
     demo.set_defaults(func=_demo)
 
-    rotations = ["none", *sorted(ROTATIONS)]
     q = sub.add_parser(
         "quantize", help="quantize an LLM's Linear layers to FP4 and print perplexity before and after",
         description="Without --format: the perplexity table (baseline, MXFP4 and NVFP4, each without and with "

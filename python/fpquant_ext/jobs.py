@@ -41,7 +41,7 @@ def _load(model, dtype: torch.dtype):
     try:
         return models.load_model(model, dtype)
     except models.ModelNotFound as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(str(e), 2 if e.usage else 1) from None
 
 
 def _text(path: Optional[str], option: str, default) -> str:
@@ -56,6 +56,12 @@ def _text(path: Optional[str], option: str, default) -> str:
         return default()
     except data.DataNotFound as e:
         raise CLIError(f"{e}; or pass {option} FILE") from None
+
+
+def _check_readable(path: Optional[str], option: str) -> None:
+    """A text file named on the command line, checked before the model loads (a typo is bad usage)."""
+    if path is not None and not Path(path).expanduser().is_file():
+        raise CLIError(f"{option} {Path(path).expanduser()}: no such file", 2)
 
 
 def _eval_ids(args: argparse.Namespace, tokenizer) -> tuple[torch.Tensor, str]:
@@ -144,6 +150,8 @@ def _convert(base, config, args, tokenizer):
 
 
 def _check_quantize_usage(args: argparse.Namespace) -> bool:
+    _check_readable(args.text, "--text")
+    _check_readable(args.calib, "--calib")
     table = args.table or args.format is None
     if table and args.format is not None:
         raise CLIError("--table prints every format; drop --format (or --table)", 2)
@@ -276,6 +284,7 @@ def _export(model, config, base, tokenizer, args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    _check_readable(args.text, "--text")
     dtype = _setup(args)
     start = time.perf_counter()
     try:

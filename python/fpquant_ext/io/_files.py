@@ -39,6 +39,9 @@ def weight_files(ckpt_dir: str) -> list[str]:
 
 
 def read_config(ckpt_dir: str) -> dict:
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir}: no such directory" if not os.path.exists(ckpt_dir)
+                              else f"{ckpt_dir} is not a checkpoint directory")
     path = os.path.join(ckpt_dir, CONFIG_NAME)
     if not os.path.exists(path):
         raise CheckpointError(f"{ckpt_dir}: no {CONFIG_NAME}")
