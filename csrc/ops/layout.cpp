@@ -72,7 +72,8 @@ std::tuple<at::Tensor, at::Tensor> pack_w4a16(const at::Tensor& codes, const at:
   const at::Tensor packed = bytes_of(nib.permute(kCanonicalDims).contiguous()).view({T, A, core::kPackAtomBytes});
   const int64_t per_row = core::kPackK / core::group_size(f);
   const at::Tensor s = scales.view(at::kByte).view({T, core::kPackRows, A, per_row}).permute({0, 2, 1, 3});
-  return {packed, s.contiguous().view({T, A, core::kPackRows * per_row}).view(scales.scalar_type())};
+  // A copy even where the permutation is the identity (K = 64): an op's outputs never alias its inputs.
+  return {packed, s.clone(at::MemoryFormat::Contiguous).view({T, A, core::kPackRows * per_row}).view(scales.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor> unpack_w4a16(const at::Tensor& codes, const at::Tensor& scales,
@@ -86,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor> unpack_w4a16(const at::Tensor& codes, const a
   const at::Tensor nib = nibbles(codes).view({T, A, 8, 4, 2, 2, 2, 2, 2});
   const at::Tensor canonical = bytes_of(nib.permute(kPackedDims).contiguous()).view({w.N, w.K / 2});
   const at::Tensor s = scales.view(at::kByte).view({T, A, core::kPackRows, per_row}).permute({0, 2, 1, 3});
-  return {canonical, s.contiguous().view({w.N, A * per_row}).view(scales.scalar_type())};
+  return {canonical, s.clone(at::MemoryFormat::Contiguous).view({w.N, A * per_row}).view(scales.scalar_type())};
 }
 
 TORCH_LIBRARY_IMPL(fpquant, CompositeExplicitAutograd, m) {

@@ -8,6 +8,7 @@ missing one.
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Union
 
 import torch
@@ -39,7 +40,7 @@ def _global_scale(op: str, name: str, g, ref: torch.Tensor) -> torch.Tensor:
     if g is None:
         raise TypeError(f"{op}: {name} is required for NVFP4 (the float32 global scale the weight or tensor was "
                         f"quantized with, e.g. nvfp4_global_scale(x)), got None")
-    if isinstance(g, (int, float)) and not isinstance(g, bool):
+    if isinstance(g, numbers.Real) and not isinstance(g, bool):  # numpy scalars too
         return torch.tensor([float(g)], dtype=torch.float32, device=ref.device)
     return g
 
@@ -57,6 +58,8 @@ def quantize_mxfp4(
         rotation: optional r x r matrix (r in 16, 32, 64, 128) applied block-diagonally before quantizing
             (see :mod:`fpquant_ext.rotations`).
         method: scale rule, ``"floor"`` (OCP), ``"ceil"`` (never saturates) or ``"quest"`` (Gaussian fit).
+            Near float32's top, ``ceil`` can round a group's largest value up to 4 * 2^126 = 2^128: exact
+            codes and scale, but that element dequantizes to inf in float32 (``floor`` saturates instead).
         scale_layout: ``"linear"`` ([..., K/32]) or ``"blocked"`` (128x4 tiles for tensor cores).
 
     Returns:

@@ -321,6 +321,9 @@ def test_wrapper_accepts_a_python_float_global_scale():
     assert torch.equal(fq.linear_w4a16(a, codes, scales, value, format="nvfp4"),
                        fq.linear_w4a16(a, codes, scales, g, format="nvfp4"))
     assert torch.equal(fq.dequantize_nvfp4(codes, scales, 2), fq.dequantize_nvfp4(codes, scales, torch.tensor([2.0])))
+    np = pytest.importorskip("numpy")
+    c3, s3 = fq.quantize_nvfp4(w, np.float32(value))  # numpy scalars are numbers too
+    assert torch.equal(codes, c3) and torch.equal(scales.view(torch.uint8), s3.view(torch.uint8))
 
 
 def test_wrapper_passes_bad_global_scale_tensors_to_the_operator_checks():

@@ -151,3 +151,14 @@ def test_never_overwrites_a_model_that_is_not_a_quantized_checkpoint(tmp_path, e
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
     with pytest.raises(CheckpointError, match="is not a directory"):
         save_quantized(converted(config), str(tmp_path / "model.safetensors"), "fp-quant", config)
+
+
+def test_a_layer_under_two_names_loads_under_both(tmp_path):
+    config = fq.FP4Config(format="mxfp4")
+    model = converted(config)
+    save_quantized(model, str(tmp_path), "fp-quant", config)
+    fresh = make_model(seed=3)
+    fresh.blocks[0]["alias"] = fresh.blocks[0]["up"]  # one module, two attributes of one parent
+    load_quantized(fresh, str(tmp_path))
+    assert fresh.blocks[0]["alias"] is fresh.blocks[0]["up"]
+    assert torch.equal(fresh.blocks[0]["up"].qweight.dequantize(), model.blocks[0]["up"].qweight.dequantize())

@@ -540,7 +540,7 @@ def nv_value(code: int) -> float:
 def test_decode_nv_word_every_code_in_every_nibble():
     # Each of the 16 codes in each of the 8 nibbles, under scales across E4M3's range (subnormal, largest,
     # negative, NaN): element i is code_i x scale, exactly (a bf16 value), NaN for the NaN scale.
-    for sb in (0x01, 0x07, 0x08, 0x38, 0x3D, 0x7E, 0xB8, 0x7F):
+    for sb in (0x00, 0x01, 0x07, 0x08, 0x38, 0x3D, 0x7E, 0xB8, 0x80, 0x7F, 0xFF):
         scale = torch.tensor([sb], dtype=torch.uint8).view(torch.float8_e4m3fn).float()[0]
         for pos in range(8):
             for code in range(16):
@@ -601,8 +601,11 @@ def nv_operand(rows, K, layout, rng):
     """(codes bytes, scale bytes in `layout`, dequantized values) with NaN groups, one in a row's last group."""
     codes = rng.integers(0, 256, (rows, K // 2), dtype=np.uint8)
     lin = rng.integers(0x08, 0x7F, (rows, K // 16)).astype(np.uint8)
+    odd = rng.random(lin.shape)  # a few zero, subnormal and negative scales (a checkpoint may hold any byte)
+    lin[odd < 0.03] = rng.choice(np.array([0x00, 0x01, 0x05, 0x80, 0xB8, 0xFE], dtype=np.uint8), (odd < 0.03).sum())
     lin[rng.random(lin.shape) < 0.05] = 0x7F
     lin[3, -1] = 0x7F
+    lin[4, 0] = 0xFF
     st = torch.from_numpy(lin).view(torch.float8_e4m3fn)
     scales = (fq.swizzle_scales(st) if layout == "blocked" else st).view(torch.uint8).numpy().reshape(-1)
     nib = np.stack([codes & 0xF, codes >> 4], axis=-1).reshape(rows, K)

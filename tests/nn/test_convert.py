@@ -164,3 +164,34 @@ def test_progress_counter_on_stderr(capsys):
         assert "quantizing 2/2" in err
     else:
         assert "2/2" in err
+
+
+def test_string_where_a_list_is_expected_is_one_name():
+    def model():
+        return nn.ModuleDict({"body": nn.Linear(64, 64), "lm_head": nn.Linear(64, 10), "head2": nn.Linear(64, 8)})
+    m = model()
+    quantize_model(m, FP4Config(modules_to_not_convert="lm_head"), progress=False)
+    assert type(m["lm_head"]) is nn.Linear and isinstance(m["body"], FP4Linear)
+    m = model()
+    quantize_model(m, FP4Config(exclude="*head*", modules_to_not_convert=[]), progress=False)
+    assert [n for n, x in m.items() if isinstance(x, FP4Linear)] == ["body"]
+    m = model()
+    quantize_model(m, FP4Config(include="body"), progress=False)
+    assert [n for n, x in m.items() if isinstance(x, FP4Linear)] == ["body"]
+    assert FP4Config(include=("a", "b")).include == ["a", "b"]
+    for bad in (dict(exclude=3), dict(include=["a", 3]), dict(modules_to_not_convert=None)):
+        with pytest.raises(TypeError, match="must be a list of strings"):
+            FP4Config(**bad)
+
+
+def test_a_module_under_two_names_breaks_no_tie():
+    class Aliased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(64, 64)
+            self.alias = self.a
+
+    m = Aliased()
+    s = quantize_model(m, FP4Config(), progress=False)
+    assert m.a is m.alias and isinstance(m.a, FP4Linear)
+    assert not s.notes, s.notes

@@ -116,6 +116,12 @@ def test_dtype_and_device_behaviour():
         assert v.dtype == before[k].dtype and torch.equal(v.view(torch.uint8), before[k].view(torch.uint8)), k
     layer.half().double().float()
     assert layer.qweight.scales.dtype == torch.float8_e4m3fn and layer.qweight.global_scale.dtype == torch.float32
+    layer.type(torch.float16)  # converts every tensor it sees, uint8 ones too: the FP4 buffers must not be
+    for k in ("qweight.codes", "qweight.scales", "qweight.global_scale", "qweight.rotation"):
+        v = layer.state_dict()[k]
+        assert v.dtype == before[k].dtype and torch.equal(v.view(torch.uint8), before[k].view(torch.uint8)), k
+    assert layer.bias.dtype == torch.float16
+    layer.float()
     assert layer(torch.randn(2, 64)).dtype == torch.float32
     built = FP4Linear(64, 32, device="meta", dtype=torch.bfloat16, config=FP4Config(mode="qat"))
     assert built.weight.is_meta and built.weight.dtype == torch.bfloat16 and built.weight.requires_grad
@@ -145,3 +151,50 @@ def test_quantized_weight_state_dict_round_trip(seed):
     assert torch.equal(fresh.dequantize(), qw.dequantize())
     with pytest.raises(ValueError, match="scales must be"):
         QuantizedWeight(qw.codes, qw.scales.view(torch.uint8), qw.global_scale, format="nvfp4")
+
+
+MODES_CONFIGS = [dict(format="mxfp4"), dict(format="nvfp4", mode="w4a4"), dict(format="mxfp4", mode="w4a4"),
+                 dict(format="nvfp4", mode="pseudo", fake_quantize_activations=True), dict(format="mxfp4", mode="qat")]
+
+
+@pytest.mark.parametrize("kwargs", MODES_CONFIGS, ids=lambda k: "-".join(map(str, k.values())))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_batch_of_no_rows_gives_an_empty_output(kwargs, dtype):
+    layer = FP4Linear.from_linear(make_linear(64, 32, 0), FP4Config(**kwargs)).to(dtype)
+    for shape in [(0, 64), (2, 0, 64)]:
+        y = layer(torch.randn(shape, dtype=dtype))
+        assert y.shape == shape[:-1] + (32,) and y.dtype == dtype
+    with pytest.raises(Exception, match="64|48"):
+        layer(torch.randn(3, 48, dtype=dtype))  # K still checked
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_w4a4_behind_a_trainable_layer(fmt, seed):
+    # No gradient flows through the activation quantization (docs/nn.md): an input that requires grad is
+    # quantized like any other, never an error; the same in a compiled graph.
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 64), FP4Linear.from_linear(make_linear(64, 32, seed),
+                                                                   FP4Config(format=fmt, mode="w4a4")))
+    x = torch.randn(5, 64, generator=g)
+    with torch.no_grad():
+        expected = model(x)
+    y = model(x)
+    assert torch.equal(y, expected)
+    y.sum().backward()  # reaches the FP4 layer's bias, not the Linear before it
+    assert model[0].weight.grad is None and model[1].bias.grad is not None
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(model, fullgraph=True)(x), expected)
+
+
+def test_uncalibrated_static_layer_raises_when_compiled_too():
+    layer = FP4Linear.from_linear(make_linear(64, 32, 0), FP4Config(format="nvfp4", mode="w4a4",
+                                                                    act_global_scale="static"))
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, fullgraph=True)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="no calibrated value"):
+        compiled(torch.randn(2, 64))
+    with calibrate_activations(layer):
+        layer(torch.randn(8, 64))
+    with torch.no_grad():
+        x = torch.randn(2, 64)
+        assert torch.equal(compiled(x), layer(x))

@@ -40,11 +40,15 @@ def test_round_trip_and_shapes(fmt, N, K, seed):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_opcheck_cpu(fmt):
-    codes, scales = random_weight(32, 128, fmt, 1)
+@pytest.mark.parametrize("K", [64, 128])  # K = 64: one atom per row, the scale permutation is the identity
+def test_opcheck_cpu(fmt, K):
+    codes, scales = random_weight(32, K, fmt, 1)
     opcheck(torch.ops.fpquant.pack_w4a16.default, (codes, scales, fmt))
     pc, ps = fq.pack_w4a16(codes, scales, fmt)
     opcheck(torch.ops.fpquant.unpack_w4a16.default, (pc, ps, fmt))
+    c2, s2 = fq.unpack_w4a16(pc, ps, fmt)
+    for out, inp in [(pc, codes), (ps, scales), (c2, pc), (s2, ps)]:  # outputs never alias inputs
+        assert out.untyped_storage().data_ptr() != inp.untyped_storage().data_ptr()
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

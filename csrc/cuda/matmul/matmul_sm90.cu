@@ -393,7 +393,8 @@ struct GemmArgs {
   const float* b_global;
 };
 
-// NVFP4 tiles that decode in the GEMM: the packed operands. vec: K % 64 == 0 and 4-byte aligned scale arrays,
+// NVFP4 tiles that decode in the GEMM: the packed operands. vec: K % 64 == 0, 16-byte aligned codes (the
+// contract's; checked again, since the 16-byte loads would fault without it) and 4-byte aligned scale arrays,
 // so a row's stage is two 16-byte code loads and one 2-byte scale load. A parameter of its own rather than
 // fields of GemmArgs: with a larger GemmArgs, nvcc laid out the other tiles' kernels differently (a third of
 // their code size), and those are the measured ones.
@@ -818,7 +819,8 @@ cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, boo
     nv.b_codes = p.b_codes;
     nv.b_scales = p.b_scales;
     nv.layout = p.layout;
-    nv.vec = p.K % 64 == 0 && reinterpret_cast<uintptr_t>(p.a_scales) % 4 == 0 &&
+    nv.vec = p.K % 64 == 0 && reinterpret_cast<uintptr_t>(p.a_codes) % 16 == 0 &&
+             reinterpret_cast<uintptr_t>(p.b_codes) % 16 == 0 && reinterpret_cast<uintptr_t>(p.a_scales) % 4 == 0 &&
              reinterpret_cast<uintptr_t>(p.b_scales) % 4 == 0;
   }
   auto kernel = gemm_kernel<FP8, BN, STAGES, DECODE>;

@@ -15,7 +15,8 @@
 //   - M >= 1, N >= 1, K >= group, K % group == 0 (MXFP4 32, NVFP4 16); M, N, K < 2^31 / 2 and the tile count
 //     below 2^31 (int indexing of rows and k; every byte offset is 64-bit).
 //   - a_codes, b_codes 16-byte aligned (row pitch K/2 is then 16-byte aligned for MXFP4; for NVFP4 the
-//     pass reads 8-byte words, so 8-byte alignment suffices there, 16 is asked for simplicity).
+//     operand pass reads 4-byte words, and the decoding tiles 16-byte words where K % 64 == 0, 8-byte ones
+//     otherwise).
 //   - scale pointers: any alignment (read bytewise); both layouts (linear, blocked 128x4) are handled by
 //     index arithmetic (core::scale_offset).
 //   - out: [M, N] row-major, any alignment of the element type; out may be uninitialized (torch.empty): every

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..nn import FP4Config, FP4Linear
+from ..nn.convert import linear_places
 from . import compressed_tensors, fp_quant
 from ._files import CheckpointError, read_config, read_tensors, take, write_checkpoint
 from ._layers import LayerData, layer_data, loadable
@@ -92,11 +93,7 @@ def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) 
     quantized = [(n, m) for n, m in linears if f"{n}.{fmt.MARKER}" in tensors]
     fmt.check_selection(plan, qc, [n for n, _ in quantized])
 
-    places: dict[int, list[tuple[nn.Module, str]]] = {}
-    for _, parent in model.named_modules(remove_duplicate=False):
-        for child_name, child in parent.named_children():
-            places.setdefault(id(child), []).append((parent, child_name))
-
+    places = linear_places(model)
     for name, lin in quantized:
         data = fmt.import_layer(name, tensors, lin.out_features, lin.in_features, lin.bias is not None,
                                 lin.bias.dtype if lin.bias is not None else lin.weight.dtype, plan)

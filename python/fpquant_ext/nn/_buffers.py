@@ -32,7 +32,12 @@ class FixedDtypeBuffers(nn.Module):
                 self._buffers[name] = buf
         for name, buf in held.items():
             # fn sees raw bytes: conversions of floating-point tensors cannot touch them, moves still apply.
-            self._buffers[name] = fn(buf.view(torch.uint8)).view(buf.dtype)
+            # Module.type(dtype) converts every tensor, uint8 too: then only the move is kept.
+            raw = buf.view(torch.uint8)
+            moved = fn(raw)
+            if moved.dtype != torch.uint8:
+                moved = raw.to(moved.device)
+            self._buffers[name] = moved.view(buf.dtype)
         self._after_apply()
         return self
 

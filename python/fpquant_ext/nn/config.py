@@ -78,6 +78,7 @@ class FP4Config:
         modules_to_not_convert: module names (or dotted name components) never converted.
         include: fnmatch patterns of module names to convert (None: all).
         exclude: fnmatch patterns of module names never converted.
+        (Each of the last three takes a list of strings; a single string is one name or pattern.)
     """
 
     format: str = "mxfp4"
@@ -101,6 +102,9 @@ class FP4Config:
     exclude: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.modules_to_not_convert = _names("modules_to_not_convert", self.modules_to_not_convert)
+        self.include = None if self.include is None else _names("include", self.include)
+        self.exclude = _names("exclude", self.exclude)
         _choice("format", self.format, FORMATS)
         _choice("mode", self.mode, MODES)
         default = "floor" if self.format == "mxfp4" else "absmax"
@@ -180,6 +184,19 @@ class FP4Config:
         if self.rotation == "gsr":
             return rotations.gsr(size, group_size=self.group)
         return rotations.get_rotation(self.rotation, size)
+
+
+def _names(name: str, value) -> list[str]:
+    """A list of names or patterns; one string is one name (iterated, it would be its characters)."""
+    if isinstance(value, str):
+        return [value]
+    try:
+        names = list(value)
+    except TypeError:
+        raise TypeError(f"FP4Config: {name} must be a list of strings, got {value!r}") from None
+    if not all(isinstance(n, str) for n in names):
+        raise TypeError(f"FP4Config: {name} must be a list of strings, got {value!r}")
+    return names
 
 
 def _choice(name: str, value, allowed) -> None:

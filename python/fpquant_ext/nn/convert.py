@@ -146,14 +146,21 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def linear_layers(model: nn.Module, config: FP4Config, summary: ConversionSummary):
-    """(places, todo): every (parent, attribute) holding each nn.Linear (by id; a module may be reachable under
-    several names), and the (name, module) pairs to convert; the skipped ones go to ``summary.skipped``."""
+def linear_places(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """Every (parent, attribute) holding each nn.Linear, by id: a module may be reachable under several
+    names, even two attributes of one parent, and all of them are replaced together."""
     places: dict[int, list[tuple[nn.Module, str]]] = {}
     for _, parent in model.named_modules(remove_duplicate=False):
-        for child_name, child in parent.named_children():
+        for child_name, child in parent._modules.items():  # named_children() yields one name per module
             if isinstance(child, nn.Linear):
                 places.setdefault(id(child), []).append((parent, child_name))
+    return places
+
+
+def linear_layers(model: nn.Module, config: FP4Config, summary: ConversionSummary):
+    """(places, todo): :func:`linear_places`, and the (name, module) pairs to convert; the skipped ones go to
+    ``summary.skipped``."""
+    places = linear_places(model)
     todo: list[tuple[str, nn.Linear]] = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear):
@@ -189,7 +196,8 @@ def quantize_model(model: nn.Module, config: Optional[FP4Config] = None, progres
                                          true_sequential=true_sequential, progress=progress)
     summary = ConversionSummary(config)
     places, todo = linear_layers(model, config, summary)
-    param_owners = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    # Modules holding each parameter, every module once (one reachable under two names is one owner).
+    param_owners = Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
 
     bar = _Progress(len(todo), progress)
     try:

@@ -51,8 +51,9 @@ def linear_w4a16(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.
 def quantize_activations(x: torch.Tensor, format: str, method: str, rotation: Optional[torch.Tensor],
                          global_scale: Optional[torch.Tensor] = None):
     """Rotate and quantize activations [..., K]: (codes, scales, global scale or None). NVFP4 without
-    ``global_scale`` computes it from x (dynamic)."""
-    xc = x.contiguous()
+    ``global_scale`` computes it from x (dynamic). No gradient flows through (x is detached: codes and
+    scales have none)."""
+    xc = x.detach().contiguous()
     if xc.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         xc = xc.to(torch.float32)
     rot = None if rotation is None else rotation.to(device=x.device, dtype=torch.float32)

@@ -15,6 +15,10 @@ from .functional import fp4_matmul, linear_w4a16, quantize_activations, rotate_b
 from .weight import QuantizedWeight
 
 
+_UNCALIBRATED = ("FP4Linear: act_global_scale='static' but this layer has no calibrated value; set "
+                 "FP4Config.act_global_scale_value or run calibrate_activations(model)")
+
+
 class FP4Linear(FixedDtypeBuffers):
     """y = x @ W^T + b with W in MXFP4 or NVFP4; modes as in :class:`FP4Config`:
 
@@ -127,12 +131,17 @@ class FP4Linear(FixedDtypeBuffers):
             gs = torch.ops.fpquant.nvfp4_global_scale(x.detach().contiguous(), self.rotation_matrix)
             self._calibrated_gs = gs if self._calibrated_gs is None else torch.minimum(self._calibrated_gs, gs)
             return None
-        if not torch.compiler.is_compiling() and torch.isnan(self.act_global_scale).any():
-            raise RuntimeError("FP4Linear: act_global_scale='static' but this layer has no calibrated value; "
-                               "set FP4Config.act_global_scale_value or run calibrate_activations(model)")
+        if torch.compiler.is_compiling():  # no data-dependent branch in a graph: an assertion op instead
+            torch._assert_async(~torch.isnan(self.act_global_scale).any(), _UNCALIBRATED)
+        elif torch.isnan(self.act_global_scale).any():
+            raise RuntimeError(_UNCALIBRATED)
         return self.act_global_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() == 0 and x.dim() >= 1 and x.shape[-1] == self.in_features:
+            # No rows (the quantize and matmul ops refuse empty tensors): what nn.Linear gives, in x's dtype.
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return nn.functional.linear(x, x.new_zeros(self.out_features, self.in_features), bias)
         R = self.rotation_matrix
         if self.mode == "w4a16":
             return linear_w4a16(rotate_blocks(x, R), self.qweight, self.bias)
