@@ -88,6 +88,43 @@ def test_deterministic_and_device_argument():
             assert torch.equal(m.qweight.codes, m2.qweight.codes), n
 
 
+def test_training_mode_model_calibrates_in_eval_mode():
+    # Dropout on (a model built from its config is in training mode) must not make GPTQ random; the mode is
+    # given back afterwards.
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   attention_dropout=0.5)
+    base = transformers.LlamaForCausalLM(cfg).train()
+    codes = []
+    for rng_seed in (1, 2):
+        torch.manual_seed(rng_seed)
+        m = copy.deepcopy(base)
+        fq.quantize_model(m, fq.FP4Config(algorithm="gptq"), progress=False, calibration=_ids())
+        assert m.training
+        codes.append([x.qweight.codes for x in m.modules() if isinstance(x, fq.FP4Linear)])
+    assert len(codes[0]) == 14 and all(torch.equal(a, b) for a, b in zip(*codes))
+
+
+def test_calibration_ids_are_checked_against_the_model():
+    base = _llama()
+    ids = _ids()
+    cases = [([ids[i:i + 1] for i in range(4)], r"sample 0: a language model takes 1-D integer token ids .* "
+                                                  r"of shape \[1, 32\]"),
+             (ids.float(), r"got torch.float32 of shape \[32\]"),
+             (ids[None], r"of shape \[12, 32\]"),
+             ([ids[0], ids[1] + 96], r"sample 1: token ids must lie in \[0, 96\) \(the model's vocabulary\)"),
+             ([ids[0] - 100], r"token ids must lie in \[0, 96\)")]
+    for calibration, match in cases:
+        with pytest.raises(CalibrationError, match=match):
+            fq.quantize_model(copy.deepcopy(base), fq.FP4Config(algorithm="gptq"), progress=False,
+                              calibration=calibration)
+    with pytest.raises(CalibrationError, match="must not be on the meta device"):
+        fq.quantize_model(copy.deepcopy(base), fq.FP4Config(algorithm="gptq"), progress=False, calibration=ids,
+                          device="meta")
+
+
 def test_a_model_that_is_not_from_transformers():
     """TinyNet: blocks in an nn.ModuleList, layers outside them (converted without calibration), an odd-K
     layer (skipped), forward(x) without use_cache."""

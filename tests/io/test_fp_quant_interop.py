@@ -100,7 +100,8 @@ def test_fp_quant_mxfp4_checkpoint_loads_to_its_weights(tmp_path, method):
     ref = (xr.float() @ dequant.t() + layer.bias.float()).to(torch.bfloat16)
     assert torch.equal(layer(x), ref)
     # and it saves back to the same FP-Quant tensors
-    save_quantized(fresh, str(tmp_path / "again"), "fp-quant", fq.FP4Config(format="mxfp4"))
+    save_quantized(fresh, str(tmp_path / "again"), "fp-quant",
+                   fq.FP4Config(format="mxfp4", rotation="hadamard", rotation_size=G))
     again = read(str(tmp_path / "again"))[1]
     assert torch.equal(again["0.qweight"], tensors["0.qweight"]) and torch.equal(again["0.scales"], tensors["0.scales"])
     assert float(again["0.weight_global_scale"]) == (3.0 if method == "abs_max" else 1.0)

@@ -162,3 +162,21 @@ def test_a_layer_under_two_names_loads_under_both(tmp_path):
     load_quantized(fresh, str(tmp_path))
     assert fresh.blocks[0]["alias"] is fresh.blocks[0]["up"]
     assert torch.equal(fresh.blocks[0]["up"].qweight.dequantize(), model.blocks[0]["up"].qweight.dequantize())
+
+
+def test_the_config_must_describe_the_layers(tmp_path):
+    # load_quantized rebuilds the modules the recorded config describes: a config that disagrees with the
+    # layers would load as other modules (other outputs) without a word.
+    model = converted(fq.FP4Config(format="nvfp4"))
+    for wrong, what in [(fq.FP4Config(format="nvfp4", mode="w4a4"), "mode 'w4a16', the config says 'w4a4'"),
+                        (fq.FP4Config(format="mxfp4"), "format 'nvfp4', the config says 'mxfp4'")]:
+        with pytest.raises(ValueError, match=f"layer blocks.0.up has {what}"):
+            save_quantized(model, str(tmp_path / "x"), "fp-quant", wrong)
+    w4a4 = fq.FP4Config(format="nvfp4", mode="w4a4", act_global_scale="static", act_global_scale_value=20.0)
+    with pytest.raises(ValueError, match="act_global_scale 'static', the config says 'dynamic'"):
+        save_quantized(converted(w4a4), str(tmp_path / "y"), "fp-quant", fq.FP4Config(format="nvfp4", mode="w4a4"))
+    rotated = fq.FP4Config(format="mxfp4", rotation="dct", rotation_size=32)
+    with pytest.raises(ValueError, match="rotation 'dct', the config says 'hadamard'"):
+        save_quantized(converted(rotated), str(tmp_path / "z"), "fp-quant",
+                       fq.FP4Config(format="mxfp4", rotation="hadamard", rotation_size=32))
+    assert not any(tmp_path.iterdir())

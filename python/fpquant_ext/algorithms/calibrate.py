@@ -77,6 +77,24 @@ def _samples(calibration) -> list[torch.Tensor]:
     return samples
 
 
+def _check_token_ids(model: nn.Module, samples: list[torch.Tensor]) -> None:
+    """A language model (one with input embeddings) takes 1-D token ids below its vocabulary size: a [1, T]
+    sample would run as a batch of one batch (and some models compute garbage on it without an error)."""
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    if not isinstance(emb, nn.Embedding):
+        return
+    for i, s in enumerate(samples):
+        if s.dim() != 1 or s.dtype.is_floating_point or s.dtype.is_complex or s.dtype == torch.bool:
+            raise CalibrationError(f"calibration sample {i}: a language model takes 1-D integer token ids per "
+                                   f"sample ([samples, tokens] or a list of 1-D tensors), got {s.dtype} of shape "
+                                   f"{list(s.shape)}")
+        lo, hi = int(s.min()), int(s.max())
+        if lo < 0 or hi >= emb.num_embeddings:
+            raise CalibrationError(f"calibration sample {i}: token ids must lie in [0, {emb.num_embeddings}) (the "
+                                   f"model's vocabulary), got [{lo}, {hi}]")
+
+
 def _move(x, device):
     if isinstance(x, torch.Tensor):
         return x.to(device)
@@ -219,9 +237,25 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
             it in the same block (more accurate; one block forward per group).
     """
     samples = _samples(calibration)
+    _check_token_ids(model, samples)
     block_list_name, blocks = find_blocks(model)
     model_device = next(model.parameters()).device
     device = torch.device(device) if device is not None else model_device
+    if device.type == "meta" or model_device.type == "meta":
+        raise CalibrationError("calibrated quantization computes on real tensors: the model and device= must not "
+                               "be on the meta device")
+    training = model.training
+    model.eval()  # dropout off: the same model and data give the same codes
+    try:
+        return _quantize_blocks(model, config, samples, blocks, block_list_name, model_device, device,
+                                true_sequential, progress)
+    finally:
+        model.train(training)
+
+
+def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Tensor], blocks: nn.ModuleList,
+                     block_list_name: str, model_device: torch.device, device: torch.device,
+                     true_sequential: bool, progress: bool) -> ConversionSummary:
     store = device
     summary = ConversionSummary(config)
     summary.notes.append(f"calibrated on {len(samples)} samples, {sum(s.numel() for s in samples)} tokens; "
@@ -253,6 +287,7 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
             summary.gptq[name] = info
 
     static: list[FP4Linear] = []
+    moved: list[nn.Module] = []  # a block on `device` while it is calibrated: moved back on any exit
     bar = _Progress(len(todo) + len(outside), progress)
     try:
         inputs = _capture_inputs(model, blocks[0], samples, store)
@@ -260,6 +295,7 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
             prefix = block_prefix[id(block)]
             layers = {n: m for n, m in todo.items() if n.startswith(prefix + ".")}
             block.to(device)
+            moved.append(block)
             hooks = _Hessians(layers)
             try:
                 _run_block(block, inputs, device, store)
@@ -283,6 +319,7 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
                     bar.update(name)
             inputs = _next_inputs(inputs, _run_block(block, inputs, device, store))
             block.to(model_device)
+            moved.pop()
         if outside and config.needs_calibration:
             summary.notes.append(f"{len(outside)} Linear layers outside the blocks converted without calibration "
                                  f"({uncalibrated.weight_method}): {', '.join(n for n, _ in outside)}")
@@ -290,6 +327,8 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
             replace(name, linear, None, uncalibrated)
             bar.update(name)
     finally:
+        for block in moved:
+            block.to(model_device)
         bar.close()
         end_act_calibration(static)
     if any(bool(torch.isnan(m.act_global_scale).any()) for m in static):

@@ -59,8 +59,9 @@ def save_quantized(model: nn.Module, out_dir: str, export: str = "fp-quant", con
         raise ValueError("save_quantized: the model has no FP4Linear layers; convert it with "
                          "fpquant_ext.quantize_model(model, config) first")
     for name, layer in names.items():
-        if layer.format != config.format:
-            raise ValueError(f"save_quantized: layer {name} is {layer.format}, the config says {config.format}")
+        for what, has, says in _disagreements(layer, config):
+            raise ValueError(f"save_quantized: layer {name} has {what} {has!r}, the config says {says!r}: pass "
+                             "the FP4Config the model was converted with (it is what load_quantized rebuilds)")
     unconverted = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
     qc = fmt.export_config(config, names, unconverted)
     dtype = _model_dtype(model)
@@ -70,6 +71,25 @@ def save_quantized(model: nn.Module, out_dir: str, export: str = "fp-quant", con
     out_config = dict(model_config or {})
     out_config["quantization_config"] = qc
     write_checkpoint(out_dir, tensors, out_config)
+
+
+def _disagreements(layer: FP4Linear, config: FP4Config) -> list[tuple[str, object, object]]:
+    """What the layer computes differently from the config's modules: format, mode, activation rule and
+    global-scale policy, rotation kind. (Scale rules of the weight are not compared: its codes are stored,
+    and calibrated conversion legitimately uses another rule outside the blocks.)"""
+    out = []
+    if layer.format != config.format:
+        out.append(("format", layer.format, config.format))
+    if layer.mode != config.mode:
+        out.append(("mode", layer.mode, config.mode))
+    elif layer.quantize_acts:
+        if layer.act_method != config.act_method:
+            out.append(("act_method", layer.act_method, config.act_method))
+        if layer.format == "nvfp4" and layer.act_global_scale_policy != config.act_global_scale:
+            out.append(("act_global_scale", layer.act_global_scale_policy, config.act_global_scale))
+    if layer.rotation_matrix is not None and layer.rotation_name != config.rotation:
+        out.append(("rotation", layer.rotation_name, config.rotation))
+    return out
 
 
 def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) -> nn.Module:
