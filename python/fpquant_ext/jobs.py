@@ -64,17 +64,25 @@ def _check_readable(path: Optional[str], option: str) -> None:
         raise CLIError(f"{option} {Path(path).expanduser()}: no such file", 2)
 
 
+def _token_ids(tokenizer, text: str, needed: Optional[int]) -> torch.Tensor:
+    """The text's token ids, at least ``needed`` of them where the text has them (None: all). Only a prefix
+    is tokenized when that suffices (the held-out addresses are ~10^5 tokens): 8 characters per token at
+    first, 4 times more until enough (text of many characters per token, e.g. runs of spaces)."""
+    cut = len(text) if needed is None else needed * 8
+    while True:
+        ids = torch.tensor(tokenizer(text[:cut], add_special_tokens=False)["input_ids"], dtype=torch.long)
+        if cut >= len(text) or ids.numel() >= needed:
+            return ids
+        cut *= 4
+
+
 def _eval_ids(args: argparse.Namespace, tokenizer) -> tuple[torch.Tensor, str]:
     text = _text(args.text, "--text", lambda: data.evaluation_text(args.texts))
     if args.text is not None:
         label = str(Path(args.text).expanduser())
     else:
         label = f"State of the Union addresses {data.EVAL_FROM_YEAR}- (held out from calibration)"
-    # Only the windows scored are tokenized: the full held-out text is ~10^5 tokens.
-    budget = None if args.windows is None else args.windows * args.window
-    if budget is not None:
-        text = text[: budget * 8]
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    ids = _token_ids(tokenizer, text, None if args.windows is None else args.windows * args.window)
     if ids.numel() < 2:
         raise CLIError(f"the text ({label}) has fewer than 2 tokens")
     return ids, label
@@ -124,8 +132,7 @@ def _config(args: argparse.Namespace, format: str, rotation: str, table: bool = 
 
 def _calibration_windows(args: argparse.Namespace, tokenizer) -> list[torch.Tensor]:
     text = _text(args.calib, "--calib", lambda: data.calibration_text(args.texts))
-    ids = torch.tensor(tokenizer(text[: args.calib_windows * args.window * 8], add_special_tokens=False)["input_ids"],
-                       dtype=torch.long)
+    ids = _token_ids(tokenizer, text, args.calib_windows * args.window)
     if ids.numel() < 2:
         raise CLIError("the calibration text has fewer than 2 tokens")
     return windows(ids, args.window, args.calib_windows)

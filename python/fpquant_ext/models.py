@@ -96,7 +96,9 @@ def load_fp4_checkpoint(path: Union[str, os.PathLike], dtype: torch.dtype = torc
     # The FP4 layers come from load_quantized; transformers' own quantizers must not see the config.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    net = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
+    # Built in the checkpoint's own dtype (load_quantized takes every tensor as stored), cast afterwards.
+    stored = fpio.checkpoint_dtype(str(path)) or dtype
+    net = transformers.AutoModelForCausalLM.from_config(config, dtype=stored)
     net = fpio.load_quantized(net, path)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)

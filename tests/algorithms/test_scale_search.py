@@ -157,3 +157,17 @@ def test_quantized_weight_and_config_take_the_search():
         fq.FP4Config(weight_method="mse", mode="pseudo")
     with pytest.raises(ValueError, match="act_method"):
         fq.FP4Config(act_method="mse", mode="w4a4")
+
+
+def test_rotation_and_global_scale_arguments_are_checked():
+    from fpquant_ext.algorithms import gptq_quantize
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    for R, match in [(2 * torch.eye(32), "rotation must be orthogonal"), (torch.eye(48), "r x r matrix with r in"),
+                     (torch.eye(128), "dividing K=64")]:
+        with pytest.raises(ValueError, match=f"search_scales: .*{match}"):
+            search_scales(w, "mxfp4", rotation=R)
+        with pytest.raises(ValueError, match=f"GPTQ: .*{match}"):
+            gptq_quantize(w, torch.eye(64), "mxfp4", rotation=R)
+    a, b = search_scales(w, "nvfp4", global_scale=2.0), search_scales(w, "nvfp4", global_scale=torch.tensor([2.0]))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1].view(torch.uint8), b[1].view(torch.uint8))
+    assert torch.equal(a[2], b[2])

@@ -14,6 +14,7 @@ USAGE = [
     ["quantize", "--rotation-size", "48"],
     ["quantize", "--windows", "0"],
     ["quantize", "--window", "many"],
+    ["eval", "smollm2", "--window", "1"],
     ["quantize", "--out", "somewhere"],                       # the table saves nothing
     ["quantize", "--format", "mxfp4", "--export", "fp-quant"],  # --export without --out
     ["quantize", "--table", "--format", "nvfp4"],

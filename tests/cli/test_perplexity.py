@@ -73,3 +73,19 @@ def test_windows_do_not_overlap():
 def test_bad_input(n, window):
     with pytest.raises(ValueError):
         windows(torch.arange(n), window)
+
+
+def test_enough_tokens_from_text_of_many_characters_per_token():
+    # Only a prefix of a long text is tokenized, grown until it holds the tokens asked for (a text of 50
+    # characters per token must still give them), and never past the text.
+    from fpquant_ext.jobs import _token_ids
+    calls = []
+
+    def tokenizer(text, add_special_tokens=False):
+        calls.append(len(text))
+        return {"input_ids": list(range(len(text) // 50))}
+
+    text = " " * 50_000
+    assert _token_ids(tokenizer, text, 256).numel() >= 256 and max(calls) < len(text)
+    assert _token_ids(tokenizer, text, 5000).numel() == 1000 and calls[-1] == len(text)
+    assert _token_ids(tokenizer, text, None).numel() == 1000

@@ -54,6 +54,16 @@ def test_quantize_export_eval_inspect(capsys, text_file, tmp_path, export, optio
     code, out, err = run_cli(capsys, "inspect", str(out_dir))
     assert code == 0, err
     assert out.strip()
+    # the tied embedding is stored once (SmolLM2 ties lm_head to it), and another --dtype than the
+    # checkpoint's loads too
+    from safetensors import safe_open
+    with safe_open(str(out_dir / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+    code, out, err = run_cli(capsys, "eval", str(out_dir), "--text", text_file, "--window", "64", "--windows", "1",
+                             "--dtype", "float32", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["perplexity"] == pytest.approx(after, rel=2e-2)
 
 
 @pytest.mark.skipif(not has_io(), reason="checkpoint export needs fpquant_ext.io")

@@ -111,3 +111,18 @@ def test_missing_directory_is_named(tmp_path):
         (tmp_path / "file").write_text("x")
         with pytest.raises(CheckpointError, match="file is not a checkpoint directory"):
             call(str(tmp_path / "file"))
+
+
+def test_truncated_or_corrupt_file_is_named(tmp_path, saved):
+    from fpquant_ext.io import inspect_checkpoint
+    export, (cfg, tensors) = saved
+    write(str(tmp_path), cfg, tensors)
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    for cut, match in [(len(data) // 2, "lies outside the file's"), (4, "not a safetensors file, or truncated"),
+                       (100, "truncated")]:
+        path.write_bytes(data[:cut])
+        for call in (lambda: load_quantized(make_model(seed=5), str(tmp_path)),
+                     lambda: inspect_checkpoint(str(tmp_path))):
+            with pytest.raises(CheckpointError, match=f"model.safetensors: .*{match}"):
+                call()

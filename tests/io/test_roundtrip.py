@@ -180,3 +180,43 @@ def test_the_config_must_describe_the_layers(tmp_path):
         save_quantized(converted(rotated), str(tmp_path / "z"), "fp-quant",
                        fq.FP4Config(format="mxfp4", rotation="hadamard", rotation_size=32))
     assert not any(tmp_path.iterdir())
+
+
+def _tied_llama(seed):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    return model, cfg
+
+
+def test_tied_embeddings_are_stored_once_and_tied_again(tmp_path):
+    from safetensors.torch import load_file, save_file
+    model, cfg = _tied_llama(0)
+    config = fq.FP4Config(format="nvfp4")
+    fq.quantize_model(model, config, progress=False)
+    ids = torch.randint(0, 64, (1, 10))
+    expected = model(ids).logits
+    save_quantized(model, str(tmp_path), "fp-quant", config, cfg.to_dict())
+    stored = load_file(str(tmp_path / "model.safetensors"))
+    assert "model.embed_tokens.weight" in stored and "lm_head.weight" not in stored
+    fresh, _ = _tied_llama(1)
+    load_quantized(fresh, str(tmp_path))
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
+    assert torch.equal(fresh(ids).logits, expected)
+    # a checkpoint holding only the other name, or both names (equal), loads too; both names unequal is an error
+    emb = stored.pop("model.embed_tokens.weight")
+    for extra, ok in [({"lm_head.weight": emb}, True),
+                      ({"lm_head.weight": emb.clone(), "model.embed_tokens.weight": emb}, True),
+                      ({"lm_head.weight": emb + 1, "model.embed_tokens.weight": emb}, False)]:
+        save_file({**stored, **extra}, str(tmp_path / "model.safetensors"))
+        fresh, _ = _tied_llama(2)
+        if ok:
+            load_quantized(fresh, str(tmp_path))
+            assert torch.equal(fresh(ids).logits, expected)
+        else:
+            with pytest.raises(CheckpointError, match="differ in the checkpoint, but the model ties them"):
+                load_quantized(fresh, str(tmp_path))

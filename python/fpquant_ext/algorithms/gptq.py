@@ -36,7 +36,7 @@ from typing import Optional
 import torch
 
 from .. import formats as F
-from .scale_search import rotate_hessian, search_group_scales
+from .scale_search import checked_rotation, rotate_hessian, search_group_scales
 
 SCALE_RULES = {"mxfp4": ("floor", "ceil", "quest", "mse"), "nvfp4": ("absmax", "mse")}
 
@@ -155,6 +155,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, format: str = "mx
         raise ValueError(f"GPTQ: block_size must be a positive multiple of the group {group}, got {block_size}")
     if not damp > 0:
         raise ValueError(f"GPTQ: damp must be positive, got {damp}")
+    checked_rotation(rotation, K, f"GPTQ{name and ' ' + name}")
     label = f" ({name})" if name else ""
 
     device = weight.device

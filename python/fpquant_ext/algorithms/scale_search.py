@@ -168,6 +168,23 @@ def search_group_scales(v: torch.Tensor, format: str, hblocks: Optional[torch.Te
     return codes_out, scales_out, deq_out
 
 
+def checked_rotation(rotation: Optional[torch.Tensor], K: int, where: str) -> None:
+    """The rotation the quantize ops would accept for K: square, a size they take, dividing K, orthogonal
+    (the ops' own check does the last)."""
+    if rotation is None:
+        return
+    r = rotation.shape[0] if rotation.dim() == 2 else -1
+    if rotation.dim() != 2 or rotation.shape[1] != r or r not in F.ROTATION_SIZES or K % r:
+        raise ValueError(f"{where}: the rotation must be an r x r matrix with r in {list(F.ROTATION_SIZES)} dividing "
+                         f"K={K}, got shape {list(rotation.shape)}")
+    from .. import ops  # the operator's orthogonality check (the dequantizer inverts R by R^T)
+
+    try:
+        ops.nvfp4_global_scale(torch.zeros(1, r, device=rotation.device), rotation.to(torch.float32))
+    except ValueError as e:
+        raise ValueError(f"{where}: {str(e).split(': ', 1)[-1]}") from None
+
+
 def search_scales(weight: torch.Tensor, format: str = "mxfp4", objective: str = "mse",
                   hessian: Optional[torch.Tensor] = None, rotation: Optional[torch.Tensor] = None,
                   global_scale: Optional[torch.Tensor] = None):
@@ -187,6 +204,7 @@ def search_scales(weight: torch.Tensor, format: str = "mxfp4", objective: str = 
         global scale float32 [1] for NVFP4 or None).
     """
     _check(weight, format, objective, hessian)
+    checked_rotation(rotation, weight.shape[-1], "search_scales")
     v = F.rotate(weight.detach().to(torch.float32), None if rotation is None else rotation.to(weight.device))
     group = F.MX_GROUP if format == "mxfp4" else F.NV_GROUP
     hblocks = None
@@ -194,7 +212,8 @@ def search_scales(weight: torch.Tensor, format: str = "mxfp4", objective: str = 
         hblocks = hessian_group_blocks(rotate_hessian(hessian.to(weight.device), rotation), group)
     gs = None
     if format == "nvfp4":
-        gs = F.nvfp4_global_scale(v) if global_scale is None else global_scale.reshape(1).to(torch.float32)
+        gs = (F.nvfp4_global_scale(v) if global_scale is None
+              else torch.as_tensor(global_scale, dtype=torch.float32, device=v.device).reshape(1))
     codes, scales, _ = search_group_scales(v, format, hblocks, gs)
     scale_dtype = torch.float8_e8m0fnu if format == "mxfp4" else torch.float8_e4m3fn
     return F.pack_codes(codes), scales.view(scale_dtype), gs

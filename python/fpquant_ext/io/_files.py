@@ -49,11 +49,68 @@ def read_config(ckpt_dir: str) -> dict:
         return json.load(f)
 
 
+# safetensors' dtype names -> bytes per element
+DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
+_FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def read_headers(ckpt_dir: str) -> dict[str, tuple[str, list[int]]]:
+    """(dtype name, shape) of every tensor, from the files' headers, each checked against its file: a
+    truncated or corrupt file raises CheckpointError naming it (safetensors' own error names no file)."""
+    _safetensors()
+    out = {}
+    for path in weight_files(ckpt_dir):
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or 8 + n > size:
+                raise CheckpointError(f"{path}: not a safetensors file, or truncated (header of {n} bytes in a "
+                                      f"file of {size})")
+            try:
+                header = json.loads(f.read(n))
+            except ValueError:
+                raise CheckpointError(f"{path}: the safetensors header is not valid JSON (corrupt file)") from None
+        data = size - 8 - n
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            try:
+                dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+            except (KeyError, TypeError, ValueError):
+                raise CheckpointError(f"{path}: tensor {key} has a malformed header entry") from None
+            nbytes = DTYPE_SIZES.get(dtype, 1)
+            for d in shape:
+                nbytes *= d
+            if not 0 <= begin <= end <= data or end - begin != nbytes:
+                raise CheckpointError(f"{path}: tensor {key} lies outside the file's {data} data bytes "
+                                      f"({begin}..{end}): the file is truncated or corrupt")
+            out[key] = (dtype, shape)
+    return out
+
+
+def checkpoint_dtype(ckpt_dir: str) -> Optional[torch.dtype]:
+    """The floating dtype holding most of the checkpoint's elements (its model dtype), None if it has none."""
+    counts: dict[str, int] = {}
+    for dtype, shape in read_headers(ckpt_dir).values():
+        if dtype in _FLOAT_DTYPES:
+            n = 1
+            for d in shape:
+                n *= d
+            counts[dtype] = counts.get(dtype, 0) + n
+    return _FLOAT_DTYPES[max(counts, key=counts.get)] if counts else None
+
+
 def read_tensors(ckpt_dir: str) -> dict[str, torch.Tensor]:
     st = _safetensors()
+    read_headers(ckpt_dir)
     tensors: dict[str, torch.Tensor] = {}
     for path in weight_files(ckpt_dir):
-        tensors.update(st.load_file(path, device="cpu"))
+        try:
+            tensors.update(st.load_file(path, device="cpu"))
+        except Exception as e:  # noqa: BLE001  (safetensors' errors are not one class; the file is what matters)
+            raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
     return tensors
 
 

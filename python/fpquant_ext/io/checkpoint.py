@@ -65,12 +65,24 @@ def save_quantized(model: nn.Module, out_dir: str, export: str = "fp-quant", con
     unconverted = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
     qc = fmt.export_config(config, names, unconverted)
     dtype = _model_dtype(model)
-    tensors = {k: v for k, v in model.state_dict().items() if not _under(k, set(names))}
+    # Tied parameters once, under their first name (as transformers saves them; load_quantized and
+    # transformers tie them again).
+    tensors = {keys[0]: t.detach() for keys, t in _tied_groups(model, set(names))}
     for name, layer in names.items():
         tensors.update(fmt.export_layer(name, layer_data(layer), qc, dtype))
     out_config = dict(model_config or {})
     out_config["quantization_config"] = qc
     write_checkpoint(out_dir, tensors, out_config)
+
+
+def _tied_groups(model: nn.Module, skip: set[str]) -> list[tuple[list[str], torch.Tensor]]:
+    """The model's state-dict entries outside the FP4 layers ``skip``, grouped by tensor identity: (names,
+    tensor), names in state-dict order; a group of more than one name is a tied parameter."""
+    groups: dict[int, tuple[list[str], torch.Tensor]] = {}
+    for key, t in model.state_dict(keep_vars=True).items():
+        if not _under(key, skip):
+            groups.setdefault(id(t), ([], t))[0].append(key)
+    return list(groups.values())
 
 
 def _disagreements(layer: FP4Linear, config: FP4Config) -> list[tuple[str, object, object]]:
@@ -123,10 +135,16 @@ def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) 
 
     fp4_names = {n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, FP4Linear)}
     state = {}
-    for key, t in model.state_dict(keep_vars=True).items():
-        if _under(key, fp4_names):
-            continue
-        state[key] = take(tensors, key, t.dtype, t.shape)
+    for keys, t in _tied_groups(model, fp4_names):
+        # One tensor under several names (tied weights: lm_head and the embedding): the checkpoint may hold
+        # any of the names (save_quantized and transformers keep the first).
+        present = [k for k in keys if k in tensors] or keys[:1]
+        value = take(tensors, present[0], t.dtype, t.shape)
+        for k in present[1:]:
+            if not torch.equal(take(tensors, k, t.dtype, t.shape), value):
+                raise CheckpointError(f"tensors {present[0]} and {k} differ in the checkpoint, but the model ties "
+                                      "them (one parameter)")
+        state.update({k: value for k in keys})
     if tensors:
         extra = sorted(tensors)
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""

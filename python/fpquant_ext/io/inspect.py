@@ -6,32 +6,15 @@ import json
 import os
 from collections import defaultdict
 
-from ._files import _safetensors, read_config, weight_files
+from ._files import DTYPE_SIZES, read_config, read_headers, weight_files
 from .checkpoint import format_module
-
-# safetensors' dtype names -> bytes per element
-_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-          "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1}
-
-
-def _headers(ckpt_dir: str) -> dict[str, tuple[str, list[int]]]:
-    _safetensors()
-    out = {}
-    for path in weight_files(ckpt_dir):
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        for key, info in header.items():
-            if key != "__metadata__":
-                out[key] = (info["dtype"], info["shape"])
-    return out
 
 
 def inspect_checkpoint(ckpt_dir: str) -> str:
     """Format, quantization config, quantized layers (shape) and bytes of a checkpoint directory."""
     cfg = read_config(ckpt_dir)
     qc = cfg.get("quantization_config") or {}
-    headers = _headers(ckpt_dir)
+    headers = read_headers(ckpt_dir)
     lines = [f"checkpoint {ckpt_dir}"]
     if not qc:
         lines.append("format: not quantized (no quantization_config)")
@@ -52,7 +35,7 @@ def inspect_checkpoint(ckpt_dir: str) -> str:
     marker = fmt.MARKER if fmt else None
     qprefixes = {k[: -len(marker) - 1] for k in headers if marker and k.endswith("." + marker)}
     for key, (dtype, shape) in headers.items():
-        n = _SIZES.get(dtype, 1)
+        n = DTYPE_SIZES.get(dtype, 1)
         for d in shape:
             n *= d
         prefix = key.rsplit(".", 1)[0]
