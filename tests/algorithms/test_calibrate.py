@@ -125,6 +125,24 @@ def test_calibration_ids_are_checked_against_the_model():
                           device="meta")
 
 
+def test_blocks_that_do_not_feed_each_other_are_refused():
+    # A ModuleList of parallel heads is not a stack of layers: calibrating head 1 on head 0's output would
+    # be silently wrong.
+    class Heads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
+            self.heads = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(64, 64)) for _ in range(3))
+
+        def forward(self, x):
+            h = self.body(x)
+            return sum(head(h) for head in self.heads)
+
+    torch.manual_seed(0)
+    with pytest.raises(CalibrationError, match="does not take the first one's output"):
+        fq.quantize_model(Heads(), fq.FP4Config(algorithm="gptq"), progress=False, calibration=torch.randn(4, 8, 64))
+
+
 def test_a_model_that_is_not_from_transformers():
     """TinyNet: blocks in an nn.ModuleList, layers outside them (converted without calibration), an odd-K
     layer (skipped), forward(x) without use_cache."""

@@ -146,6 +146,28 @@ def _run_block(block: nn.Module, inputs, device, store) -> list:
     return outs
 
 
+def _check_chained(model: nn.Module, blocks: nn.ModuleList, sample: torch.Tensor, first_input,
+                   model_device: torch.device, store) -> None:
+    """Calibration feeds each block the previous block's output: true of a decoder's layers, not of any
+    ModuleList (parallel heads, say). Checked once, before anything changes, on one sample: block 1's input in
+    a real forward must be block 0's output."""
+    if len(blocks) < 2:
+        return
+    seen = _capture_inputs(model, blocks[1], [sample], store)[0]
+    chained = _next_inputs([first_input], _run_block(blocks[0], [first_input], model_device, store))[0]
+
+    def hidden(inp):
+        args, kwargs = inp
+        return args[0] if args else kwargs.get("hidden_states")
+
+    a, b = hidden(seen), hidden(chained)
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+            and torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5)):
+        raise CalibrationError("calibrated quantization runs the model's blocks one after the other, each on the "
+                               "previous one's output, but the second block of the largest nn.ModuleList does not "
+                               "take the first one's output (not a stack of decoder layers?)")
+
+
 def _next_inputs(inputs, outputs):
     nxt = []
     for (args, kwargs), out in zip(inputs, outputs):
@@ -291,6 +313,7 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
     bar = _Progress(len(todo) + len(outside), progress)
     try:
         inputs = _capture_inputs(model, blocks[0], samples, store)
+        _check_chained(model, blocks, samples[0], inputs[0], model_device, store)
         for block in blocks:
             prefix = block_prefix[id(block)]
             layers = {n: m for n, m in todo.items() if n.startswith(prefix + ".")}
