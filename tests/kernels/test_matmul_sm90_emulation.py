@@ -14,7 +14,9 @@ What is transcribed from the kernel file, and checked here:
 - NVFP4: decode_nv_word (prmt tables and the bf16x2 scale multiply) for every code in every nibble, and the
   decoding producer's stage tiles (thread-to-half-row mapping, load_nv_half's 16- and 2-byte or 8-byte and
   byte loads in both scale layouts, zeros past the rows and K, store_nv_half's swizzle) read back as the
-  wgmma descriptors read them;
+  wgmma descriptors read them, and the ring's synchronization (decode_producer's stage walk and its 4
+  producer warps' arrivals, the consumers' deferred releases, mbarrier parities) under random interleavings:
+  no stage rewritten while read, no deadlock, one CTA per tile and persistent;
 - the blocked promotion arithmetic on LLM-like activations (outlier channels, with and without a Hadamard
   rotation) and on scales spanning far beyond the window, against the float64 CPU reference
   (torch.ops.fpquant.matmul_mxfp4). Hopper's FP8 tensor-core accumulation is not documented; it is modelled
@@ -657,3 +659,104 @@ def test_decoding_producer_stores_are_conflict_free():
                 groups = {((r * 128 + (((4 * h + j) ^ (r & 7)) << 4)) % 128) // 16
                           for r, h in ((r0 + lane // 2, lane % 2) for lane in lanes)}
                 assert len(groups) == 8
+
+
+# ---- the NVFP4 ring's synchronization, transcribed from gemm_kernel / decode_producer ------------------------
+
+class Mbarrier:
+    """An mbarrier: `count` arrivals complete a phase; try_wait.parity(P) passes once the phase of parity P
+    has completed, i.e. while the current phase's parity differs from P (so parity 1 passes at the start)."""
+
+    def __init__(self, count):
+        self.count, self.pending, self.completed = count, count, 0
+
+    def arrive(self):
+        self.pending -= 1
+        assert self.pending >= 0
+        if self.pending == 0:
+            self.completed, self.pending = self.completed + 1, self.count
+
+    def passed(self, parity):
+        return self.completed % 2 != parity
+
+
+def producer_warp(w, p, stages, full, empty, ring, block, grid):
+    """decode_producer as one producer warp sees it: yields a predicate to wait on, or None after a step."""
+    tiles = p["tiles"]
+    if block >= tiles:
+        return
+    tile, kb, it = block, 0, 0
+    while True:
+        last_k = kb + 1 == p["kblocks"]
+        next_tile, next_kb = (tile + grid, 0) if last_k else (tile, kb + 1)
+        more = next_tile < tiles
+        s = it % stages
+        if it >= stages:
+            parity = ((it // stages) - 1) & 1
+            yield lambda s=s, parity=parity: empty[s].passed(parity)
+        ring[s][w] = (tile, kb)  # this warp's quarter of the stage's rows
+        yield None
+        full[s].arrive()
+        tile, kb, it = next_tile, next_kb, it + 1
+        if not more:
+            return
+
+
+def consumer_warp(p, stages, full, empty, ring, block, grid, log):
+    """The NVFP4 main loop of one consumer warp: wait full, issue (reads the stage until its wgmmas complete),
+    wait<1> and release the previous stage; after the tile, wait<0> and release its last stage."""
+    it = 0
+    for t in range(block, p["tiles"], grid):
+        reading = None  # (stage, expected content) whose wgmmas are in flight
+        for kb in range(p["kblocks"]):
+            s = it % stages
+            parity = (it // stages) & 1
+            yield lambda s=s, parity=parity: full[s].passed(parity)
+            want = [(t, kb)] * 4
+            assert ring[s] == want, f"consumer reads stage {s} as {ring[s]}, expected tile {t} k-block {kb}"
+            yield None
+            if reading is not None:  # wgmma_wait<1>: the previous stage's reads are done, and were intact
+                ps, pwant = reading
+                assert ring[ps] == pwant, "a producer overwrote a stage the wgmmas were still reading"
+                empty[ps].arrive()
+            reading = (s, want)
+            it += 1
+        ps, pwant = reading
+        assert ring[ps] == pwant, "a producer overwrote the tile's last stage while it was read"
+        empty[ps].arrive()
+        log.append(t)
+
+
+def run_cta(p, stages, block, grid, rng):
+    full = [Mbarrier(4) for _ in range(stages)]
+    empty = [Mbarrier(8) for _ in range(stages)]
+    ring = [[None] * 4 for _ in range(stages)]
+    log = []
+    actors = [producer_warp(w, p, stages, full, empty, ring, block, grid) for w in range(4)]
+    actors += [consumer_warp(p, stages, full, empty, ring, block, grid, log) for _ in range(8)]
+    waiting = [None] * len(actors)
+    live = set(range(len(actors)))
+    while live:
+        ready = [i for i in live if waiting[i] is None or waiting[i]()]
+        assert ready, "deadlock: every warp waits on a barrier that never completes"
+        i = ready[rng.integers(len(ready))]
+        try:
+            waiting[i] = next(actors[i])
+        except StopIteration:
+            live.discard(i)
+    return log
+
+
+@pytest.mark.parametrize("stages", [4, 6])
+@pytest.mark.parametrize("kblocks", [1, 2, 7])
+@pytest.mark.parametrize("tiles,grid", [(1, 1), (5, 5), (9, 4), (7, 3), (2, 5)])
+def test_decoding_ring_neither_overwrites_a_stage_in_use_nor_hangs(stages, kblocks, tiles, grid):
+    # Every CTA of the grid (one per tile, or persistent), under many random interleavings of its 4 producer
+    # and 8 consumer warps: consumers see each stage written by all 4 producer warps for their (tile, k-block),
+    # no producer rewrites a stage before every consumer warp released it, and nothing deadlocks.
+    rng = np.random.default_rng(stages * 100 + kblocks * 10 + tiles)
+    p = {"tiles": tiles, "kblocks": kblocks}
+    for block in range(min(grid, tiles)):
+        for _ in range(20):
+            log = run_cta(p, stages, block, grid, rng)
+            assert sorted(log) == sorted(list(range(block, tiles, grid)) * 8)
