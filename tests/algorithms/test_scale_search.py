@@ -162,8 +162,10 @@ def test_quantized_weight_and_config_take_the_search():
 def test_rotation_and_global_scale_arguments_are_checked():
     from fpquant_ext.algorithms import gptq_quantize
     w = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
-    for R, match in [(2 * torch.eye(32), "rotation must be orthogonal"), (torch.eye(48), "r x r matrix with r in"),
-                     (torch.eye(128), "dividing K=64")]:
+    for R, match in [(2 * torch.eye(32), "rotation must be orthogonal"),
+                     (torch.eye(48), r"rotation size must be 16, 32, 64 or 128, got 48"),
+                     (torch.eye(128), r"the last dimension \(64\) must be a multiple of the rotation size 128"),
+                     (torch.eye(32)[:16], r"rotation must be a square matrix, got shape \[16, 32\]")]:
         with pytest.raises(ValueError, match=f"search_scales: .*{match}"):
             search_scales(w, "mxfp4", rotation=R)
         with pytest.raises(ValueError, match=f"GPTQ: .*{match}"):

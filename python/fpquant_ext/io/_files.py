@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Iterable, Optional, Sequence, Union
 
@@ -55,6 +56,11 @@ DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 _FLOAT_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
+def tensor_bytes(dtype: str, shape: Sequence[int]) -> int:
+    """Bytes of a tensor described by a safetensors header entry."""
+    return DTYPE_SIZES.get(dtype, 1) * math.prod(shape)
+
+
 def read_headers(ckpt_dir: str) -> dict[str, tuple[str, list[int]]]:
     """(dtype name, shape) of every tensor, from the files' headers, each checked against its file: a
     truncated or corrupt file raises CheckpointError naming it (safetensors' own error names no file)."""
@@ -80,10 +86,7 @@ def read_headers(ckpt_dir: str) -> dict[str, tuple[str, list[int]]]:
                 dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise CheckpointError(f"{path}: tensor {key} has a malformed header entry") from None
-            nbytes = DTYPE_SIZES.get(dtype, 1)
-            for d in shape:
-                nbytes *= d
-            if not 0 <= begin <= end <= data or end - begin != nbytes:
+            if not 0 <= begin <= end <= data or end - begin != tensor_bytes(dtype, shape):
                 raise CheckpointError(f"{path}: tensor {key} lies outside the file's {data} data bytes "
                                       f"({begin}..{end}): the file is truncated or corrupt")
             out[key] = (dtype, shape)
@@ -95,10 +98,7 @@ def checkpoint_dtype(ckpt_dir: str) -> Optional[torch.dtype]:
     counts: dict[str, int] = {}
     for dtype, shape in read_headers(ckpt_dir).values():
         if dtype in _FLOAT_DTYPES:
-            n = 1
-            for d in shape:
-                n *= d
-            counts[dtype] = counts.get(dtype, 0) + n
+            counts[dtype] = counts.get(dtype, 0) + math.prod(shape)
     return _FLOAT_DTYPES[max(counts, key=counts.get)] if counts else None
 
 
@@ -150,11 +150,10 @@ def _index_shards(ckpt_dir: str) -> list[str]:
     if not os.path.exists(index):
         return []
     try:
-        with open(index) as f:
-            shards = set(json.load(f)["weight_map"].values())
-    except (ValueError, KeyError, TypeError, AttributeError):
-        shards = set()
-    return [os.path.join(ckpt_dir, s) for s in sorted(shards) if s == os.path.basename(s)] + [index]
+        shards = weight_files(ckpt_dir)
+    except (ValueError, KeyError, TypeError, AttributeError):  # an unreadable index: only it goes
+        shards = []
+    return [p for p in shards if not os.path.dirname(os.path.relpath(p, ckpt_dir))] + [index]
 
 
 def _check_replaceable(out_dir: str) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 from collections import defaultdict
 
-from ._files import DTYPE_SIZES, read_config, read_headers, weight_files
+from ._files import read_config, read_headers, tensor_bytes, weight_files
 from .checkpoint import format_module
 
 
@@ -35,9 +35,7 @@ def inspect_checkpoint(ckpt_dir: str) -> str:
     marker = fmt.MARKER if fmt else None
     qprefixes = {k[: -len(marker) - 1] for k in headers if marker and k.endswith("." + marker)}
     for key, (dtype, shape) in headers.items():
-        n = DTYPE_SIZES.get(dtype, 1)
-        for d in shape:
-            n *= d
+        n = tensor_bytes(dtype, shape)
         prefix = key.rsplit(".", 1)[0]
         if prefix in qprefixes:
             layers[prefix] += n
