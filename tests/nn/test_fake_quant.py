@@ -120,3 +120,60 @@ def test_qat_loss_falls(seed):
     # the trained layer exports its FP4 weight
     qw = student[0].quantized_weight()
     assert qw.format == "mxfp4" and qw.rotation_size == 32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fmt,method", [("mxfp4", "ceil"), ("nvfp4", "absmax")])
+def test_masked_gradient_passes_unchanged_where_nothing_clipped(fmt, method, dtype, seed):
+    # In a rotation block with no clipped value the gradient is the unmasked one, bit for bit (rotated there
+    # and back in the input dtype, bfloat16 gradients came back an ulp off). MXFP4 'ceil' never clips;
+    # NVFP4 'absmax' clips now and then (an E4M3 scale rounded below amax / 6).
+    g = torch.Generator().manual_seed(seed)
+    R = fq.rotations.hadamard(32)
+    x = torch.randn(16, 64, generator=g).to(dtype).requires_grad_(True)
+    out, mask = torch.ops.fpquant.fake_quantize(x, fmt, method, R, None, True)
+    grad = torch.randn(16, 64, generator=g).to(dtype)
+    out.backward(grad)
+    whole = mask.reshape(16, 2, 32).all(-1, keepdim=True).expand(16, 2, 32).reshape(16, 64)
+    assert whole.sum() >= 64 and (fmt == "nvfp4" or whole.all())
+    assert torch.equal(x.grad[whole], grad[whole])
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+@pytest.mark.parametrize("mask", [False, True])
+def test_no_rows(fmt, mask):
+    x = torch.randn(2, 0, 64, requires_grad=True)
+    y = fake_quantize(x, fmt, rotation=fq.rotations.hadamard(32), mask_saturated=mask)
+    assert y.shape == (2, 0, 64) and y.dtype == x.dtype
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    with pytest.raises(ValueError, match=r"last dimension \(40\)"):
+        fake_quantize(torch.randn(0, 40), fmt)
+
+
+def test_qat_layer_with_no_rows_gives_a_zero_weight_gradient():
+    # As nn.Linear: the master weight takes part (a None gradient is an unused parameter for DDP).
+    layer = FP4Linear.from_linear(nn.Linear(64, 32), FP4Config(mode="qat", fake_quantize_activations=True))
+    layer(torch.randn(0, 64)).sum().backward()
+    assert torch.equal(layer.weight.grad, torch.zeros(32, 64))
+    assert torch.equal(layer.bias.grad, torch.zeros(32))
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_float64_is_quantized_as_float32(fmt, seed):
+    g = torch.Generator().manual_seed(seed)
+    R = fq.rotations.hadamard(32)
+    x = torch.randn(4, 64, generator=g, dtype=torch.float64, requires_grad=True)
+    y = fake_quantize(x, fmt, rotation=R, mask_saturated=True)
+    assert y.dtype == torch.float64
+    assert torch.equal(y, fake_quantize(x.detach().float(), fmt, rotation=R).double())
+    y.sum().backward()
+    x32 = x.detach().float().requires_grad_(True)
+    fake_quantize(x32, fmt, rotation=R, mask_saturated=True).sum().backward()
+    assert torch.allclose(x.grad, x32.grad.double(), atol=1e-6)
+    # a float64 QAT layer computes with the weight it exports
+    lin = nn.Linear(64, 32).double()
+    layer = FP4Linear.from_linear(lin, FP4Config(format=fmt, mode="qat", fake_quantize_activations=True,
+                                                 rotation="hadamard", rotation_size=32))
+    w_hat = layer.quantized_weight().dequantize_unrotated().double()
+    assert torch.equal(layer(x.detach()), nn.functional.linear(y.detach(), w_hat, lin.bias))

@@ -198,3 +198,29 @@ def test_uncalibrated_static_layer_raises_when_compiled_too():
     with torch.no_grad():
         x = torch.randn(2, 64)
         assert torch.equal(compiled(x), layer(x))
+
+
+@pytest.mark.parametrize("kwargs", MODES_CONFIGS + [dict(format="mxfp4", rotation="hadamard", rotation_size=32)],
+                         ids=lambda k: "-".join(map(str, k.values())))
+def test_bad_input_is_refused_with_the_layer_shape(kwargs):
+    layer = FP4Linear.from_linear(make_linear(64, 32, 0), FP4Config(**kwargs))
+    # an integer output would be a truncated product
+    with pytest.raises(TypeError, match="floating-point tensor, got torch.int64"):
+        layer(torch.ones(3, 64, dtype=torch.long))
+    for shape in [(3, 48), (2, 3, 96), (0, 48)]:
+        with pytest.raises(ValueError, match=rf"in_features=64\], got shape \[{', '.join(map(str, shape))}\]"):
+            layer(torch.randn(shape))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_w4a16_float64_input(fmt, seed):
+    # Documented: float64 input gets the reference product in float64.
+    lin = make_linear(128, 48, seed)
+    layer = FP4Linear.from_linear(lin, FP4Config(format=fmt, rotation="hadamard", rotation_size=64))
+    x = torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    R = fq.rotations.hadamard(64).double()
+    xr = (x.reshape(-1, 64) @ R).reshape(x.shape)
+    expected = torch.matmul(xr, layer.qweight.dequantize().double().t()) + lin.bias.double()
+    out = layer(x)
+    assert out.dtype == torch.float64
+    assert torch.equal(out, expected)

@@ -13,7 +13,7 @@ import torch
 from .. import ops
 from ..formats import E2M1_MAX, MX_GROUP, NV_GROUP
 
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def rotate_blocks(x: torch.Tensor, rotation: Optional[torch.Tensor], inverse: bool = False) -> torch.Tensor:
@@ -36,22 +36,35 @@ def rotate_blocks(x: torch.Tensor, rotation: Optional[torch.Tensor], inverse: bo
 def _fake_quantize(x: torch.Tensor, format: str, method: str, rotation: Optional[torch.Tensor],
                    global_scale: Optional[torch.Tensor], saturation_mask: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if x.dtype not in _FLOATS:
-        raise TypeError(f"fpquant.fake_quantize: x must be float32, bfloat16 or float16, got {x.dtype}")
-    xc = x.contiguous()
+        raise TypeError(f"fpquant.fake_quantize: x must be float32, bfloat16, float16 or float64, got {x.dtype}")
+    if format not in ("mxfp4", "nvfp4"):
+        raise ValueError(f"fpquant.fake_quantize: format must be 'mxfp4' or 'nvfp4', got '{format}'")
+    if format == "nvfp4" and method != "absmax":
+        raise ValueError(f"fpquant.fake_quantize: NVFP4's scale rule is 'absmax', got '{method}'")
+    mask_shape = x.shape if saturation_mask else (0,)
+    if x.numel() == 0 and x.dim() >= 1:
+        # The quantize ops refuse empty tensors; with no values there is nothing to quantize or clip, but a
+        # K they would refuse is still refused.
+        group, K = (MX_GROUP if format == "mxfp4" else NV_GROUP), x.shape[-1]
+        if K % group or (rotation is not None and K % rotation.shape[0]):
+            raise ValueError(f"fpquant.fake_quantize: x's last dimension ({K}) must be a multiple of the group "
+                             f"size {group}" + ("" if rotation is None else f" and of the rotation size "
+                                                                          f"{rotation.shape[0]}"))
+        return x.clone(memory_format=torch.contiguous_format), x.new_empty(mask_shape, dtype=torch.bool)
+    # float64 is quantized as float32, as QuantizedWeight.quantize and FP4Linear's W4A4 activations are
+    # (the quantize ops take no float64), so a layer's forward and its exported weight agree.
+    xc = (x.to(torch.float32) if x.dtype == torch.float64 else x).contiguous()
     rot = None if rotation is None else rotation.to(device=x.device, dtype=torch.float32).contiguous()
     if format == "mxfp4":
         codes, scales = ops.quantize_mxfp4(xc, rot, method)
-        out = ops.dequantize_mxfp4(codes, scales, rot, out_dtype=x.dtype)
+        out = ops.dequantize_mxfp4(codes, scales, rot, out_dtype=xc.dtype)
         multiplier, group = scales.to(torch.float32), MX_GROUP
-    elif format == "nvfp4":
-        if method != "absmax":
-            raise ValueError(f"fpquant.fake_quantize: NVFP4's scale rule is 'absmax', got '{method}'")
+    else:
         gs = ops.nvfp4_global_scale(xc, rot) if global_scale is None else global_scale.to(torch.float32)
         codes, scales = ops.quantize_nvfp4(xc, gs, rot)
-        out = ops.dequantize_nvfp4(codes, scales, gs, rot, out_dtype=x.dtype)
+        out = ops.dequantize_nvfp4(codes, scales, gs, rot, out_dtype=xc.dtype)
         multiplier, group = scales.to(torch.float32) / gs, NV_GROUP
-    else:
-        raise ValueError(f"fpquant.fake_quantize: format must be 'mxfp4' or 'nvfp4', got '{format}'")
+    out = out.to(x.dtype)
     if not saturation_mask:
         return out, x.new_empty((0,), dtype=torch.bool)
     # In the rotated space, where quantization happened: a value whose scaled magnitude |v| / multiplier
@@ -66,7 +79,8 @@ def _fake_quantize(x: torch.Tensor, format: str, method: str, rotation: Optional
 
 @_fake_quantize.register_fake
 def _(x, format, method, rotation, global_scale, saturation_mask):
-    torch._check(x.dtype in _FLOATS, lambda: f"fpquant.fake_quantize: x must be a float tensor, got {x.dtype}")
+    torch._check(x.dtype in _FLOATS, lambda: f"fpquant.fake_quantize: x must be float32, bfloat16, float16 or "
+                                             f"float64, got {x.dtype}")
     torch._check(format in ("mxfp4", "nvfp4"), lambda: f"fpquant.fake_quantize: bad format '{format}'")
     mask_shape = x.shape if saturation_mask else (0,)
     return x.new_empty(x.shape), x.new_empty(mask_shape, dtype=torch.bool)
@@ -83,9 +97,16 @@ def _backward(ctx, grad_out, _grad_mask):
     grad = grad_out
     if ctx.masked:
         mask, rotation = ctx.saved_tensors
-        g = rotate_blocks(grad, rotation)
-        g = torch.where(mask, g, torch.zeros_like(g))
-        grad = rotate_blocks(g, rotation, inverse=True)
+        if rotation is None:
+            grad = torch.where(mask, grad, torch.zeros_like(grad))
+        else:
+            # The clipped part of the rotated gradient, rotated back and subtracted, in float32 with one
+            # rounding: where nothing clipped the gradient passes bit for bit, as it does unmasked
+            # (rotating there and back would round twice in bfloat16).
+            acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
+            g = rotate_blocks(grad.to(acc), rotation)
+            clipped = torch.where(mask, torch.zeros_like(g), g)
+            grad = (grad.to(acc) - rotate_blocks(clipped, rotation, inverse=True)).to(grad.dtype)
     return grad, None, None, None, None, None
 
 
@@ -95,7 +116,8 @@ _fake_quantize.register_autograd(_backward, setup_context=_setup_context)
 def fake_quantize(x: torch.Tensor, format: str = "mxfp4", method: Optional[str] = None,
                   rotation: Optional[torch.Tensor] = None, global_scale: Optional[torch.Tensor] = None,
                   mask_saturated: bool = False) -> torch.Tensor:
-    """Quantize ``x`` [..., K] to FP4 and dequantize it back (same dtype and shape).
+    """Quantize ``x`` [..., K] to FP4 and dequantize it back (same dtype and shape). float64 is quantized
+    as float32; an input of no rows gives an empty output.
 
     With a rotation R the values are quantized in the rotated space and rotated back (R^T), so the result
     approximates x itself. NVFP4 without ``global_scale`` uses the tensor's own (dynamic) global scale.

@@ -45,7 +45,8 @@ def linear_w4a16(x: torch.Tensor, weight: QuantizedWeight, bias: Optional[torch.
     if x.dtype in (torch.bfloat16, torch.float16) and (not x.is_cuda or weight.kernel_compatible):
         codes, scales = weight.packed() if x.is_cuda else (weight.codes, weight.scales)
         return ops.linear_w4a16(x.contiguous(), codes, scales, weight.global_scale, b, weight.format)
-    return _reference_product(x, weight.dequantize(_accumulator(x.dtype)), b, x.dtype)
+    # The dequantize ops' widest output is float32; float64 input widens it in the product.
+    return _reference_product(x, weight.dequantize(torch.float32), b, x.dtype)
 
 
 def quantize_activations(x: torch.Tensor, format: str, method: str, rotation: Optional[torch.Tensor],

@@ -128,6 +128,8 @@ class FP4Linear(FixedDtypeBuffers):
         if self.format != "nvfp4" or self.act_global_scale is None:
             return None
         if self._calibrating:
+            if x.numel() == 0:  # nothing to record
+                return None
             gs = torch.ops.fpquant.nvfp4_global_scale(x.detach().contiguous(), self.rotation_matrix)
             self._calibrated_gs = gs if self._calibrated_gs is None else torch.minimum(self._calibrated_gs, gs)
             return None
@@ -138,8 +140,16 @@ class FP4Linear(FixedDtypeBuffers):
         return self.act_global_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() == 0 and x.dim() >= 1 and x.shape[-1] == self.in_features:
+        if not x.is_floating_point():
+            # The output takes x's dtype: an integer input would silently truncate the product.
+            raise TypeError(f"FP4Linear: the input must be a floating-point tensor, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"FP4Linear: expected an input [..., in_features={self.in_features}], got shape "
+                             f"{list(x.shape)}")
+        if x.numel() == 0 and self.weight is None:
             # No rows (the quantize and matmul ops refuse empty tensors): what nn.Linear gives, in x's dtype.
+            # pseudo / qat take the general path (fake_quantize passes no rows through): the master weight
+            # stays in the graph and gets a zero gradient, as nn.Linear's does, not None.
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return nn.functional.linear(x, x.new_zeros(self.out_features, self.in_features), bias)
         R = self.rotation_matrix
