@@ -224,3 +224,13 @@ def test_w4a16_float64_input(fmt, seed):
     out = layer(x)
     assert out.dtype == torch.float64
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("kwargs", MODES_CONFIGS, ids=lambda k: "-".join(map(str, k.values())))
+def test_from_linear_keeps_a_frozen_bias_frozen(kwargs):
+    frozen = make_linear(64, 32, 0).requires_grad_(False)
+    layer = FP4Linear.from_linear(frozen, FP4Config(**kwargs))
+    assert not layer.bias.requires_grad
+    assert layer.weight is None or layer.weight.requires_grad == (kwargs.get("mode") == "qat")
+    assert layer(torch.randn(2, 64)).requires_grad == (kwargs.get("mode") == "qat")
+    assert FP4Linear.from_linear(make_linear(64, 32, 0), FP4Config(**kwargs)).bias.requires_grad

@@ -115,6 +115,8 @@ class FP4Linear(FixedDtypeBuffers):
                 layer.weight.copy_(w)
             if linear.bias is not None:
                 layer.bias.copy_(linear.bias)
+                # A frozen model stays frozen: a trainable bias would build autograd graphs in inference.
+                layer.bias.requires_grad_(linear.bias.requires_grad)
         return layer
 
     # ---- forward ----------------------------------------------------------------------------------------
