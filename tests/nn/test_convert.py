@@ -28,9 +28,13 @@ def test_custom_module_converts_in_one_call(mode, seed):
     assert {c.name for c in summary.converted} == converted
     assert dict(summary.skipped) == {"odd": "K=100 is not a multiple of the group 32",
                                      "lm_head": "in modules_to_not_convert ('lm_head')"}
+    text = str(summary)
     if mode != "qat":
         assert summary.bytes_after < summary.bytes_before / 3
-    text = str(summary)
+        assert "x smaller)" in text
+    else:  # the float master weights are kept, plus the bias: never "0.97x smaller"
+        assert summary.bytes_after >= summary.bytes_before
+        assert "x larger: the float weights are kept)" in text and "smaller" not in text
     assert "converted 5 Linear layers" in text and "K=100 is not a multiple of the group 32" in text
     assert model(x).shape == (2, 5, 48)
 

@@ -60,8 +60,12 @@ class ConversionSummary:
         lines = [f"quantize_model: {head}, rotation {cfg.rotation}"
                  + ("" if cfg.rotation == "none" else f" ({cfg.rotation_size})")]
         if self.converted:
-            lines.append(f"converted {len(self.converted)} Linear layers: {_mib(self.bytes_before)} -> "
-                         f"{_mib(self.bytes_after)} ({self.bytes_before / self.bytes_after:.2f}x smaller)")
+            before, after = self.bytes_before, self.bytes_after
+            # pseudo / qat keep the float master weight (and a rotation per layer): no smaller at all.
+            size = (f"{before / after:.2f}x smaller" if after < before else
+                    f"{after / before:.2f}x larger: the float weights are kept" if cfg.mode in ("pseudo", "qat")
+                    else f"{after / before:.2f}x larger")
+            lines.append(f"converted {len(self.converted)} Linear layers: {_mib(before)} -> {_mib(after)} ({size})")
         else:
             lines.append("converted no Linear layer")
         if cfg.rotation != "none":
