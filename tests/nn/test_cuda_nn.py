@@ -95,3 +95,16 @@ def test_other_modes_run_on_gpu(mode, seed):
     if mode == "qat":
         out.square().mean().backward()
         assert model.blocks[0].up.weight.grad is not None
+
+
+@pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
+def test_w4a4_float64_input_on_gpu(fmt, seed):
+    # The GEMM op has no float64 output: such a product is emulated, as on the CPU, not refused by the op.
+    torch.manual_seed(seed % 1000)
+    layer = FP4Linear.from_linear(nn.Linear(256, 128), FP4Config(format=fmt, mode="w4a4"))
+    x = torch.randn(5, 256, dtype=torch.float64)
+    ref = layer(x)
+    layer.cuda().requires_grad_(False)
+    out = layer(x.cuda())
+    # the same FP4 operands; float64 sums in another order
+    assert out.dtype == torch.float64 and torch.allclose(out.cpu(), ref, rtol=1e-10, atol=1e-12)

@@ -73,9 +73,10 @@ def fp4_matmul(a_codes: torch.Tensor, a_scales: torch.Tensor, weight: QuantizedW
 
     On a GPU where matmul_mxfp4 / matmul_nvfp4 has a fast path for the weight (``weight.native_gemm``: the
     Hopper or Blackwell kernels, or the W4A16 kernels on Ampere / Ada) the op, with exact products and one
-    rounding; elsewhere (the CPU, older GPUs, MXFP4 weights with FP-Quant's divisor)
+    rounding; elsewhere (the CPU, older GPUs, MXFP4 weights with FP-Quant's divisor, a float64 output, which
+    the op does not produce)
     :func:`fp4_matmul_emulated`, whose float32 sums differ from the op's only by their rounding."""
-    if weight.native_gemm and a_codes.is_cuda:
+    if weight.native_gemm and a_codes.is_cuda and out_dtype in (torch.float32, torch.bfloat16, torch.float16):
         b = None if bias is None else bias.to(out_dtype)
         if weight.format == "mxfp4":
             return ops.matmul_mxfp4(a_codes, a_scales, weight.codes, weight.scales, "linear", out_dtype, b)
