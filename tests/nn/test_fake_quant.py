@@ -21,6 +21,15 @@ def test_opcheck(fmt, method, rotation, mask):
     torch.library.opcheck(torch.ops.fpquant.fake_quantize.default, (x, fmt, method, R, gs, mask))
 
 
+@pytest.mark.parametrize("x", [torch.randn(6, 64, dtype=torch.float64), torch.randn(2, 0, 64)], ids=["f64", "no-rows"])
+@pytest.mark.parametrize("mask", [False, True])
+def test_opcheck_float64_and_no_rows(x, mask):
+    R = fq.rotations.hadamard(32)
+    for fmt, method in [("mxfp4", "floor"), ("nvfp4", "absmax")]:
+        torch.library.opcheck(torch.ops.fpquant.fake_quantize.default,
+                              (x.clone().requires_grad_(True), fmt, method, R, None, mask))
+
+
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])
 def test_forward_is_quantize_dequantize_and_backward_straight_through(fmt):
     x = torch.randn(4, 64, dtype=torch.bfloat16, requires_grad=True)
