@@ -186,3 +186,26 @@ def test_float64_is_quantized_as_float32(fmt, seed):
                                                  rotation="hadamard", rotation_size=32))
     w_hat = layer.quantized_weight().dequantize_unrotated().double()
     assert torch.equal(layer(x.detach()), nn.functional.linear(y.detach(), w_hat, lin.bias))
+
+
+@pytest.mark.parametrize("trainable", ["rotation", "global_scale"])
+def test_fake_quantize_refuses_a_gradient_it_cannot_give(trainable):
+    # The straight-through estimator has a gradient for x only: a trainable rotation or global scale must not
+    # be left silently untrained (grad None).
+    x = torch.randn(4, 64, requires_grad=True)
+    R = fq.rotations.hadamard(32).requires_grad_(trainable == "rotation")
+    gs = fq.ops.nvfp4_global_scale(x.detach()).requires_grad_(trainable == "global_scale")
+    y = fake_quantize(x, "nvfp4", rotation=R, global_scale=gs)
+    with pytest.raises(RuntimeError, match="no gradient for rotation or global_scale"):
+        y.sum().backward()
+    # frozen, the gradient reaches x as before
+    y = fake_quantize(x, "nvfp4", rotation=R.detach(), global_scale=gs.detach())
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_fake_quantize_takes_a_number_as_global_scale():
+    x = torch.randn(4, 64)
+    g = float(fq.ops.nvfp4_global_scale(x))
+    assert torch.equal(fake_quantize(x, "nvfp4", global_scale=g),
+                       fake_quantize(x, "nvfp4", global_scale=torch.tensor([g])))

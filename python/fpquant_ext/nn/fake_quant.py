@@ -6,7 +6,7 @@ implementation and an autograd formula, instead of tracing into the quantizers.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -94,6 +94,11 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, _grad_mask):
+    if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+        # The straight-through estimator defines a gradient for x only; None for a trainable rotation or
+        # global scale would leave it silently untrained.
+        raise RuntimeError("fpquant.fake_quantize: no gradient for rotation or global_scale (the straight-through "
+                           "estimator passes the gradient to x only); detach them or keep them frozen")
     grad = grad_out
     if ctx.masked:
         mask, rotation = ctx.saved_tensors
@@ -114,7 +119,8 @@ _fake_quantize.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fake_quantize(x: torch.Tensor, format: str = "mxfp4", method: Optional[str] = None,
-                  rotation: Optional[torch.Tensor] = None, global_scale: Optional[torch.Tensor] = None,
+                  rotation: Optional[torch.Tensor] = None,
+                  global_scale: Union[torch.Tensor, float, None] = None,
                   mask_saturated: bool = False) -> torch.Tensor:
     """Quantize ``x`` [..., K] to FP4 and dequantize it back (same dtype and shape). float64 is quantized
     as float32; an input of no rows gives an empty output.
@@ -122,7 +128,11 @@ def fake_quantize(x: torch.Tensor, format: str = "mxfp4", method: Optional[str] 
     With a rotation R the values are quantized in the rotated space and rotated back (R^T), so the result
     approximates x itself. NVFP4 without ``global_scale`` uses the tensor's own (dynamic) global scale.
     Backward: the straight-through estimator (the gradient passes unchanged); with ``mask_saturated`` it is
-    zeroed where a value was clipped (in the rotated space). No gradient for rotation or global scale.
+    zeroed where a value was clipped (in the rotated space). There is no gradient for the rotation or the
+    global scale: backward raises if one of them requires grad. ``global_scale`` may be a tensor of one
+    element or a number, as in :func:`fpquant_ext.ops.quantize_nvfp4`.
     """
     method = method or ("floor" if format == "mxfp4" else "absmax")
+    if global_scale is not None:
+        global_scale = ops._global_scale("fpquant.fake_quantize", "global_scale", global_scale, x)
     return torch.ops.fpquant.fake_quantize(x, format, method, rotation, global_scale, mask_saturated)[0]
