@@ -149,6 +149,13 @@ def _convert(base, config, args, tokenizer):
         models.cast_parameters(model, torch.float32)
     summary = quantize_model(model, config, progress=True, calibration=calib)
     models.cast_parameters(model, dtype)
+    if calib is not None:
+        # The summary measured the float32 copy; the layers converted and the ones kept are in `dtype`.
+        for layer in summary.converted:
+            linear = base.get_submodule(layer.name)
+            layer.bytes_before = sum(p.numel() * p.element_size() for p in (linear.weight, linear.bias)
+                                     if p is not None)
+            layer.bytes_after = model.get_submodule(layer.name).nbytes
     if config.act_global_scale == "static":
         with calibrate_activations(model), torch.inference_mode():
             for chunk in _calibration_windows(args, tokenizer):
