@@ -76,7 +76,8 @@ def test_rotation_refused_by_compressed_tensors(tmp_path):
 
 
 def test_mode_override_and_pseudo_export(tmp_path):
-    config = fq.FP4Config(format="nvfp4", mode="qat")
+    # the qat-only gradient flag must not follow the weight into the modes it loads as
+    config = fq.FP4Config(format="nvfp4", mode="qat", mask_saturated_gradients=True)
     model = converted(config)
     save_quantized(model, str(tmp_path), "fp-quant", config)
     fresh = make_model(seed=2)
@@ -220,3 +221,13 @@ def test_tied_embeddings_are_stored_once_and_tied_again(tmp_path):
         else:
             with pytest.raises(CheckpointError, match="differ in the checkpoint, but the model ties them"):
                 load_quantized(fresh, str(tmp_path))
+
+
+def test_metadata_with_an_ignored_gradient_flag_loads():
+    # Earlier versions accepted mask_saturated_gradients in w4a16 / w4a4 (and ignored it); FP4Config now
+    # refuses it there, but a checkpoint that recorded it still loads.
+    from fpquant_ext.io._layers import config_from_metadata, metadata
+    meta = metadata(fq.FP4Config(format="nvfp4", mode="qat", mask_saturated_gradients=True))
+    meta["mode"] = "w4a16"
+    config = config_from_metadata(meta)
+    assert (config.mode, config.mask_saturated_gradients) == ("w4a16", False)

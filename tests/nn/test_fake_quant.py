@@ -209,3 +209,10 @@ def test_fake_quantize_takes_a_number_as_global_scale():
     g = float(fq.ops.nvfp4_global_scale(x))
     assert torch.equal(fake_quantize(x, "nvfp4", global_scale=g),
                        fake_quantize(x, "nvfp4", global_scale=torch.tensor([g])))
+
+
+@pytest.mark.parametrize("mode", ["w4a16", "w4a4"])
+def test_mask_saturated_gradients_is_refused_where_nothing_has_a_gradient(mode):
+    # w4a16 / w4a4 hold no master weight and pass no straight-through gradient: the flag would be ignored.
+    with pytest.raises(ValueError, match="mask_saturated_gradients applies to modes 'pseudo' and 'qat'"):
+        FP4Config(mode=mode, mask_saturated_gradients=True)

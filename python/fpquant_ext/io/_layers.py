@@ -47,6 +47,10 @@ def metadata(config: FP4Config) -> dict:
 def config_from_metadata(meta: dict) -> FP4Config:
     fields = {f.name for f in dataclasses.fields(FP4Config)}
     kwargs = {k: v for k, v in meta.items() if k in fields}
+    if kwargs.get("mode") not in ("pseudo", "qat"):
+        # Earlier versions accepted (and ignored) the flag in the other modes; it must not stop such a
+        # checkpoint from loading.
+        kwargs.pop("mask_saturated_gradients", None)
     return make_config(**kwargs)
 
 
@@ -64,11 +68,11 @@ def loadable(config: FP4Config, mode: Optional[str]) -> FP4Config:
     if mode not in LOADABLE_MODES:
         raise ValueError(f"load_quantized: mode must be one of {list(LOADABLE_MODES)} (a checkpoint holds FP4 "
                          f"weights, not master weights), got {mode!r}")
-    if mode == config.mode and not config.fake_quantize_activations:
+    if mode == config.mode and not (config.fake_quantize_activations or config.mask_saturated_gradients):
         return config
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return dataclasses.replace(config, mode=mode, fake_quantize_activations=False)
+        return dataclasses.replace(config, mode=mode, fake_quantize_activations=False, mask_saturated_gradients=False)
 
 
 def layer_data(layer: FP4Linear) -> LayerData:

@@ -139,6 +139,9 @@ class FP4Config:
         if self.fake_quantize_activations and self.mode not in ("pseudo", "qat"):
             raise ValueError("FP4Config: fake_quantize_activations applies to modes 'pseudo' and 'qat' "
                              f"('w4a4' always quantizes activations, 'w4a16' never), got mode '{self.mode}'")
+        if self.mask_saturated_gradients and self.mode not in ("pseudo", "qat"):
+            raise ValueError("FP4Config: mask_saturated_gradients applies to modes 'pseudo' and 'qat' (the modes "
+                             f"with a straight-through gradient), got mode '{self.mode}'")
         if self.rotation == "none":
             asked = [name for name, used in (("weight_method", True), ("act_method", self.quantizes_activations))
                      if used and getattr(self, name) == "quest"]
