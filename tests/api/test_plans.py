@@ -143,7 +143,12 @@ def test_matmul_paths_by_gpu(fmt, out):
         if bf16 and M == 256:
             assert p.path == "w4a16"
             continue
-        assert p.path == "sm90" and p.workspace_bytes >= (M + N) * K and p.note is None, (M, N, K)
+        assert p.path == "sm90" and p.note is None, (M, N, K)
+        # converted operands, except where the NVFP4 tiles decode in the GEMM (no workspace at all)
+        if fmt == "mxfp4" or NV_PLAN_FIRST < 4:
+            assert p.workspace_bytes >= (M + N) * K, (M, N, K)
+        else:
+            assert p.workspace_bytes == 0, (M, N, K)
     for gpu in (H100_NO_SM90_BUILD, ADA, B300, B200_NO_BLACKWELL_BUILD):
         p = plan_matmul(64, 4096, 4096, fmt, out, "blocked", gpu)
         path = "w4a16" if bf16 and gpu in (H100_NO_SM90_BUILD, ADA) else "generic"
