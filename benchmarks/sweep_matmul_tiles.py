@@ -1,7 +1,7 @@
 """Tile sweep of the Hopper FP4 GEMMs (a tuning aid for plan_matmul, csrc/cuda/matmul/matmul_plan.cpp), with
 the time split between the operand pass and the GEMM kernel.
 
-    python benchmarks/sweep_matmul_tiles.py [--json out.json] [--shapes 8192x8192x8192,16x8192x8192] [--formats nvfp4]
+    python benchmarks/sweep_matmul_tiles.py [--json out.json] [--shapes 8192x8192x8192,16x8192x8192] [--formats nvfp4] [--tiles 0,8]
 
 Every tile of kMatmulSm90MxTiles / kMatmulSm90NvTiles (matmul_sm90_tiles.h) is forced through
 fpquant_ext.tuning.plan_override(matmul_path="sm90", matmul_config=c) and timed as bench_matmul times the op
@@ -18,7 +18,7 @@ import fpquant_ext as fq
 from bench_matmul import LARGE, L2_BYTES, SMALL, matmul, quantize
 from common import bench_graph_ms, run_meta
 
-TILES = {"mxfp4": 4, "nvfp4": 8}
+TILES = {"mxfp4": 4, "nvfp4": 12}
 
 
 def kernel_split(fn):
@@ -43,6 +43,7 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--shapes", default=",".join(f"{m}x{n}x{k}" for m, n, k in LARGE + SMALL))
     parser.add_argument("--formats", default="mxfp4,nvfp4")
+    parser.add_argument("--tiles", help="comma-separated tile indices (default: every tile of the format)")
     args = parser.parse_args()
     rows = []
     for M, N, K in [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]:
@@ -52,7 +53,8 @@ def main():
         bf16 = bench_graph_ms([lambda x=x, w=w: torch.matmul(x, w.t()) for x, w in zip(xs, ws)])
         for fmt in args.formats.split(","):
             pairs = [(quantize(x, fmt), quantize(w, fmt)) for x, w in zip(xs, ws)]
-            for c in range(TILES[fmt]):
+            tiles = [int(t) for t in args.tiles.split(",")] if args.tiles else range(TILES[fmt])
+            for c in (t for t in tiles if t < TILES[fmt]):
                 with fq.tuning.plan_override(matmul_path="sm90", matmul_config=c):
                     t = bench_graph_ms([lambda a=a, b=b: matmul(fmt, a, b) for a, b in pairs])
                     split = kernel_split(lambda: matmul(fmt, *pairs[0]))

@@ -10,7 +10,7 @@
 # Extra pytest arguments for the tests stage can be given in PYTEST_ARGS (no environment variable selects a
 # kernel: tests force one with fpquant_ext.tuning.plan_override, e.g. quantize_path="rotate_sm90" for the
 # Hopper rotation kernel at every size); BENCHES picks the benchmarks ("quantize w4a16 matmul" by default;
-# MATMUL_PATH forces bench_matmul's path; SWEEP_SHAPES / SWEEP_FORMATS narrow the tile sweep); CPU_TESTS=0 skips the CPU suite there (CI runs it); STEP_TIMEOUT
+# MATMUL_PATH forces bench_matmul's path; SWEEP_SHAPES / SWEEP_FORMATS / SWEEP_TILES narrow the tile sweep); CPU_TESTS=0 skips the CPU suite there (CI runs it); STEP_TIMEOUT
 # bounds each test, benchmark and sanitizer step (seconds, default 240); ALL_DEADLINE bounds build-all
 # (seconds from its start, default 480).
 set -uo pipefail
@@ -92,7 +92,7 @@ if [[ " $stages " == *" sanitizer "* ]]; then
 fi
 if [[ " $stages " == *" sweep "* ]]; then
   echo "== matmul tile sweep"
-  (cd benchmarks && timeout "$T" python3 sweep_matmul_tiles.py ${SWEEP_SHAPES:+--shapes "$SWEEP_SHAPES"} \
+  (cd benchmarks && timeout "$T" python3 sweep_matmul_tiles.py ${SWEEP_SHAPES:+--shapes "$SWEEP_SHAPES"} ${SWEEP_TILES:+--tiles "$SWEEP_TILES"} \
     ${SWEEP_FORMATS:+--formats "$SWEEP_FORMATS"} --json "$OUT/matmul_tiles.json")
 fi
 if [[ " $stages " == *" profile "* ]]; then
