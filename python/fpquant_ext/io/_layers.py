@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from ..nn import FP4Config, FP4Linear, QuantizedWeight
+from ..nn.config import FLOAT_WEIGHT_MODES
 
 # Our own settings ride along in quantization_config under this key, so that a checkpoint we wrote loads
 # back to the same modules (mode, scale rules, rotation name); other tools ignore it.
@@ -47,7 +48,7 @@ def metadata(config: FP4Config) -> dict:
 def config_from_metadata(meta: dict) -> FP4Config:
     fields = {f.name for f in dataclasses.fields(FP4Config)}
     kwargs = {k: v for k, v in meta.items() if k in fields}
-    if kwargs.get("mode") not in ("pseudo", "qat"):
+    if kwargs.get("mode") not in FLOAT_WEIGHT_MODES:
         # Earlier versions accepted (and ignored) the flag in the other modes; it must not stop such a
         # checkpoint from loading.
         kwargs.pop("mask_saturated_gradients", None)

@@ -14,6 +14,8 @@ from ..formats import MX_GROUP, MX_METHODS, NV_GROUP, ROTATION_SIZES
 
 FORMATS = ("mxfp4", "nvfp4")
 MODES = ("w4a16", "w4a4", "pseudo", "qat")
+# The modes that keep float weights and fake-quantize in the forward (their own flags apply only to them).
+FLOAT_WEIGHT_MODES = ("pseudo", "qat")
 NV_METHODS = ("absmax",)
 ROTATION_FALLBACKS = ("shrink", "skip")
 ACT_GLOBAL_SCALES = ("dynamic", "static")
@@ -136,10 +138,10 @@ class FP4Config:
                 raise ValueError(f"FP4Config: act_global_scale_value must be finite and positive, got {v}")
             if self.act_global_scale != "static":
                 raise ValueError("FP4Config: act_global_scale_value needs act_global_scale='static'")
-        if self.fake_quantize_activations and self.mode not in ("pseudo", "qat"):
+        if self.fake_quantize_activations and self.mode not in FLOAT_WEIGHT_MODES:
             raise ValueError("FP4Config: fake_quantize_activations applies to modes 'pseudo' and 'qat' "
                              f"('w4a4' always quantizes activations, 'w4a16' never), got mode '{self.mode}'")
-        if self.mask_saturated_gradients and self.mode not in ("pseudo", "qat"):
+        if self.mask_saturated_gradients and self.mode not in FLOAT_WEIGHT_MODES:
             raise ValueError("FP4Config: mask_saturated_gradients applies to modes 'pseudo' and 'qat' (the modes "
                              f"with a straight-through gradient), got mode '{self.mode}'")
         if self.rotation == "none":

@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 from torch import nn
 
-from .config import FP4Config
+from .config import FLOAT_WEIGHT_MODES, FP4Config
 from .linear import FP4Linear
 
 
@@ -63,7 +63,7 @@ class ConversionSummary:
             before, after = self.bytes_before, self.bytes_after
             # pseudo / qat keep the float master weight (and a rotation per layer): no smaller at all.
             size = (f"{before / after:.2f}x smaller" if after < before else
-                    f"{after / before:.2f}x larger: the float weights are kept" if cfg.mode in ("pseudo", "qat")
+                    f"{after / before:.2f}x larger: the float weights are kept" if cfg.mode in FLOAT_WEIGHT_MODES
                     else f"{after / before:.2f}x larger")
             lines.append(f"converted {len(self.converted)} Linear layers: {_mib(before)} -> {_mib(after)} ({size})")
         else:
