@@ -18,7 +18,7 @@ import fpquant_ext as fq
 from bench_matmul import LARGE, L2_BYTES, SMALL, matmul, quantize
 from common import bench_graph_ms, run_meta
 
-TILES = {"mxfp4": 4, "nvfp4": 12}
+TILES = {"mxfp4": 4, "nvfp4": 8}
 
 
 def kernel_split(fn):

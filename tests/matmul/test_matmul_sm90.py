@@ -51,8 +51,7 @@ def test_quantized_data_all_dtypes_layouts(fmt, layout, out_dtype, bias_dtype, s
 
 
 # Tile configurations of matmul_sm90_tiles.h (kMatmulSm90MxTileCount, kMatmulSm90NvTileCount).
-SM90_TILES = {"mxfp4": 4, "nvfp4": 12}
-NV_REGISTER_TILES = (8, 9, 10, 11)  # decode = 2: the rows operand decoded in the consumers' registers
+SM90_TILES = {"mxfp4": 4, "nvfp4": 8}
 
 
 @pytest.mark.parametrize("fmt,config", [(f, c) for f, n in SM90_TILES.items() for c in range(n)])
@@ -154,9 +153,7 @@ def test_nvfp4_every_tile_layout_and_load_width(config, layout, K, scale_offset,
     # Tiles 4-7 read the packed operands inside the GEMM: K % 64 == 0 with 4-byte aligned scales takes 16-byte
     # code and 4-byte scale loads per row and stage; scales one byte off, or K = 1040 (a last stage of one
     # group), take 8-byte and byte loads. Random E4M3 scales, zero groups, NaN groups (one in a row's last
-    # group), an all-zero row, rows and columns past the last tile; tiles 0-3 take the operand pass. Tiles 8-9
-    # (N > M here: B is their rows operand, the output stored transposed) read their rows' scales with 4-byte
-    # or byte loads alike, and refuse K % 32 != 0 (TMA rows of codes).
+    # group), an all-zero row, rows and columns past the last tile; tiles 0-3 take the operand pass.
     gen = torch.Generator().manual_seed(seed)
     M, N = 200, 300
     a, sa = random_operand(M, K, "nvfp4", gen)
@@ -166,12 +163,6 @@ def test_nvfp4_every_tile_layout_and_load_width(config, layout, K, scale_offset,
         sa, sb = fq.swizzle_scales(sa), fq.swizzle_scales(sb)
     ga, gb = torch.tensor([3.5]), torch.tensor([0.25])
     ref = run_matmul("nvfp4", a, sa, ga, b, sb, gb, layout, torch.float32, None)
-    if config in NV_REGISTER_TILES and K % 32 != 0:
-        with fq.tuning.plan_override(matmul_path="sm90", matmul_config=config), \
-                pytest.raises(ValueError, match="multiple of 32"):
-            run_matmul("nvfp4", a.cuda(), sa.cuda(), ga.cuda(), b.cuda(), sb.cuda(), gb.cuda(), layout, torch.float32,
-                       None)
-        return
     with fq.tuning.plan_override(matmul_path="sm90", matmul_config=config):
         got = run_matmul("nvfp4", a.cuda(), off_by(sa, scale_offset), ga.cuda(), b.cuda(), off_by(sb, scale_offset),
                          gb.cuda(), layout, torch.float32, None)
@@ -196,33 +187,6 @@ def test_nvfp4_decoding_tiles_equal_the_pass_tiles_bit_for_bit(layout, M, N, K, 
             with fq.tuning.plan_override(matmul_path="sm90", matmul_config=c):
                 outs.append(fq.matmul_nvfp4(*args, layout, torch.float32))
         assert torch.equal(outs[0], outs[1]), (config, (outs[0] - outs[1]).abs().max().item())
-
-
-@pytest.mark.parametrize("layout", ["linear", "blocked"])
-@pytest.mark.parametrize("M,N,K", [(300, 520, 1024), (520, 300, 1056), (129, 257, 96), (1024, 768, 4096)])
-def test_nvfp4_register_tiles_equal_the_pass_tiles_bit_for_bit(layout, M, N, K, seed):
-    # Tiles 8-9 decode the rows operand (the larger of A and B; B when N > M, the output then stored transposed)
-    # in registers and feed the same k-steps to the same bf16 wgmmas as tiles 0-1 (B's operand, or A's when
-    # swapped, from the same pass): products and float32 sums in the same order, the same epilogue operations.
-    # K = 1056 and 96 end in half a stage; a bias of each kind and every output dtype.
-    gen = torch.Generator().manual_seed(seed)
-    a, sa = random_operand(M, K, "nvfp4", gen)
-    b, sb = random_operand(N, K, "nvfp4", gen)
-    if layout == "blocked":
-        sa, sb = fq.swizzle_scales(sa), fq.swizzle_scales(sb)
-    ga, gb = torch.tensor([2.0]), torch.tensor([0.5])
-    args = [t.cuda() for t in (a, sa, ga, b, sb, gb)]
-    for out_dtype, bias in [(torch.float32, None), (torch.bfloat16, torch.randn(N, generator=gen).bfloat16()),
-                            (torch.float16, torch.randn(N, generator=gen))]:
-        bias_cuda = None if bias is None else bias.cuda()
-        ref = run_matmul("nvfp4", a, sa, ga, b, sb, gb, layout, out_dtype, bias)
-        for config in NV_REGISTER_TILES:
-            outs = []
-            for c in ((config - 8) % 2, config):
-                with fq.tuning.plan_override(matmul_path="sm90", matmul_config=c):
-                    outs.append(fq.matmul_nvfp4(*args, layout, out_dtype, bias_cuda))
-            check(outs[1].cpu(), ref, TOL[out_dtype])
-            assert torch.equal(outs[0], outs[1]), (config, out_dtype, (outs[0].float() - outs[1].float()).abs().max().item())
 
 
 @pytest.mark.parametrize("fmt", ["mxfp4", "nvfp4"])

@@ -144,7 +144,7 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
     // Both scale layouts are read by index arithmetic; the workspace holds the converted operands (none for
     // an NVFP4 tile that decodes in the GEMM).
     const bool mx = f == core::Format::kMxFp4;
-    plan.config = matmul_sm90_tile(f, M, N, K, gpu.num_sms);
+    plan.config = matmul_sm90_tile(f, M, N, gpu.num_sms);
     if (ov.config >= 0) {
       if (ov.config >= (mx ? kMatmulSm90MxTileCount : kMatmulSm90NvTileCount)) {
         plan.invalid = mx ? "the sm90 MXFP4 matmul tile is out of range (matmul_sm90_tiles.h: kMatmulSm90MxTiles)"
@@ -152,11 +152,6 @@ MatmulPlan plan_matmul(int64_t M, int64_t N, int64_t K, core::Format f, core::Sc
         return plan;
       }
       plan.config = ov.config;
-      if (!mx && kMatmulSm90NvTiles[plan.config].decode >= kMatmulSm90NvRegisters && K % kMatmulSm90NvRegistersKAlign != 0) {
-        plan.invalid = "the sm90 NVFP4 matmul tiles that decode in registers need K a multiple of 32 (TMA copies rows "
-                       "of codes of a multiple of 16 bytes)";
-        return plan;
-      }
     }
     plan.workspace_bytes = matmul_sm90_workspace_bytes(f, M, N, K, plan.config);
     return plan;

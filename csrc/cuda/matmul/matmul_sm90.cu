@@ -274,9 +274,7 @@ __device__ __forceinline__ NvTables nv_tables_in_registers() {
   return t;
 }
 
-// Pairs 0-1 (elements 0-3) take s_lo, pairs 2-3 s_hi: the consumers' words hold two groups' elements.
-__device__ __forceinline__ uint4 decode_nv_word2(uint32_t w, __nv_bfloat162 s_lo, __nv_bfloat162 s_hi,
-                                                 const NvTables& t = NvTables{}) {
+__device__ __forceinline__ uint4 decode_nv_word(uint32_t w, __nv_bfloat162 s2, const NvTables& t = NvTables{}) {
   const uint32_t m = w & 0x77777777u, w4 = w << 4;
   const uint32_t hi_a = prmt(t.hi0, t.hi1, m) | (prmt(w, w4, 0x1504u) & 0x80808080u);  // elements 0-3
   const uint32_t hi_b = prmt(t.hi0, t.hi1, m >> 16) | (prmt(w, w4, 0x3726u) & 0x80808080u);  // elements 4-7
@@ -286,14 +284,10 @@ __device__ __forceinline__ uint4 decode_nv_word2(uint32_t w, __nv_bfloat162 s_lo
   uint32_t out[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    __nv_bfloat162 p = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&v[i]), i < 2 ? s_lo : s_hi);
+    __nv_bfloat162 p = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&v[i]), s2);
     out[i] = *reinterpret_cast<uint32_t*>(&p);
   }
   return make_uint4(out[0], out[1], out[2], out[3]);
-}
-
-__device__ __forceinline__ uint4 decode_nv_word(uint32_t w, __nv_bfloat162 s2, const NvTables& t = NvTables{}) {
-  return decode_nv_word2(w, s2, s2, t);
 }
 
 __device__ __forceinline__ __nv_bfloat162 nv_scale2(uint8_t scale) {
@@ -354,8 +348,7 @@ __device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_
 #endif
 }
 
-// DECODE: MatmulSm90Tile::decode (0 operand pass, 1 decoding producer, 2 consumers decode the rows operand).
-template <bool FP8, int BN, int STAGES, int DECODE = 0>
+template <bool FP8, int BN, int STAGES, bool DECODE = false>
 struct GCfg {
   static_assert(FP8 ? (BN == 128 || BN == 192) : (BN == 128 || BN == 256), "instantiated wgmma shapes");
   static_assert(!(FP8 && DECODE), "only NVFP4 decodes in the GEMM");
@@ -368,13 +361,12 @@ struct GCfg {
   // A decoding producer keeps the launch's registers (two stages of codes and scales and the decode's
   // temporaries), and so do its consumers: no setmaxnreg, so that ptxas holds every path to kLaunchRegs and
   // its spill report covers them all.
-  static constexpr int kProducerRegs = DECODE == 1 ? kLaunchRegs : 40;
+  static constexpr int kProducerRegs = DECODE ? kLaunchRegs : 40;
   static constexpr int kPooledRegs = kLaunchRegs + 128 * (kLaunchRegs - kProducerRegs) / kConsumers;
   static constexpr int kConsumerRegs = (kPooledRegs > 240 ? 240 : kPooledRegs) / 8 * 8;
   static_assert(kConsumers * (kConsumerRegs - kLaunchRegs) <= 128 * (kLaunchRegs - kProducerRegs),
                 "the consumers' registers come from the producer's");
-  // decode 2: the rows operand's codes, [128 rows][32 bytes] (64 K) as TMA writes them without a swizzle
-  static constexpr int kABytes = DECODE >= kMatmulSm90NvRegisters ? kBM * 32 : kBM * 128;
+  static constexpr int kABytes = kBM * 128;
   static constexpr int kBBytes = BN * 128;
   static constexpr int kFacBytes = FP8 ? (kBM + BN) * 4 : 0;  // 2^Ra of the tile's rows, then 2^Rb of its columns
   static constexpr int kA = 0;                                // stage tiles at 1024-byte multiples
@@ -406,14 +398,10 @@ struct GemmArgs {
 // so a row's stage is two 16-byte code loads and one 2-byte scale load. A parameter of its own rather than
 // fields of GemmArgs: with a larger GemmArgs, nvcc laid out the other tiles' kernels differently (a third of
 // their code size), and those are the measured ones.
-// Tiles with decode = 2 use a_scales (the rows operand's, B's when swapped: its codes come by TMA), vec (one
-// 4-byte load per row and stage: K % 64 == 0 or blocked scales, 4-byte aligned) and transposed (rows operand =
-// B: the output is stored as out^T).
 struct NvOperands {
   const uint8_t *a_codes, *a_scales, *b_codes, *b_scales;
   ScaleLayout layout;
   bool vec;
-  bool transposed;
 };
 
 struct GemmMaps {
@@ -470,31 +458,6 @@ __device__ __forceinline__ void epilogue(const GemmArgs& p, const float (&acc)[B
       const float v0 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h], alpha), b0);
       const float v1 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h + 1], alpha), b1);
       store_pair(out + static_cast<int64_t>(m) * p.N + n, v0, v1, two, even);
-    }
-  }
-}
-
-// Swapped problems (NvOperands::transposed): the tile's rows are the output's columns (p.M of them: the
-// problem's N) and its columns the output's rows, so acc[4j + 2h + e] goes to out[n_base + 8j + e][m_base + 8h];
-// the bias belongs to the row. The same operations as epilogue, so the values are bit-identical.
-template <typename T, int BN>
-__device__ __forceinline__ void epilogue_transposed(const GemmArgs& p, const float (&acc)[BN / 2], float alpha,
-                                                    int m_base, int n_base) {
-  T* out = static_cast<T*>(p.out);
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int m = m_base + 8 * h;
-    if (m >= p.M) continue;
-    const float b = p.bias != nullptr ? load_bias(p.bias, p.bias_dtype, m) : 0.0f;
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int n = n_base + 8 * j + e;
-        if (n >= p.N) continue;
-        store_pair(out + static_cast<int64_t>(n) * p.M + m, __fadd_rn(__fmul_rn(acc[4 * j + 2 * h + e], alpha), b), 0.0f,
-                   false, false);
-      }
     }
   }
 }
@@ -643,43 +606,11 @@ __device__ __forceinline__ void decode_producer(const GemmArgs& p, const NvOpera
   }
 }
 
-// Tiles with decode = 2: the 4 scale bytes of row `row` for stage kb (groups 4 kb .. 4 kb + 3, byte j = group
-// 4 kb + j), zero past the operand's rows or K (the codes there are TMA's zero fill: 0 x 0, never NaN).
-__device__ __forceinline__ uint32_t rows_scales(const NvOperands& nv, int K, int row, int rows, int kb) {
-  if (row >= rows) return 0;
-  const int64_t groups = K / core::kNvGroup, g0 = 4 * static_cast<int64_t>(kb);
-  if (nv.vec && g0 + 4 <= groups)  // both layouts keep a row's 4 groups of a stage adjacent, 4-byte aligned
-    return __ldg(reinterpret_cast<const uint32_t*>(nv.a_scales + nv_scale_at(row, g0, groups, nv.layout)));
-  uint32_t s = 0;
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-    if (g0 + j < groups) s |= static_cast<uint32_t>(__ldg(nv.a_scales + nv_scale_at(row, g0 + j, groups, nv.layout))) << (8 * j);
-  return s;
-}
-
-// One row's 64 K of a stage (32 code bytes in smem, its 4 scales) into this lane's halves of the stage's 4
-// wgmma A fragments (wgmma_m64nNk16_rs: a[s][h] = (row, k 16 s + 2q, + 1), a[s][2 + h] = (row, k 16 s + 2q + 8,
-// + 9), h = 0 for row g, 1 for row g + 8). Group s is k-step s; the lane's 4 elements of it are bytes q and
-// q + 4 of the group's 8, i.e. byte q of words 2s and 2s + 1 of the row: two prmt gather them per two words
-// and a third joins two groups into one word for decode_nv_word2 (its pairs 0, 1 = group s, 2, 3 = s + 1).
-__device__ __forceinline__ void decode_rows_row(const unsigned char* row, uint32_t sc, uint32_t sel, int h,
-                                                const NvTables& tab, uint32_t (&a)[4][4]) {
-  const uint4 lo = *reinterpret_cast<const uint4*>(row), hi = *reinterpret_cast<const uint4*>(row + 16);
-  const uint32_t x01 = prmt(prmt(lo.x, lo.y, sel), prmt(lo.z, lo.w, sel), 0x5410u);
-  const uint32_t x23 = prmt(prmt(hi.x, hi.y, sel), prmt(hi.z, hi.w, sel), 0x5410u);
-  __nv_bfloat162 s[4];
-  nv_scales2(sc & 0xFFFFu, s[0], s[1]);
-  nv_scales2(sc >> 16, s[2], s[3]);
-  const uint4 d01 = decode_nv_word2(x01, s[0], s[1], tab), d23 = decode_nv_word2(x23, s[2], s[3], tab);
-  a[0][h] = d01.x, a[0][2 + h] = d01.y, a[1][h] = d01.z, a[1][2 + h] = d01.w;
-  a[2][h] = d23.x, a[2][2 + h] = d23.y, a[3][h] = d23.z, a[3][2 + h] = d23.w;
-}
-
 // One CTA per tile, or (persistent launch) min(tiles, SMs) CTAs walking the tiles t = blockIdx.x,
 // + gridDim.x, ...; the producer then runs ahead into the next tile's stages while the consumers finish a
 // tile and write its epilogue. `it` counts the stages a CTA has gone through over all its tiles (the ring's
 // position and phase).
-template <bool FP8, int BN, int STAGES, int DECODE>
+template <bool FP8, int BN, int STAGES, bool DECODE>
 __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __grid_constant__ GemmMaps maps,
                                                       const NvOperands nv) {
 #if FPQUANT_WGMMA
@@ -694,11 +625,11 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
   // full[s]: the stage's copies landed (the producer's expect-tx arrival + bytes), or (DECODE) the 4 producer
   // warps wrote it; empty[s]: the 8 consumer warps are done with it (their wgmmas completed and, for MXFP4,
   // their factor reads).
-  if (tid == 0) mbar_init_ring(full, empty, STAGES, C::kConsumers / 32, DECODE == 1 ? 4 : 1);
+  if (tid == 0) mbar_init_ring(full, empty, STAGES, C::kConsumers / 32, DECODE ? 4 : 1);
   __syncthreads();  // the last CTA-wide barrier: the producer warpgroup leaves when its copies are issued
 
   if (tid >= C::kConsumers) {
-    if constexpr (DECODE == 1) {
+    if constexpr (DECODE) {
       decode_producer<BN, STAGES>(p, nv, smem, full, empty, tid - C::kConsumers);
       return;
     }
@@ -718,8 +649,7 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
         const uint32_t bar = full + 8 * s;
         // Out-of-range rows and k of a box arrive as zeros and still count toward the bytes.
         mbar_arrive_expect_tx(bar, bytes);
-        // decode 2: A is the rows operand's codes, K / 2 bytes per row
-        tma_load_2d(smem_addr + C::kA + s * C::kABytes, &maps.a, DECODE >= 2 ? kb * (C::kBK / 2) : kb * C::kBK, m0, bar);
+        tma_load_2d(smem_addr + C::kA + s * C::kABytes, &maps.a, kb * C::kBK, m0, bar);
         tma_load_2d(smem_addr + C::kB + s * C::kBBytes, &maps.b, kb * C::kBK, n0, bar);
         if constexpr (FP8) {
           const uint32_t fac = smem_addr + C::kFac + s * C::kFacBytes;
@@ -730,7 +660,7 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
     }
     return;
   }
-  if constexpr (DECODE != 1) setmaxnreg_inc<C::kConsumerRegs>();
+  if constexpr (!DECODE) setmaxnreg_inc<C::kConsumerRegs>();
   const int wg = tid / 128, warp = (tid % 128) / 32, lane = tid % 32, g = lane / 4, q = lane % 4;
   const int row_in_tile = 64 * wg + 16 * warp + g;  // this thread's rows: row_in_tile and row_in_tile + 8
   float alpha = 1.0f;
@@ -807,74 +737,6 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
           acc[4 * j + 3] = __fmul_rn(acc[4 * j + 3], b.y);
         }
       }
-    } else if constexpr (DECODE >= kMatmulSm90NvRegisters) {
-      constexpr bool kInFlight = DECODE == kMatmulSm90NvRegisters;  // EXPERIMENT: 3 waits for each stage
-      // Stage kb: its row scales were loaded a stage earlier; wait for its codes, decode both rows into
-      // register set a (free: the wgmmas that read it two stages ago completed), issue the stage's 4 RS
-      // wgmmas, wait for the previous stage's (whose register set `prev` is then free) and release its stage.
-      const NvTables tab = nv_tables_in_registers();
-      const uint32_t sel = static_cast<uint32_t>(q) | (static_cast<uint32_t>(q + 4) << 4);
-      uint32_t sc_next[2] = {rows_scales(nv, p.K, m_base, p.M, 0), rows_scales(nv, p.K, m_base + 8, p.M, 0)};
-      auto step = [&](int kb, uint32_t (&a)[4][4], uint32_t (&prev)[4][4]) {
-        const int s = it % STAGES;
-        const uint32_t sc0 = sc_next[0], sc1 = sc_next[1];
-        if (kb + 1 < p.kblocks) {
-          sc_next[0] = rows_scales(nv, p.K, m_base, p.M, kb + 1);
-          sc_next[1] = rows_scales(nv, p.K, m_base + 8, p.M, kb + 1);
-        }
-        mbar_wait(full + 8 * s, (it / STAGES) & 1);
-        const unsigned char* codes = smem + C::kA + s * C::kABytes + row_in_tile * 32;
-        decode_rows_row(codes, sc0, sel, 0, tab, a);
-        decode_rows_row(codes + 8 * 32, sc1, sel, 1, tab, a);
-        const uint32_t b_tile = smem_addr + C::kB + s * C::kBBytes;
-        // The fences pin the decode before wgmma_fence: sunk between the stage's wgmmas, it made ptxas
-        // serialize them (C7513).
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) fence_operand(a[ks][j]);
-#pragma unroll
-        for (int i = 0; i < BN / 2; ++i) fence_operand(acc[i]);
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < C::kBK / 16; ++ks)
-          wgmma_m64nNk16_rs<__nv_bfloat16, BN>(acc, a[ks], sw128_desc(b_tile + 32 * ks));
-        wgmma_commit();
-        if constexpr (kInFlight) {
-          wgmma_wait<1>();
-#pragma unroll
-          for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) fence_operand(prev[ks][j]);
-          __syncwarp();
-          if (lane == 0 && kb > 0) mbar_arrive(empty + 8 * ((it - 1) % STAGES));
-        } else {
-          wgmma_wait<0>();
-#pragma unroll
-          for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) fence_operand(a[ks][j]);
-          __syncwarp();
-          if (lane == 0) mbar_arrive(empty + 8 * s);
-        }
-        ++it;
-      };
-      uint32_t a0[4][4], a1[4][4];
-      if constexpr (kInFlight) {
-        for (int kb = 0; kb < p.kblocks; kb += 2) {
-          step(kb, a0, a1);
-          if (kb + 1 < p.kblocks) step(kb + 1, a1, a0);
-        }
-        wgmma_wait<0>();
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) fence_operand(a0[ks][j]), fence_operand(a1[ks][j]);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(empty + 8 * ((it - 1) % STAGES));  // the tile's last stage
-      } else {
-        for (int kb = 0; kb < p.kblocks; ++kb) step(kb, a0, a0);
-      }
     } else {
       for (int kb = 0; kb < p.kblocks; ++kb, ++it) {
         const int s = it % STAGES;
@@ -899,14 +761,6 @@ __global__ void __launch_bounds__(384, 1) gemm_kernel(const GemmArgs p, const __
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) fence_operand(acc[i]);
 
-    if constexpr (DECODE >= kMatmulSm90NvRegisters) {
-      if (nv.transposed) {
-        if (p.out_dtype == DType::kBF16) epilogue_transposed<__nv_bfloat16, BN>(p, acc, alpha, m_base, n_base);
-        else if (p.out_dtype == DType::kF16) epilogue_transposed<__half, BN>(p, acc, alpha, m_base, n_base);
-        else epilogue_transposed<float, BN>(p, acc, alpha, m_base, n_base);
-        continue;
-      }
-    }
     if (p.out_dtype == DType::kBF16) epilogue<__nv_bfloat16, BN>(p, acc, alpha, m_base, n_base);
     else if (p.out_dtype == DType::kF16) epilogue<__half, BN>(p, acc, alpha, m_base, n_base);
     else epilogue<float, BN>(p, acc, alpha, m_base, n_base);
@@ -931,34 +785,13 @@ bool operand_map(CUtensorMap* map, bool bf16, const void* base, int64_t K, int64
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-// The rows operand's codes of tiles with decode = 2: [rows][K / 2] bytes in boxes of 32 bytes (64 K) x 128
-// rows, unswizzled (decode_rows_row reads a row's 32 bytes where TMA put them). K / 2 must be a multiple of 16.
-bool codes_map(CUtensorMap* map, const void* base, int64_t K, int64_t rows) {
-  const EncodeTiled encode = encode_tiled();
-  if (encode == nullptr) return false;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(K / 2), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(K / 2)};
-  const cuuint32_t box[2] = {32, kBM};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  return encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box, elem_strides,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-// p: the problem as the GEMM sees it (decode = 2 swapped: A and B exchanged, M and N too; `transposed` then
-// tells the epilogue to store out^T).
-template <bool FP8, int BN, int STAGES, int DECODE>
-cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, bool persistent, bool transposed,
-                        cudaStream_t stream) {
+template <bool FP8, int BN, int STAGES, bool DECODE>
+cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, bool persistent, cudaStream_t stream) {
   using C = GCfg<FP8, BN, STAGES, DECODE>;
   unsigned char* ws = static_cast<unsigned char*>(p.workspace);
   GemmMaps maps{};
-  if (DECODE == 0 && (!operand_map(&maps.a, !FP8, ws + w.a_operand, p.K, p.M, kBM) ||
-                      !operand_map(&maps.b, !FP8, ws + w.b_operand, p.K, p.N, BN)))
-    return cudaErrorInvalidValue;
-  if (DECODE >= kMatmulSm90NvRegisters &&
-      (p.K % kMatmulSm90NvRegistersKAlign != 0 || reinterpret_cast<uintptr_t>(p.a_codes) % 16 != 0 ||
-       !codes_map(&maps.a, p.a_codes, p.K, p.M) || !operand_map(&maps.b, true, ws + w.b_operand, p.K, p.N, BN)))
+  if (!DECODE && (!operand_map(&maps.a, !FP8, ws + w.a_operand, p.K, p.M, kBM) ||
+                  !operand_map(&maps.b, !FP8, ws + w.b_operand, p.K, p.N, BN)))
     return cudaErrorInvalidValue;
   GemmArgs a{};
   a.M = static_cast<int>(p.M);
@@ -980,14 +813,7 @@ cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, boo
   a.a_global = p.a_global;
   a.b_global = p.b_global;
   NvOperands nv{};
-  if (DECODE >= kMatmulSm90NvRegisters) {
-    nv.a_scales = p.a_scales;
-    nv.layout = p.layout;
-    nv.vec = reinterpret_cast<uintptr_t>(p.a_scales) % 4 == 0 &&
-             (p.layout == ScaleLayout::kBlocked || (p.K / core::kNvGroup) % 4 == 0);
-    nv.transposed = transposed;
-  }
-  if (DECODE == 1) {
+  if (DECODE) {
     nv.a_codes = p.a_codes;
     nv.a_scales = p.a_scales;
     nv.b_codes = p.b_codes;
@@ -1008,12 +834,12 @@ cudaError_t launch_gemm(const MatmulParams& p, const MatmulSm90Workspace& w, boo
 }
 
 template <bool FP8, const MatmulSm90Tile* TILES, int COUNT, int I = 0>
-cudaError_t launch_config(const MatmulParams& p, const MatmulSm90Workspace& w, bool transposed, cudaStream_t stream) {
+cudaError_t launch_config(const MatmulParams& p, const MatmulSm90Workspace& w, cudaStream_t stream) {
   if constexpr (I + 1 < COUNT) {
-    if (p.config != I) return launch_config<FP8, TILES, COUNT, I + 1>(p, w, transposed, stream);
+    if (p.config != I) return launch_config<FP8, TILES, COUNT, I + 1>(p, w, stream);
   }
   constexpr MatmulSm90Tile t = TILES[I];
-  return launch_gemm<FP8, t.bn, t.stages, t.decode>(p, w, t.persistent != 0, transposed, stream);
+  return launch_gemm<FP8, t.bn, t.stages, t.decode != 0>(p, w, t.persistent != 0, stream);
 }
 
 bool valid(const MatmulParams& p, Format f, int tile_count, const MatmulSm90Workspace& w) {
@@ -1043,32 +869,16 @@ cudaError_t matmul_mxfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
       reinterpret_cast<float*>(ws + w.b_row), reinterpret_cast<int*>(ws + w.b_flags));
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  return launch_config<true, kMatmulSm90MxTiles, kMatmulSm90MxTileCount>(p, w, false, stream);
+  return launch_config<true, kMatmulSm90MxTiles, kMatmulSm90MxTileCount>(p, w, stream);
 }
 
 cudaError_t matmul_nvfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
   const MatmulSm90Workspace w = matmul_sm90_workspace(Format::kNvFp4, p.M, p.N, p.K, p.config);
   if (!valid(p, Format::kNvFp4, kMatmulSm90NvTileCount, w) || p.a_global == nullptr || p.b_global == nullptr)
     return cudaErrorInvalidValue;
-  const int decode = kMatmulSm90NvTiles[p.config].decode;
-  unsigned char* ws = static_cast<unsigned char*>(p.workspace);
-  const int64_t groups = p.K / core::kNvGroup;
-  if (decode >= kMatmulSm90NvRegisters) {
-    // The larger operand is the rows operand, decoded by the consumers; only the other one takes the pass.
-    MatmulParams g = p;
-    const bool swapped = matmul_sm90_nv_swapped(p.config, p.M, p.N);
-    if (swapped) {
-      g.M = p.N, g.N = p.M;
-      g.a_codes = p.b_codes, g.a_scales = p.b_scales, g.a_global = p.b_global;
-      g.b_codes = p.a_codes, g.b_scales = p.a_scales, g.b_global = p.a_global;
-    }
-    decode_nv_kernel<<<blocks_for(2 * g.N * groups), 128, 0, stream>>>(g.b_codes, g.b_scales, g.layout, g.N, g.K,
-                                                                    reinterpret_cast<__nv_bfloat16*>(ws + w.b_operand));
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    return launch_config<false, kMatmulSm90NvTiles, kMatmulSm90NvTileCount>(g, w, swapped, stream);
-  }
-  if (decode == 0) {  // the operand pass: both operands as bf16 into the workspace
+  if (!kMatmulSm90NvTiles[p.config].decode) {  // the operand pass: both operands as bf16 into the workspace
+    unsigned char* ws = static_cast<unsigned char*>(p.workspace);
+    const int64_t groups = p.K / core::kNvGroup;
     decode_nv_kernel<<<blocks_for(2 * p.M * groups), 128, 0, stream>>>(p.a_codes, p.a_scales, p.layout, p.M, p.K,
                                                                     reinterpret_cast<__nv_bfloat16*>(ws + w.a_operand));
     decode_nv_kernel<<<blocks_for(2 * p.N * groups), 128, 0, stream>>>(p.b_codes, p.b_scales, p.layout, p.N, p.K,
@@ -1076,7 +886,7 @@ cudaError_t matmul_nvfp4_sm90(const MatmulParams& p, cudaStream_t stream) {
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
-  return launch_config<false, kMatmulSm90NvTiles, kMatmulSm90NvTileCount>(p, w, false, stream);
+  return launch_config<false, kMatmulSm90NvTiles, kMatmulSm90NvTileCount>(p, w, stream);
 }
 
 }  // namespace fpquant::cuda

@@ -4,7 +4,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <utility>
 
 #include "core/types.h"
 
@@ -29,23 +28,10 @@ inline constexpr MatmulSm90Tile kMatmulSm90MxTiles[] = {{192, 5, 0, 0}, {128, 6,
 // decoding in the GEMM (4-7). The plan picks among 0-1: the decoding tiles pass the GPU tests and memcheck
 // but ran at 0.29-0.38x bf16 on the H200 (their 4 producer warps decode ~3x slower than the tensor cores
 // consume; docs/perf/matmul.md); they are reached by plan_override.
-// Tiles 8-9 decode the rows operand in registers (decode = 2): its stage is 4 KB of codes instead of 16 KB
-// of bf16, hence the deeper rings.
 inline constexpr MatmulSm90Tile kMatmulSm90NvTiles[] = {{256, 4, 0, 0}, {128, 6, 0, 0}, {256, 4, 1, 0}, {128, 6, 1, 0},
-                                                        {256, 4, 0, 1}, {128, 6, 0, 1}, {256, 4, 1, 1}, {128, 6, 1, 1},
-                                                        {256, 6, 0, 2}, {128, 8, 0, 2}, {256, 6, 0, 3}, {128, 8, 0, 3}};
+                                                        {256, 4, 0, 1}, {128, 6, 0, 1}, {256, 4, 1, 1}, {128, 6, 1, 1}};
 inline constexpr int kMatmulSm90MxTileCount = 4;
-inline constexpr int kMatmulSm90NvTileCount = 12;
-inline constexpr int kMatmulSm90NvRegisters = 2;  // MatmulSm90Tile::decode of tiles 8-9
-
-// Tiles with decode = 2 take the larger of A and B as the rows operand (the one that skips the pass):
-// swapped (N > M), the GEMM computes out^T = B A^T and its epilogue stores transposed. Their codes arrive by
-// TMA, whose row pitch (K / 2 bytes) must be a multiple of 16: K % 32 == 0.
-inline bool matmul_sm90_nv_swapped(int config, int64_t M, int64_t N) {
-  return config >= 0 && config < kMatmulSm90NvTileCount && kMatmulSm90NvTiles[config].decode >= kMatmulSm90NvRegisters &&
-         N > M;
-}
-inline constexpr int64_t kMatmulSm90NvRegistersKAlign = 32;
+inline constexpr int kMatmulSm90NvTileCount = 8;
 // The NVFP4 pair the plan chooses between (this tile, wide, and the next, narrow): the operand-pass tiles,
 // measured faster than the decoding ones (4, 5).
 inline constexpr int kMatmulSm90NvPlanFirst = 0;
@@ -61,15 +47,9 @@ static_assert(kMatmulSm90NvTiles[kMatmulSm90NvPlanFirst].bn == 256 && kMatmulSm9
 // wide tile leaves SMs idle (M = 128, N = 8192: 43 CTAs of 128 x 192 on 132 SMs) and the narrow tile's extra
 // CTAs win. The persistent tiles (2, 3) are for measurements: within 1-4% of tiles 0 / 1 either way
 // (benchmarks/sweep_matmul_tiles.py; docs/perf/matmul.md).
-// NVFP4 with the register-decoding pair (8, 9): K % 32 == 0 (else the operand-pass pair 0, 1), and the tile
-// rows along the larger of M and N (matmul_sm90_nv_swapped).
-inline int matmul_sm90_tile(core::Format format, int64_t M, int64_t N, int64_t K, int num_sms) {
+inline int matmul_sm90_tile(core::Format format, int64_t M, int64_t N, int num_sms) {
   const bool mx = format == core::Format::kMxFp4;
-  int first = mx ? 0 : kMatmulSm90NvPlanFirst;
-  if (!mx && kMatmulSm90NvTiles[first].decode == kMatmulSm90NvRegisters) {
-    if (K % kMatmulSm90NvRegistersKAlign != 0) first = 0;
-    else if (N > M) std::swap(M, N);
-  }
+  const int first = mx ? 0 : kMatmulSm90NvPlanFirst;
   const MatmulSm90Tile* tiles = (mx ? kMatmulSm90MxTiles : kMatmulSm90NvTiles) + first;
   const int64_t sms = num_sms > 0 ? num_sms : 1;
   const int64_t rows = (M + 127) / 128;
@@ -100,22 +80,18 @@ struct MatmulSm90Workspace {
   size_t bytes;  // total
 };
 
-// config: the tile (its decode field decides which NVFP4 operands need the workspace). An NVFP4 tile whose
-// producer decodes needs none (bytes = 0); one whose consumers decode, the columns operand's bf16 copy.
+// config: the tile (its decode flag decides whether NVFP4 needs its operands in the workspace). An NVFP4
+// tile that decodes in the GEMM needs none (bytes = 0).
 inline MatmulSm90Workspace matmul_sm90_workspace(core::Format format, int64_t M, int64_t N, int64_t K, int config) {
   auto align = [](size_t v) { return (v + 255) / 256 * 256; };
   const bool mx = format == core::Format::kMxFp4;
-  const int decode = !mx && config >= 0 && config < kMatmulSm90NvTileCount ? kMatmulSm90NvTiles[config].decode : 0;
-  // E4M3 or bfloat16 per element; none where the GEMM decodes: both operands (decode 1), the rows operand
-  // (decode 2: b_operand then holds the columns operand, A when swapped)
-  const size_t elem = mx ? 1 : (decode == 1 ? 0 : 2);
-  const size_t a_elem = decode >= kMatmulSm90NvRegisters ? 0 : elem;
-  const int64_t b_rows = matmul_sm90_nv_swapped(config, M, N) ? M : N;
+  const bool in_gemm = !mx && config >= 0 && config < kMatmulSm90NvTileCount && kMatmulSm90NvTiles[config].decode;
+  const size_t elem = mx ? 1 : (in_gemm ? 0 : 2);  // E4M3 or bfloat16 per element (none: decoded in the GEMM)
   const int64_t kb = (K + kMatmulSm90FoldK - 1) / kMatmulSm90FoldK;
   MatmulSm90Workspace w{};
   w.a_operand = 0;
-  w.b_operand = align(w.a_operand + static_cast<size_t>(M) * static_cast<size_t>(K) * a_elem);
-  w.a_factors = align(w.b_operand + static_cast<size_t>(mx ? N : b_rows) * static_cast<size_t>(K) * elem);
+  w.b_operand = align(w.a_operand + static_cast<size_t>(M) * static_cast<size_t>(K) * elem);
+  w.a_factors = align(w.b_operand + static_cast<size_t>(N) * static_cast<size_t>(K) * elem);
   w.b_factors = align(w.a_factors + (mx ? static_cast<size_t>(kb * matmul_sm90_row_pad(M)) * 4 : 0));
   w.b_row = align(w.b_factors + (mx ? static_cast<size_t>(kb * matmul_sm90_row_pad(N)) * 4 : 0));
   w.b_flags = align(w.b_row + (mx ? static_cast<size_t>(matmul_sm90_row_pad(N)) * 4 : 0));
