@@ -33,8 +33,9 @@ double orthogonality_error(const at::Tensor& R) {
 }
 
 // Verdicts for the most recently used rotations. The weak reference keeps a freed TensorImpl's address
-// from being reused while its entry exists, so address + version identifies the contents exactly (in-place
-// ops, views included, bump the shared version counter).
+// from being reused while its entry exists, so address + version + data pointer identifies the contents
+// (in-place ops, views included, bump the shared version counter; `R.data = M` keeps the version but swaps
+// the storage). Writes through `R.data` (a separate version counter) stay unseen: rotation_check.h.
 class VerdictCache {
  public:
   bool lookup(const at::Tensor& R, int64_t version, double* error) {
@@ -42,7 +43,7 @@ class VerdictCache {
     for (size_t i = 0; i < entries_.size(); ++i) {
       Entry& e = entries_[i];
       if (e.impl._unsafe_get_target() != R.unsafeGetTensorImpl()) continue;
-      if (e.version != version) return false;
+      if (e.version != version || e.data != R.const_data_ptr()) return false;
       *error = e.error;
       std::rotate(entries_.begin(), entries_.begin() + i, entries_.begin() + i + 1);
       return true;
@@ -60,7 +61,7 @@ class VerdictCache {
     entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [](const Entry& e) { return e.impl.expired(); }),
                    entries_.end());
     if (entries_.size() >= kCapacity) entries_.pop_back();
-    entries_.insert(entries_.begin(), Entry{Weak(R.getIntrusivePtr()), version, error});
+    entries_.insert(entries_.begin(), Entry{Weak(R.getIntrusivePtr()), version, R.const_data_ptr(), error});
   }
 
  private:
@@ -68,6 +69,7 @@ class VerdictCache {
   struct Entry {
     Weak impl;
     int64_t version;
+    const void* data;
     double error;
   };
   static constexpr size_t kCapacity = 32;

@@ -115,6 +115,12 @@ def test_in_place_changes_are_rechecked():
     R.view(-1)[:32] *= 2
     with pytest.raises(ValueError, match="rotation must be orthogonal"):
         fq.dequantize_mxfp4(*fq.quantize_mxfp4(x), R)
+    # new data under the same tensor keeps its version: the data pointer tells
+    R.data = rotations.hadamard(32)
+    fq.quantize_mxfp4(x, R)
+    R.data = 2 * rotations.hadamard(32)
+    with pytest.raises(ValueError, match="rotation must be orthogonal"):
+        fq.quantize_mxfp4(x, R)
 
 
 def test_many_rotations_and_inference_tensors():
