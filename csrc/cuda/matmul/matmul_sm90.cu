@@ -290,8 +290,18 @@ __device__ __forceinline__ uint4 decode_nv_word(uint32_t w, __nv_bfloat162 s2, c
   return make_uint4(out[0], out[1], out[2], out[3]);
 }
 
-__device__ __forceinline__ __nv_bfloat162 nv_scale2(uint8_t scale) {
-  return __float2bfloat162_rn(core::e4m3_decode(scale));
+// Two E4M3 scales (byte 0 and byte 1 of `two`) as bf16x2 multipliers, each in both halves: the hardware
+// conversion to f16x2 (exact: every E4M3 value, subnormals and NaN included, is an f16 value), then to bf16
+// through float32 (exact: at most 4 significant bits). 5 operations for two scales where e4m3_decode takes
+// ~12 for one.
+__device__ __forceinline__ void nv_scales2(uint32_t two, __nv_bfloat162& s0, __nv_bfloat162& s1) {
+  uint32_t h2 = 0;
+#if FPQUANT_WGMMA
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(h2) : "h"(static_cast<unsigned short>(two & 0xFFFFu)));
+#endif
+  const __half2 h = *reinterpret_cast<const __half2*>(&h2);
+  s0 = __float2bfloat162_rn(__low2float(h));
+  s1 = __float2bfloat162_rn(__high2float(h));
 }
 
 // NVFP4 operand pass (tiles with decode = 0): one thread per 8 elements (half a group of 16). A warp reads
@@ -304,7 +314,8 @@ __global__ void __launch_bounds__(128) decode_nv_kernel(const uint8_t* __restric
   if (idx >= rows * groups_per_row * 2) return;
   const int64_t group = idx >> 1, row = group / groups_per_row;
   const uint32_t w = *reinterpret_cast<const uint32_t*>(codes + row * (K / 2) + (group % groups_per_row) * 8 + (idx & 1) * 4);
-  const __nv_bfloat162 s2 = nv_scale2(scales[core::scale_offset(group, groups_per_row, layout)]);
+  __nv_bfloat162 s2, none;
+  nv_scales2(scales[core::scale_offset(group, groups_per_row, layout)], s2, none);
   *reinterpret_cast<uint4*>(operand + idx * 8) = decode_nv_word(w, s2);
 }
 
@@ -518,20 +529,6 @@ __device__ __forceinline__ NvHalf load_nv_half(const uint8_t* __restrict__ codes
   }
   x.c = make_uint4(w[0], w[1], w[2], w[3]);
   return x;
-}
-
-// Two E4M3 scales (byte 0 and byte 1 of `two`) as bf16x2 multipliers, each in both halves: the hardware
-// conversion to f16x2 (exact: every E4M3 value, subnormals and NaN included, is an f16 value), then to bf16
-// through float32 (exact: at most 4 significant bits). 5 operations for two scales where e4m3_decode takes
-// ~12 for one.
-__device__ __forceinline__ void nv_scales2(uint32_t two, __nv_bfloat162& s0, __nv_bfloat162& s1) {
-  uint32_t h2 = 0;
-#if FPQUANT_WGMMA
-  asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(h2) : "h"(static_cast<unsigned short>(two & 0xFFFFu)));
-#endif
-  const __half2 h = *reinterpret_cast<const __half2*>(&h2);
-  s0 = __float2bfloat162_rn(__low2float(h));
-  s1 = __float2bfloat162_rn(__high2float(h));
 }
 
 // Half h of row r of a stage's [rows][64] bf16 tile in the 128-byte swizzle (what TMA's SWIZZLE_128B writes
