@@ -69,12 +69,16 @@ def _parse_mx_method(op: str, method: str) -> None:
            lambda: f"{op}: method must be one of 'floor', 'ceil', 'quest' for MXFP4, got '{method}'")
 
 
+def _check_groups(op: str, x: torch.Tensor, group: int) -> None:
+    _value(x.shape[-1] % group == 0,
+           lambda: f"{op}: x's last dimension ({x.shape[-1]}) must be a multiple of the group size {group}")
+
+
 def _check_activation(op: str, x: torch.Tensor, group: int) -> None:
     _type(x.dtype in _FLOATS, lambda: f"{op}: x must be float32, bfloat16 or float16, got {_dt(x.dtype)}")
     _value(x.dim() >= 1, lambda: f"{op}: x must have at least one dimension")
     _value(x.numel() > 0, lambda: f"{op}: x is empty (shape {_shape(x)})")
-    _value(x.shape[-1] % group == 0,
-           lambda: f"{op}: x's last dimension ({x.shape[-1]}) must be a multiple of the group size {group}")
+    _check_groups(op, x, group)
     _value(x.is_contiguous(), lambda: f"{op}: x must be contiguous")
 
 

@@ -156,8 +156,12 @@ def test_no_rows(fmt, mask):
     assert y.shape == (2, 0, 64) and y.dtype == x.dtype
     y.sum().backward()
     assert x.grad.shape == x.shape
-    with pytest.raises(ValueError, match=r"last dimension \(40\)"):
+    with pytest.raises(ValueError, match=r"last dimension \(40\) must be a multiple of the group size"):
         fake_quantize(torch.randn(0, 40), fmt)
+    with pytest.raises(ValueError, match=r"last dimension \(96\) must be a multiple of the rotation size 64"):
+        fake_quantize(torch.randn(0, 96), fmt, rotation=fq.rotations.hadamard(64))
+    with pytest.raises(ValueError, match=r"rotation size must be 16, 32, 64 or 128"):
+        fake_quantize(torch.randn(0, 96), fmt, rotation=torch.eye(48))
 
 
 def test_qat_layer_with_no_rows_gives_a_zero_weight_gradient():

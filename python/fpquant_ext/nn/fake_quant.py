@@ -11,6 +11,7 @@ from typing import Optional, Union
 import torch
 
 from .. import ops
+from .._fake import _check_groups, _check_rotation
 from ..formats import E2M1_MAX, MX_GROUP, NV_GROUP
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -42,19 +43,16 @@ def _fake_quantize(x: torch.Tensor, format: str, method: str, rotation: Optional
     if format == "nvfp4" and method != "absmax":
         raise ValueError(f"fpquant.fake_quantize: NVFP4's scale rule is 'absmax', got '{method}'")
     mask_shape = x.shape if saturation_mask else (0,)
+    rot = None if rotation is None else rotation.to(device=x.device, dtype=torch.float32).contiguous()
     if x.numel() == 0 and x.dim() >= 1:
         # The quantize ops refuse empty tensors; with no values there is nothing to quantize or clip, but a
-        # K they would refuse is still refused.
-        group, K = (MX_GROUP if format == "mxfp4" else NV_GROUP), x.shape[-1]
-        if K % group or (rotation is not None and K % rotation.shape[0]):
-            raise ValueError(f"fpquant.fake_quantize: x's last dimension ({K}) must be a multiple of the group "
-                             f"size {group}" + ("" if rotation is None else f" and of the rotation size "
-                                                                          f"{rotation.shape[0]}"))
+        # K or rotation they would refuse is still refused, by their own checks.
+        _check_groups("fpquant.fake_quantize", x, MX_GROUP if format == "mxfp4" else NV_GROUP)
+        _check_rotation("fpquant.fake_quantize", rot, x, x.shape[-1])
         return x.clone(memory_format=torch.contiguous_format), x.new_empty(mask_shape, dtype=torch.bool)
     # float64 is quantized as float32, as QuantizedWeight.quantize and FP4Linear's W4A4 activations are
     # (the quantize ops take no float64), so a layer's forward and its exported weight agree.
     xc = (x.to(torch.float32) if x.dtype == torch.float64 else x).contiguous()
-    rot = None if rotation is None else rotation.to(device=x.device, dtype=torch.float32).contiguous()
     if format == "mxfp4":
         codes, scales = ops.quantize_mxfp4(xc, rot, method)
         out = ops.dequantize_mxfp4(codes, scales, rot, out_dtype=xc.dtype)
