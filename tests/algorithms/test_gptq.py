@@ -108,3 +108,17 @@ def test_dead_inputs_keep_their_weights():
 def test_bad_input(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         gptq_quantize(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dead_inputs_do_not_change_the_damping(fmt, seed):
+    """GPTQ is invariant to scaling H (damping is relative to it). Dead inputs (H_ii = 0) used to be filled
+    with H_ii = 1 whatever the scale of H: with small activations and many dead inputs the damping, a
+    fraction of mean(diag H), then dwarfed the live diagonal and GPTQ silently became round to nearest."""
+    x, w, _ = _problem(seed, n=16, k=128)
+    x[:, ::2] = 0.0  # half the inputs never fire (ReLU MLPs have many such)
+    H = (x.t().double() @ x.double()) / x.shape[0]
+    a = gptq_quantize(w, H, fmt)
+    b = gptq_quantize(w, H * 2.0 ** -10, fmt)  # a power of two: every step scales exactly
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.scales.view(torch.uint8), b.scales.view(torch.uint8))
+    assert a.proxy_error == pytest.approx(b.proxy_error, rel=1e-9)

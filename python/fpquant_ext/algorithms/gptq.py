@@ -17,8 +17,8 @@ FP4 specifics, decided here:
 - **Damping**: H + damp · mean(diag H) · I (damp = 0.01 by default). If the Cholesky factorization of the
   damped H (or of its inverse) fails, damp is multiplied by 10 and GPTQ retries, with a warning, up to
   ``max_retries`` times; then it raises :class:`GPTQError`. It never falls back to an identity Hessian.
-- Inputs that are always zero in the calibration data (H_ii = 0) get H_ii = 1: their weights are rounded
-  to nearest and no error flows through them. Their weights are kept (not zeroed), since other text may
+- Inputs that are always zero in the calibration data (H_ii = 0) get H_ii = the mean of the other
+  diagonal entries (1 if all are zero): their weights are rounded to nearest and no error flows through them. Their weights are kept (not zeroed), since other text may
   use them.
 - **MR-GPTQ**: with a rotation R the weight is rotated first (W' = W · blockdiag(R), as stored) and GPTQ runs
   on W' with the Hessian of the rotated inputs, blockdiag(R)^T H blockdiag(R).
@@ -168,8 +168,12 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, format: str = "mx
     rtn_q = scales.round(W, rtn_scales.repeat_interleave(group, dim=1))[1]
 
     H = H64.to(torch.float32)
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
+    diag = torch.diagonal(H)
+    dead = diag == 0
+    # Not 1: the damping is a fraction of mean(diag H), and a fixed 1 per dead input swamps the Hessian of
+    # small activations (GPTQ silently became round to nearest); the live mean keeps GPTQ scale-invariant.
+    live = diag[~dead]
+    H[dead, dead] = float(live.mean()) if live.numel() else 1.0
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else None
     static = rtn_scales if act_order else None  # [N, G], fixed before from the original weight
     # The original column of each visited column, on the host once (not one device read per column).
