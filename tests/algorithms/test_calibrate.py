@@ -205,3 +205,25 @@ def test_w4a4_static_activation_scales_are_calibrated_on_the_way():
     assert layers and all(torch.isfinite(m.act_global_scale).all() and not m._calibrating for m in layers)
     with torch.no_grad():
         assert torch.isfinite(model(_ids(n=2, seed=2)).logits).all()
+
+
+@pytest.mark.parametrize("device", [None, pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_a_failure_leaves_the_model_as_it_was(device):
+    """A layer that fails late (here a NaN weight in the last block) used to leave the earlier layers
+    converted: a half-quantized model that a retry refused or, worse, that ran on silently. With CPU offload
+    (device="cuda") the layers put back are on the CPU again."""
+    base = _llama()
+    model = copy.deepcopy(base)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    with pytest.raises(ValueError, match="weight holds NaN or inf"):
+        fq.quantize_model(model, fq.FP4Config(algorithm="gptq"), progress=False, calibration=_ids(n=4),
+                          device=device)
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert not any(isinstance(m, fq.FP4Linear) for m in model.modules())
+    after = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert after.keys() == linears.keys() and all(after[n] is linears[n] for n in linears)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = base.model.layers[1].mlp.down_proj.weight[0, 0]
+    assert _logit_err(model, base, _ids(n=2, seed=3)) == 0.0

@@ -231,3 +231,19 @@ def test_metadata_with_an_ignored_gradient_flag_loads():
     meta["mode"] = "w4a16"
     config = config_from_metadata(meta)
     assert (config.mode, config.mask_saturated_gradients) == ("w4a16", False)
+
+
+def test_a_layer_under_two_names_is_saved_once(tmp_path):
+    # One module under two names (shared layers): its tensors are written once, under the first name, as
+    # transformers writes shared modules; written under both, the checkpoint did not load back.
+    config = fq.FP4Config(format="mxfp4")
+    model = converted(config)
+    model.blocks[0]["alias"] = model.blocks[0]["up"]
+    save_quantized(model, str(tmp_path), "fp-quant", config)
+    _, tensors = read(str(tmp_path))
+    assert "blocks.0.up.qweight" in tensors and not any(k.startswith("blocks.0.alias.") for k in tensors)
+    fresh = make_model(seed=3)
+    fresh.blocks[0]["alias"] = fresh.blocks[0]["up"]
+    load_quantized(fresh, str(tmp_path))
+    assert fresh.blocks[0]["alias"] is fresh.blocks[0]["up"]
+    assert torch.equal(fresh.blocks[0]["up"].qweight.dequantize(), model.blocks[0]["up"].qweight.dequantize())

@@ -298,6 +298,7 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
         layer, info = quantize_linear(linear, cfg, rotation_size, hessian, name)
         for parent, attr in places[id(linear)]:
             setattr(parent, attr, layer)
+        replaced.append(linear)
         if layer.act_global_scale is not None and bool(torch.isnan(layer.act_global_scale).any()):
             # Static NVFP4 activation scales not given: recorded while the rest of its block and the block
             # outputs run on the calibration samples (later blocks need them to run at all).
@@ -309,6 +310,8 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
             summary.gptq[name] = info
 
     static: list[FP4Linear] = []
+    replaced: list[nn.Linear] = []  # put back if anything fails: a half-quantized model passes for a whole one
+    home = {id(m): m.weight.device for _, m in eligible}  # offloaded blocks move their layers with them
     moved: list[nn.Module] = []  # a block on `device` while it is calibrated: moved back on any exit
     bar = _Progress(len(todo) + len(outside), progress)
     try:
@@ -349,6 +352,11 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
         for name, linear in outside:
             replace(name, linear, None, uncalibrated)
             bar.update(name)
+    except BaseException:
+        for linear in reversed(replaced):
+            for parent, attr in places[id(linear)]:
+                setattr(parent, attr, linear.to(home[id(linear)]))
+        raise
     finally:
         for block in moved:
             block.to(model_device)

@@ -51,10 +51,9 @@ def save_quantized(model: nn.Module, out_dir: str, export: str = "fp-quant", con
     if config is None:
         raise ValueError("save_quantized: config (the FP4Config the model was converted with) is required")
     fmt = EXPORTS[export]
-    names = {}
-    for name, m in model.named_modules(remove_duplicate=False):
-        if isinstance(m, FP4Linear):
-            names.setdefault(name, m)
+    # A layer under several names is written once, under its first name: load_quantized converts a shared
+    # module under that name only, and copies under the others would be unexpected tensors there.
+    names = {name: m for name, m in model.named_modules() if isinstance(m, FP4Linear)}
     if not names:
         raise ValueError("save_quantized: the model has no FP4Linear layers; convert it with "
                          "fpquant_ext.quantize_model(model, config) first")
@@ -67,7 +66,8 @@ def save_quantized(model: nn.Module, out_dir: str, export: str = "fp-quant", con
     dtype = _model_dtype(model)
     # Tied parameters once, under their first name (as transformers saves them; load_quantized and
     # transformers tie them again).
-    tensors = {keys[0]: t.detach() for keys, t in _tied_groups(model, set(names))}
+    fp4_names = {n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, FP4Linear)}
+    tensors = {keys[0]: t.detach() for keys, t in _tied_groups(model, fp4_names)}
     for name, layer in names.items():
         tensors.update(fmt.export_layer(name, layer_data(layer), qc, dtype))
     out_config = dict(model_config or {})
