@@ -247,3 +247,24 @@ def test_a_layer_under_two_names_is_saved_once(tmp_path):
     load_quantized(fresh, str(tmp_path))
     assert fresh.blocks[0]["alias"] is fresh.blocks[0]["up"]
     assert torch.equal(fresh.blocks[0]["up"].qweight.dequantize(), model.blocks[0]["up"].qweight.dequantize())
+
+
+@pytest.mark.parametrize("meta", [False, True], ids=["cpu", "meta"])
+def test_tied_parameters_stay_one_parameter(tmp_path, meta):
+    # Loaded onto the meta device the tensors are assigned, not copied: each name used to get a Parameter of
+    # its own (same memory, two parameters: an optimizer steps the tied weight twice).
+    def tied(seed, device=None):
+        model = make_model(seed, device=device)
+        model.lm_head.weight = model.embed.weight
+        return model
+    config = fq.FP4Config(format="nvfp4")
+    model = tied(0)
+    fq.quantize_model(model, config, progress=False)
+    save_quantized(model, str(tmp_path), "compressed-tensors", config)
+    fresh = tied(1, "meta" if meta else None)
+    load_quantized(fresh, str(tmp_path))
+    assert fresh.lm_head.weight is fresh.embed.weight
+    assert fresh.embed.weight.requires_grad
+    assert len(list(fresh.parameters())) == len(list(model.parameters()))
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    assert torch.equal(fresh(x), model(x))

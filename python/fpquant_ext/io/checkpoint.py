@@ -134,6 +134,7 @@ def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) 
             setattr(parent, attr, layer)
 
     fp4_names = {n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, FP4Linear)}
+    any_meta = any(t.is_meta for t in model.state_dict().values())
     state = {}
     for keys, t in _tied_groups(model, fp4_names):
         # One tensor under several names (tied weights: lm_head and the embedding): the checkpoint may hold
@@ -144,13 +145,15 @@ def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) 
             if not torch.equal(take(tensors, k, t.dtype, t.shape), value):
                 raise CheckpointError(f"tensors {present[0]} and {k} differ in the checkpoint, but the model ties "
                                       "them (one parameter)")
+        if any_meta and len(keys) > 1 and isinstance(t, nn.Parameter):
+            # Assigned, a plain tensor becomes a new Parameter under each name: one Parameter keeps them tied.
+            value = nn.Parameter(value, requires_grad=t.requires_grad)
         state.update({k: value for k in keys})
     if tensors:
         extra = sorted(tensors)
         more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
         raise CheckpointError(f"unexpected tensor(s) in the checkpoint: {', '.join(extra[:5])}{more} (no such "
                               "parameter or buffer in the model, or a layer the config does not quantize)")
-    any_meta = any(t.is_meta for t in model.state_dict().values())
     model.load_state_dict(state, strict=False, assign=any_meta)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
