@@ -227,3 +227,24 @@ def test_a_failure_leaves_the_model_as_it_was(device):
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] = base.model.layers[1].mlp.down_proj.weight[0, 0]
     assert _logit_err(model, base, _ids(n=2, seed=3)) == 0.0
+
+
+def test_calibration_data_of_the_wrong_form_is_explained():
+    """One 1-D tensor of ids (a whole tokenized text) used to be split into 0-d "samples" and refused as
+    'got Tensor []'; a number as 'int object is not iterable'; ids of a narrow integer dtype passed the
+    checks and failed inside the embedding."""
+    base = _llama()
+    cfg = fq.FP4Config(algorithm="gptq")
+    ids = _ids(n=4)
+    with pytest.raises(CalibrationError, match=r"one 1-D tensor of 32 values: .*\[samples, tokens\]"):
+        fq.quantize_model(copy.deepcopy(base), cfg, progress=False, calibration=ids[0])
+    with pytest.raises(CalibrationError, match="a tensor .* or a sequence of tensors, got int"):
+        fq.quantize_model(copy.deepcopy(base), cfg, progress=False, calibration=5)
+    ref = copy.deepcopy(base)
+    fq.quantize_model(ref, cfg, progress=False, calibration=ids)
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        m = copy.deepcopy(base)
+        fq.quantize_model(m, cfg, progress=False, calibration=ids.to(dtype))
+        assert all(torch.equal(a.qweight.codes, b.qweight.codes) for a, b in zip(
+            (x for x in m.modules() if isinstance(x, fq.FP4Linear)),
+            (x for x in ref.modules() if isinstance(x, fq.FP4Linear))))

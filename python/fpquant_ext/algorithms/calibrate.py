@@ -66,8 +66,16 @@ def _samples(calibration) -> list[torch.Tensor]:
         raise CalibrationError("this configuration needs calibration data: pass calibration=... (token ids of "
                                "real text for a language model, e.g. windows of tokenized text)")
     if isinstance(calibration, torch.Tensor):
+        if calibration.dim() < 2:  # its items would be 0-d "samples" (a whole tokenized text, say)
+            raise CalibrationError(f"calibration is one {calibration.dim()}-D tensor of {calibration.numel()} "
+                                   "values: give [samples, tokens] (e.g. ids[: n * T].reshape(n, T)) or a list of "
+                                   "1-D tensors")
         calibration = list(calibration)
-    samples = list(calibration)
+    try:
+        samples = list(calibration)
+    except TypeError:
+        raise CalibrationError("calibration must be a tensor [samples, ...] or a sequence of tensors, got "
+                               f"{type(calibration).__name__}") from None
     if not samples:
         raise CalibrationError("the calibration data is empty")
     for s in samples:
@@ -77,13 +85,14 @@ def _samples(calibration) -> list[torch.Tensor]:
     return samples
 
 
-def _check_token_ids(model: nn.Module, samples: list[torch.Tensor]) -> None:
+def _check_token_ids(model: nn.Module, samples: list[torch.Tensor]) -> list[torch.Tensor]:
     """A language model (one with input embeddings) takes 1-D token ids below its vocabulary size: a [1, T]
-    sample would run as a batch of one batch (and some models compute garbage on it without an error)."""
+    sample would run as a batch of one batch (and some models compute garbage on it without an error).
+    Returns the samples as int64 (nn.Embedding refuses uint8 or int16 ids)."""
     get = getattr(model, "get_input_embeddings", None)
     emb = get() if callable(get) else None
     if not isinstance(emb, nn.Embedding):
-        return
+        return samples
     for i, s in enumerate(samples):
         if s.dim() != 1 or s.dtype.is_floating_point or s.dtype.is_complex or s.dtype == torch.bool:
             raise CalibrationError(f"calibration sample {i}: a language model takes 1-D integer token ids per "
@@ -93,6 +102,7 @@ def _check_token_ids(model: nn.Module, samples: list[torch.Tensor]) -> None:
         if lo < 0 or hi >= emb.num_embeddings:
             raise CalibrationError(f"calibration sample {i}: token ids must lie in [0, {emb.num_embeddings}) (the "
                                    f"model's vocabulary), got [{lo}, {hi}]")
+    return [s.long() for s in samples]
 
 
 def _move(x, device):
@@ -259,7 +269,7 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
             it in the same block (more accurate; one block forward per group).
     """
     samples = _samples(calibration)
-    _check_token_ids(model, samples)
+    samples = _check_token_ids(model, samples)
     block_list_name, blocks = find_blocks(model)
     model_device = next(model.parameters()).device
     device = torch.device(device) if device is not None else model_device
