@@ -126,3 +126,17 @@ def test_truncated_or_corrupt_file_is_named(tmp_path, saved):
                      lambda: inspect_checkpoint(str(tmp_path))):
             with pytest.raises(CheckpointError, match=f"model.safetensors: .*{match}"):
                 call()
+
+
+@pytest.mark.parametrize("text,match", [
+    ("{not json", "config.json: not valid JSON"),
+    ("[1, 2]", "config.json: not a JSON object"),
+    ('{"quantization_config": "fp_quant"}', "config.json: quantization_config is not a JSON object")])
+def test_bad_config_json_is_named(tmp_path, saved, text, match):
+    from fpquant_ext.io import inspect_checkpoint
+    _, (cfg, tensors) = saved
+    write(str(tmp_path), cfg, tensors)
+    (tmp_path / "config.json").write_text(text)
+    for call in (lambda: load_quantized(make_model(seed=5), str(tmp_path)), lambda: inspect_checkpoint(str(tmp_path))):
+        with pytest.raises(CheckpointError, match=match):
+            call()

@@ -46,8 +46,17 @@ def read_config(ckpt_dir: str) -> dict:
     path = os.path.join(ckpt_dir, CONFIG_NAME)
     if not os.path.exists(path):
         raise CheckpointError(f"{ckpt_dir}: no {CONFIG_NAME}")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except ValueError as e:  # json's message names no file
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: not a JSON object (a model config), got {type(cfg).__name__}")
+    qc = cfg.get("quantization_config")
+    if qc is not None and not isinstance(qc, dict):
+        raise CheckpointError(f"{path}: quantization_config is not a JSON object, got {type(qc).__name__}")
+    return cfg
 
 
 # safetensors' dtype names -> bytes per element
