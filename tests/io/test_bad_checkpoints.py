@@ -140,3 +140,20 @@ def test_bad_config_json_is_named(tmp_path, saved, text, match):
     for call in (lambda: load_quantized(make_model(seed=5), str(tmp_path)), lambda: inspect_checkpoint(str(tmp_path))):
         with pytest.raises(CheckpointError, match=match):
             call()
+
+
+@pytest.mark.parametrize("index,match", [
+    ("{not json", "model.safetensors.index.json: not valid JSON"),
+    ("{}", "model.safetensors.index.json: no weight_map"),
+    ('{"weight_map": {"embed.weight": "model-00001-of-00002.safetensors"}}',
+     "model.safetensors.index.json names model-00001-of-00002.safetensors, which is not in")])
+def test_bad_shard_index_is_named(tmp_path, saved, index, match):
+    from fpquant_ext.io import checkpoint_dtype, inspect_checkpoint
+    _, (cfg, tensors) = saved
+    write(str(tmp_path), cfg, tensors)
+    (tmp_path / "model.safetensors").rename(tmp_path / "model-00001-of-00001.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    for call in (lambda: load_quantized(make_model(seed=5), str(tmp_path)), lambda: inspect_checkpoint(str(tmp_path)),
+                 lambda: checkpoint_dtype(str(tmp_path))):
+        with pytest.raises(CheckpointError, match=match):
+            call()

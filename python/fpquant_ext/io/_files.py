@@ -27,12 +27,26 @@ def _safetensors():
     return safetensors.torch
 
 
+def _index_names(index: str) -> list[str]:
+    """The shard file names a shard index lists (CheckpointError naming the index if it is malformed)."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not valid JSON, or not a JSON object ({e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: no weight_map (an object of tensor name -> shard file name)")
+    return sorted(set(weight_map.values()))
+
+
 def weight_files(ckpt_dir: str) -> list[str]:
     index = os.path.join(ckpt_dir, INDEX_NAME)
     if os.path.exists(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        return [os.path.join(ckpt_dir, s) for s in shards]
+        paths = [os.path.join(ckpt_dir, s) for s in _index_names(index)]
+        for p in paths:
+            if not os.path.isfile(p):
+                raise CheckpointError(f"{index} names {os.path.relpath(p, ckpt_dir)}, which is not in {ckpt_dir}")
+        return paths
     single = os.path.join(ckpt_dir, WEIGHTS_NAME)
     if not os.path.exists(single):
         raise CheckpointError(f"{ckpt_dir}: no {WEIGHTS_NAME} (or {INDEX_NAME})")
@@ -159,8 +173,8 @@ def _index_shards(ckpt_dir: str) -> list[str]:
     if not os.path.exists(index):
         return []
     try:
-        shards = weight_files(ckpt_dir)
-    except (ValueError, KeyError, TypeError, AttributeError):  # an unreadable index: only it goes
+        shards = [os.path.join(ckpt_dir, s) for s in _index_names(index)]
+    except CheckpointError:  # an unreadable index: only it goes
         shards = []
     return [p for p in shards if not os.path.dirname(os.path.relpath(p, ckpt_dir))] + [index]
 
