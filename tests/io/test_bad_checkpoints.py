@@ -157,3 +157,11 @@ def test_bad_shard_index_is_named(tmp_path, saved, index, match):
                  lambda: checkpoint_dtype(str(tmp_path))):
         with pytest.raises(CheckpointError, match=match):
             call()
+
+
+def test_an_already_converted_model_is_refused_by_name(tmp_path, saved):
+    # It used to fail with "unexpected tensor(s) ... no such parameter", as if the checkpoint were wrong.
+    _, (cfg, tensors) = saved
+    write(str(tmp_path), cfg, tensors)
+    with pytest.raises(ValueError, match="load_quantized: the model already has FP4Linear layers"):
+        load_quantized(converted(fq.FP4Config(format="nvfp4")), str(tmp_path))

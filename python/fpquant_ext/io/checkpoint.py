@@ -112,6 +112,12 @@ def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) 
     ``mode``: "w4a16" or "w4a4"; by default the one recorded by :func:`save_quantized`, else "w4a16".
     Raises :class:`CheckpointError` naming the tensor for a missing, unexpected or mis-shaped tensor, a
     wrong dtype, or a config that disagrees with the tensors. Returns ``model``."""
+    done = [n for n, m in model.named_modules() if isinstance(m, FP4Linear)]
+    if done:
+        # Otherwise their tensors read as unexpected ones, as if the checkpoint were at fault.
+        raise ValueError(f"load_quantized: the model already has FP4Linear layers ({', '.join(done[:3])}"
+                         f"{', ...' if len(done) > 3 else ''}); pass the unconverted architecture (nn.Linear "
+                         "layers), e.g. a fresh model built from the same config")
     cfg = read_config(ckpt_dir)
     qc = cfg.get("quantization_config")
     if not qc:
