@@ -248,3 +248,34 @@ def test_calibration_data_of_the_wrong_form_is_explained():
         assert all(torch.equal(a.qweight.codes, b.qweight.codes) for a, b in zip(
             (x for x in m.modules() if isinstance(x, fq.FP4Linear)),
             (x for x in ref.modules() if isinstance(x, fq.FP4Linear))))
+
+
+def test_blocks_holding_a_longer_module_list_are_the_stack():
+    """A mixture-of-experts decoder holds, in each layer, an nn.ModuleList of experts longer than the stack
+    of layers (Qwen-MoE: 60 experts, 24 layers). The largest ModuleList was taken as the blocks, so the
+    experts of layer 0 were refused as 'not a stack of decoder layers'; the outermost list is the stack."""
+    class Experts(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(64)
+            self.experts = torch.nn.ModuleList(torch.nn.Linear(64, 64) for _ in range(4))
+
+        def forward(self, x):
+            h = self.norm(x)
+            return x + sum(e(h) for e in self.experts) / 4
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(Experts() for _ in range(3))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    assert find_blocks(net)[0] == "layers"
+    summary = fq.quantize_model(net, fq.FP4Config(algorithm="gptq"), progress=False, calibration=torch.randn(4, 8, 64))
+    assert len(summary.gptq) == 12 and "blocks: layers (3)" in str(summary)

@@ -1,7 +1,7 @@
 """Layer-by-layer calibrated quantization of a model (GPTQ, MR-GPTQ, Hessian scale search).
 
-The model's repeated blocks (a decoder's layers: the largest ``nn.ModuleList`` whose modules hold Linear
-layers) are quantized in order. The inputs of the first block are captured once from the calibration
+The model's repeated blocks (a decoder's layers: the largest outermost ``nn.ModuleList`` whose modules hold
+Linear layers) are quantized in order. The inputs of the first block are captured once from the calibration
 samples with a forward pre-hook; then, for each block:
 
 1. its Linear layers are grouped by the input they read (q / k / v share one, gate / up another) and the
@@ -45,13 +45,16 @@ class _Captured(Exception):
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The model's repeated blocks: the largest nn.ModuleList whose modules hold nn.Linear layers."""
+    """The model's repeated blocks: the largest outermost nn.ModuleList whose modules hold nn.Linear layers."""
+    found = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, nn.ModuleList) and len(module) > 0
+             and all(any(isinstance(m, nn.Linear) for m in block.modules()) for block in module)]
+    # Not one inside another such list: a mixture-of-experts layer's experts outnumber the layers.
+    outer = [(n, m) for n, m in found if not any(o != n and n.startswith(o + ".") for o, _ in found)]
     best: Optional[tuple[str, nn.ModuleList]] = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and all(
-                any(isinstance(m, nn.Linear) for m in block.modules()) for block in module):
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
+    for name, module in outer:
+        if best is None or len(module) > len(best[1]):
+            best = (name, module)
     if best is None:
         done = sum(isinstance(m, FP4Linear) for m in model.modules())
         raise CalibrationError("calibrated quantization needs a model made of repeated blocks (an nn.ModuleList "
