@@ -268,3 +268,15 @@ def test_tied_parameters_stay_one_parameter(tmp_path, meta):
     assert len(list(fresh.parameters())) == len(list(model.parameters()))
     x = torch.randn(5, 64, dtype=torch.bfloat16)
     assert torch.equal(fresh(x), model(x))
+
+
+def test_a_model_config_json_cannot_hold_is_refused_before_anything_is_written(tmp_path):
+    # It used to fail in json.dump after model.safetensors.tmp was written, leaving it (the size of the
+    # model) and a partial config.json.tmp in the directory.
+    config = fq.FP4Config(format="nvfp4")
+    save_quantized(converted(config), str(tmp_path), "fp-quant", config, {"model_type": "net"})
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="save_quantized: model_config cannot be written as JSON"):
+        save_quantized(converted(config, seed=3), str(tmp_path), "fp-quant", config,
+                       {"model_type": "net", "dtype": torch.bfloat16})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files

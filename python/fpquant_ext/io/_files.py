@@ -145,6 +145,11 @@ def write_checkpoint(out_dir: str, tensors: dict[str, torch.Tensor], config: dic
     earlier file whole."""
     st = _safetensors()
     _check_replaceable(out_dir)
+    try:  # before any file is written: a failure half-way would leave the weights' .tmp file behind
+        config_text = json.dumps(config, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save_quantized: model_config cannot be written as JSON ({e}); pass plain values "
+                         "(a transformers model: model.config.to_dict())") from None
     os.makedirs(out_dir, exist_ok=True)
     seen: set[int] = set()
     out = {}
@@ -157,8 +162,8 @@ def write_checkpoint(out_dir: str, tensors: dict[str, torch.Tensor], config: dic
         out[name] = t
     weights, conf = os.path.join(out_dir, WEIGHTS_NAME), os.path.join(out_dir, CONFIG_NAME)
     st.save_file(out, weights + ".tmp", metadata={"format": "pt"})
-    with open(conf + ".tmp", "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
+    with open(conf + ".tmp", "w", encoding="utf-8") as f:
+        f.write(config_text)
     stale = _index_shards(out_dir)
     os.replace(weights + ".tmp", weights)
     os.replace(conf + ".tmp", conf)
