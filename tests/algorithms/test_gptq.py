@@ -122,3 +122,21 @@ def test_dead_inputs_do_not_change_the_damping(fmt, seed):
     b = gptq_quantize(w, H * 2.0 ** -10, fmt)  # a power of two: every step scales exactly
     assert torch.equal(a.codes, b.codes) and torch.equal(a.scales.view(torch.uint8), b.scales.view(torch.uint8))
     assert a.proxy_error == pytest.approx(b.proxy_error, rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [2.0 ** -140, 2.0 ** 140])
+def test_a_float64_hessian_of_any_scale(scale, seed):
+    """GPTQ computes in float32: a float64 Hessian of tiny or huge inputs used to underflow (Cholesky
+    'failed' after every retry) or overflow (a misleading 'mean diagonal is inf') in the cast."""
+    _, w, H = _problem(seed, n=16, k=128)
+    a = gptq_quantize(w, H, "mxfp4")
+    b = gptq_quantize(w, H * scale, "mxfp4")
+    assert torch.equal(a.codes, b.codes) and torch.equal(a.scales.view(torch.uint8), b.scales.view(torch.uint8))
+
+
+def test_a_float64_weight_beyond_float32_is_refused():
+    """It used to become inf in the float32 cast, and GPTQ fed that inf into the row: a silently NaN row."""
+    w = torch.randn(4, 64, dtype=torch.float64)
+    w[0, 0] = 1e39
+    with pytest.raises(ValueError, match="beyond float32"):
+        gptq_quantize(w, torch.eye(64), "mxfp4")

@@ -160,6 +160,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, format: str = "mx
 
     device = weight.device
     W0 = F.rotate(weight.detach().to(torch.float32), None if rotation is None else rotation.to(device))
+    if not bool(torch.isfinite(W0).all()):  # float64 values beyond float32: inf here, then NaN along the row
+        raise ValueError(f"GPTQ{name and ' ' + name}: the weight holds values beyond float32's range")
     W = W0.clone()
     H64 = rotate_hessian(hessian.to(device), rotation)
     g = F.nvfp4_global_scale(W) if format == "nvfp4" else None
@@ -167,13 +169,17 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, format: str = "mx
     rtn_scales = scales.fit(W)
     rtn_q = scales.round(W, rtn_scales.repeat_interleave(group, dim=1))[1]
 
-    H = H64.to(torch.float32)
-    diag = torch.diagonal(H)
+    diag = torch.diagonal(H64)
     dead = diag == 0
-    # Not 1: the damping is a fraction of mean(diag H), and a fixed 1 per dead input swamps the Hessian of
-    # small activations (GPTQ silently became round to nearest); the live mean keeps GPTQ scale-invariant.
     live = diag[~dead]
-    H[dead, dead] = float(live.mean()) if live.numel() else 1.0
+    scale = float(live.mean()) if live.numel() else 1.0
+    if not scale > 0:
+        raise GPTQError(f"GPTQ{label}: the Hessian's mean diagonal is {scale} (not positive): this is not a Hessian")
+    # GPTQ does not depend on the scale of H: dividing by the live mean lets float32 hold a Hessian of any
+    # scale, and makes a dead input's 1 that mean (a fixed 1 with small activations made the damping, a
+    # fraction of mean(diag H), swamp the Hessian: GPTQ silently became round to nearest).
+    H = (H64 / scale).to(torch.float32)
+    H[dead, dead] = 1.0
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else None
     static = rtn_scales if act_order else None  # [N, G], fixed before from the original weight
     # The original column of each visited column, on the host once (not one device read per column).
