@@ -279,3 +279,16 @@ def test_blocks_holding_a_longer_module_list_are_the_stack():
     assert find_blocks(net)[0] == "layers"
     summary = fq.quantize_model(net, fq.FP4Config(algorithm="gptq"), progress=False, calibration=torch.randn(4, 8, 64))
     assert len(summary.gptq) == 12 and "blocks: layers (3)" in str(summary)
+
+
+@pytest.mark.parametrize("cfg", [fq.FP4Config(algorithm="gptq"), fq.FP4Config(weight_method="hessian")])
+def test_non_finite_activations_name_the_layer(cfg):
+    """Calibration inputs that overflow (inf / NaN activations) used to fail as 'scale search: the Hessian
+    holds NaN or inf', naming no layer."""
+    model = _llama()
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.fill_(3e38)  # finite, but its outputs overflow
+    with pytest.raises(CalibrationError, match=r"model\.layers\.1\.self_attn\.q_proj: its inputs on the calibration "
+                                               r"data hold NaN or inf"):
+        fq.quantize_model(model, cfg, progress=False, calibration=_ids(n=2))
+    assert not any(isinstance(m, fq.FP4Linear) for m in model.modules())

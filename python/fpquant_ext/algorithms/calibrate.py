@@ -218,7 +218,11 @@ class _Hessians:
     def hessian(self, name: str) -> torch.Tensor:
         if name not in self.sums:
             raise CalibrationError(f"{name} was never called by its block on the calibration data")
-        return self.sums[name] / self.tokens[name]
+        h = self.sums[name] / self.tokens[name]
+        if not bool(torch.isfinite(h).all()):  # the algorithms' own message cannot say which layer
+            raise CalibrationError(f"{name}: its inputs on the calibration data hold NaN or inf (or overflow "
+                                   "float32 when squared): the model overflows on these samples, or is broken")
+        return h
 
     def remove(self) -> None:
         for h in self.handles:
