@@ -280,3 +280,24 @@ def test_a_model_config_json_cannot_hold_is_refused_before_anything_is_written(t
         save_quantized(converted(config, seed=3), str(tmp_path), "fp-quant", config,
                        {"model_type": "net", "dtype": torch.bfloat16})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+
+
+def test_an_unconverted_name_that_also_names_a_converted_layer_is_refused_by_fp_quant(tmp_path):
+    # FP-Quant skips every Linear whose name ends with a modules_to_not_convert entry (and our loader
+    # matches entries as name components): "side", left unconverted, also names blocks.0.side, converted.
+    # Such a checkpoint did not load back (and FP-Quant would build blocks.0.side as a float layer).
+    def build(seed):
+        model = make_model(seed)
+        model.blocks[0]["side"] = torch.nn.Linear(64, 64).to(torch.bfloat16)
+        return model
+    config = fq.FP4Config(format="mxfp4", rotation="hadamard", rotation_size=64, rotation_fallback="skip")
+    model = build(0)
+    fq.quantize_model(model, config, progress=False)  # side (K=96) is skipped, blocks.0.side converted
+    with pytest.raises(ValueError, match="modules_to_not_convert entry 'side' .* also names blocks.0.side"):
+        save_quantized(model, str(tmp_path / "x"), "fp-quant", config)
+    assert not (tmp_path / "x").exists()
+    config = fq.FP4Config(format="mxfp4")
+    model = build(0)
+    fq.quantize_model(model, config, progress=False)
+    model.blocks[0]["ok_side"] = torch.nn.Linear(64, 64).to(torch.bfloat16)  # unconverted, names nothing else
+    save_quantized(model, str(tmp_path / "y"), "fp-quant", config)

@@ -43,6 +43,16 @@ def export_config(config: FP4Config, layers: dict[str, FP4Linear], unconverted: 
         raise ValueError("save_quantized: FP-Quant's format has one hadamard_group_size per model, but the "
                          f"layers use rotation sizes {sorted(distinct, key=str)} ({detail}); use "
                          "rotation_fallback='skip' or the compressed-tensors export")
+    not_convert = sorted(set(config.modules_to_not_convert) | set(unconverted))
+    for name in layers:
+        # FP-Quant leaves unconverted every Linear whose name ends with an entry (and load_quantized matches
+        # entries as name components): an entry naming a converted layer too would load it as a float one.
+        hit = next((e for e in not_convert if name.endswith(e) or matches(name, [e])), None)
+        if hit is not None:
+            raise ValueError(f"save_quantized: FP-Quant's modules_to_not_convert entry {hit!r} (left unconverted) "
+                             f"also names {name}, which is converted: FP-Quant matches entries as name suffixes "
+                             "and would load it as a float layer; convert both or neither, or use the "
+                             "compressed-tensors export (exact names)")
     size = distinct.pop() if distinct else None
     G = size if size is not None else config.group
     if G not in HADAMARD_SIZES[config.format]:
@@ -62,7 +72,7 @@ def export_config(config: FP4Config, layers: dict[str, FP4Linear], unconverted: 
         "forward_method": forward_method(config),
         "backward_dtype": "bf16",
         "hadamard_group_size": G,
-        "modules_to_not_convert": sorted(set(config.modules_to_not_convert) | set(unconverted)),
+        "modules_to_not_convert": not_convert,
         "store_master_weights": False,
         "pseudoquantization": False,
         "transform_init": transform_init,
