@@ -282,18 +282,20 @@ def test_a_model_config_json_cannot_hold_is_refused_before_anything_is_written(t
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
 
 
-def test_an_unconverted_name_that_also_names_a_converted_layer_is_refused_by_fp_quant(tmp_path):
-    # FP-Quant skips every Linear whose name ends with a modules_to_not_convert entry (and our loader
-    # matches entries as name components): "side", left unconverted, also names blocks.0.side, converted.
-    # Such a checkpoint did not load back (and FP-Quant would build blocks.0.side as a float layer).
+@pytest.mark.parametrize("other", ["side", "side_proj"])
+def test_an_unconverted_name_that_also_names_a_converted_layer_is_refused_by_fp_quant(tmp_path, other):
+    # FP-Quant skips every Linear in whose name a modules_to_not_convert entry is found (re.search), and our
+    # loader matches entries as name components: "side", left unconverted, also names blocks.0.side and
+    # blocks.0.side_proj, converted. FP-Quant would build them as float layers, and blocks.0.side did not
+    # even load back here.
     def build(seed):
         model = make_model(seed)
-        model.blocks[0]["side"] = torch.nn.Linear(64, 64).to(torch.bfloat16)
+        model.blocks[0][other] = torch.nn.Linear(64, 64).to(torch.bfloat16)
         return model
     config = fq.FP4Config(format="mxfp4", rotation="hadamard", rotation_size=64, rotation_fallback="skip")
     model = build(0)
-    fq.quantize_model(model, config, progress=False)  # side (K=96) is skipped, blocks.0.side converted
-    with pytest.raises(ValueError, match="modules_to_not_convert entry 'side' .* also names blocks.0.side"):
+    fq.quantize_model(model, config, progress=False)  # side (K=96) is skipped, blocks.0.{other} converted
+    with pytest.raises(ValueError, match=f"modules_to_not_convert entry 'side' .* also names blocks.0.{other},"):
         save_quantized(model, str(tmp_path / "x"), "fp-quant", config)
     assert not (tmp_path / "x").exists()
     config = fq.FP4Config(format="mxfp4")

@@ -8,6 +8,7 @@ MXFP4 global scale of 3, is in docs/checkpoints.md.
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import torch
@@ -34,6 +35,13 @@ def forward_method(config: FP4Config) -> str:
 
 # ---- writing ------------------------------------------------------------------------------------------
 
+def _fp_quant_skips(name: str, entry: str) -> bool:
+    try:
+        return re.search(entry, name) is not None or name.endswith(entry)
+    except re.error:
+        return entry in name
+
+
 def export_config(config: FP4Config, layers: dict[str, FP4Linear], unconverted: list[str]) -> dict:
     sizes = {name: layer.rotation_matrix.shape[0] if layer.rotation_matrix is not None else None
              for name, layer in layers.items()}
@@ -45,12 +53,13 @@ def export_config(config: FP4Config, layers: dict[str, FP4Linear], unconverted: 
                          "rotation_fallback='skip' or the compressed-tensors export")
     not_convert = sorted(set(config.modules_to_not_convert) | set(unconverted))
     for name in layers:
-        # FP-Quant leaves unconverted every Linear whose name ends with an entry (and load_quantized matches
-        # entries as name components): an entry naming a converted layer too would load it as a float one.
-        hit = next((e for e in not_convert if name.endswith(e) or matches(name, [e])), None)
+        # FP-Quant leaves unconverted every Linear in whose name an entry is found (re.search; when it
+        # quantizes: a name suffix), and load_quantized matches entries as name components: an entry that
+        # also names a converted layer would load that layer as a float one there, and not load here.
+        hit = next((e for e in not_convert if _fp_quant_skips(name, e) or matches(name, [e])), None)
         if hit is not None:
             raise ValueError(f"save_quantized: FP-Quant's modules_to_not_convert entry {hit!r} (left unconverted) "
-                             f"also names {name}, which is converted: FP-Quant matches entries as name suffixes "
+                             f"also names {name}, which is converted: FP-Quant searches names for the entries "
                              "and would load it as a float layer; convert both or neither, or use the "
                              "compressed-tensors export (exact names)")
     size = distinct.pop() if distinct else None
