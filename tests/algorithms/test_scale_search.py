@@ -173,3 +173,18 @@ def test_rotation_and_global_scale_arguments_are_checked():
     a, b = search_scales(w, "nvfp4", global_scale=2.0), search_scales(w, "nvfp4", global_scale=torch.tensor([2.0]))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1].view(torch.uint8), b[1].view(torch.uint8))
     assert torch.equal(a[2], b[2])
+
+
+def test_an_indefinite_hessian_is_refused():
+    """r^T H r with H not positive semidefinite rewards error along its negative directions: the search
+    silently picked the worst scale for such groups. A Hessian E[x x^T] is semidefinite; rounding is let
+    through."""
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+    H = torch.eye(64)
+    H[3, 3] = -1.0
+    for fmt in FORMATS:
+        with pytest.raises(ValueError, match=r"not positive semidefinite \(its diagonal block 0 \((32|16) x (32|16)\)"):
+            search_scales(w, fmt, "hessian", H)
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(1))
+    search_scales(w, "nvfp4", "hessian", x.t() @ x / 16)  # rank 16 < K, in float32: accepted
+

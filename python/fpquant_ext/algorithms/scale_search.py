@@ -99,6 +99,23 @@ def _check(w: torch.Tensor, format: str, objective: str, hessian: Optional[torch
             raise ValueError("scale search: the Hessian holds NaN or inf")
 
 
+def _check_semidefinite(hblocks: torch.Tensor) -> None:
+    """r^T H_g r rewards error along a negative direction of H_g: the search would pick the worst scale.
+    E[x x^T] has none; the tolerance lets through rounding (float32 sums, the rotation)."""
+    if hblocks.numel() == 0:
+        return
+    ev = torch.linalg.eigvalsh(hblocks)  # [G, group], ascending
+    trace = torch.diagonal(hblocks, dim1=-2, dim2=-1).sum(-1)
+    tol = 1e-3 * trace.clamp(min=0) + 1e-6 * float(torch.diagonal(hblocks, dim1=-2, dim2=-1).amax())
+    bad = ev[:, 0] < -tol
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        group = hblocks.shape[-1]
+        raise ValueError(f"scale search: the Hessian is not positive semidefinite (its diagonal block {i} "
+                         f"({group} x {group}) has the eigenvalue {float(ev[i, 0]):.4g}); a Hessian E[x x^T] "
+                         "of the layer's inputs has none below zero")
+
+
 def _mx_candidates(v: torch.Tensor, e0: torch.Tensor):
     """Codes [N, G, C, 32] and their dequantized float32 values for every candidate exponent."""
     cand = torch.stack([(e0 + d).clamp(-127, 127) for d in MX_OFFSETS], dim=-1)  # [N, G, C]
@@ -206,6 +223,7 @@ def search_scales(weight: torch.Tensor, format: str = "mxfp4", objective: str = 
     hblocks = None
     if objective == "hessian":
         hblocks = hessian_group_blocks(rotate_hessian(hessian.to(weight.device), rotation), group)
+        _check_semidefinite(hblocks)
     gs = None
     if format == "nvfp4":
         gs = (F.nvfp4_global_scale(v) if global_scale is None
