@@ -303,3 +303,13 @@ def test_an_unconverted_name_that_also_names_a_converted_layer_is_refused_by_fp_
     fq.quantize_model(model, config, progress=False)
     model.blocks[0]["ok_side"] = torch.nn.Linear(64, 64).to(torch.bfloat16)  # unconverted, names nothing else
     save_quantized(model, str(tmp_path / "y"), "fp-quant", config)
+
+
+@pytest.mark.parametrize("export", ["fp-quant", "compressed-tensors"])
+def test_uncalibrated_static_activation_scales_are_refused(tmp_path, export):
+    # Such a model refuses to run; the FP-Quant export used to write FP-Quant's default act_global_scale 3
+    # instead, which loaded back as a calibrated static scale: a model that runs, with other outputs.
+    config = fq.FP4Config(format="nvfp4", mode="w4a4", act_global_scale="static")
+    with pytest.raises(ValueError, match="layer blocks.0.up has act_global_scale='static' but no calibrated value"):
+        save_quantized(converted(config), str(tmp_path / "x"), export, config)
+    assert not (tmp_path / "x").exists()

@@ -96,6 +96,11 @@ def export_layer(name: str, data: LayerData, qc: dict, dtype: torch.dtype) -> di
     one = torch.ones(1, dtype=torch.float32)
     wgs = w.global_scale if w.global_scale is not None else one
     act = data.act_global_scale
+    meta = qc[META_KEY]
+    if act is None and w.format == "nvfp4" and meta["mode"] == "w4a4" and meta["act_global_scale"] == "static":
+        # FP-Quant's default below would load back as a calibrated static scale.
+        raise ValueError(f"save_quantized: layer {name} has act_global_scale='static' but no calibrated value; run "
+                         "calibrate_activations(model) first")
     if act is None:
         act = one * act_global_scale_default(w.format, qc["forward_method"])
     out = {
