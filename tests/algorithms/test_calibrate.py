@@ -292,3 +292,15 @@ def test_non_finite_activations_name_the_layer(cfg):
                                                r"data hold NaN or inf"):
         fq.quantize_model(model, cfg, progress=False, calibration=_ids(n=2))
     assert not any(isinstance(m, fq.FP4Linear) for m in model.modules())
+
+
+def test_each_module_gets_its_own_mode_back():
+    """model.train(mode) afterwards gave every submodule the model's mode: a part the user had put in eval
+    mode (frozen dropout / norms) came back in training mode."""
+    model = _llama().train()
+    model.model.layers[1].eval()
+    before = {n: m.training for n, m in model.named_modules()}
+    fq.quantize_model(model, fq.FP4Config(weight_method="hessian"), progress=False, calibration=_ids(n=2))
+    after = {n: m.training for n, m in model.named_modules()}
+    assert all(after[n] == before[n] for n in before if n in after)
+    assert not any(m.training for m in model.model.layers[1].modules())  # the new FP4Linear layers too

@@ -283,13 +283,20 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
     if device.type == "meta" or model_device.type == "meta":
         raise CalibrationError("calibrated quantization computes on real tensors: the model and device= must not "
                                "be on the meta device")
-    training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()  # dropout off: the same model and data give the same codes
     try:
         return _quantize_blocks(model, config, samples, blocks, block_list_name, model_device, device,
                                 true_sequential, progress)
     finally:
-        model.train(training)
+        # Module by module (model.train(mode) would put a part the user froze in eval mode back in training);
+        # a new FP4Linear takes its parent's mode.
+        for parent in model.modules():
+            if parent in modes:
+                parent.training = modes[parent]
+            for child in parent.children():
+                if child not in modes:
+                    child.train(parent.training)
 
 
 def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Tensor], blocks: nn.ModuleList,
