@@ -313,3 +313,24 @@ def test_uncalibrated_static_activation_scales_are_refused(tmp_path, export):
     with pytest.raises(ValueError, match="layer blocks.0.up has act_global_scale='static' but no calibrated value"):
         save_quantized(converted(config), str(tmp_path / "x"), export, config)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_model_whose_every_linear_is_converted_keeps_its_dtype(tmp_path):
+    # The model dtype (FP-Quant's rotation matrices, checkpoint_dtype) was taken from the parameters outside
+    # the FP4 layers only: with none there, float32. The float32 matrices then outweighed the bfloat16
+    # biases, and a model built in checkpoint_dtype's float32 did not load (bias: expected float32).
+    from fpquant_ext.io import checkpoint_dtype
+
+    def build(seed, dtype=torch.bfloat16):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.Linear(128, 128)).to(dtype)
+    config = fq.FP4Config(format="nvfp4", rotation="hadamard", rotation_size=128)
+    model = build(0)
+    fq.quantize_model(model, config, progress=False)
+    save_quantized(model, str(tmp_path), "fp-quant", config)
+    _, tensors = read(str(tmp_path))
+    assert tensors["0.forward_hadamard_matrix"].dtype == torch.bfloat16
+    assert checkpoint_dtype(str(tmp_path)) == torch.bfloat16
+    fresh = load_quantized(build(1, checkpoint_dtype(str(tmp_path))), str(tmp_path))
+    x = torch.randn(3, 128, dtype=torch.bfloat16)
+    assert torch.equal(fresh(x), model(x))

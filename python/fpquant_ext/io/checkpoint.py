@@ -32,9 +32,9 @@ def _under(key: str, prefixes: set[str]) -> bool:
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:
-    # The dtype FP-Quant stores rotations in: the model's most common floating dtype outside FP4 layers.
-    counts = Counter(p.dtype for m in model.modules() if not isinstance(m, FP4Linear)
-                     for p in m.parameters(recurse=False) if p.dtype.is_floating_point)
+    # The dtype FP-Quant stores rotations in: the model's most common floating parameter dtype, FP4 layers'
+    # biases included (a model whose every Linear is converted may have no other parameters).
+    counts = Counter(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
     return counts.most_common(1)[0][0] if counts else torch.float32
 
 
