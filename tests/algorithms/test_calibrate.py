@@ -240,6 +240,11 @@ def test_calibration_data_of_the_wrong_form_is_explained():
         fq.quantize_model(copy.deepcopy(base), cfg, progress=False, calibration=ids[0])
     with pytest.raises(CalibrationError, match="a tensor .* or a sequence of tensors, got int"):
         fq.quantize_model(copy.deepcopy(base), cfg, progress=False, calibration=5)
+    # A tokenizer's output (a dict): its keys were taken as the samples ('got str').
+    with pytest.raises(CalibrationError, match=r"a mapping \(keys 'input_ids', 'attention_mask'\): pass the token "
+                                               r"ids, e.g. calibration=batch\['input_ids'\]"):
+        fq.quantize_model(copy.deepcopy(base), cfg, progress=False,
+                          calibration={"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     ref = copy.deepcopy(base)
     fq.quantize_model(ref, cfg, progress=False, calibration=ids)
     for dtype in (torch.uint8, torch.int16, torch.int32):

@@ -23,6 +23,7 @@ without a value) are calibrated on the way, from the calibration samples the blo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Optional, Union
 
 import torch
@@ -68,6 +69,10 @@ def _samples(calibration) -> list[torch.Tensor]:
     if calibration is None:
         raise CalibrationError("this configuration needs calibration data: pass calibration=... (token ids of "
                                "real text for a language model, e.g. windows of tokenized text)")
+    if isinstance(calibration, Mapping):  # a tokenizer's output: iterating it gives its keys
+        keys = ", ".join(repr(k) for k in list(calibration)[:4])
+        raise CalibrationError(f"calibration is a mapping (keys {keys}): pass the token ids, e.g. "
+                               "calibration=batch['input_ids']")
     if isinstance(calibration, torch.Tensor):
         if calibration.dim() < 2:  # its items would be 0-d "samples" (a whole tokenized text, say)
             raise CalibrationError(f"calibration is one {calibration.dim()}-D tensor of {calibration.numel()} "
