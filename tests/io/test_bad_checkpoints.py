@@ -165,3 +165,15 @@ def test_an_already_converted_model_is_refused_by_name(tmp_path, saved):
     write(str(tmp_path), cfg, tensors)
     with pytest.raises(ValueError, match="load_quantized: the model already has FP4Linear layers"):
         load_quantized(converted(fq.FP4Config(format="nvfp4")), str(tmp_path))
+
+
+def test_a_model_under_other_names_is_named_as_such(tmp_path, saved):
+    # The layers under another prefix (a base model against a ...ForCausalLM checkpoint): none of the model's
+    # Linear layers is quantized in the file. It used to fail on the first plain tensor ("missing tensor
+    # embed.weight"), as if that one tensor were missing from the checkpoint.
+    _, (cfg, tensors) = saved
+    write(str(tmp_path), cfg, {f"model.{k}": v for k, v in tensors.items()})
+    with pytest.raises(CheckpointError, match=r"none of the model's Linear layers is quantized in the checkpoint "
+                                              r"\(it quantizes model.blocks.0.down, model.blocks.0.up, \.\.\.; the "
+                                              r"model has blocks.0.up, blocks.0.down, \.\.\.\)"):
+        load_quantized(make_model(seed=5), str(tmp_path))

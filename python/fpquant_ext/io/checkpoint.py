@@ -129,6 +129,13 @@ def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) 
 
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     quantized = [(n, m) for n, m in linears if f"{n}.{fmt.MARKER}" in tensors]
+    stored = sorted(k[: -len(fmt.MARKER) - 1] for k in tensors if k.endswith("." + fmt.MARKER))
+    if stored and not quantized:
+        # Otherwise the first plain tensor is reported missing, as if the checkpoint lacked just that one.
+        raise CheckpointError(
+            f"none of the model's Linear layers is quantized in the checkpoint (it quantizes {_some(stored)}; the "
+            f"model has {_some([n for n, _ in linears]) or 'no nn.Linear'}): load it into the architecture it was "
+            "saved from (names may differ by a prefix, e.g. a base model against a ...ForCausalLM checkpoint)")
     fmt.check_selection(plan, qc, [n for n, _ in quantized])
 
     places = linear_places(model)
@@ -166,6 +173,10 @@ def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) 
         raise CheckpointError(f"{', '.join(left[:5])}: still on the meta device after loading (not in the "
                               "checkpoint, e.g. a non-persistent buffer); build the model on a real device")
     return model
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:2]) + (", ..." if len(names) > 2 else "")
 
 
 def _build(lin: nn.Linear, data: LayerData, plan) -> FP4Linear:
