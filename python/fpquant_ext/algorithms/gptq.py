@@ -18,7 +18,8 @@ FP4 specifics, decided here:
   damped H (or of its inverse) fails, damp is multiplied by 10 and GPTQ retries, with a warning, up to
   ``max_retries`` times; then it raises :class:`GPTQError`. It never falls back to an identity Hessian.
 - Inputs that are always zero in the calibration data (H_ii = 0) get H_ii = the mean of the other
-  diagonal entries (1 if all are zero): their weights are rounded to nearest and no error flows through them. Their weights are kept (not zeroed), since other text may
+  diagonal entries (1 if all are zero), before any rotation: their weights are rounded to nearest and no error
+  flows through them (with a rotation, their weights stay about as close as round to nearest's). Their weights are kept (not zeroed), since other text may
   use them.
 - **MR-GPTQ**: with a rotation R the weight is rotated first (W' = W · blockdiag(R), as stored) and GPTQ runs
   on W' with the Hessian of the rotated inputs, blockdiag(R)^T H blockdiag(R).
@@ -169,17 +170,20 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, format: str = "mx
     rtn_scales = scales.fit(W)
     rtn_q = scales.round(W, rtn_scales.repeat_interleave(group, dim=1))[1]
 
-    diag = torch.diagonal(H64)
+    hu = hessian.to(device=device, dtype=torch.float64)
+    diag = torch.diagonal(hu)
     dead = diag == 0
     live = diag[~dead]
     scale = float(live.mean()) if live.numel() else 1.0
     if not scale > 0:
         raise GPTQError(f"GPTQ{label}: the Hessian's mean diagonal is {scale} (not positive): this is not a Hessian")
-    # GPTQ does not depend on the scale of H: dividing by the live mean lets float32 hold a Hessian of any
-    # scale, and makes a dead input's 1 that mean (a fixed 1 with small activations made the damping, a
-    # fraction of mean(diag H), swamp the Hessian: GPTQ silently became round to nearest).
-    H = (H64 / scale).to(torch.float32)
-    H[dead, dead] = 1.0
+    # A dead input's H_ii becomes the live mean, not 1: the damping is a fraction of mean(diag H), and a fixed
+    # 1 with small activations swamped the Hessian (GPTQ silently became round to nearest). Filled before the
+    # rotation: after it a dead input is a direction, not a column, and GPTQ moved error freely along it.
+    hu = hu.clone()
+    hu[dead, dead] = scale
+    # GPTQ does not depend on the scale of H: divided by it, float32 holds a Hessian of any scale.
+    H = (rotate_hessian(hu, rotation) / scale).to(torch.float32)
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else None
     static = rtn_scales if act_order else None  # [N, G], fixed before from the original weight
     # The original column of each visited column, on the host once (not one device read per column).
