@@ -17,10 +17,10 @@ FP4 specifics, decided here:
 - **Damping**: H + damp · mean(diag H) · I (damp = 0.01 by default). If the Cholesky factorization of the
   damped H (or of its inverse) fails, damp is multiplied by 10 and GPTQ retries, with a warning, up to
   ``max_retries`` times; then it raises :class:`GPTQError`. It never falls back to an identity Hessian.
-- Inputs that are always zero in the calibration data (H_ii = 0) get H_ii = the mean of the other
-  diagonal entries (1 if all are zero), before any rotation: their weights are rounded to nearest and no error
-  flows through them (with a rotation, their weights stay about as close as round to nearest's). Their weights are kept (not zeroed), since other text may
-  use them.
+- Inputs that are always zero in the calibration data (H_ii = 0) get H_ii = the mean of the other diagonal
+  entries (1 if all are zero), before any rotation: their weights are rounded to nearest and no error flows
+  through them (with a rotation, they stay about as close as round to nearest's). Their weights are kept
+  (not zeroed), since other text may use them.
 - **MR-GPTQ**: with a rotation R the weight is rotated first (W' = W · blockdiag(R), as stored) and GPTQ runs
   on W' with the Hessian of the rotated inputs, blockdiag(R)^T H blockdiag(R).
 
