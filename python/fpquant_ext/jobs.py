@@ -59,9 +59,35 @@ def _text(path: Optional[str], option: str, default) -> str:
 
 
 def _check_readable(path: Optional[str], option: str) -> None:
-    """A text file named on the command line, checked before the model loads (a typo is bad usage)."""
-    if path is not None and not Path(path).expanduser().is_file():
-        raise CLIError(f"{option} {Path(path).expanduser()}: no such file", 2)
+    """A text file named on the command line, checked before the model loads (a typo is bad usage). It is
+    read here too: a directory, a non-UTF-8 or an empty file would otherwise fail only after the load."""
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CLIError(f"{option} {path}: is a directory, not a text file", 2)
+    if not path.is_file():
+        raise CLIError(f"{option} {path}: no such file", 2)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CLIError(f"{option} {path}: not UTF-8 text ({e.reason} at byte {e.start})", 2) from None
+    except OSError as e:
+        raise CLIError(f"{option} {path}: cannot read it ({e.strerror or e})", 2) from None
+    if not text.strip():
+        raise CLIError(f"{option} {path}: the file is empty", 2)
+
+
+def _check_texts(args: argparse.Namespace, needed: bool) -> None:
+    """A --texts folder, where the addresses are ``needed``, checked before the model loads: one that holds
+    none is a typo (bad usage). Without --texts, a missing install is reported after the model, as before,
+    so that a bad MODEL is still named first."""
+    if not needed or args.texts is None:
+        return
+    try:
+        data.find_sotu_dir(args.texts)
+    except data.DataNotFound as e:
+        raise CLIError(f"{e}; or pass --text FILE", 2) from None
 
 
 def _token_ids(tokenizer, text: str, needed: Optional[int]) -> torch.Tensor:
@@ -194,7 +220,7 @@ def _check_quantize_usage(args: argparse.Namespace) -> bool:
         try:
             data.find_sotu_dir(args.texts)
         except data.DataNotFound as e:
-            raise CLIError(f"{e}; or pass --calib FILE") from None
+            raise CLIError(f"{e}; or pass --calib FILE", 2 if args.texts is not None else 1) from None
     return table
 
 
@@ -208,6 +234,7 @@ def quantize(args: argparse.Namespace) -> int:
     else:
         default_rotation = "hadamard" if args.method == "mr-gptq" else "none"
         configs = [_config(args, args.format, args.rotation or default_rotation)]
+    _check_texts(args, args.text is None)
     dtype = _setup(args)
     start = time.perf_counter()
     base, tokenizer = _load(args.model, dtype)
@@ -299,6 +326,7 @@ def _export(model, config, base, tokenizer, args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> int:
     _check_readable(args.text, "--text")
+    _check_texts(args, args.text is None)
     dtype = _setup(args)
     start = time.perf_counter()
     try:

