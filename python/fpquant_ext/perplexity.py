@@ -39,6 +39,8 @@ def windows(ids: torch.Tensor, window: int, max_windows: Optional[int] = None) -
     configuration is scored on the same tokens), unless no full window exists."""
     if window < 2:
         raise ValueError(f"window must be at least 2 tokens, got {window}")
+    if max_windows is not None and max_windows < 1:  # no window: no perplexity (was a ZeroDivisionError)
+        raise ValueError(f"max_windows must be at least 1 (or None: all), got {max_windows}")
     ids = ids.reshape(-1)
     if ids.numel() < 2:
         raise ValueError(f"the text has {ids.numel()} tokens; perplexity needs at least 2")

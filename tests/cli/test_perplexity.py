@@ -89,3 +89,11 @@ def test_enough_tokens_from_text_of_many_characters_per_token():
     assert _token_ids(tokenizer, text, 256).numel() >= 256 and max(calls) < len(text)
     assert _token_ids(tokenizer, text, 5000).numel() == 1000 and calls[-1] == len(text)
     assert _token_ids(tokenizer, text, None).numel() == 1000
+
+
+def test_max_windows_below_one_is_refused():
+    # 0 windows used to fail deep inside with IndexError / ZeroDivisionError.
+    with pytest.raises(ValueError, match="max_windows"):
+        windows(torch.arange(20), 5, 0)
+    with pytest.raises(ValueError, match="max_windows"):
+        perplexity(Bigram(torch.zeros(5, 5)), torch.arange(20) % 5, window=5, max_windows=0)
