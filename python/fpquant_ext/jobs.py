@@ -96,10 +96,23 @@ def _token_ids(tokenizer, text: str, needed: Optional[int]) -> torch.Tensor:
     first, 4 times more until enough (text of many characters per token, e.g. runs of spaces)."""
     cut = len(text) if needed is None else needed * 8
     while True:
-        ids = torch.tensor(tokenizer(text[:cut], add_special_tokens=False)["input_ids"], dtype=torch.long)
+        ids = torch.tensor(tokenizer(_whole_words(text, cut), add_special_tokens=False)["input_ids"],
+                           dtype=torch.long)
         if cut >= len(text) or ids.numel() >= needed:
             return ids
         cut *= 4
+
+
+def _whole_words(text: str, cut: int) -> str:
+    """``text[:cut]`` shortened to end before whitespace: a word cut in two tokenizes differently from the
+    whole word, and its pieces would be scored as the last tokens of the last window. A prefix with no
+    word end (one long word, or only whitespace) is kept as it is."""
+    if cut >= len(text):
+        return text
+    end = cut
+    while end > 0 and not text[end].isspace():
+        end -= 1
+    return text[:end].rstrip() or text[:cut]
 
 
 def _eval_ids(args: argparse.Namespace, tokenizer) -> tuple[torch.Tensor, str]:

@@ -97,3 +97,20 @@ def test_max_windows_below_one_is_refused():
         windows(torch.arange(20), 5, 0)
     with pytest.raises(ValueError, match="max_windows"):
         perplexity(Bigram(torch.zeros(5, 5)), torch.arange(20) % 5, window=5, max_windows=0)
+
+
+def test_prefix_tokens_match_the_whole_text():
+    # A prefix cut inside a word tokenizes that word differently (here: to another id); when the prefix held
+    # just about the tokens asked for, the last window was scored on that broken token.
+    from fpquant_ext.jobs import _token_ids
+
+    vocab = {}
+
+    def tokenizer(text, add_special_tokens=False):
+        return {"input_ids": [vocab.setdefault(w, len(vocab)) for w in text.split()]}
+
+    # The first prefix (8 characters per token: 80) ends inside the 10th word, the last token asked for.
+    text = " ".join(["abcdefg"] * 9 + ["x" * 20] + ["abcdefg"] * 1000)
+    whole = tokenizer(text)["input_ids"]
+    ids = _token_ids(tokenizer, text, 10)
+    assert ids.numel() >= 10 and ids.tolist() == whole[:ids.numel()]
