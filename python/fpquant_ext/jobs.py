@@ -350,7 +350,9 @@ def evaluate(args: argparse.Namespace) -> int:
     ids, label = _eval_ids(args, tokenizer)
     result = _score(model, ids, args, "eval")
     print(f"model: {models.describe(args.model)} ({args.dtype}, loaded in {loaded:.1f} s)")
-    print(f"text: {label}: {ids.numel()} tokens, {result.windows} windows x {result.window}")
+    # With --windows only a prefix was tokenized: ids.numel() is then not the text's length.
+    total = f" (of {ids.numel()} in the text)" if args.windows is None else ""
+    print(f"text: {label}, {result.windows} windows x {result.window} tokens{total}")
     print(f"perplexity {result.perplexity:.4f}  ({result.predicted} tokens predicted, {result.seconds:.1f} s, "
           f"{result.tokens_per_s:.0f} tokens/s, CPU threads {torch.get_num_threads()})")
     if args.json:

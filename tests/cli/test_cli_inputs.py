@@ -58,3 +58,32 @@ def test_texts_not_needed_with_text(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(models, "load_model", load_model)
     code, _, err = run_cli(capsys, "eval", "smollm2", "--text", __file__, "--texts", str(tmp_path))
     assert code == 1 and "reached the model" in err, err
+
+
+def test_eval_reports_the_tokens_it_scored(capsys, tmp_path, monkeypatch):
+    # With --windows only a prefix of the text is tokenized; its length (here 22 of 2100 words) used to be
+    # printed as the text's token count.
+    import torch
+    from fpquant_ext import models
+
+    class Bigram(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.zeros(5, 5))
+
+        def forward(self, ids):
+            return self.table[ids]
+
+    def tokenizer(text, add_special_tokens=False):
+        return {"input_ids": [len(w) % 5 for w in text.split()]}
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (Bigram(), tokenizer))
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["a", "bb", "ccc"] * 700))
+    code, out, err = run_cli(capsys, "eval", "smollm2", "--text", str(text), "--window", "4", "--windows", "2")
+    assert code == 0, err
+    assert f"text: {text}, 2 windows x 4 tokens" in out, out
+    assert "perplexity 5.0000  (6 tokens predicted" in out, out
+    code, out, err = run_cli(capsys, "eval", "smollm2", "--text", str(text), "--window", "4")
+    assert code == 0, err
+    assert f"text: {text}, 525 windows x 4 tokens (of 2100 in the text)" in out, out
