@@ -180,10 +180,15 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, format: str = "mx
     # A dead input's H_ii becomes the live mean, not 1: the damping is a fraction of mean(diag H), and a fixed
     # 1 with small activations swamped the Hessian (GPTQ silently became round to nearest). Filled before the
     # rotation: after it a dead input is a direction, not a column, and GPTQ moved error freely along it.
-    hu = hu.clone()
-    hu[dead, dead] = scale
+    # Without dead inputs the filled Hessian is H64 itself (rotated once).
+    if bool(dead.any()):
+        hu = hu.clone()
+        hu[dead, dead] = scale
+        H64_filled = rotate_hessian(hu, rotation)
+    else:
+        H64_filled = H64
     # GPTQ does not depend on the scale of H: divided by it, float32 holds a Hessian of any scale.
-    H = (rotate_hessian(hu, rotation) / scale).to(torch.float32)
+    H = (H64_filled / scale).to(torch.float32)
     perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else None
     static = rtn_scales if act_order else None  # [N, G], fixed before from the original weight
     # The original column of each visited column, on the host once (not one device read per column).
