@@ -16,8 +16,9 @@ constexpr double kRotationTolerance = 1e-2;
 // Raises ValueError naming `op` and `rotation` if R (already checked square, floating, contiguous) is not
 // orthogonal within kRotationTolerance. A verdict is remembered for the tensor until it is modified in
 // place, given other data (`R.data = M`) or freed; a write through `R.data` (`R.data.copy_(M)`), which
-// PyTorch does not count as a change of R, is not seen. While the current CUDA stream captures a graph, a tensor not yet checked is let through:
-// reading it would synchronize, which a capture forbids, and the eager warm-up before a capture checks it.
+// PyTorch does not count as a change of R, is not seen. While the current CUDA stream captures a graph, a
+// tensor not yet checked is let through: reading it would synchronize, which a capture forbids, and the
+// eager warm-up before a capture checks it.
 void check_rotation_orthogonal(const char* op, const at::Tensor& R);
 
 // Whether reading `R`'s values now would break a stream capture. Installed by the CUDA build
