@@ -76,6 +76,15 @@ def loadable(config: FP4Config, mode: Optional[str]) -> FP4Config:
         return dataclasses.replace(config, mode=mode, fake_quantize_activations=False, mask_saturated_gradients=False)
 
 
+def calibrated_act_scale(name: str, data: LayerData) -> torch.Tensor:
+    """The layer's static activation global scale, for an export that stores one: refused if it was never
+    calibrated (a default written in its place would load back as a calibrated value)."""
+    if data.act_global_scale is None:
+        raise ValueError(f"save_quantized: layer {name} has act_global_scale='static' but no calibrated value; run "
+                         "calibrate_activations(model) first")
+    return data.act_global_scale
+
+
 def layer_data(layer: FP4Linear) -> LayerData:
     act = layer.act_global_scale
     if act is not None and torch.isnan(act).any():

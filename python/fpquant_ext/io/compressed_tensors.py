@@ -15,7 +15,8 @@ import torch
 
 from ..nn import FP4Config, FP4Linear, QuantizedWeight
 from ._files import CheckpointError, matches, scalar, take
-from ._layers import META_KEY, LayerData, Plan, config_from_metadata, make_config, metadata
+from ._layers import (META_KEY, LayerData, Plan, calibrated_act_scale, config_from_metadata, make_config,
+                      metadata)
 
 QUANT_METHOD = "compressed-tensors"
 MARKER = "weight_packed"
@@ -71,10 +72,7 @@ def export_layer(name: str, data: LayerData, qc: dict, dtype: torch.dtype) -> di
         out[f"{name}.weight_global_scale"] = w.global_scale.to(torch.float32).reshape(1)
         inputs = qc["config_groups"]["group_0"]["input_activations"]
         if inputs is not None and inputs["dynamic"] == "local":
-            if data.act_global_scale is None:
-                raise ValueError(f"save_quantized: layer {name} has act_global_scale='static' but no calibrated "
-                                 "value; run calibrate_activations(model) first")
-            out[f"{name}.input_global_scale"] = data.act_global_scale.to(torch.float32).reshape(1)
+            out[f"{name}.input_global_scale"] = calibrated_act_scale(name, data).to(torch.float32).reshape(1)
     else:
         out[f"{name}.weight_scale"] = w.scales.view(torch.uint8)
     if data.bias is not None:

@@ -16,7 +16,8 @@ import torch
 from .. import rotations
 from ..nn import FP4Config, FP4Linear, QuantizedWeight
 from ._files import FLOAT_SCALE_DTYPES, CheckpointError, matches, scalar, take
-from ._layers import META_KEY, LayerData, Plan, config_from_metadata, make_config, metadata
+from ._layers import (META_KEY, LayerData, Plan, calibrated_act_scale, config_from_metadata, make_config,
+                      metadata)
 
 QUANT_METHOD = "fp_quant"
 MARKER = "qweight"
@@ -97,10 +98,8 @@ def export_layer(name: str, data: LayerData, qc: dict, dtype: torch.dtype) -> di
     wgs = w.global_scale if w.global_scale is not None else one
     act = data.act_global_scale
     meta = qc[META_KEY]
-    if act is None and w.format == "nvfp4" and meta["mode"] == "w4a4" and meta["act_global_scale"] == "static":
-        # FP-Quant's default below would load back as a calibrated static scale.
-        raise ValueError(f"save_quantized: layer {name} has act_global_scale='static' but no calibrated value; run "
-                         "calibrate_activations(model) first")
+    if w.format == "nvfp4" and meta["mode"] == "w4a4" and meta["act_global_scale"] == "static":
+        calibrated_act_scale(name, data)  # FP-Quant's default below would load back as a calibrated scale
     if act is None:
         act = one * act_global_scale_default(w.format, qc["forward_method"])
     out = {
