@@ -304,18 +304,31 @@ __device__ __forceinline__ void nv_scales2(uint32_t two, __nv_bfloat162& s0, __n
   s1 = __float2bfloat162_rn(__high2float(h));
 }
 
+// Byte offset of the scale of group `group` (row-major over [rows, groups_per_row]). Only the blocked layout
+// needs the group's row and column; it divides in 32 bits where the index fits (a 64-bit division by a
+// runtime value is a few dozen instructions, more than decoding the group's 16 elements).
+__device__ __forceinline__ int64_t nv_scale_offset(int64_t group, int64_t groups_per_row, ScaleLayout layout) {
+  if (layout != ScaleLayout::kBlocked) return group;
+  if (group <= 0xFFFFFFFFll) {
+    const uint32_t g = static_cast<uint32_t>(group), c = static_cast<uint32_t>(groups_per_row);
+    return core::blocked_offset(g / c, g % c, groups_per_row);
+  }
+  return core::scale_offset(group, groups_per_row, layout);
+}
+
 // NVFP4 operand pass (tiles with decode = 0): one thread per 8 elements (half a group of 16). A warp reads
-// 128 contiguous code bytes and writes 512 contiguous operand bytes. The global scales are the epilogue's.
+// 128 contiguous code bytes and writes 512 contiguous operand bytes. The rows of codes are contiguous, so
+// half-group idx starts at code byte 4 idx and operand element 8 idx, without the row. The global scales are
+// the epilogue's.
 __global__ void __launch_bounds__(128) decode_nv_kernel(const uint8_t* __restrict__ codes, const uint8_t* __restrict__ scales,
                                                         ScaleLayout layout, int64_t rows, int64_t K,
                                                         __nv_bfloat16* __restrict__ operand) {
   const int64_t groups_per_row = K / core::kNvGroup;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;  // half-group index
   if (idx >= rows * groups_per_row * 2) return;
-  const int64_t group = idx >> 1, row = group / groups_per_row;
-  const uint32_t w = *reinterpret_cast<const uint32_t*>(codes + row * (K / 2) + (group % groups_per_row) * 8 + (idx & 1) * 4);
+  const uint32_t w = *reinterpret_cast<const uint32_t*>(codes + idx * 4);
   __nv_bfloat162 s2, none;
-  nv_scales2(scales[core::scale_offset(group, groups_per_row, layout)], s2, none);
+  nv_scales2(scales[nv_scale_offset(idx >> 1, groups_per_row, layout)], s2, none);
   *reinterpret_cast<uint4*>(operand + idx * 8) = decode_nv_word(w, s2);
 }
 
