@@ -1,5 +1,7 @@
 """A checkpoint that disagrees with the model or with its own config raises an error naming the tensor."""
 
+import re
+
 import pytest
 import torch
 
@@ -177,3 +179,65 @@ def test_a_model_under_other_names_is_named_as_such(tmp_path, saved):
                                               r"\(it quantizes model.blocks.0.down, model.blocks.0.up, \.\.\.; the "
                                               r"model has blocks.0.up, blocks.0.down, \.\.\.\)"):
         load_quantized(make_model(seed=5), str(tmp_path))
+
+
+def _config_edits(export, qc):
+    """Hand edits of quantization_config with a field of the wrong type, value or absent: (edited config,
+    the field the error must name)."""
+    meta = qc["fpquant_ext"]
+    common = [(dict(qc, fpquant_ext=[1]), "fpquant_ext"),
+              (dict(qc, fpquant_ext=dict(meta, rotation_size="16")), "fpquant_ext.rotation_size"),
+              (dict(qc, fpquant_ext=dict(meta, modules_to_not_convert="lm_head")), "fpquant_ext.modules_to_not_convert"),
+              (dict(qc, fpquant_ext=dict(meta, gptq_damp="0.01")), "fpquant_ext.gptq_damp"),
+              (dict(qc, fpquant_ext=dict(meta, format="fp8")), "fpquant_ext.format"),
+              (dict(qc, quant_method=["fp_quant"]), "quant_method")]
+    if export == "fp-quant":
+        return common + [
+            (dict(qc, hadamard_group_size="16"), "hadamard_group_size"),
+            (dict(qc, hadamard_group_size=16.0), "hadamard_group_size"),
+            (dict(qc, forward_dtype=["nvfp4"]), "forward_dtype"),
+            (dict(qc, forward_dtype={"nvfp4": 1}), "forward_dtype"),
+            (dict(qc, forward_dtype="fp8"), "forward_dtype"),
+            ({k: v for k, v in qc.items() if k != "hadamard_group_size"}, "hadamard_group_size"),
+            (dict(qc, modules_to_not_convert="lm_head"), "modules_to_not_convert"),
+            (dict(qc, modules_to_not_convert=3), "modules_to_not_convert"),
+            (dict(qc, modules_to_not_convert={"lm_head": True}), "modules_to_not_convert"),
+            (dict(qc, modules_to_not_convert=[1]), "modules_to_not_convert")]
+    g = qc["config_groups"]["group_0"]
+    return common + [
+        (dict(qc, config_groups={"group_0": dict(g, weights=dict(g["weights"], group_size="16"))}),
+         "config_groups.group_0.weights"),
+        (dict(qc, config_groups=[g]), "config_groups"),
+        (dict(qc, config_groups="group_0"), "config_groups"),
+        (dict(qc, config_groups={"group_0": [g]}), "config_groups.group_0"),
+        (dict(qc, config_groups={"group_0": dict(g, weights=[g["weights"]])}), "config_groups.group_0.weights"),
+        (dict(qc, config_groups={"group_0": dict(g, input_activations=[1])}), "config_groups.group_0.input_activations"),
+        ({k: v for k, v in qc.items() if k != "config_groups"}, "config_groups"),
+        (dict(qc, ignore="lm_head"), "ignore"),
+        (dict(qc, ignore=3), "ignore"),
+        (dict(qc, ignore=[1]), "ignore")]
+
+
+def test_a_mistyped_config_field_is_named_with_the_file(tmp_path, saved):
+    # Hand-edited configs used to fail with a TypeError / AttributeError from deep inside, or load (a string
+    # for a list of names is iterated as its characters).
+    export, (cfg, tensors) = saved
+    for i, (qc, field) in enumerate(_config_edits(export, cfg["quantization_config"])):
+        path = tmp_path / str(i)
+        with pytest.raises(CheckpointError) as e:
+            _load(path, dict(cfg, quantization_config=qc), tensors)
+        msg = str(e.value)
+        assert msg.startswith(f"{path / 'config.json'}: quantization_config"), msg
+        assert re.search(rf"\b{re.escape(field)}([ :']|$)", msg), (field, msg)
+
+
+def test_inspect_shows_a_mistyped_config(tmp_path, saved):
+    from fpquant_ext.io import inspect_checkpoint
+    export, (cfg, tensors) = saved
+    for i, (qc, field) in enumerate(_config_edits(export, cfg["quantization_config"])):
+        path = tmp_path / str(i)
+        write(str(path), dict(cfg, quantization_config=qc), tensors)
+        try:
+            inspect_checkpoint(str(path))
+        except CheckpointError as e:  # only the format it cannot tell
+            assert str(e).startswith(f"{path / 'config.json'}: quantization_config: quant_method"), str(e)

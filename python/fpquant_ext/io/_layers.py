@@ -11,6 +11,7 @@ import torch
 
 from ..nn import FP4Config, FP4Linear, QuantizedWeight
 from ..nn.config import FLOAT_WEIGHT_MODES
+from ._files import CheckpointError
 
 # Our own settings ride along in quantization_config under this key, so that a checkpoint we wrote loads
 # back to the same modules (mode, scale rules, rotation name); other tools ignore it.
@@ -45,14 +46,47 @@ def metadata(config: FP4Config) -> dict:
     return d
 
 
-def config_from_metadata(meta: dict) -> FP4Config:
-    fields = {f.name for f in dataclasses.fields(FP4Config)}
+# FP4Config's field annotations -> the JSON values a hand-edited config must give (true is no integer here).
+_FIELD_TYPES = {"str": ((str,), "a string"), "bool": ((bool,), "true or false"), "int": ((int,), "an integer"),
+                "float": ((int, float), "a number"), "list[str]": ((list,), "a list of strings")}
+
+
+def section(value, where: str) -> dict:
+    """A part of quantization_config that must be a JSON object."""
+    if not isinstance(value, dict):
+        raise CheckpointError(f"quantization_config: {where} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def names(qc: dict, key: str) -> list[str]:
+    """A list of module names (absent or null: none); a string would be iterated as its characters."""
+    value = qc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CheckpointError(f"quantization_config: {key} must be a list of module names (strings), got {value!r}")
+    return value
+
+
+def config_from_metadata(meta) -> FP4Config:
+    section(meta, META_KEY)
+    fields = {f.name: f.type for f in dataclasses.fields(FP4Config)}
     kwargs = {k: v for k, v in meta.items() if k in fields}
+    for key, value in kwargs.items():
+        optional = fields[key].startswith("Optional[")
+        types, expected = _FIELD_TYPES[fields[key][9:-1] if optional else fields[key]]
+        if not ((value is None and optional) or (isinstance(value, types) and
+                                                 (bool in types or not isinstance(value, bool)))):
+            raise CheckpointError(f"quantization_config: {META_KEY}.{key} must be {expected}"
+                                  f"{' or null' if optional else ''}, got {value!r}")
     if kwargs.get("mode") not in FLOAT_WEIGHT_MODES:
         # Earlier versions accepted (and ignored) the flag in the other modes; it must not stop such a
         # checkpoint from loading.
         kwargs.pop("mask_saturated_gradients", None)
-    return make_config(**kwargs)
+    try:
+        return make_config(**kwargs)
+    except (TypeError, ValueError) as e:  # FP4Config's messages name the field
+        raise CheckpointError(f"quantization_config: {META_KEY}.{str(e).removeprefix('FP4Config: ')}") from None
 
 
 def make_config(**kwargs) -> FP4Config:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from ..nn import FP4Config, FP4Linear
 from ..nn.convert import linear_places
 from . import compressed_tensors, fp_quant
-from ._files import CheckpointError, read_config, read_tensors, take, write_checkpoint
+from ._files import CONFIG_NAME, CheckpointError, read_config, read_tensors, take, write_checkpoint
 from ._layers import LayerData, layer_data, loadable
 
 EXPORTS = {"fp-quant": fp_quant, "compressed-tensors": compressed_tensors}
@@ -20,10 +22,19 @@ BY_QUANT_METHOD = {fp_quant.QUANT_METHOD: fp_quant, compressed_tensors.QUANT_MET
 
 def format_module(qc: dict):
     method = qc.get("quant_method")
-    if method not in BY_QUANT_METHOD:
+    if not isinstance(method, str) or method not in BY_QUANT_METHOD:
         raise CheckpointError(f"quantization_config: quant_method {method!r} is not one fpquant_ext reads "
                               f"({sorted(BY_QUANT_METHOD)})")
     return BY_QUANT_METHOD[method]
+
+
+@contextmanager
+def config_named(ckpt_dir: str):
+    """Errors in quantization_config name the file too: the readers see only the dict, and name the field."""
+    try:
+        yield
+    except CheckpointError as e:
+        raise CheckpointError(f"{os.path.join(ckpt_dir, CONFIG_NAME)}: {e}") from None
 
 
 def _under(key: str, prefixes: set[str]) -> bool:
@@ -122,8 +133,9 @@ def load_quantized(model: nn.Module, ckpt_dir: str, mode: Optional[str] = None) 
     qc = cfg.get("quantization_config")
     if not qc:
         raise CheckpointError(f"{ckpt_dir}/config.json has no quantization_config")
-    fmt = format_module(qc)
-    plan = fmt.parse_config(qc)
+    with config_named(ckpt_dir):
+        fmt = format_module(qc)
+        plan = fmt.parse_config(qc)
     plan.config = loadable(plan.config, mode)
     tensors = read_tensors(ckpt_dir)
 

@@ -16,7 +16,7 @@ import torch
 from ..nn import FP4Config, FP4Linear, QuantizedWeight
 from ._files import CheckpointError, matches, scalar, take
 from ._layers import (META_KEY, LayerData, Plan, calibrated_act_scale, config_from_metadata, make_config,
-                      metadata)
+                      metadata, names, section)
 
 QUANT_METHOD = "compressed-tensors"
 MARKER = "weight_packed"
@@ -99,15 +99,17 @@ def _format_of(args: dict, where: str) -> str:
 
 
 def parse_config(qc: dict) -> Plan:
-    groups = qc.get("config_groups") or {}
+    groups = qc.get("config_groups")
     if not groups:
         raise CheckpointError("quantization_config: compressed-tensors config without config_groups")
+    section(groups, "config_groups")
+    names(qc, "ignore")
     found = set()
     for gname, group in groups.items():
-        weights = group.get("weights")
+        weights = section(group, f"config_groups.{gname}").get("weights")
         if weights is None:
             raise CheckpointError(f"quantization_config: config_groups.{gname} quantizes no weights")
-        fmt = _format_of(weights, f"config_groups.{gname}.weights")
+        fmt = _format_of(section(weights, f"config_groups.{gname}.weights"), f"config_groups.{gname}.weights")
         declared = group.get("format") or qc.get("format")
         if declared != FORMATS[fmt]:
             raise CheckpointError(f"quantization_config: config_groups.{gname}: format {declared!r} does not "
@@ -115,7 +117,8 @@ def parse_config(qc: dict) -> Plan:
         inputs = group.get("input_activations")
         act = None
         if inputs is not None:
-            if _format_of(inputs, f"config_groups.{gname}.input_activations") != fmt:
+            where = f"config_groups.{gname}.input_activations"
+            if _format_of(section(inputs, where), where) != fmt:
                 raise CheckpointError(f"quantization_config: config_groups.{gname}: activations and weights "
                                       "in different formats")
             act = "static" if (fmt == "nvfp4" and inputs.get("dynamic") in (False, "local")) else "dynamic"
@@ -125,7 +128,7 @@ def parse_config(qc: dict) -> Plan:
                               "fpquant_ext loads one scheme per model")
     fmt, act = found.pop()
     meta = qc.get(META_KEY)
-    if meta:
+    if meta not in (None, {}):
         config = config_from_metadata(meta)
         if (config.format, config.mode == "w4a4") != (fmt, act is not None):
             raise CheckpointError(f"quantization_config: config_groups ({fmt}, activations {act}) disagree with "
@@ -138,9 +141,9 @@ def parse_config(qc: dict) -> Plan:
 
 
 def check_selection(plan: Plan, qc: dict, quantized: list[str]) -> None:
+    ignore = names(qc, "ignore")
     for name in quantized:
-        hit = matches(name, [p for p in qc.get("ignore") or [] if p.startswith("re:")]) or (
-            name if name in (qc.get("ignore") or []) else None)
+        hit = matches(name, [p for p in ignore if p.startswith("re:")]) or (name if name in ignore else None)
         if hit:
             raise CheckpointError(f"tensor {name}.weight_packed: layer {name} is in the config's ignore list "
                                   f"({hit!r}) but the checkpoint holds it quantized")

@@ -17,7 +17,7 @@ from .. import rotations
 from ..nn import FP4Config, FP4Linear, QuantizedWeight
 from ._files import FLOAT_SCALE_DTYPES, CheckpointError, matches, scalar, take
 from ._layers import (META_KEY, LayerData, Plan, calibrated_act_scale, config_from_metadata, make_config,
-                      metadata)
+                      metadata, names)
 
 QUANT_METHOD = "fp_quant"
 MARKER = "qweight"
@@ -124,7 +124,7 @@ def parse_config(qc: dict) -> Plan:
         return qc[key]
 
     fmt, method = get("forward_dtype"), get("forward_method")
-    if fmt not in HADAMARD_SIZES:
+    if not isinstance(fmt, str) or fmt not in HADAMARD_SIZES:
         raise CheckpointError(f"quantization_config: forward_dtype must be 'mxfp4' or 'nvfp4', got {fmt!r}")
     if method not in ("abs_max", "quest") or (fmt == "nvfp4" and method != "abs_max"):
         raise CheckpointError(f"quantization_config: forward_method {method!r} is not one FP-Quant takes "
@@ -133,16 +133,16 @@ def parse_config(qc: dict) -> Plan:
         raise CheckpointError("quantization_config: store_master_weights / pseudoquantization checkpoints hold "
                               "float weights, not FP4 ones; load them as a float model and quantize it")
     G = get("hadamard_group_size")
-    if G not in HADAMARD_SIZES[fmt]:
+    if type(G) is not int or G not in HADAMARD_SIZES[fmt]:
         raise CheckpointError(f"quantization_config: hadamard_group_size {G!r} is not one FP-Quant takes for "
-                              f"{fmt} ({list(HADAMARD_SIZES[fmt])})")
+                              f"{fmt} (an integer in {list(HADAMARD_SIZES[fmt])})")
     transform = qc.get("transform_init", "hadamard")
     if transform not in TRANSFORM_INITS:
         raise CheckpointError(f"quantization_config: transform_init must be one of {list(TRANSFORM_INITS)}, "
                               f"got {transform!r}")
-    not_convert = list(qc.get("modules_to_not_convert") or [])
+    not_convert = list(names(qc, "modules_to_not_convert"))
     meta = qc.get(META_KEY)
-    if meta:
+    if meta not in (None, {}):
         config = config_from_metadata(meta)
         if config.format != fmt:
             raise CheckpointError(f"quantization_config: forward_dtype {fmt!r} disagrees with "

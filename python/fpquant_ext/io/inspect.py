@@ -7,7 +7,7 @@ import os
 from collections import defaultdict
 
 from ._files import read_config, read_headers, tensor_bytes, weight_files
-from .checkpoint import format_module
+from .checkpoint import config_named, format_module
 
 
 def inspect_checkpoint(ckpt_dir: str) -> str:
@@ -20,11 +20,15 @@ def inspect_checkpoint(ckpt_dir: str) -> str:
         lines.append("format: not quantized (no quantization_config)")
         fmt = None
     else:
-        fmt = format_module(qc)
+        with config_named(ckpt_dir):
+            fmt = format_module(qc)
         lines.append(f"format: {qc.get('quant_method')}" + (f" ({qc['format']})" if qc.get("format") else ""))
-        shown = {k: v for k, v in qc.items() if k not in ("fpquant_ext", "config_groups")}
+        groups = qc.get("config_groups")
+        # A hand-edited config that load_quantized refuses is still shown, as it is.
+        groups = groups if isinstance(groups, dict) and all(isinstance(g, dict) for g in groups.values()) else {}
+        shown = {k: v for k, v in qc.items() if k != "fpquant_ext" and not (k == "config_groups" and groups)}
         lines.append("quantization_config: " + json.dumps(shown, sort_keys=True, default=str))
-        for gname, group in (qc.get("config_groups") or {}).items():
+        for gname, group in groups.items():
             lines.append(f"  {gname}: weights {json.dumps(group.get('weights'), sort_keys=True)}; activations "
                          f"{json.dumps(group.get('input_activations'), sort_keys=True)}")
         if qc.get("fpquant_ext"):
