@@ -334,3 +334,26 @@ def test_a_model_whose_every_linear_is_converted_keeps_its_dtype(tmp_path):
     fresh = load_quantized(build(1, checkpoint_dtype(str(tmp_path))), str(tmp_path))
     x = torch.randn(3, 128, dtype=torch.bfloat16)
     assert torch.equal(fresh(x), model(x))
+
+
+@pytest.mark.parametrize("format", ["nvfp4", "mxfp4"])
+def test_checkpoint_dtype_without_float_tensors_outside_the_fp4_layers(tmp_path, format):
+    # A compressed-tensors checkpoint of a model whose every Linear is converted, without biases, holds no
+    # tensor in the model dtype: its NVFP4 global scales (float32 whatever the model) made checkpoint_dtype
+    # float32, and an MXFP4 one gave None. What config.json records is the model's dtype then.
+    from fpquant_ext.io import checkpoint_dtype
+
+    def build(seed, dtype=torch.bfloat16, bias=False):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(torch.nn.Linear(64, 64, bias=bias), torch.nn.Linear(64, 64, bias=bias)).to(dtype)
+    config = fq.FP4Config(format=format, modules_to_not_convert=[])
+    for dtype, bias, model_config, expected in [
+            (torch.bfloat16, False, {"torch_dtype": "bfloat16"}, torch.bfloat16),
+            (torch.float16, False, {"dtype": "float16"}, torch.float16),
+            (torch.bfloat16, False, {}, None),
+            (torch.float16, True, {"torch_dtype": "float32"}, torch.float16)]:  # the biases' dtype comes first
+        model = build(0, dtype, bias)
+        fq.quantize_model(model, config, progress=False)
+        out = tmp_path / f"{dtype}-{bias}-{len(model_config)}"
+        save_quantized(model, str(out), "compressed-tensors", config, model_config=model_config)
+        assert checkpoint_dtype(str(out)) == expected, (dtype, bias, model_config)

@@ -116,13 +116,26 @@ def read_headers(ckpt_dir: str) -> dict[str, tuple[str, list[int]]]:
     return out
 
 
+# The FP4 layers' global scales: float32 [1] whatever the model's dtype, so they do not tell it.
+_GLOBAL_SCALES = ("weight_global_scale", "act_global_scale", "input_global_scale")
+
+
 def checkpoint_dtype(ckpt_dir: str) -> Optional[torch.dtype]:
-    """The floating dtype holding most of the checkpoint's elements (its model dtype), None if it has none."""
+    """The model dtype of a checkpoint: the floating dtype holding most of its elements, global scales left
+    out; without such tensors (every Linear converted, no biases), the dtype config.json records; else None."""
     counts: dict[str, int] = {}
-    for dtype, shape in read_headers(ckpt_dir).values():
-        if dtype in _FLOAT_DTYPES:
+    for key, (dtype, shape) in read_headers(ckpt_dir).items():
+        if dtype in _FLOAT_DTYPES and key.rsplit(".", 1)[-1] not in _GLOBAL_SCALES:
             counts[dtype] = counts.get(dtype, 0) + math.prod(shape)
-    return _FLOAT_DTYPES[max(counts, key=counts.get)] if counts else None
+    if counts:
+        return _FLOAT_DTYPES[max(counts, key=counts.get)]
+    if not os.path.exists(os.path.join(ckpt_dir, CONFIG_NAME)):
+        return None
+    cfg = read_config(ckpt_dir)
+    # transformers writes "dtype"; its earlier releases wrote "torch_dtype".
+    recorded = cfg.get("dtype") or cfg.get("torch_dtype")
+    return {str(d).removeprefix("torch."): d for d in _FLOAT_DTYPES.values()}.get(recorded) \
+        if isinstance(recorded, str) else None
 
 
 def read_tensors(ckpt_dir: str) -> dict[str, torch.Tensor]:
