@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -92,6 +93,28 @@ def _check_eval_texts(args: argparse.Namespace) -> None:
     --texts is reported after the model, so that a bad MODEL is still named first."""
     if args.text is None and args.texts is not None:
         _check_texts(args, "--text")
+
+
+# Where transformers' configs give the context length (max_position_embeddings covers most through their
+# attribute maps).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def _check_window(model, args: argparse.Namespace) -> None:
+    """--window against the model's context, once the model (its config) is loaded: positions past it are
+    outside the position table or what the model was trained on, and the perplexity would mean nothing."""
+    window = args.window
+    config = getattr(model, "config", None)
+    if hasattr(config, "get_text_config"):  # multimodal configs keep the language model's apart
+        config = config.get_text_config()
+    found = [(k, getattr(config, k, None)) for k in CONTEXT_KEYS]
+    key, context = next(((k, v) for k, v in found if isinstance(v, int) and not isinstance(v, bool)), (None, None))
+    if context is None:
+        print(f"fpquant {args.command}: warning: the model's config gives no context length "
+              f"({CONTEXT_KEYS[0]}); --window {window} is not checked against it", file=sys.stderr)
+    elif window > context:
+        raise CLIError(f"--window {window} is longer than the model's context of {context} positions ({key} in "
+                       f"its config); use --window {context} or less", 2)
 
 
 def _token_ids(tokenizer, text: str, needed: Optional[int]) -> torch.Tensor:
@@ -252,6 +275,7 @@ def quantize(args: argparse.Namespace) -> int:
     dtype = _setup(args)
     start = time.perf_counter()
     base, tokenizer = _load(args.model, dtype)
+    _check_window(base, args)
     ids, label = _eval_ids(args, tokenizer)
     if args.out:
         _check_export(base, configs[0], args.export or "fp-quant")
@@ -348,6 +372,7 @@ def evaluate(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise CLIError(f"{args.model} is an FP4 checkpoint and needs fpquant_ext.io ({e})") from None
     loaded = time.perf_counter() - start
+    _check_window(model, args)
     ids, label = _eval_ids(args, tokenizer)
     result = _score(model, ids, args, "eval")
     print(f"model: {models.describe(args.model)} ({args.dtype}, loaded in {loaded:.1f} s)")

@@ -87,3 +87,51 @@ def test_eval_reports_the_tokens_it_scored(capsys, tmp_path, monkeypatch):
     code, out, err = run_cli(capsys, "eval", "smollm2", "--text", str(text), "--window", "4")
     assert code == 0, err
     assert f"text: {text}, 525 windows x 4 tokens (of 2100 in the text)" in out, out
+
+
+def _fake_model(monkeypatch, context):
+    """A bigram model whose config gives ``context`` positions (None: no config), and a word tokenizer."""
+    import types
+
+    import torch
+    from fpquant_ext import models
+
+    class Bigram(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.zeros(5, 5))
+            if context is not None:
+                self.config = types.SimpleNamespace(max_position_embeddings=context)
+
+        def forward(self, ids):
+            return self.table[ids]
+
+    def tokenizer(text, add_special_tokens=False):
+        return {"input_ids": [len(w) % 5 for w in text.split()]}
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (Bigram(), tokenizer))
+
+
+@pytest.mark.parametrize("command", [["eval", "smollm2"], ["quantize", "--format", "mxfp4"]])
+def test_window_longer_than_the_context_is_usage(capsys, tmp_path, monkeypatch, command):
+    # Positions past the model's context are outside what it was trained on (or its position table): such
+    # a --window used to be scored silently.
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["a", "bb", "ccc"] * 100))
+    _fake_model(monkeypatch, 8)
+    code, _, err = run_cli(capsys, *command, "--text", str(text), "--window", "16", "--windows", "1")
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--window 16" in lines[0] and "8 positions" in lines[0], err
+    code, out, err = run_cli(capsys, *command, "--text", str(text), "--window", "8", "--windows", "1")
+    assert code == 0 and "warning" not in err, err
+
+
+def test_window_unchecked_without_a_context_length_warns(capsys, tmp_path, monkeypatch):
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(["a", "bb", "ccc"] * 100))
+    _fake_model(monkeypatch, None)
+    code, out, err = run_cli(capsys, "eval", "smollm2", "--text", str(text), "--window", "16", "--windows", "1")
+    assert code == 0, err
+    assert "warning" in err and "--window 16" in err and "context length" in err, err
+    assert "perplexity" in out
