@@ -45,23 +45,22 @@ def _load(model, dtype: torch.dtype):
         raise CLIError(str(e), 2 if e.usage else 1) from None
 
 
-def _text(path: Optional[str], option: str, default) -> str:
-    """The UTF-8 file given with ``option``, else ``default()`` (a State of the Union split)."""
-    if path is not None:
-        path = Path(path).expanduser()
-        try:
-            return path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CLIError(f"cannot read {option} {path}: {e}") from None
+def _text(args: argparse.Namespace, option: str, default) -> str:
+    """The UTF-8 file given with ``option`` (--text or --calib), as :func:`_check_readable` read it, else
+    ``default()`` (a State of the Union split)."""
+    if getattr(args, option[2:]) is not None:
+        return args.read[option]
     try:
         return default()
     except data.DataNotFound as e:
         raise CLIError(f"{e}; or pass {option} FILE") from None
 
 
-def _check_readable(path: Optional[str], option: str) -> None:
-    """A text file named on the command line, checked before the model loads (a typo is bad usage). It is
-    read here too: a directory, a non-UTF-8 or an empty file would otherwise fail only after the load."""
+def _check_readable(args: argparse.Namespace, option: str) -> None:
+    """The text file given with ``option`` (--text or --calib), checked before the model loads (a typo is bad
+    usage). It is read here, and kept for :func:`_text`: a directory, a non-UTF-8 or an empty file would
+    otherwise fail only after the load."""
+    path = getattr(args, option[2:])
     if path is None:
         return
     path = Path(path).expanduser()
@@ -77,6 +76,7 @@ def _check_readable(path: Optional[str], option: str) -> None:
         raise CLIError(f"{option} {path}: cannot read it ({e.strerror or e})", 2) from None
     if not text.strip():
         raise CLIError(f"{option} {path}: the file is empty", 2)
+    vars(args).setdefault("read", {})[option] = text
 
 
 def _check_texts(args: argparse.Namespace, option: str) -> None:
@@ -143,7 +143,7 @@ def _whole_words(text: str, cut: int) -> str:
 
 
 def _eval_ids(args: argparse.Namespace, tokenizer) -> tuple[torch.Tensor, str]:
-    text = _text(args.text, "--text", lambda: data.evaluation_text(args.texts))
+    text = _text(args, "--text", lambda: data.evaluation_text(args.texts))
     if args.text is not None:
         label = str(Path(args.text).expanduser())
     else:
@@ -197,7 +197,7 @@ def _config(args: argparse.Namespace, format: str, rotation: str, table: bool = 
 
 
 def _calibration_windows(args: argparse.Namespace, tokenizer) -> list[torch.Tensor]:
-    text = _text(args.calib, "--calib", lambda: data.calibration_text(args.texts))
+    text = _text(args, "--calib", lambda: data.calibration_text(args.texts))
     ids = _token_ids(tokenizer, text, args.calib_windows * args.window)
     if ids.numel() < 2:
         raise CLIError("the calibration text has fewer than 2 tokens")
@@ -230,8 +230,8 @@ def _convert(base, config, args, tokenizer):
 
 
 def _check_quantize_usage(args: argparse.Namespace) -> bool:
-    _check_readable(args.text, "--text")
-    _check_readable(args.calib, "--calib")
+    _check_readable(args, "--text")
+    _check_readable(args, "--calib")
     table = args.table or args.format is None
     if table and args.format is not None:
         raise CLIError("--table prints every format; drop --format (or --table)", 2)
@@ -363,7 +363,7 @@ def _export(model, config, base, tokenizer, args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    _check_readable(args.text, "--text")
+    _check_readable(args, "--text")
     _check_eval_texts(args)
     dtype = _setup(args)
     start = time.perf_counter()

@@ -112,6 +112,7 @@ def _fake_model(monkeypatch, context):
     monkeypatch.setattr(models, "load_model", lambda *a, **k: (Bigram(), tokenizer))
 
 
+@pytest.mark.filterwarnings("ignore:quantize_model converted no Linear layer")  # the bigram has none
 @pytest.mark.parametrize("command", [["eval", "smollm2"], ["quantize", "--format", "mxfp4"]])
 def test_window_longer_than_the_context_is_usage(capsys, tmp_path, monkeypatch, command):
     # Positions past the model's context are outside what it was trained on (or its position table): such
@@ -135,3 +136,24 @@ def test_window_unchecked_without_a_context_length_warns(capsys, tmp_path, monke
     assert code == 0, err
     assert "warning" in err and "--window 16" in err and "context length" in err, err
     assert "perplexity" in out
+
+
+@pytest.mark.filterwarnings("ignore:quantize_model converted no Linear layer")  # the bigram has none
+@pytest.mark.parametrize("command", [["eval", "smollm2"],
+                                     ["quantize", "--format", "nvfp4", "--mode", "w4a4", "--act-scale", "static"]])
+def test_text_files_are_read_once(capsys, tmp_path, monkeypatch, command):
+    # They were read whole when checked before the model loads, and again for use (--calib once per
+    # calibration pass).
+    import pathlib
+
+    text, calib = tmp_path / "text.txt", tmp_path / "calib.txt"
+    text.write_text(" ".join(["a", "bb", "ccc"] * 100))
+    calib.write_text(" ".join(["ccc", "a"] * 100))
+    _fake_model(monkeypatch, 8)
+    reads = []
+    read_text = pathlib.Path.read_text
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, **k: reads.append(self) or read_text(self, *a, **k))
+    extra = ["--calib", str(calib)] if command[0] == "quantize" else []
+    code, out, err = run_cli(capsys, *command, "--text", str(text), *extra, "--window", "4", "--windows", "1")
+    assert code == 0, err
+    assert sorted(map(str, reads)) == sorted(map(str, [text] + ([calib] if extra else []))), reads
