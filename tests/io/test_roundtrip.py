@@ -357,3 +357,25 @@ def test_checkpoint_dtype_without_float_tensors_outside_the_fp4_layers(tmp_path,
         out = tmp_path / f"{dtype}-{bias}-{len(model_config)}"
         save_quantized(model, str(out), "compressed-tensors", config, model_config=model_config)
         assert checkpoint_dtype(str(out)) == expected, (dtype, bias, model_config)
+
+
+@pytest.mark.parametrize("export", ["fp-quant", "compressed-tensors"])
+def test_a_block_under_two_names_is_saved_once(tmp_path, export):
+    # A shared module holding FP4 layers, and a shared unconverted Linear: each tensor once, under its first
+    # name, and the unconverted Linear listed under its first name only.
+    def shared(model):
+        model.blocks.append(model.blocks[0])
+        model.head2 = model.lm_head
+        return model
+    config = fq.FP4Config(format="nvfp4")
+    model = shared(converted(config))
+    save_quantized(model, str(tmp_path), export, config)
+    cfg, tensors = read(str(tmp_path))
+    assert not any(k.startswith(("blocks.2.", "head2.")) for k in tensors)
+    assert "blocks.0.up.weight_global_scale" in tensors and "lm_head.weight" in tensors
+    qc = cfg["quantization_config"]
+    assert qc["modules_to_not_convert" if export == "fp-quant" else "ignore"] == ["lm_head"]
+    fresh = load_quantized(shared(make_model(seed=3)), str(tmp_path))
+    assert fresh.blocks[2] is fresh.blocks[0] and fresh.head2 is fresh.lm_head
+    x = torch.randn(2, 64, dtype=torch.bfloat16)
+    assert torch.equal(fresh(x), model(x))

@@ -63,8 +63,18 @@ def save_quantized(model: nn.Module, out_dir: str, export: str = "fp-quant", con
         raise ValueError("save_quantized: config (the FP4Config the model was converted with) is required")
     fmt = EXPORTS[export]
     # A layer under several names is written once, under its first name: load_quantized converts a shared
-    # module under that name only, and copies under the others would be unexpected tensors there.
-    names = {name: m for name, m in model.named_modules() if isinstance(m, FP4Linear)}
+    # module under that name only, and copies under the others would be unexpected tensors there. Every
+    # name of an FP4 layer (fp4_names) keeps its tensors out of the plain ones.
+    names, fp4_names, unconverted, seen = {}, set(), [], set()
+    for name, m in model.named_modules(remove_duplicate=False):
+        first = id(m) not in seen
+        seen.add(id(m))
+        if isinstance(m, FP4Linear):
+            fp4_names.add(name)
+            if first:
+                names[name] = m
+        elif isinstance(m, nn.Linear) and first:
+            unconverted.append(name)
     if not names:
         raise ValueError("save_quantized: the model has no FP4Linear layers; convert it with "
                          "fpquant_ext.quantize_model(model, config) first")
@@ -72,12 +82,10 @@ def save_quantized(model: nn.Module, out_dir: str, export: str = "fp-quant", con
         for what, has, says in _disagreements(layer, config):
             raise ValueError(f"save_quantized: layer {name} has {what} {has!r}, the config says {says!r}: pass "
                              "the FP4Config the model was converted with (it is what load_quantized rebuilds)")
-    unconverted = sorted(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
-    qc = fmt.export_config(config, names, unconverted)
+    qc = fmt.export_config(config, names, sorted(unconverted))
     dtype = _model_dtype(model)
     # Tied parameters once, under their first name (as transformers saves them; load_quantized and
     # transformers tie them again).
-    fp4_names = {n for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, FP4Linear)}
     tensors = {keys[0]: t.detach() for keys, t in _tied_groups(model, fp4_names)}
     for name, layer in names.items():
         tensors.update(fmt.export_layer(name, layer_data(layer), qc, dtype))
