@@ -82,7 +82,10 @@ def is_fp4_checkpoint(path: Union[str, os.PathLike]) -> bool:
     if not config.is_file():
         return False
     with open(config, encoding="utf-8") as f:
-        return "quantization_config" in json.load(f)
+        try:
+            return "quantization_config" in json.load(f)
+        except json.JSONDecodeError as e:  # its own message does not name the file
+            raise ValueError(f"{config}: not valid JSON ({e})") from None
 
 
 def load_fp4_checkpoint(path: Union[str, os.PathLike], dtype: torch.dtype = torch.bfloat16):

@@ -103,3 +103,12 @@ def test_real_process_prints_no_traceback():
                            "--rotation-size", "3"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert _one_line(proc.stderr).startswith("fpquant quantize: error: argument --rotation-size")
+
+
+def test_a_model_directory_with_broken_config_json_is_named(capsys, tmp_path):
+    # json.load's own message ("Expecting property name ...") did not say which file it was reading.
+    (tmp_path / "config.json").write_text('{"quantization_config": {,}')
+    code, _, err = run_cli(capsys, "eval", str(tmp_path), "--text", __file__)
+    assert code == 1
+    line = _one_line(err)
+    assert f"{tmp_path / 'config.json'}: not valid JSON" in line, line

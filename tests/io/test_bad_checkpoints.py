@@ -202,7 +202,9 @@ def _config_edits(export, qc):
             (dict(qc, modules_to_not_convert="lm_head"), "modules_to_not_convert"),
             (dict(qc, modules_to_not_convert=3), "modules_to_not_convert"),
             (dict(qc, modules_to_not_convert={"lm_head": True}), "modules_to_not_convert"),
-            (dict(qc, modules_to_not_convert=[1]), "modules_to_not_convert")]
+            (dict(qc, modules_to_not_convert=[1]), "modules_to_not_convert"),
+            (dict(qc, store_master_weights="false"), "store_master_weights"),
+            (dict(qc, pseudoquantization=0), "pseudoquantization")]
     g = qc["config_groups"]["group_0"]
     return common + [
         (dict(qc, config_groups={"group_0": dict(g, weights=dict(g["weights"], group_size="16"))}),

@@ -129,6 +129,9 @@ def parse_config(qc: dict) -> Plan:
     if method not in ("abs_max", "quest") or (fmt == "nvfp4" and method != "abs_max"):
         raise CheckpointError(f"quantization_config: forward_method {method!r} is not one FP-Quant takes "
                               f"for {fmt}")
+    for key in ("store_master_weights", "pseudoquantization"):
+        if type(qc.get(key, False)) is not bool:  # the string "false" is true
+            raise CheckpointError(f"quantization_config: {key} must be true or false, got {qc[key]!r}")
     if qc.get("store_master_weights") or qc.get("pseudoquantization"):
         raise CheckpointError("quantization_config: store_master_weights / pseudoquantization checkpoints hold "
                               "float weights, not FP4 ones; load them as a float model and quantize it")
