@@ -1,6 +1,7 @@
 """Block-by-block calibrated quantization of whole models (GPTQ, MR-GPTQ, hessian scale search)."""
 
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -309,3 +310,79 @@ def test_each_module_gets_its_own_mode_back():
     after = {n: m.training for n, m in model.named_modules()}
     assert all(after[n] == before[n] for n in before if n in after)
     assert not any(m.training for m in model.model.layers[1].modules())  # the new FP4Linear layers too
+
+
+class _MoE(torch.nn.Module):
+    """A mixture-of-experts block: every token to expert 0, except each sample's first token, which goes to
+    expert 1 (a few tokens: a rank-deficient Hessian); no token to expert 2. ``empty``: how an expert without
+    tokens is treated: "skip"ped, called on an "empty" batch (some implementations do), or called on every
+    token scaled by its routing weight 0 ("zeros")."""
+
+    def __init__(self, empty):
+        super().__init__()
+        self.empty = empty
+        self.norm = torch.nn.LayerNorm(64)
+        self.experts = torch.nn.ModuleList(torch.nn.Linear(64, 64) for _ in range(3))
+
+    def forward(self, x):
+        h = self.norm(x).reshape(-1, 64)
+        route = torch.zeros(h.shape[0], dtype=torch.long)
+        route[0] = 1
+        out = torch.zeros_like(h)
+        for e, expert in enumerate(self.experts):
+            idx = (route == e).nonzero()[:, 0]
+            if idx.numel() or self.empty == "empty":
+                out.index_add_(0, idx, expert(h[idx]))
+            elif self.empty == "zeros":
+                out += expert(h * 0.0) * 0.0
+        return x + out.reshape(x.shape)
+
+
+class _MoENet(torch.nn.Module):
+    def __init__(self, empty):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(_MoE(empty) for _ in range(2))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+@pytest.mark.parametrize("empty", ["skip", "empty", "zeros"])
+@pytest.mark.parametrize("cfg", [fq.FP4Config(algorithm="gptq"),
+                                 fq.FP4Config(format="nvfp4", algorithm="gptq"),
+                                 fq.FP4Config(algorithm="gptq", weight_method="mse", rotation="hadamard",
+                                              rotation_size=32),
+                                 fq.FP4Config(format="nvfp4", weight_method="hessian")])
+def test_an_expert_without_calibration_tokens_is_rounded_to_nearest(cfg, empty):
+    """An expert no calibration token is routed to has no Hessian: it was refused ('never ran') or, called on
+    an empty batch, failed on the 0 / 0 Hessian (on zeros, GPTQ reported NaN errors and 'hessian' took the rule's
+    scale, ties all). It gets round to nearest with the scale rule the layers
+    outside the blocks get, and is named in a warning and in the summary; an expert with fewer tokens than
+    inputs (rank-deficient Hessian) is calibrated as usual."""
+    torch.manual_seed(0)
+    base = _MoENet(empty).eval()
+    calib, held = torch.randn(8, 16, 64), torch.randn(2, 16, 64)
+    model = copy.deepcopy(base)
+    with pytest.warns(RuntimeWarning, match=r"saw no calibration token.*layers\.0\.experts\.2, layers\.1\.experts\.2"):
+        summary = fq.quantize_model(model, cfg, progress=False, calibration=calib)
+    assert any("layers.0.experts.2, layers.1.experts.2" in n for n in summary.notes)
+    rtn = copy.deepcopy(base)
+    method = "mse" if cfg.weight_method == "hessian" else cfg.weight_method
+    fq.quantize_model(rtn, dataclasses.replace(cfg, algorithm="rtn", weight_method=method), progress=False)
+    for i in range(2):
+        got, want = model.layers[i].experts[2].qweight, rtn.layers[i].experts[2].qweight
+        assert torch.equal(got.codes, want.codes) and torch.equal(got.scales.view(torch.uint8),
+                                                                  want.scales.view(torch.uint8))
+        assert got.method == want.method
+    for m in model.modules():
+        if isinstance(m, fq.FP4Linear):
+            assert torch.isfinite(m.qweight.dequantize()).all()
+    if cfg.algorithm == "gptq":
+        assert set(summary.gptq) == {f"layers.{i}.experts.{e}" for i in range(2) for e in range(2)}
+        few = summary.gptq["layers.0.experts.1"]  # 8 tokens for K = 64
+        assert few["proxy_error"] < few["rtn_proxy_error"]
+    with torch.no_grad():
+        out, ref = model(held), base(held)
+    assert torch.isfinite(out).all() and float((out - ref).norm() / ref.norm()) < 0.2

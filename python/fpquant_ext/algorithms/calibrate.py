@@ -16,13 +16,16 @@ So each layer is calibrated on the outputs of the already quantized layers befor
 inputs of the samples (samples x tokens x hidden floats) and one block at a time on ``device``; the rest of
 the model stays where it is (``device`` different from the model's: CPU offload, each block moved there
 and back). Linear layers outside the blocks are converted without calibration (round to nearest or
-``mse``), as ``quantize_model`` does. Static NVFP4 activation scales (W4A4, ``act_global_scale="static"``
-without a value) are calibrated on the way, from the calibration samples the block runs on.
+``mse``), as ``quantize_model`` does; so are the layers of a block no calibration token reaches (an expert
+no token was routed to), with a warning naming them. Static NVFP4 activation scales (W4A4,
+``act_global_scale="static"`` without a value) are calibrated on the way, from the calibration samples the
+block runs on.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import Optional, Union
 
@@ -220,14 +223,16 @@ class _Hessians:
             self.tokens[name] += x.shape[0]
         return hook
 
-    def hessian(self, name: str) -> torch.Tensor:
-        if name not in self.sums:
-            raise CalibrationError(f"{name} was never called by its block on the calibration data")
+    def hessian(self, name: str) -> Optional[torch.Tensor]:
+        """H, or None where no calibration token reached the layer (not called, called on an empty batch, or
+        on zeros only): a mixture-of-experts expert no token was routed to."""
+        if not self.tokens.get(name):
+            return None
         h = self.sums[name] / self.tokens[name]
         if not bool(torch.isfinite(h).all()):  # the algorithms' own message cannot say which layer
             raise CalibrationError(f"{name}: its inputs on the calibration data hold NaN or inf (or overflow "
                                    "float32 when squared): the model overflows on these samples, or is broken")
-        return h
+        return h if bool(h.any()) else None
 
     def remove(self) -> None:
         for h in self.handles:
@@ -338,6 +343,15 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
         if info:
             summary.gptq[name] = info
 
+    def replace_calibrated(name: str, linear: nn.Linear, hessian: Optional[torch.Tensor]) -> None:
+        if hessian is None:
+            no_tokens.append(name)
+            replace(name, linear, None, uncalibrated)
+        else:
+            replace(name, linear, hessian)
+        bar.update(name)
+
+    no_tokens: list[str] = []
     static: list[FP4Linear] = []
     replaced: list[nn.Linear] = []  # put back if anything fails: a half-quantized model passes for a whole one
     home = {id(m): m.weight.device for _, m in eligible}  # offloaded blocks move their layers with them
@@ -358,10 +372,8 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
                 hooks.remove()
             pending = _groups(hooks)
             hooks.first_inputs.clear()
-            missing = set(layers) - set(hooks.order)
-            if missing:
-                raise CalibrationError(f"{sorted(missing)} never ran on the calibration data; exclude them "
-                                       "(FP4Config.exclude) or check the model")
+            # Not called at all: an expert the router sent no calibration token to (other text may reach it).
+            missing = [n for n in layers if n not in hooks.tokens]
             for gi, group in enumerate(pending):
                 if gi > 0 and true_sequential:
                     hooks = _Hessians({n: layers[n] for n in group})
@@ -370,11 +382,19 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
                     finally:
                         hooks.remove()
                 for name in group:
-                    replace(name, layers[name], hooks.hessian(name))
-                    bar.update(name)
+                    replace_calibrated(name, layers[name], hooks.hessian(name))
+            for name in missing:
+                replace_calibrated(name, layers[name], None)
             inputs = _next_inputs(inputs, _run_block(block, inputs, device, store))
             block.to(model_device)
             moved.pop()
+        if no_tokens:
+            # An expert rounded to nearest may cost accuracy on text that reaches it: the user should know
+            # which, and that more (or more varied) calibration text would calibrate it.
+            msg = (f"{len(no_tokens)} Linear layers saw no calibration token, or zeros only (experts no token was "
+                   f"routed to?), and were rounded to nearest ({uncalibrated.weight_method}): " + ", ".join(no_tokens))
+            summary.notes.append(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
         if outside and config.needs_calibration:
             summary.notes.append(f"{len(outside)} Linear layers outside the blocks converted without calibration "
                                  f"({uncalibrated.weight_method}): {', '.join(n for n, _ in outside)}")
