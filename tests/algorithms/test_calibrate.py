@@ -386,3 +386,18 @@ def test_an_expert_without_calibration_tokens_is_rounded_to_nearest(cfg, empty):
     with torch.no_grad():
         out, ref = model(held), base(held)
     assert torch.isfinite(out).all() and float((out - ref).norm() / ref.norm()) < 0.2
+
+
+def test_layers_left_without_a_static_activation_scale_are_named():
+    """W4A4 static NVFP4: an expert no calibration token reaches gets no activation scale, and fails at
+    inference once text reaches it; the note blamed 'layers outside the blocks' (here there are none)."""
+    torch.manual_seed(0)
+    model = _MoENet("skip").eval()
+    cfg = fq.FP4Config(format="nvfp4", mode="w4a4", act_global_scale="static", algorithm="gptq")
+    with pytest.warns(RuntimeWarning, match="saw no calibration token"):
+        summary = fq.quantize_model(model, cfg, progress=False, calibration=torch.randn(8, 16, 64))
+    notes = [n for n in summary.notes if "static activation scale" in n]
+    assert len(notes) == 1 and "outside the blocks" not in notes[0]
+    assert "2 layers have no static activation scale yet: layers.0.experts.2, layers.1.experts.2" in notes[0]
+    assert torch.isnan(model.layers[1].experts[2].act_global_scale).all()
+    assert torch.isfinite(model.layers[1].experts[1].act_global_scale).all()

@@ -338,6 +338,7 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
             # outputs run on the calibration samples (later blocks need them to run at all).
             begin_act_calibration([layer])
             static.append(layer)
+            static_names[layer] = name
         summary.converted.append(ConvertedLayer(name, linear.in_features, linear.out_features, rotation_size,
                                                 _nbytes([linear.weight, linear.bias]), layer.nbytes))
         if info:
@@ -353,6 +354,7 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
 
     no_tokens: list[str] = []
     static: list[FP4Linear] = []
+    static_names: dict[FP4Linear, str] = {}
     replaced: list[nn.Linear] = []  # put back if anything fails: a half-quantized model passes for a whole one
     home = {id(m): m.weight.device for _, m in eligible}  # offloaded blocks move their layers with them
     moved: list[nn.Module] = []  # a block on `device` while it is calibrated: moved back on any exit
@@ -411,9 +413,12 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
             block.to(model_device)
         bar.close()
         end_act_calibration(static)
-    if any(bool(torch.isnan(m.act_global_scale).any()) for m in static):
-        summary.notes.append("some layers outside the blocks have no static activation scale yet: run "
-                             "calibrate_activations(model) on calibration data")
+    # Layers that did not run after their conversion: those outside the blocks, experts no token reached.
+    unscaled = [static_names[m] for m in static if bool(torch.isnan(m.act_global_scale).any())]
+    if unscaled:
+        summary.notes.append(f"{len(unscaled)} layers have no static activation scale yet: {', '.join(unscaled)}; "
+                             "run calibrate_activations(model) on calibration data that reaches them, or set "
+                             "FP4Config.act_global_scale_value")
     warn_if_nothing_converted(summary)
     return summary
 
