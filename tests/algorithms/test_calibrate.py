@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fpquant_ext as fq
-from fpquant_ext.algorithms.calibrate import CalibrationError, find_blocks
+from fpquant_ext.algorithms.calibrate import CalibrationError, _run_block, find_blocks
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "nn"))
 from nn_helpers import TinyNet  # noqa: E402
@@ -401,3 +401,60 @@ def test_layers_left_without_a_static_activation_scale_are_named():
     assert "2 layers have no static activation scale yet: layers.0.experts.2, layers.1.experts.2" in notes[0]
     assert torch.isnan(model.layers[1].experts[2].act_global_scale).all()
     assert torch.isfinite(model.layers[1].experts[1].act_global_scale).all()
+
+
+def test_without_device_each_block_stays_where_it_is(monkeypatch):
+    """device=None moved every block to the device of the model's first parameter and then back there: a
+    model spread over several GPUs had its later blocks moved to the first GPU, and left there. Each block is
+    now computed where it is, its inputs moved to it. CPU only here: no block may move at all, a block's inputs
+    go to the block's device (a meta block gets meta inputs), and the codes are those of an explicit device."""
+    base = _llama()
+    moves = []
+    to = torch.nn.Module.to
+
+    def spy(self, *args, **kwargs):
+        if isinstance(self, type(base.model.layers[0])):
+            moves.append(args or kwargs)
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spy)
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    fq.quantize_model(a, fq.FP4Config(algorithm="gptq"), progress=False, calibration=_ids(n=4))
+    assert moves == []
+    fq.quantize_model(b, fq.FP4Config(algorithm="gptq"), progress=False, calibration=_ids(n=4), device="cpu")
+    assert len(moves) == 4  # offload: each block to `device` and back
+    for m, m2 in zip(a.modules(), b.modules()):
+        if isinstance(m, fq.FP4Linear):
+            assert torch.equal(m.qweight.codes, m2.qweight.codes)
+    out = _run_block(torch.nn.Linear(64, 64, device="meta"), [((torch.randn(2, 64),), {})], None, None)
+    assert out[0].device.type == "meta"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_a_model_spread_over_two_gpus_stays_spread():
+    class Spread(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(
+                torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
+                for _ in range(2))
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x.to(layer[0].weight.device))
+            return x
+
+    torch.manual_seed(0)
+    model = Spread().eval()
+    model.layers[0].to("cuda:0")
+    model.layers[1].to("cuda:1")
+    base = copy.deepcopy(model)
+    fq.quantize_model(model, fq.FP4Config(algorithm="gptq"), progress=False, calibration=torch.randn(8, 16, 64))
+    for i in range(2):
+        assert {p.device for p in model.layers[i].parameters()} == {torch.device(f"cuda:{i}")}
+        assert {b.device for b in model.layers[i].buffers()} == {torch.device(f"cuda:{i}")}
+    x = torch.randn(2, 16, 64)
+    with torch.no_grad():
+        out, ref = model(x), base(x)
+    assert out.device == torch.device("cuda:1") and float((out - ref).norm() / ref.norm()) < 0.2

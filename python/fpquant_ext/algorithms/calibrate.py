@@ -15,11 +15,11 @@ samples with a forward pre-hook; then, for each block:
 So each layer is calibrated on the outputs of the already quantized layers before it. Memory: the block
 inputs of the samples (samples x tokens x hidden floats) and one block at a time on ``device``; the rest of
 the model stays where it is (``device`` different from the model's: CPU offload, each block moved there
-and back). Linear layers outside the blocks are converted without calibration (round to nearest or
-``mse``), as ``quantize_model`` does; so are the layers of a block no calibration token reaches (an expert
-no token was routed to), with a warning naming them. Static NVFP4 activation scales (W4A4,
-``act_global_scale="static"`` without a value) are calibrated on the way, from the calibration samples the
-block runs on.
+and back; no ``device``: each block computed where it is, its inputs moved to it). Linear layers outside
+the blocks are converted without calibration (round to nearest or ``mse``), as ``quantize_model`` does; so
+are the layers of a block no calibration token reaches (an expert no token was routed to), with a warning
+naming them. Static NVFP4 activation scales (W4A4, ``act_global_scale="static"`` without a value) are
+calibrated on the way, from the calibration samples the block runs on.
 """
 
 from __future__ import annotations
@@ -117,6 +117,8 @@ def _check_token_ids(model: nn.Module, samples: list[torch.Tensor]) -> list[torc
 
 
 def _move(x, device):
+    if device is None:
+        return x
     if isinstance(x, torch.Tensor):
         return x.to(device)
     if isinstance(x, tuple):
@@ -158,7 +160,17 @@ def _capture_inputs(model: nn.Module, first: nn.Module, samples: list[torch.Tens
     return captured
 
 
+def _device_of(module: nn.Module) -> Optional[torch.device]:
+    p = next(module.parameters(), None)
+    return None if p is None else p.device
+
+
 def _run_block(block: nn.Module, inputs, device, store) -> list:
+    """The block's outputs on the inputs, computed on ``device`` and kept on ``store``. ``device`` None: where
+    the block is (the inputs move to it: a model spread over several GPUs stays as it is); ``store`` None: where
+    they are computed."""
+    if device is None:
+        device = _device_of(block)
     outs = []
     with torch.no_grad():
         for args, kwargs in inputs:
@@ -167,15 +179,14 @@ def _run_block(block: nn.Module, inputs, device, store) -> list:
     return outs
 
 
-def _check_chained(model: nn.Module, blocks: nn.ModuleList, sample: torch.Tensor, first_input,
-                   model_device: torch.device, store) -> None:
+def _check_chained(model: nn.Module, blocks: nn.ModuleList, sample: torch.Tensor, first_input, store) -> None:
     """Calibration feeds each block the previous block's output: true of a decoder's layers, not of any
     ModuleList (parallel heads, say). Checked once, before anything changes, on one sample: block 1's input in
     a real forward must be block 0's output."""
     if len(blocks) < 2:
         return
     seen = _capture_inputs(model, blocks[1], [sample], store)[0]
-    chained = _next_inputs([first_input], _run_block(blocks[0], [first_input], model_device, store))[0]
+    chained = _next_inputs([first_input], _run_block(blocks[0], [first_input], None, store))[0]
 
     def hidden(inp):
         args, kwargs = inp
@@ -183,7 +194,7 @@ def _check_chained(model: nn.Module, blocks: nn.ModuleList, sample: torch.Tensor
 
     a, b = hidden(seen), hidden(chained)
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-            and torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-5)):
+            and torch.allclose(a.float(), b.float().to(a.device), rtol=1e-3, atol=1e-5)):
         raise CalibrationError("calibrated quantization runs the model's blocks one after the other, each on the "
                                "previous one's output, but the second block of the largest nn.ModuleList does not "
                                "take the first one's output (not a stack of decoder layers?)")
@@ -280,8 +291,9 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
         calibration: the samples: a tensor [samples, ...] or a sequence of tensors, each given to the model
             with a batch dimension of 1 (for a language model: token ids [samples, tokens] or a list of 1-D
             id tensors).
-        device: where each block is computed (default: the model's device); a GPU here with the model on the
-            CPU quantizes a model larger than the GPU, one block at a time.
+        device: where each block is computed, moved there and back (a GPU here with the model on the CPU
+            quantizes a model larger than the GPU, one block at a time); default: each block where it is, so a
+            model spread over several GPUs stays as it is.
         true_sequential: re-collect the Hessians of each group of layers after quantizing the groups before
             it in the same block (more accurate; one block forward per group).
     """
@@ -289,15 +301,15 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
     samples = _check_token_ids(model, samples)
     block_list_name, blocks = find_blocks(model)
     model_device = next(model.parameters()).device
-    device = torch.device(device) if device is not None else model_device
-    if device.type == "meta" or model_device.type == "meta":
+    device = torch.device(device) if device is not None else None
+    if model_device.type == "meta" or (device is not None and device.type == "meta"):
         raise CalibrationError("calibrated quantization computes on real tensors: the model and device= must not "
                                "be on the meta device")
     modes = {m: m.training for m in model.modules()}
     model.eval()  # dropout off: the same model and data give the same codes
     try:
-        return _quantize_blocks(model, config, samples, blocks, block_list_name, model_device, device,
-                                true_sequential, progress)
+        return _quantize_blocks(model, config, samples, blocks, block_list_name, device, true_sequential,
+                                progress)
     finally:
         # Module by module (model.train(mode) would put a part the user froze in eval mode back in training);
         # a new FP4Linear takes its parent's mode.
@@ -310,8 +322,8 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
 
 
 def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Tensor], blocks: nn.ModuleList,
-                     block_list_name: str, model_device: torch.device, device: torch.device,
-                     true_sequential: bool, progress: bool) -> ConversionSummary:
+                     block_list_name: str, device: Optional[torch.device], true_sequential: bool,
+                     progress: bool) -> ConversionSummary:
     store = device
     summary = ConversionSummary(config)
     summary.notes.append(f"calibrated on {len(samples)} samples, {sum(s.numel() for s in samples)} tokens; "
@@ -357,16 +369,18 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
     static_names: dict[FP4Linear, str] = {}
     replaced: list[nn.Linear] = []  # put back if anything fails: a half-quantized model passes for a whole one
     home = {id(m): m.weight.device for _, m in eligible}  # offloaded blocks move their layers with them
-    moved: list[nn.Module] = []  # a block on `device` while it is calibrated: moved back on any exit
+    # A block on `device` while it is calibrated, and where it was: moved back on any exit.
+    moved: list[tuple[nn.Module, Optional[torch.device]]] = []
     bar = _Progress(len(todo) + len(outside), progress)
     try:
         inputs = _capture_inputs(model, blocks[0], samples, store)
-        _check_chained(model, blocks, samples[0], inputs[0], model_device, store)
+        _check_chained(model, blocks, samples[0], inputs[0], store)
         for block in blocks:
             prefix = block_prefix[id(block)]
             layers = {n: m for n, m in todo.items() if n.startswith(prefix + ".")}
-            block.to(device)
-            moved.append(block)
+            if device is not None:
+                moved.append((block, _device_of(block)))
+                block.to(device)
             hooks = _Hessians(layers)
             try:
                 _run_block(block, inputs, device, store)
@@ -388,8 +402,8 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
             for name in missing:
                 replace_calibrated(name, layers[name], None)
             inputs = _next_inputs(inputs, _run_block(block, inputs, device, store))
-            block.to(model_device)
-            moved.pop()
+            if device is not None:
+                block.to(moved.pop()[1])
         if no_tokens:
             # An expert rounded to nearest may cost accuracy on text that reaches it: the user should know
             # which, and that more (or more varied) calibration text would calibrate it.
@@ -409,8 +423,8 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
                 setattr(parent, attr, linear.to(home[id(linear)]))
         raise
     finally:
-        for block in moved:
-            block.to(model_device)
+        for block, where in moved:
+            block.to(where)
         bar.close()
         end_act_calibration(static)
     # Layers that did not run after their conversion: those outside the blocks, experts no token reached.
