@@ -156,6 +156,8 @@ def test_a_model_that_is_not_from_transformers():
     assert any("outside the blocks converted without calibration" in n for n in summary.notes)
     assert set(summary.gptq) == {"blocks.0.up", "blocks.0.down", "blocks.1.up", "blocks.1.down"}
     assert dict(summary.skipped).keys() >= {"odd", "lm_head"}
+    # Feature samples are not token ids: the note counted their 8 x 16 x 64 elements as 8192 "tokens".
+    assert "calibrated on 8 samples of shape [16, 64]" in str(summary) and "tokens" not in str(summary)
 
 
 def test_errors():

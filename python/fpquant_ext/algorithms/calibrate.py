@@ -116,6 +116,14 @@ def _check_token_ids(model: nn.Module, samples: list[torch.Tensor]) -> list[torc
     return [s.long() for s in samples]
 
 
+def _describe(samples: list[torch.Tensor]) -> str:
+    """Token ids are counted in tokens; other samples (features) by their shapes."""
+    if not any(s.dtype.is_floating_point or s.dtype.is_complex for s in samples):
+        return f"{len(samples)} samples, {sum(s.numel() for s in samples)} tokens"
+    shapes = {tuple(s.shape) for s in samples}
+    return f"{len(samples)} samples" + (f" of shape {list(shapes.pop())}" if len(shapes) == 1 else "")
+
+
 def _move(x, device):
     if device is None:
         return x
@@ -326,8 +334,7 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
                      progress: bool) -> ConversionSummary:
     store = device
     summary = ConversionSummary(config)
-    summary.notes.append(f"calibrated on {len(samples)} samples, {sum(s.numel() for s in samples)} tokens; "
-                         f"blocks: {block_list_name} ({len(blocks)})")
+    summary.notes.append(f"calibrated on {_describe(samples)}; blocks: {block_list_name} ({len(blocks)})")
 
     places, eligible = linear_layers(model, config, summary)
     block_prefix = {id(b): f"{block_list_name}.{i}" for i, b in enumerate(blocks)}
