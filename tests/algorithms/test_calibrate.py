@@ -121,9 +121,16 @@ def test_calibration_ids_are_checked_against_the_model():
         with pytest.raises(CalibrationError, match=match):
             fq.quantize_model(copy.deepcopy(base), fq.FP4Config(algorithm="gptq"), progress=False,
                               calibration=calibration)
-    with pytest.raises(CalibrationError, match="must not be on the meta device"):
+    with pytest.raises(CalibrationError, match="device= must not be the meta device"):
         fq.quantize_model(copy.deepcopy(base), fq.FP4Config(algorithm="gptq"), progress=False, calibration=ids,
                           device="meta")
+    # A part left on meta (accelerate's disk offload keeps weights there): only the first parameter was
+    # looked at, and GPTQ then failed on meta weights half-way through.
+    part = copy.deepcopy(base)
+    name = next(n for n, _ in part.named_parameters() if n.endswith("layers.1.mlp.down_proj.weight"))
+    part.get_submodule(name.rsplit(".", 1)[0]).to("meta")
+    with pytest.raises(CalibrationError, match=f"{name} is on the meta device"):
+        fq.quantize_model(part, fq.FP4Config(algorithm="gptq"), progress=False, calibration=ids)
 
 
 def test_blocks_that_do_not_feed_each_other_are_refused():

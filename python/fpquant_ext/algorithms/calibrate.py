@@ -308,11 +308,16 @@ def quantize_model_calibrated(model: nn.Module, config: FP4Config, calibration, 
     samples = _samples(calibration)
     samples = _check_token_ids(model, samples)
     block_list_name, blocks = find_blocks(model)
-    model_device = next(model.parameters()).device
     device = torch.device(device) if device is not None else None
-    if model_device.type == "meta" or (device is not None and device.type == "meta"):
-        raise CalibrationError("calibrated quantization computes on real tensors: the model and device= must not "
-                               "be on the meta device")
+    if device is not None and device.type == "meta":
+        raise CalibrationError("calibrated quantization computes on real tensors: device= must not be the meta "
+                               "device")
+    # Every tensor, not the first: accelerate's disk offload leaves some parts on meta, and GPTQ would fail on
+    # them half-way through, with the blocks before already quantized.
+    on_meta = next((n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta), None)
+    if on_meta is not None:
+        raise CalibrationError(f"calibrated quantization computes on real tensors, but {on_meta} is on the meta "
+                               "device (a model loaded with weights offloaded to disk? load them into memory)")
     modes = {m: m.training for m in model.modules()}
     model.eval()  # dropout off: the same model and data give the same codes
     try:
