@@ -187,7 +187,8 @@ def _config_edits(export, qc):
     meta = qc["fpquant_ext"]
     common = [(dict(qc, fpquant_ext=[1]), "fpquant_ext"),
               (dict(qc, fpquant_ext=dict(meta, rotation_size="16")), "fpquant_ext.rotation_size"),
-              (dict(qc, fpquant_ext=dict(meta, modules_to_not_convert="lm_head")), "fpquant_ext.modules_to_not_convert"),
+              (dict(qc, fpquant_ext=dict(meta, modules_to_not_convert=[1])), "fpquant_ext.modules_to_not_convert"),
+              (dict(qc, fpquant_ext=dict(meta, include=3)), "fpquant_ext.include"),
               (dict(qc, fpquant_ext=dict(meta, gptq_damp="0.01")), "fpquant_ext.gptq_damp"),
               (dict(qc, fpquant_ext=dict(meta, format="fp8")), "fpquant_ext.format"),
               (dict(qc, quant_method=["fp_quant"]), "quant_method")]
@@ -243,3 +244,15 @@ def test_inspect_shows_a_mistyped_config(tmp_path, saved):
             inspect_checkpoint(str(path))
         except CheckpointError as e:  # only the format it cannot tell
             assert str(e).startswith(f"{path / 'config.json'}: quantization_config: quant_method"), str(e)
+
+
+def test_one_name_as_a_string_in_the_recorded_config_loads(tmp_path, saved):
+    # FP4Config takes one string as one name in modules_to_not_convert / include / exclude, and versions
+    # before it normalized them recorded such a string as given: those checkpoints loaded, and must still.
+    export, (cfg, tensors) = saved
+    qc = cfg["quantization_config"]
+    for i, (key, value) in enumerate([("modules_to_not_convert", "lm_head"), ("include", "*"),
+                                      ("exclude", "no_such_layer")]):
+        edited = dict(qc, fpquant_ext=dict(qc["fpquant_ext"], **{key: value}))
+        model = _load(tmp_path / str(i), dict(cfg, quantization_config=edited), tensors)
+        assert isinstance(model.blocks[0].up, fq.FP4Linear)

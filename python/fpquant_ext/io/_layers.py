@@ -47,8 +47,9 @@ def metadata(config: FP4Config) -> dict:
 
 
 # FP4Config's field annotations -> the JSON values a hand-edited config must give (true is no integer here).
+# A string is one name to FP4Config, and versions before it normalized the names wrote one as given.
 _FIELD_TYPES = {"str": ((str,), "a string"), "bool": ((bool,), "true or false"), "int": ((int,), "an integer"),
-                "float": ((int, float), "a number"), "list[str]": ((list,), "a list of strings")}
+                "float": ((int, float), "a number"), "list[str]": ((list, str), "a list of strings")}
 
 
 def section(value, where: str) -> dict:
