@@ -84,7 +84,7 @@ def is_fp4_checkpoint(path: Union[str, os.PathLike]) -> bool:
     with open(config, encoding="utf-8") as f:
         try:
             return "quantization_config" in json.load(f)
-        except json.JSONDecodeError as e:  # its own message does not name the file
+        except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError (JSON is UTF-8): neither names the file
             raise ValueError(f"{config}: not valid JSON ({e})") from None
 
 

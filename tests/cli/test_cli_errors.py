@@ -112,3 +112,12 @@ def test_a_model_directory_with_broken_config_json_is_named(capsys, tmp_path):
     assert code == 1
     line = _one_line(err)
     assert f"{tmp_path / 'config.json'}: not valid JSON" in line, line
+
+
+def test_a_model_directory_whose_config_json_is_not_utf8_is_named(capsys, tmp_path):
+    # JSON is UTF-8: a file in another encoding is not valid JSON either, and its decode error names no file.
+    (tmp_path / "config.json").write_bytes(b'{"quantization_config": "\xff"}')
+    code, _, err = run_cli(capsys, "eval", str(tmp_path), "--text", __file__)
+    assert code == 1
+    line = _one_line(err)
+    assert f"{tmp_path / 'config.json'}: not valid JSON" in line, line
