@@ -412,6 +412,20 @@ def test_layers_left_without_a_static_activation_scale_are_named():
     assert torch.isfinite(model.layers[1].experts[1].act_global_scale).all()
 
 
+def test_a_static_activation_scale_from_zero_inputs_only_is_named():
+    # An expert called on every token times its routing weight 0 sees zeros only: its static scale comes out
+    # as the all-zero input's 1, finite, so the note on missing scales did not name it.
+    torch.manual_seed(0)
+    model = _MoENet("zeros").eval()
+    cfg = fq.FP4Config(format="nvfp4", mode="w4a4", act_global_scale="static", algorithm="gptq")
+    with pytest.warns(RuntimeWarning, match="saw no calibration token"):
+        summary = fq.quantize_model(model, cfg, progress=False, calibration=torch.randn(8, 16, 64))
+    assert float(model.layers[1].experts[2].act_global_scale) == 1.0
+    notes = [n for n in summary.notes if "static activation scale" in n]
+    assert notes == [n for n in notes if "from zero inputs only" in n] and len(notes) == 1, notes
+    assert "2 layers" in notes[0] and "layers.0.experts.2, layers.1.experts.2" in notes[0]
+
+
 def test_without_device_each_block_stays_where_it_is(monkeypatch):
     """device=None moved every block to the device of the model's first parameter and then back there: a
     model spread over several GPUs had its later blocks moved to the first GPU, and left there. Each block is

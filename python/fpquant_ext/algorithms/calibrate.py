@@ -445,6 +445,14 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
         summary.notes.append(f"{len(unscaled)} layers have no static activation scale yet: {', '.join(unscaled)}; "
                              "run calibrate_activations(model) on calibration data that reaches them, or set "
                              "FP4Config.act_global_scale_value")
+    # An expert called on zeros (routing weight 0) gets the all-zero input's scale, 1: usable, but not fitted
+    # to any token that will reach it.
+    from_zeros = [static_names[m] for m in static if static_names[m] in no_tokens and static_names[m] not in unscaled]
+    if from_zeros:
+        summary.notes.append(f"{len(from_zeros)} layers took their static activation scale from zero inputs only "
+                             f"(no calibration token reached them): {', '.join(from_zeros)}; run "
+                             "calibrate_activations(model) on calibration data that reaches them, or set "
+                             "FP4Config.act_global_scale_value")
     warn_if_nothing_converted(summary)
     return summary
 
