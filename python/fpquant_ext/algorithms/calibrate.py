@@ -361,8 +361,7 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
             # Static NVFP4 activation scales not given: recorded while the rest of its block and the block
             # outputs run on the calibration samples (later blocks need them to run at all).
             begin_act_calibration([layer])
-            static.append(layer)
-            static_names[layer] = name
+            static[layer] = name
         summary.converted.append(ConvertedLayer(name, linear.in_features, linear.out_features, rotation_size,
                                                 _nbytes([linear.weight, linear.bias]), layer.nbytes))
         if info:
@@ -377,8 +376,7 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
         bar.update(name)
 
     no_tokens: list[str] = []
-    static: list[FP4Linear] = []
-    static_names: dict[FP4Linear, str] = {}
+    static: dict[FP4Linear, str] = {}  # layers whose static activation scale is recorded on the way, by name
     replaced: list[nn.Linear] = []  # put back if anything fails: a half-quantized model passes for a whole one
     home = {id(m): m.weight.device for _, m in eligible}  # offloaded blocks move their layers with them
     # A block on `device` while it is calibrated, and where it was: moved back on any exit.
@@ -438,21 +436,20 @@ def _quantize_blocks(model: nn.Module, config: FP4Config, samples: list[torch.Te
         for block, where in moved:
             block.to(where)
         bar.close()
-        end_act_calibration(static)
+        end_act_calibration(list(static))
+    fix = ("run calibrate_activations(model) on calibration data that reaches them, or set "
+           "FP4Config.act_global_scale_value")
     # Layers that did not run after their conversion: those outside the blocks, experts no token reached.
-    unscaled = [static_names[m] for m in static if bool(torch.isnan(m.act_global_scale).any())]
+    unscaled = [name for m, name in static.items() if bool(torch.isnan(m.act_global_scale).any())]
     if unscaled:
         summary.notes.append(f"{len(unscaled)} layers have no static activation scale yet: {', '.join(unscaled)}; "
-                             "run calibrate_activations(model) on calibration data that reaches them, or set "
-                             "FP4Config.act_global_scale_value")
+                             + fix)
     # An expert called on zeros (routing weight 0) gets the all-zero input's scale, 1: usable, but not fitted
     # to any token that will reach it.
-    from_zeros = [static_names[m] for m in static if static_names[m] in no_tokens and static_names[m] not in unscaled]
+    from_zeros = [name for name in static.values() if name in no_tokens and name not in unscaled]
     if from_zeros:
         summary.notes.append(f"{len(from_zeros)} layers took their static activation scale from zero inputs only "
-                             f"(no calibration token reached them): {', '.join(from_zeros)}; run "
-                             "calibrate_activations(model) on calibration data that reaches them, or set "
-                             "FP4Config.act_global_scale_value")
+                             f"(no calibration token reached them): {', '.join(from_zeros)}; " + fix)
     warn_if_nothing_converted(summary)
     return summary
 
