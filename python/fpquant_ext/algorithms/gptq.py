@@ -164,13 +164,13 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, format: str = "mx
     if not bool(torch.isfinite(W0).all()):  # float64 values beyond float32: inf here, then NaN along the row
         raise ValueError(f"GPTQ{name and ' ' + name}: the weight holds values beyond float32's range")
     W = W0.clone()
-    H64 = rotate_hessian(hessian.to(device), rotation)
+    hu = hessian.to(device=device, dtype=torch.float64)  # unrotated: dead inputs are its zero diagonal entries
+    H64 = rotate_hessian(hu, rotation)
     g = F.nvfp4_global_scale(W) if format == "nvfp4" else None
     scales = _Scales(format, scale_rule, None if g is None else g.reshape(()))
     rtn_scales = scales.fit(W)
     rtn_q = scales.round(W, rtn_scales.repeat_interleave(group, dim=1))[1]
 
-    hu = hessian.to(device=device, dtype=torch.float64)
     diag = torch.diagonal(hu)
     dead = diag == 0
     live = diag[~dead]
